@@ -1,0 +1,37 @@
+/* The ipcache: IPv4 prefix -> security identity, longest prefix wins. Owner: routed
+ * (services/datapath/maps/ipcache.py mirrors these structs; a test compares them). */
+#ifndef CAPILLARY_IPCACHE_H
+#define CAPILLARY_IPCACHE_H
+
+#include "common.h"
+
+#ifndef IPCACHE_MAP_SIZE
+#define IPCACHE_MAP_SIZE 65536
+#endif
+
+/* Reserved identities, Cilium's numbering. Shared with services/datapath/numbers.py. */
+#define IDENTITY_UNKNOWN 0
+#define IDENTITY_HOST    1
+#define IDENTITY_WORLD   2
+
+struct ipcache_key {
+	__u32  prefixlen;    /* LPM tries match on this many bits of ip */
+	__be32 ip;
+};
+
+struct ipcache_info {
+	__u32 identity;
+	__u32 flags;
+};
+
+BPF_TABLE_PINNED("lpm_trie", struct ipcache_key, struct ipcache_info, cap_ipcache,
+		 IPCACHE_MAP_SIZE, PIN_ROOT "/ipcache", BPF_F_NO_PREALLOC);
+
+static __always_inline __u32 lookup_identity(__be32 ip)
+{
+	struct ipcache_key key = { .prefixlen = 32, .ip = ip };
+	struct ipcache_info *info = cap_ipcache.lookup(&key);
+	return info ? info->identity : IDENTITY_WORLD;
+}
+
+#endif

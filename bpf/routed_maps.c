@@ -1,0 +1,2 @@
+/* The maps routed owns. Compiling this creates and pins them; it loads no program. */
+#include "lib/ipcache.h"

@@ -1,0 +1,1 @@
+"""capillary: Cilium-style eBPF pod networking for one Linux node."""

@@ -1,0 +1,106 @@
+"""capillary: the command line for a capillary node."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from services.cli import node, objects
+from services.cli.client import Client, run
+from services.cli.output import error
+from services.runtime.bus import ServiceError
+from services.runtime.config import ConfigError, load_config
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="capillary", description="eBPF pod networking for one node")
+    p.add_argument("--config", help="node config file (default: $CAPILLARY_CONFIG or /etc/capillary/config.yaml)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    up = sub.add_parser("up", help="run the node (nats-server and the four services)")
+    up.add_argument("-d", "--detach", action="store_true", help="return once every service is healthy")
+    up.add_argument("--timeout", type=float, default=node.READY_TIMEOUT, help="seconds to wait with --detach")
+    down = sub.add_parser("down", help="stop the node (pods and their connectivity stay)")
+    down.add_argument("--purge", action="store_true",
+                      help="also remove every pod, device, iptables rule, pinned map and the state dir")
+    st = sub.add_parser("status", help="health of the node and its services")
+    st.add_argument("-o", "--output", choices=["text", "json"], default="text")
+
+    for name, text in (("apply", "create or leave unchanged the objects in a file"),
+                       ("create", "create the objects in a file; existing ones are an error")):
+        a = sub.add_parser(name, help=text)
+        a.add_argument("-f", "--filename", required=True, help="YAML or JSON file, or - for stdin")
+
+    d = sub.add_parser("delete", help="delete objects: -f FILE, pod NS/NAME or namespace NAME")
+    d.add_argument("-f", "--filename")
+    d.add_argument("kind", nargs="?", choices=["pod", "pods", "namespace", "namespaces", "ns"])
+    d.add_argument("names", nargs="*")
+
+    g = sub.add_parser("get", help="list pods, namespaces, identities or the ipcache")
+    g.add_argument("resource")
+    g.add_argument("-n", "--namespace", default="")
+    g.add_argument("-A", "--all-namespaces", action="store_true")
+    g.add_argument("-o", "--output", choices=["table", "wide", "json", "yaml"], default="table")
+
+    e = sub.add_parser("exec", help="run a command in a pod's network namespace")
+    e.add_argument("pod", metavar="NS/NAME")
+    e.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD...")
+    return p
+
+
+async def _with_client(config, fn, *args) -> int:
+    async with Client(config) as client:
+        return await fn(client, *args)
+
+
+async def _delete(client: Client, args) -> int:
+    if args.filename:
+        return await objects.delete_file(client, args.filename)
+    if not args.kind or not args.names:
+        raise ServiceError("invalid", "delete needs -f FILE, `pod NS/NAME` or `namespace NAME`")
+    for ref in args.names:
+        if args.kind.startswith("pod"):
+            ns, name = objects.split_ref(ref)
+            await objects.delete_one(client, "Pod", ns, name)
+        else:
+            await objects.delete_one(client, "Namespace", "", ref)
+    return 0
+
+
+def dispatch(args) -> int:
+    config = load_config(args.config)
+    cmd = args.command
+    if cmd == "up":
+        return node.up_detached(config, args.config, args.timeout) if args.detach \
+            else node.up_foreground(config, args.config)
+    if cmd == "down":
+        rc = node.down(config)
+        return node.purge(config) if rc == 0 and args.purge else rc
+    if cmd == "status":
+        return run(node.status(config, args.output))
+    if cmd in ("apply", "create"):
+        return run(_with_client(config, objects.apply, args.filename, cmd == "create"))
+    if cmd == "delete":
+        return run(_with_client(config, _delete, args))
+    if cmd == "get":
+        namespace = "" if args.all_namespaces else args.namespace
+        return run(_with_client(config, objects.get, args.resource, namespace, args.output))
+    if cmd == "exec":
+        argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+        path = run(_with_client(config, objects.netns_of, args.pod))
+        objects.exec_in(path, argv)
+    return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return dispatch(args)
+    except (ServiceError, ConfigError) as exc:
+        error(exc.message if isinstance(exc, ServiceError) else str(exc))
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

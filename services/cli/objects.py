@@ -1,0 +1,151 @@
+"""apply / create / delete / get / exec."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from services.cli.client import Client
+from services.cli.output import age, dump, labels_text, table
+from services.runtime.bus import ServiceError
+from services.wire import subjects
+from services.wire.manifests import DEFAULT_NAMESPACE, Document, ManifestError, load_documents
+from services.wire.messages import INVALID, NOT_FOUND, Apply, ListRequest, ObjectRef
+
+APPLY_SUBJECTS = {("v1", "Namespace"): subjects.NAMESPACE_APPLY, ("v1", "Pod"): subjects.POD_APPLY}
+DELETE_SUBJECTS = {"Namespace": subjects.NAMESPACE_DELETE, "Pod": subjects.POD_DELETE}
+
+
+def read_documents(source: str) -> list[Document]:
+    try:
+        text = sys.stdin.read() if source == "-" else Path(source).read_text()
+    except OSError as exc:
+        raise ServiceError(INVALID, f"cannot read {source}: {exc.strerror}") from None
+    try:
+        docs = load_documents(text)
+    except ManifestError as exc:
+        raise ServiceError(INVALID, f"{source}: {exc}") from None
+    seen = set()
+    for doc in docs:
+        if (doc.api_version, doc.kind) not in APPLY_SUBJECTS:
+            raise ServiceError(INVALID, f"{doc.label}: kind {doc.kind!r} (apiVersion {doc.api_version}) "
+                                        "is not supported")
+        key = (doc.kind, _ns(doc), _name(doc))
+        if key in seen:
+            raise ServiceError(INVALID, f"{doc.label}: duplicate object in {source}")
+        seen.add(key)
+    # Namespaces first, so a file may hold a namespace and its pods.
+    return sorted(docs, key=lambda d: d.kind != "Namespace")
+
+
+def _name(doc: Document) -> str:
+    meta = doc.body.get("metadata")
+    return str(meta.get("name", "")) if isinstance(meta, dict) else ""
+
+
+def _ns(doc: Document) -> str:
+    meta = doc.body.get("metadata")
+    if doc.kind == "Namespace":
+        return ""
+    return str(meta.get("namespace", DEFAULT_NAMESPACE)) if isinstance(meta, dict) else DEFAULT_NAMESPACE
+
+
+async def apply(client: Client, source: str, create_only: bool) -> int:
+    docs = read_documents(source)
+    for doc in docs:
+        subject = APPLY_SUBJECTS[(doc.api_version, doc.kind)]
+        result = await client.call(subject, Apply(doc.body, create_only=create_only), timeout=30)
+        for warning in result.get("warnings", []):
+            print(f"Warning: {warning}", file=sys.stderr)
+        print(f"{result['kind'].lower()}/{result['name']} {result['action']}")
+    return 0
+
+
+async def delete_file(client: Client, source: str) -> int:
+    docs = read_documents(source)
+    # Pods before their namespaces.
+    for doc in sorted(docs, key=lambda d: d.kind == "Namespace"):
+        await delete_one(client, doc.kind, _ns(doc), _name(doc))
+    return 0
+
+
+async def delete_one(client: Client, kind: str, namespace: str, name: str) -> None:
+    result = await client.call(DELETE_SUBJECTS[kind], ObjectRef(name=name, namespace=namespace), timeout=30)
+    print(f"{result['kind'].lower()}/{result['name']} {result['action']}")
+
+
+def split_ref(ref: str) -> tuple[str, str]:
+    namespace, sep, name = ref.partition("/")
+    return (namespace, name) if sep else (DEFAULT_NAMESPACE, namespace)
+
+
+def pod_document(pod: dict) -> dict:
+    spec, status = pod["spec"], pod["status"]
+    doc = {"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": spec["name"], "namespace": spec["namespace"], "labels": spec["labels"]},
+           "spec": {"netns": status["netns"]},
+           "status": {"podIP": status["pod_ip"], "podIPs": [{"ip": status["pod_ip"]}],
+                      "hostInterface": status["host_ifname"], "hostIfindex": status["host_ifindex"],
+                      "endpointID": status["endpoint_id"], "identity": status["identity"],
+                      "mac": status["pod_mac"], "phase": "Running"}}
+    return doc
+
+
+async def get(client: Client, what: str, namespace: str, output: str) -> int:
+    if what in ("pods", "pod", "po"):
+        pods = await client.call(subjects.POD_LIST, ListRequest(namespace=namespace))
+        if output in ("json", "yaml"):
+            print(dump({"apiVersion": "v1", "kind": "List", "items": [pod_document(p) for p in pods]}, output))
+            return 0
+        headers = ["NAMESPACE", "NAME", "IP", "IDENTITY", "LABELS"]
+        if output == "wide":
+            headers += ["INTERFACE", "ENDPOINT", "NETNS", "AGE"]
+        rows = []
+        for p in pods:
+            s, st = p["spec"], p["status"]
+            row = [s["namespace"], s["name"], st["pod_ip"], str(st["identity"]), labels_text(s["labels"])]
+            if output == "wide":
+                row += [st["host_ifname"], str(st["endpoint_id"]), st["netns"], age(st["created"])]
+            rows.append(row)
+        print(table(headers, rows))
+    elif what in ("namespaces", "namespace", "ns"):
+        items = await client.call(subjects.NAMESPACE_LIST, ListRequest())
+        if output in ("json", "yaml"):
+            docs = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n["name"], "labels": n["labels"]}}
+                    for n in items]
+            print(dump({"apiVersion": "v1", "kind": "List", "items": docs}, output))
+            return 0
+        print(table(["NAME", "LABELS"], [[n["name"], labels_text(n["labels"])] for n in items]))
+    elif what in ("identities", "identity"):
+        items = await client.call(subjects.IDENTITY_LIST, ListRequest())
+        if output in ("json", "yaml"):
+            print(dump(items, output))
+            return 0
+        print(table(["ID", "LABELS", "USED BY"],
+                    [[str(i["id"]), labels_text(i["labels"]).replace("=,", ",").rstrip("="),
+                      str(len(i["owners"]))] for i in items]))
+    elif what == "ipcache":
+        items = await client.call(subjects.IPCACHE_LIST, ListRequest())
+        if output in ("json", "yaml"):
+            print(dump(items, output))
+            return 0
+        print(table(["PREFIX", "IDENTITY", "SOURCE"], [[i["cidr"], str(i["identity"]), i["source"]] for i in items]))
+    else:
+        raise ServiceError(INVALID, f"unknown resource {what!r} (pods, namespaces, identities, ipcache)")
+    return 0
+
+
+async def netns_of(client: Client, ref: str) -> str:
+    namespace, name = split_ref(ref)
+    pods = await client.call(subjects.POD_LIST, ListRequest(namespace=namespace))
+    for pod in pods:
+        if pod["spec"]["name"] == name:
+            return pod["status"]["netns"]
+    raise ServiceError(NOT_FOUND, f'pod "{namespace}/{name}" not found')
+
+
+def exec_in(netns_path: str, argv: list[str]) -> None:
+    """Replace this process with ARGV running in the pod's network namespace."""
+    if not argv:
+        raise ServiceError(INVALID, "exec needs a command after --")
+    os.execvp("nsenter", ["nsenter", f"--net={netns_path}", "--", *argv])

@@ -1,0 +1,103 @@
+"""Compiles capillary's BPF C with bcc: once per node, node-wide options as -D flags.
+
+Compiling a source also creates (and pins under datapath.bpfRoot) every map it declares
+that is not pinned yet, so each owner compiles its own maps first (see MAP_SOURCES) and the
+program compile finds them in place.
+"""
+from __future__ import annotations
+
+import os
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from services.runtime.config import NodeConfig
+
+BPF_DIR_ENV = "CAPILLARY_BPF_DIR"
+
+# Which C file creates which service's maps.
+MAP_SOURCES = {
+    "routed": "routed_maps.c",
+    "endpointd": "lxc.c",
+}
+
+
+def bpf_dir() -> Path:
+    env = os.environ.get(BPF_DIR_ENV)
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2] / "bpf"
+
+
+def ip_to_be32(ip) -> int:
+    """An IPv4 address as the u32 a BPF program reads from a packet on this host."""
+    return int.from_bytes(ip.packed, sys.byteorder)
+
+
+def cflags(config: NodeConfig) -> list[str]:
+    flags = [
+        f"-I{bpf_dir()}",
+        f'-DPIN_ROOT="{config.datapath.bpfRoot}"',
+        f"-DROUTER_IP={ip_to_be32(config.router_ip):#x}",
+        f"-DENDPOINTS_MAP_SIZE={config.maps.endpoints}",
+        f"-DIPCACHE_MAP_SIZE={config.maps.ipcache}",
+        f"-DPOLICY_MAP_SIZE={config.maps.policy}",
+        f"-DCT_MAP_SIZE={config.maps.conntrack}",
+        f"-DEVENTS_RING_BYTES={config.events.ringBytes}",
+        "-Wno-macro-redefined",
+    ]
+    if config.datapath.mode == "host-stack":
+        flags.append("-DHOST_STACK")
+    return flags
+
+
+@dataclass
+class Loaded:
+    """A compiled object: keep it alive while its program fds are in use."""
+
+    bpf: object
+    source: str
+
+    def program_fd(self, name: str) -> int:
+        from bcc import BPF
+        return self.bpf.load_func(name.encode(), BPF.SCHED_CLS).fd
+
+
+_LOCAL_INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$')
+
+
+def flatten(path: Path, seen: set[Path] | None = None) -> str:
+    """PATH with its local ("...") includes spliced in, each once.
+
+    bcc rewrites map operations (map.lookup(), ...) only in the main file it compiles, so a
+    helper in bpf/lib/*.h that touches a map must reach bcc as part of that file. #line
+    directives keep compiler messages pointing at the real header and line.
+    """
+    seen = set() if seen is None else seen
+    path = path.resolve()
+    if path in seen:
+        return ""
+    seen.add(path)
+    out = [f'#line 1 "{path}"']
+    for n, line in enumerate(path.read_text().splitlines(), start=1):
+        m = _LOCAL_INCLUDE.match(line)
+        if m:
+            out.append(flatten(path.parent / m.group(1), seen))
+            out.append(f'#line {n + 1} "{path}"')
+        else:
+            out.append(line)
+    return "\n".join(out)
+
+
+def compile_source(source: str, config: NodeConfig) -> Loaded:
+    from bcc import BPF   # imported here: unit tests of pure logic run without bcc
+    Path(config.datapath.bpfRoot).mkdir(parents=True, exist_ok=True)
+    text = flatten(bpf_dir() / source)
+    bpf = BPF(text=text.encode(), cflags=cflags(config))
+    return Loaded(bpf=bpf, source=source)
+
+
+def pinned_maps(config: NodeConfig) -> list[str]:
+    root = Path(config.datapath.bpfRoot)
+    return sorted(p.name for p in root.iterdir()) if root.is_dir() else []

@@ -1,0 +1,94 @@
+"""cap_endpoints: local pods by IPv4 address. Owner: endpointd.
+
+Must match struct endpoint_key / struct endpoint_info in bpf/lib/endpoints.h.
+"""
+from __future__ import annotations
+
+import ctypes as ct
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+
+from services.datapath.pinned import PinnedMap
+
+PIN_NAME = "endpoints"
+
+
+class EndpointKey(ct.Structure):
+    _fields_ = [("ip", ct.c_ubyte * 4)]          # network byte order
+
+
+class EndpointInfo(ct.Structure):
+    _fields_ = [
+        ("ifindex", ct.c_uint32),
+        ("identity", ct.c_uint32),
+        ("endpoint_id", ct.c_uint16),
+        ("flags", ct.c_uint16),
+        ("host_mac", ct.c_ubyte * 6),
+        ("pod_mac", ct.c_ubyte * 6),
+    ]
+
+
+def mac_bytes(mac: str) -> bytes:
+    return bytes(int(part, 16) for part in mac.split(":"))
+
+
+def mac_str(raw) -> str:
+    return ":".join(f"{b:02x}" for b in bytes(raw))
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    ip: str
+    ifindex: int
+    identity: int
+    endpoint_id: int
+    host_mac: str
+    pod_mac: str
+    flags: int = 0
+
+    def key(self) -> EndpointKey:
+        return key_for(self.ip)
+
+    def value(self) -> EndpointInfo:
+        v = EndpointInfo(ifindex=self.ifindex, identity=self.identity,
+                         endpoint_id=self.endpoint_id, flags=self.flags)
+        ct.memmove(v.host_mac, mac_bytes(self.host_mac), 6)
+        ct.memmove(v.pod_mac, mac_bytes(self.pod_mac), 6)
+        return v
+
+
+def key_for(ip: str) -> EndpointKey:
+    k = EndpointKey()
+    ct.memmove(k.ip, ipaddress.IPv4Address(ip).packed, 4)
+    return k
+
+
+class EndpointMap:
+    def __init__(self, bpf_root: Path) -> None:
+        self.map = PinnedMap(bpf_root / PIN_NAME, EndpointKey, EndpointInfo)
+
+    def upsert(self, ep: Endpoint) -> None:
+        self.map.update(ep.key(), ep.value())
+
+    def delete(self, ip: str) -> bool:
+        return self.map.delete(key_for(ip))
+
+    def get(self, ip: str) -> Endpoint | None:
+        v = self.map.get(key_for(ip))
+        return None if v is None else _endpoint(ip, v)
+
+    def all(self) -> dict[str, Endpoint]:
+        out = {}
+        for k, v in self.map.items():
+            ip = str(ipaddress.IPv4Address(bytes(k.ip)))
+            out[ip] = _endpoint(ip, v)
+        return out
+
+    def close(self) -> None:
+        self.map.close()
+
+
+def _endpoint(ip: str, v: EndpointInfo) -> Endpoint:
+    return Endpoint(ip=ip, ifindex=v.ifindex, identity=v.identity, endpoint_id=v.endpoint_id,
+                    host_mac=mac_str(v.host_mac), pod_mac=mac_str(v.pod_mac), flags=v.flags)

@@ -1,0 +1,255 @@
+"""The only module that makes netlink calls (pyroute2). errno becomes domain errors.
+
+Every operation is idempotent ("ensure"): calling it against a kernel that already has the
+result is success, and deleting what is gone is success, so start-up resync and failure
+unwinding can call them freely. All calls run on one worker thread (see Worker) because
+namespace switches are per-thread.
+"""
+from __future__ import annotations
+
+import asyncio
+import errno
+import ipaddress
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, TypeVar
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from services.datapath import netns
+
+T = TypeVar("T")
+
+TC_INGRESS = "ffff:fff2"
+TC_EGRESS = "ffff:fff3"
+BPF_FILTER_PRIO = 1
+BPF_FILTER_HANDLE = 1
+RT_SCOPE_LINK = 253
+
+
+class InterfaceNotFound(LookupError):
+    pass
+
+
+class KernelError(OSError):
+    """A netlink call the kernel refused, with what we were doing."""
+
+
+@dataclass(frozen=True)
+class Link:
+    name: str
+    index: int
+    mac: str
+
+
+def _kernel(what: str, exc: NetlinkError) -> KernelError:
+    return KernelError(exc.code, f"{what}: {os.strerror(exc.code)}")
+
+
+class Worker:
+    """One thread for all netlink and netns work, so setns never leaks into other tasks."""
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="netlink")
+
+    async def run(self, fn: Callable[..., T], *args) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+
+class Netlink:
+    """Host-namespace netlink operations."""
+
+    def __init__(self) -> None:
+        self.ipr = IPRoute()
+
+    def close(self) -> None:
+        self.ipr.close()
+
+    # ---- links ---------------------------------------------------------------------------
+
+    def link(self, name: str) -> Link:
+        found = self.ipr.link_lookup(ifname=name)
+        if not found:
+            raise InterfaceNotFound(name)
+        msg = self.ipr.get_links(found[0])[0]
+        return Link(name, found[0], msg.get_attr("IFLA_ADDRESS"))
+
+    def links_with_prefix(self, prefix: str) -> dict[str, int]:
+        out = {}
+        for msg in self.ipr.get_links():
+            name = msg.get_attr("IFLA_IFNAME")
+            if name.startswith(prefix):
+                out[name] = msg["index"]
+        return out
+
+    def delete_link(self, name: str) -> None:
+        try:
+            self.ipr.link("del", ifname=name)
+        except NetlinkError as exc:
+            if exc.code not in (errno.ENODEV, errno.ENOENT):
+                raise _kernel(f"delete {name}", exc) from None
+
+    def create_veth_into(self, host: str, peer: str, netns_path: Path) -> Link:
+        """Create HOST here with its PEER already inside the namespace at NETNS_PATH."""
+        fd = os.open(netns_path, os.O_RDONLY)
+        try:
+            self.ipr.link("add", ifname=host, kind="veth", peer={"ifname": peer, "net_ns_fd": fd})
+        except NetlinkError as exc:
+            raise _kernel(f"create veth {host}", exc) from None
+        finally:
+            os.close(fd)
+        link = self.link(host)
+        self._tune_host_veth(link)
+        return link
+
+    def _tune_host_veth(self, link: Link) -> None:
+        # Host-side veths carry only pod traffic: no IPv6 autoconfiguration chatter on them.
+        conf = Path(f"/proc/sys/net/ipv6/conf/{link.name}/disable_ipv6")
+        if conf.exists():
+            conf.write_text("1")
+
+    def set_up(self, index: int) -> None:
+        self.ipr.link("set", index=index, state="up")
+
+    def ensure_veth_pair(self, name: str, peer: str) -> tuple[Link, Link]:
+        """A veth pair NAME <-> PEER in this namespace, both up."""
+        try:
+            self.link(name)
+        except InterfaceNotFound:
+            self.delete_link(peer)
+            try:
+                self.ipr.link("add", ifname=name, kind="veth", peer=peer)
+            except NetlinkError as exc:
+                raise _kernel(f"create veth {name}", exc) from None
+        a, b = self.link(name), self.link(peer)
+        self.set_up(a.index)
+        self.set_up(b.index)
+        return a, b
+
+    # ---- addresses and routes ---------------------------------------------------------
+
+    def ensure_address(self, index: int, ip: str, prefixlen: int) -> None:
+        try:
+            self.ipr.addr("add", index=index, address=ip, prefixlen=prefixlen)
+        except NetlinkError as exc:
+            if exc.code != errno.EEXIST:
+                raise _kernel(f"add address {ip}/{prefixlen}", exc) from None
+
+    def replace_route(self, dst: str, oif: int, gateway: str | None = None,
+                      prefsrc: str | None = None, scope: int | None = None) -> None:
+        kwargs: dict = {"dst": dst, "oif": oif}
+        if gateway:
+            kwargs["gateway"] = gateway
+        if prefsrc:
+            kwargs["prefsrc"] = prefsrc
+        if scope is not None:
+            kwargs["scope"] = scope
+        try:
+            self.ipr.route("replace", **kwargs)
+        except NetlinkError as exc:
+            raise _kernel(f"route {dst}", exc) from None
+
+    def delete_route(self, dst: str) -> None:
+        try:
+            self.ipr.route("del", dst=dst)
+        except NetlinkError as exc:
+            if exc.code not in (errno.ESRCH, errno.ENOENT):
+                raise _kernel(f"delete route {dst}", exc) from None
+
+    def local_ipv4(self) -> set[str]:
+        """Every IPv4 address configured in this namespace."""
+        return {msg.get_attr("IFA_ADDRESS") for msg in self.ipr.get_addr(family=2)}
+
+    def routes_in(self, network: ipaddress.IPv4Network) -> list[tuple[str, int]]:
+        """(dst/prefix, oif) of main-table routes inside NETWORK."""
+        out = []
+        for msg in self.ipr.get_routes(family=2, table=254):
+            dst = msg.get_attr("RTA_DST")
+            if dst is None:
+                continue
+            net = ipaddress.IPv4Network(f"{dst}/{msg['dst_len']}")
+            if net.subnet_of(network):
+                out.append((str(net), msg.get_attr("RTA_OIF")))
+        return out
+
+    # ---- tc / BPF ---------------------------------------------------------------------------
+
+    def attach_bpf(self, index: int, prog_fd: int, name: str, parent: str = TC_INGRESS) -> None:
+        """Attach (or atomically replace) our direct-action program at PARENT of INDEX."""
+        try:
+            self.ipr.tc("add", "clsact", index)
+        except NetlinkError as exc:
+            if exc.code != errno.EEXIST:
+                raise _kernel(f"add clsact on ifindex {index}", exc) from None
+        args = dict(handle=BPF_FILTER_HANDLE, fd=prog_fd, name=name, parent=parent,
+                    prio=BPF_FILTER_PRIO, classid=1, direct_action=True)
+        try:
+            self.ipr.tc("replace-filter", "bpf", index, **args)
+        except NetlinkError as exc:
+            if exc.code != errno.EINVAL:
+                raise _kernel(f"attach {name} on ifindex {index}", exc) from None
+            # A filter at our priority that replace cannot take over (another protocol):
+            # remove it and add ours. Only an upgrade from an incompatible layout gets here.
+            try:
+                self.ipr.tc("del-filter", "bpf", index, parent=parent, info=BPF_FILTER_PRIO << 16)
+                self.ipr.tc("add-filter", "bpf", index, **args)
+            except NetlinkError as exc2:
+                raise _kernel(f"attach {name} on ifindex {index}", exc2) from None
+
+    def bpf_filters(self, index: int, parent: str = TC_INGRESS) -> list[str]:
+        """Names of the BPF programs attached at PARENT of INDEX."""
+        try:
+            msgs = self.ipr.get_filters(index=index, parent=parent)
+        except NetlinkError:
+            return []
+        names = []
+        for msg in msgs:
+            opts = msg.get_attr("TCA_OPTIONS")
+            if opts is not None and opts.get_attr("TCA_BPF_NAME"):
+                names.append(opts.get_attr("TCA_BPF_NAME"))
+        return names
+
+
+class PodNetlink:
+    """Netlink inside one pod's namespace. Use as a context manager on the worker thread."""
+
+    def __init__(self, netns_path: Path | str) -> None:
+        with netns.entered(netns_path):
+            self.ipr = IPRoute()   # the socket stays bound to the pod's namespace
+
+    def __enter__(self) -> "PodNetlink":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.ipr.close()
+
+    def link(self, name: str) -> Link:
+        found = self.ipr.link_lookup(ifname=name)
+        if not found:
+            raise InterfaceNotFound(name)
+        msg = self.ipr.get_links(found[0])[0]
+        return Link(name, found[0], msg.get_attr("IFLA_ADDRESS"))
+
+    def has_link(self, name: str) -> bool:
+        return bool(self.ipr.link_lookup(ifname=name))
+
+    def configure(self, ifname: str, ip: str, router_ip: str) -> Link:
+        """lo up; IP/32 on IFNAME, up; ROUTER_IP on-link; default route via ROUTER_IP."""
+        lo = self.ipr.link_lookup(ifname="lo")[0]
+        self.ipr.link("set", index=lo, state="up")
+        link = self.link(ifname)
+        try:
+            self.ipr.addr("add", index=link.index, address=ip, prefixlen=32)
+        except NetlinkError as exc:
+            if exc.code != errno.EEXIST:
+                raise _kernel(f"add {ip} in pod", exc) from None
+        self.ipr.link("set", index=link.index, state="up")
+        self.ipr.route("replace", dst=f"{router_ip}/32", oif=link.index, scope=RT_SCOPE_LINK)
+        self.ipr.route("replace", dst="0.0.0.0/0", gateway=router_ip, oif=link.index)
+        return link

@@ -1,0 +1,4 @@
+from services.endpointd.service import EndpointService
+from services.runtime.app import main
+
+main(EndpointService)

@@ -1,0 +1,165 @@
+"""The kernel side of a pod: netns, veth pair, addresses, routes, program, endpoint entry.
+
+Everything here is synchronous and runs on the netlink worker thread. create() either
+finishes or removes what it made; ensure() brings an existing pod back in line with its
+record without tearing anything down (restart safety); delete() removes everything and
+treats already-gone pieces as success.
+"""
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from services.datapath import netns
+from services.datapath.maps.endpoints import Endpoint, EndpointMap
+from services.datapath.netlink import InterfaceNotFound, Netlink, PodNetlink, RT_SCOPE_LINK
+from services.runtime.config import NodeConfig
+from services.wire.messages import PodSpec, PodStatus
+
+POD_IFNAME = "eth0"
+PROGRAM = "from_container"
+
+
+def host_ifname(config: NodeConfig, namespace: str, name: str) -> str:
+    digest = hashlib.sha256(f"{config.node}/{namespace}/{name}".encode()).hexdigest()
+    prefix = config.datapath.lxcPrefix
+    return prefix + digest[: 15 - len(prefix)]
+
+
+def netns_prefix(config: NodeConfig) -> str:
+    """Every namespace this node creates is /run/netns/<prefix><namespace>.<pod>."""
+    return f"cap-{config.node}_"
+
+
+def netns_name(config: NodeConfig, namespace: str, name: str) -> str:
+    # Node and namespace names are DNS labels (no '_' or '.'), so the name is unambiguous.
+    return f"{netns_prefix(config)}{namespace}.{name}"
+
+
+class NetnsInvalid(ValueError):
+    pass
+
+
+class PodHasInterface(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Wiring:
+    """What create() needs besides the spec: decided by the control plane beforehand."""
+
+    pod_ip: str
+    endpoint_id: int
+    identity: int
+
+
+class Plumber:
+    def __init__(self, config: NodeConfig, endpoints: EndpointMap, prog_fd: int) -> None:
+        self.config = config
+        self.router_ip = str(config.router_ip)
+        self.endpoints = endpoints
+        self.prog_fd = prog_fd
+        self.nl = Netlink()
+
+    def close(self) -> None:
+        self.nl.close()
+
+    def create(self, spec: PodSpec, wiring: Wiring) -> PodStatus:
+        ifname = host_ifname(self.config, spec.namespace, spec.name)
+        owned = spec.netns is None
+        path = netns.NETNS_RUN_DIR / netns_name(self.config, spec.namespace, spec.name) if owned else Path(spec.netns)
+        if not owned:
+            if not netns.is_netns(path):
+                raise NetnsInvalid(f"spec.netns: {spec.netns} is not a network namespace")
+            with PodNetlink(path) as pod:
+                if pod.has_link(POD_IFNAME):
+                    raise PodHasInterface(f"spec.netns: {spec.netns} already has an {POD_IFNAME}")
+        made_netns = False
+        try:
+            if owned:
+                netns.create(path.name)
+                made_netns = True
+            status = self._wire(spec, wiring, ifname, path, owned)
+        except BaseException:
+            self._remove(ifname, wiring.pod_ip, path if made_netns else None)
+            raise
+        return status
+
+    def _wire(self, spec: PodSpec, wiring: Wiring, ifname: str, path: Path, owned: bool) -> PodStatus:
+        host = self.nl.create_veth_into(ifname, POD_IFNAME, path)
+        with PodNetlink(path) as pod:
+            eth0 = pod.configure(POD_IFNAME, wiring.pod_ip, self.router_ip)
+        status = PodStatus(pod_ip=wiring.pod_ip, host_ifname=ifname, host_ifindex=host.index,
+                           host_mac=host.mac, pod_mac=eth0.mac, netns=str(path), netns_owned=owned,
+                           endpoint_id=wiring.endpoint_id, identity=wiring.identity, created=time.time())
+        self._install(status)
+        return status
+
+    def _install(self, status: PodStatus) -> None:
+        """Endpoint entry, program, route, link up: in that order, so the first packet the
+        pod can send already meets our program and a complete endpoint entry."""
+        self.endpoints.upsert(Endpoint(ip=status.pod_ip, ifindex=status.host_ifindex,
+                                       identity=status.identity, endpoint_id=status.endpoint_id,
+                                       host_mac=status.host_mac, pod_mac=status.pod_mac))
+        self.nl.attach_bpf(status.host_ifindex, self.prog_fd, PROGRAM)
+        self.nl.set_up(status.host_ifindex)
+        self.nl.replace_route(f"{status.pod_ip}/32", status.host_ifindex, prefsrc=self.router_ip,
+                              scope=RT_SCOPE_LINK)
+
+    def ensure(self, spec: PodSpec, status: PodStatus) -> PodStatus:
+        """Bring a recorded pod back in line with the kernel. Existing pieces are kept (traffic
+        keeps flowing); missing pieces are recreated; the program is atomically replaced."""
+        path = Path(status.netns)
+        try:
+            host = self.nl.link(status.host_ifname)
+        except InterfaceNotFound:
+            host = None
+        if host is None or not path.exists():
+            self._remove(status.host_ifname, status.pod_ip, None)
+            if status.netns_owned and not path.exists():
+                netns.create(path.name)
+            elif not status.netns_owned and not netns.is_netns(path):
+                raise NetnsInvalid(f"adopted netns {status.netns} is gone")
+            wiring = Wiring(status.pod_ip, status.endpoint_id, status.identity)
+            fresh = self._wire(spec, wiring, status.host_ifname, path, status.netns_owned)
+            return PodStatus(**{**fresh.__dict__, "created": status.created})
+        with PodNetlink(path) as pod:
+            eth0 = pod.configure(POD_IFNAME, status.pod_ip, self.router_ip)
+        current = PodStatus(**{**status.__dict__, "host_ifindex": host.index, "host_mac": host.mac,
+                               "pod_mac": eth0.mac})
+        self._install(current)
+        return current
+
+    def delete(self, status: PodStatus) -> None:
+        self._remove(status.host_ifname, status.pod_ip,
+                     Path(status.netns) if status.netns_owned else None)
+
+    def _remove(self, ifname: str, pod_ip: str, owned_netns: Path | None) -> None:
+        self.endpoints.delete(pod_ip)
+        self.nl.delete_link(ifname)          # takes the peer and the /32 route with it
+        if owned_netns is not None:
+            netns.remove(owned_netns)
+
+    def orphans(self, known_ifnames: set[str], known_ips: set[str], known_netns: set[str]) -> list[str]:
+        """Remove lxc links, endpoint entries and our netns files that no pod record owns
+        (left by a crash between making them and recording the pod)."""
+        removed = []
+        if netns.NETNS_RUN_DIR.is_dir():
+            for path in netns.NETNS_RUN_DIR.glob(f"{netns_prefix(self.config)}*"):
+                if str(path) not in known_netns:
+                    netns.remove(path)
+                    removed.append(str(path))
+        for name in self.nl.links_with_prefix(self.config.datapath.lxcPrefix):
+            if name not in known_ifnames and len(name) == 15:
+                self.nl.delete_link(name)
+                removed.append(name)
+        for ip in self.endpoints.all():
+            if ip not in known_ips:
+                self.endpoints.delete(ip)
+                removed.append(f"endpoint {ip}")
+        return removed
+
+    def attached(self, ifindex: int) -> bool:
+        return PROGRAM in " ".join(self.nl.bpf_filters(ifindex))

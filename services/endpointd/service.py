@@ -1,0 +1,274 @@
+"""endpointd: namespaces, pods and their kernel plumbing, IPAM, the endpoint map and the
+from_container program on every host-side veth.
+
+Locking: every mutation (apply, delete, reconcile) holds self._lock, so the in-memory view
+(self.pods, self.namespaces, IPAM, endpoint ids) and KV change together. Kernel work runs
+on the netlink worker thread.
+"""
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from prometheus_client import Gauge
+
+from services.datapath import loader
+from services.datapath.maps.endpoints import EndpointMap
+from services.datapath.netlink import Worker
+from services.endpointd.ipam import IPAM, PoolExhausted
+from services.endpointd.plumbing import NetnsInvalid, PodHasInterface, Plumber, Wiring
+from services.runtime.app import Service, main
+from services.runtime.bus import RemoteError, ServiceError, kv_items
+from services.runtime.revert import RevertStack
+from services.wire import codec, subjects
+from services.wire.labels import identity_labels, namespace_labels
+from services.wire.manifests import DEFAULT_NAMESPACE, Document, ManifestError, parse_namespace, parse_pod
+from services.wire.messages import (EXHAUSTED, EXISTS, INVALID, NOT_FOUND, Applied, Apply,
+                                    EndpointEvent, IdentityAllocate, IdentityRelease,
+                                    IpcacheDelete, IpcacheUpsert, ListRequest, NamespaceSpec,
+                                    ObjectRef, Pod, PodSpec)
+
+MAX_ENDPOINT_ID = 0xFFFF
+
+
+def pod_key(namespace: str, name: str) -> str:
+    return f"{namespace}/{name}"
+
+
+class EndpointService(Service):
+    NAME = "endpointd"
+
+    async def start(self) -> None:
+        self.worker = Worker()
+        self._lock = asyncio.Lock()
+        self.ipam = IPAM(self.config.podCIDR)
+        self.namespaces: dict[str, NamespaceSpec] = {}
+        self.pods: dict[str, Pod] = {}
+        self.pods_gauge = Gauge("capillary_endpoints", "Local endpoints (pods)", registry=self.registry)
+
+        await self._wait_for("routed")
+        await self._wait_for("policyd")
+        self.program = await self.worker.run(loader.compile_source, "lxc.c", self.config)
+        self.endpoints = EndpointMap(Path(self.config.datapath.bpfRoot))
+        self.plumber = Plumber(self.config, self.endpoints, self.program.program_fd("from_container"))
+
+        self.kv_ns = await self.bus.kv(subjects.BUCKET_NAMESPACES, create=True)
+        self.kv_pods = await self.bus.kv(subjects.BUCKET_PODS, create=True)
+        async with self._lock:
+            await self._reconcile()
+        self.bus.on_reconnect(self._resync)
+
+        b = self.bus
+        await b.serve(subjects.NAMESPACE_APPLY, Apply, self.apply_namespace)
+        await b.serve(subjects.NAMESPACE_DELETE, ObjectRef, self.delete_namespace)
+        await b.serve(subjects.NAMESPACE_LIST, ListRequest, self.list_namespaces)
+        await b.serve(subjects.POD_APPLY, Apply, self.apply_pod)
+        await b.serve(subjects.POD_DELETE, ObjectRef, self.delete_pod)
+        await b.serve(subjects.POD_LIST, ListRequest, self.list_pods)
+
+    async def counters(self) -> dict[str, int]:
+        attached = await self.worker.run(
+            lambda: sum(self.plumber.attached(p.status.host_ifindex) for p in self.pods.values()))
+        return {"pods": len(self.pods), "namespaces": len(self.namespaces),
+                "endpoint_entries": len(self.endpoints.all()), "programs_attached": attached,
+                "ips_in_use": self.ipam.used, "ips_capacity": self.ipam.capacity}
+
+    async def stop(self) -> None:
+        if hasattr(self, "worker"):
+            self.worker.close()
+
+    async def _wait_for(self, service: str) -> None:
+        """Block until SERVICE is ready: its maps must be pinned before our program compiles."""
+        self.detail = f"waiting for {service}"
+        while True:
+            try:
+                health = await self.bus.request(subjects.health(service), timeout=1.0)
+                if health.get("ready"):
+                    return
+            except RemoteError:
+                pass
+            await asyncio.sleep(0.2)
+
+    # ---- start-up and reconnect ------------------------------------------------------------
+
+    async def _reconcile(self) -> None:
+        """Make the kernel match KV, keeping everything that is already right."""
+        for name, raw in (await kv_items(self.kv_ns)).items():
+            self.namespaces[name] = NamespaceSpec.from_wire(raw)
+        if DEFAULT_NAMESPACE not in self.namespaces:
+            await self._store_namespace(NamespaceSpec(DEFAULT_NAMESPACE, namespace_labels(DEFAULT_NAMESPACE, {})))
+        for key, raw in (await kv_items(self.kv_pods)).items():
+            pod = Pod.from_wire(raw)
+            self.ipam.claim(pod.status.pod_ip)
+            try:
+                status = await self.worker.run(self.plumber.ensure, pod.spec, pod.status)
+            except (NetnsInvalid, OSError) as exc:
+                self.log.error("pod cannot be restored", pod=key, error=str(exc))
+                self.pods[key] = pod
+                continue
+            pod = Pod(pod.spec, status)
+            await self._call(subjects.IPCACHE_UPSERT,
+                             IpcacheUpsert(f"{status.pod_ip}/32", status.identity, "endpoint"))
+            if status != Pod.from_wire(raw).status:
+                await self.kv_pods.put(key, codec.encode(pod.to_wire()))
+            self.pods[key] = pod
+        removed = await self.worker.run(
+            self.plumber.orphans,
+            {p.status.host_ifname for p in self.pods.values()},
+            {p.status.pod_ip for p in self.pods.values()},
+            {p.status.netns for p in self.pods.values() if p.status.netns_owned},
+        )
+        if removed:
+            self.log.warning("removed orphans", items=removed)
+        self.pods_gauge.set(len(self.pods))
+        self.log.info("reconciled", namespaces=len(self.namespaces), pods=len(self.pods))
+
+    async def _resync(self) -> None:
+        async with self._lock:
+            await self._reconcile()
+
+    async def _call(self, subject: str, message, timeout: float = 5.0):
+        """Call another service, retrying while it restarts; its own errors pass through."""
+        deadline = asyncio.get_running_loop().time() + 30
+        while True:
+            try:
+                return await self.bus.request(subject, message, timeout=timeout)
+            except RemoteError as exc:
+                if exc.code != "unavailable" or asyncio.get_running_loop().time() > deadline:
+                    raise
+                await asyncio.sleep(0.2)
+
+    # ---- namespaces --------------------------------------------------------------------------
+
+    async def _store_namespace(self, spec: NamespaceSpec) -> None:
+        await self.kv_ns.put(spec.name, codec.encode(spec.to_wire()))
+        self.namespaces[spec.name] = spec
+
+    async def apply_namespace(self, req: Apply) -> Applied:
+        spec = _parse(parse_namespace, req.document)
+        spec = NamespaceSpec(spec.name, namespace_labels(spec.name, spec.labels))
+        async with self._lock:
+            current = self.namespaces.get(spec.name)
+            if current is not None and req.create_only:
+                raise ServiceError(EXISTS, f'namespace "{spec.name}" already exists')
+            if current == spec:
+                return Applied("Namespace", spec.name, "", "unchanged")
+            if current is not None and any(p.spec.namespace == spec.name for p in self.pods.values()):
+                raise ServiceError(INVALID, f'namespace "{spec.name}" has pods: changing its labels '
+                                            "would change their identities; delete the pods first")
+            await self._store_namespace(spec)
+        return Applied("Namespace", spec.name, "", "configured" if current else "created")
+
+    async def delete_namespace(self, req: ObjectRef) -> Applied:
+        async with self._lock:
+            if req.name not in self.namespaces:
+                raise ServiceError(NOT_FOUND, f'namespace "{req.name}" not found')
+            keys = [k for k, p in self.pods.items() if p.spec.namespace == req.name]
+            for key in keys:
+                await self._delete_pod_locked(key)
+            await self.kv_ns.delete(req.name)
+            del self.namespaces[req.name]
+        return Applied("Namespace", req.name, "", "deleted")
+
+    async def list_namespaces(self, _req: ListRequest) -> list[NamespaceSpec]:
+        return sorted(self.namespaces.values(), key=lambda n: n.name)
+
+    # ---- pods ----------------------------------------------------------------------------------
+
+    async def apply_pod(self, req: Apply) -> Applied:
+        spec = _parse(parse_pod, req.document)
+        key = pod_key(spec.namespace, spec.name)
+        async with self._lock:
+            current = self.pods.get(key)
+            if current is not None:
+                if req.create_only:
+                    raise ServiceError(EXISTS, f'pod "{key}" already exists')
+                if current.spec == spec:
+                    return Applied("Pod", spec.name, spec.namespace, "unchanged")
+                raise ServiceError(INVALID, f'pod "{key}" already exists with a different spec; '
+                                            "pods are immutable here: delete it first")
+            if spec.namespace not in self.namespaces:
+                raise ServiceError(NOT_FOUND, f'metadata.namespace: namespace "{spec.namespace}" not found')
+            pod = await self._create_pod(spec)
+            self.pods[key] = pod
+            self.pods_gauge.set(len(self.pods))
+        await self.bus.publish(subjects.endpoint_event("created"), EndpointEvent(pod))
+        self.log.info("pod created", pod=key, ip=pod.status.pod_ip, ifname=pod.status.host_ifname)
+        return Applied("Pod", spec.name, spec.namespace, "created")
+
+    async def _create_pod(self, spec: PodSpec) -> Pod:
+        revert = RevertStack()
+        try:
+            try:
+                ip = self.ipam.allocate()
+            except PoolExhausted as exc:
+                raise ServiceError(EXHAUSTED, str(exc)) from None
+            revert.push("release ip", lambda: self.ipam.release(ip))
+            owner = f"pod:{pod_key(spec.namespace, spec.name)}"
+            ns = self.namespaces[spec.namespace]
+            ident = await self._call(subjects.IDENTITY_ALLOCATE, IdentityAllocate(
+                identity_labels(spec.labels, spec.namespace, ns.labels), owner))
+            identity = ident["id"]
+            revert.push("release identity",
+                        lambda: self._call(subjects.IDENTITY_RELEASE, IdentityRelease(identity, owner)))
+            wiring = Wiring(ip, self._endpoint_id(), identity)
+            try:
+                status = await self.worker.run(self.plumber.create, spec, wiring)
+            except (NetnsInvalid, PodHasInterface) as exc:
+                raise ServiceError(INVALID, str(exc)) from None
+            revert.push("remove datapath", lambda: self.worker.run(self.plumber.delete, status))
+            await self._call(subjects.IPCACHE_UPSERT, IpcacheUpsert(f"{ip}/32", identity, "endpoint"))
+            revert.push("remove ipcache entry",
+                        lambda: self._call(subjects.IPCACHE_DELETE, IpcacheDelete(f"{ip}/32", "endpoint")))
+            pod = Pod(spec, status)
+            await self.kv_pods.put(pod_key(spec.namespace, spec.name), codec.encode(pod.to_wire()))
+        except BaseException:
+            await revert.unwind()
+            raise
+        revert.commit()
+        return pod
+
+    def _endpoint_id(self) -> int:
+        used = {p.status.endpoint_id for p in self.pods.values()}
+        for candidate in range(1, MAX_ENDPOINT_ID + 1):
+            if candidate not in used:
+                return candidate
+        raise ServiceError(EXHAUSTED, f"no free endpoint id (limit {MAX_ENDPOINT_ID})")
+
+    async def delete_pod(self, req: ObjectRef) -> Applied:
+        namespace = req.namespace or DEFAULT_NAMESPACE
+        key = pod_key(namespace, req.name)
+        async with self._lock:
+            if key not in self.pods:
+                raise ServiceError(NOT_FOUND, f'pod "{key}" not found')
+            pod = await self._delete_pod_locked(key)
+        await self.bus.publish(subjects.endpoint_event("deleted"), EndpointEvent(pod))
+        return Applied("Pod", req.name, namespace, "deleted")
+
+    async def _delete_pod_locked(self, key: str) -> Pod:
+        pod = self.pods[key]
+        status = pod.status
+        # Datapath first: once the veth is gone no packet can carry the old identity.
+        await self.worker.run(self.plumber.delete, status)
+        await self._call(subjects.IPCACHE_DELETE, IpcacheDelete(f"{status.pod_ip}/32", "endpoint"))
+        await self._call(subjects.IDENTITY_RELEASE, IdentityRelease(status.identity, f"pod:{key}"))
+        await self.kv_pods.delete(key)
+        self.ipam.release(status.pod_ip)
+        del self.pods[key]
+        self.pods_gauge.set(len(self.pods))
+        self.log.info("pod deleted", pod=key)
+        return pod
+
+    async def list_pods(self, req: ListRequest) -> list[Pod]:
+        pods = [p for p in self.pods.values() if not req.namespace or p.spec.namespace == req.namespace]
+        return sorted(pods, key=lambda p: (p.spec.namespace, p.spec.name))
+
+
+def _parse(parser, document: dict):
+    try:
+        doc = Document(document.get("apiVersion", ""), document.get("kind", ""), document)
+        return parser(doc)
+    except ManifestError as exc:
+        raise ServiceError(INVALID, str(exc)) from None
+
+

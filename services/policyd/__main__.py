@@ -1,0 +1,4 @@
+from services.policyd.service import PolicyService
+from services.runtime.app import main
+
+main(PolicyService)

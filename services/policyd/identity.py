@@ -1,0 +1,73 @@
+"""Security identities: one number per distinct label set. Pure logic, no I/O.
+
+Numbering follows Cilium: reserved identities below 256 (host=1, world=2, ...), identities
+for label sets from 256 up. An identity lives while something holds it (owners); the
+service persists every change in KV so numbers survive restarts.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+RESERVED = {
+    1: "reserved:host",
+    2: "reserved:world",
+    3: "reserved:unmanaged",
+    4: "reserved:health",
+    5: "reserved:init",
+    6: "reserved:remote-node",
+    7: "reserved:kube-apiserver",
+    8: "reserved:ingress",
+}
+FIRST_ALLOCATED = 256
+MAX_IDENTITY = 0xFFFF
+
+
+class IdentitiesExhausted(Exception):
+    pass
+
+
+def labels_key(labels: dict[str, str]) -> str:
+    return ";".join(f"{k}={v}" for k, v in sorted(labels.items()))
+
+
+@dataclass
+class Entry:
+    id: int
+    labels: dict[str, str]
+    owners: set[str] = field(default_factory=set)
+
+
+class IdentityAllocator:
+    def __init__(self) -> None:
+        self.by_id: dict[int, Entry] = {}
+        self._by_labels: dict[str, int] = {}
+
+    def restore(self, entry: Entry) -> None:
+        self.by_id[entry.id] = entry
+        self._by_labels[labels_key(entry.labels)] = entry.id
+
+    def allocate(self, labels: dict[str, str], owner: str) -> tuple[Entry, bool]:
+        """The identity for LABELS, held by OWNER; True when it was newly created."""
+        existing = self._by_labels.get(labels_key(labels))
+        if existing is not None:
+            entry = self.by_id[existing]
+            entry.owners.add(owner)
+            return entry, False
+        for candidate in range(FIRST_ALLOCATED, MAX_IDENTITY + 1):
+            if candidate not in self.by_id:
+                entry = Entry(candidate, dict(labels), {owner})
+                self.restore(entry)
+                return entry, True
+        raise IdentitiesExhausted(f"no free identity between {FIRST_ALLOCATED} and {MAX_IDENTITY}")
+
+    def release(self, identity: int, owner: str) -> Entry | None:
+        """Drop OWNER's hold; returns the entry when it has no holder left (and is gone)."""
+        entry = self.by_id.get(identity)
+        if entry is None:
+            return None
+        entry.owners.discard(owner)
+        if entry.owners:
+            return None
+        del self.by_id[identity]
+        del self._by_labels[labels_key(entry.labels)]
+        return entry

@@ -1,0 +1,4 @@
+from services.routed.service import RoutedService
+from services.runtime.app import main
+
+main(RoutedService)

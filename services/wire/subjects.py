@@ -1,0 +1,102 @@
+"""Every NATS subject capillary uses, built by functions: nobody formats one by hand.
+
+Request subjects (request/reply) are served by exactly one service; event subjects are
+published by exactly one service. The same table drives the per-service NATS permissions
+(services.runtime.natsserver), so a service can only use what is listed for it here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+ROOT = "capillary"
+SERVICES = ("endpointd", "policyd", "routed", "flowd")
+
+# endpointd: namespaces and pods
+NAMESPACE_APPLY = f"{ROOT}.namespace.apply"
+NAMESPACE_DELETE = f"{ROOT}.namespace.delete"
+NAMESPACE_LIST = f"{ROOT}.namespace.list"
+POD_APPLY = f"{ROOT}.pod.apply"
+POD_DELETE = f"{ROOT}.pod.delete"
+POD_LIST = f"{ROOT}.pod.list"
+ENDPOINT_EVENTS = f"{ROOT}.endpoint.events"   # + .created / .deleted
+
+# policyd: identities (policies arrive with the policy issue)
+IDENTITY_ALLOCATE = f"{ROOT}.identity.allocate"
+IDENTITY_RELEASE = f"{ROOT}.identity.release"
+IDENTITY_LIST = f"{ROOT}.identity.list"
+
+# routed: ipcache
+IPCACHE_UPSERT = f"{ROOT}.ipcache.upsert"
+IPCACHE_DELETE = f"{ROOT}.ipcache.delete"
+IPCACHE_LIST = f"{ROOT}.ipcache.list"
+
+# supervisor (capillary up)
+NODE_STATUS = f"{ROOT}.node.status"
+
+# flowd
+FLOWS = f"{ROOT}.flows"
+
+
+def health(service: str) -> str:
+    if service not in SERVICES:
+        raise ValueError(f"unknown service {service!r}")
+    return f"{ROOT}.health.{service}"
+
+
+def endpoint_event(what: str) -> str:
+    if what not in ("created", "deleted"):
+        raise ValueError(f"unknown endpoint event {what!r}")
+    return f"{ENDPOINT_EVENTS}.{what}"
+
+
+def flows(node: str, verdict: str = "*") -> str:
+    return f"{FLOWS}.{node}.{verdict}"
+
+
+# KV buckets holding desired state, and their owners (the only writers).
+BUCKET_NAMESPACES = "capillary_namespaces"
+BUCKET_PODS = "capillary_pods"
+BUCKET_IDENTITIES = "capillary_identities"
+BUCKET_POLICIES = "capillary_policies"
+BUCKETS = {
+    BUCKET_NAMESPACES: "endpointd",
+    BUCKET_PODS: "endpointd",
+    BUCKET_IDENTITIES: "policyd",
+    BUCKET_POLICIES: "policyd",
+}
+
+
+@dataclass(frozen=True)
+class Grants:
+    """What one service may do on the bus: serve (subscribe + reply), call, publish, listen."""
+
+    serves: tuple[str, ...]
+    calls: tuple[str, ...] = ()
+    publishes: tuple[str, ...] = ()
+    listens: tuple[str, ...] = ()
+    buckets: tuple[str, ...] = ()
+
+
+GRANTS: dict[str, Grants] = {
+    "endpointd": Grants(
+        serves=(NAMESPACE_APPLY, NAMESPACE_DELETE, NAMESPACE_LIST,
+                POD_APPLY, POD_DELETE, POD_LIST, health("endpointd")),
+        calls=(IDENTITY_ALLOCATE, IDENTITY_RELEASE, IPCACHE_UPSERT, IPCACHE_DELETE,
+               health("routed"), health("policyd")),
+        publishes=(f"{ENDPOINT_EVENTS}.>",),
+        buckets=(BUCKET_NAMESPACES, BUCKET_PODS),
+    ),
+    "policyd": Grants(
+        serves=(IDENTITY_ALLOCATE, IDENTITY_RELEASE, IDENTITY_LIST, health("policyd")),
+        listens=(f"{ENDPOINT_EVENTS}.>",),
+        buckets=(BUCKET_IDENTITIES, BUCKET_POLICIES),
+    ),
+    "routed": Grants(
+        serves=(IPCACHE_UPSERT, IPCACHE_DELETE, IPCACHE_LIST, health("routed")),
+    ),
+    "flowd": Grants(
+        serves=(health("flowd"),),
+        listens=(f"{ENDPOINT_EVENTS}.>",),
+        publishes=(f"{FLOWS}.>",),
+    ),
+}
