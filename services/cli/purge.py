@@ -17,12 +17,10 @@ def purge_node(config: NodeConfig) -> list[str]:
     nl = Netlink()
     try:
         for name in nl.links_with_prefix(config.datapath.lxcPrefix):
-            if len(name) == 15:
-                nl.delete_link(name)
+            if len(name) == 15 and nl.delete_veth(name):
                 removed.append(f"link {name}")
         for name in (config.datapath.routerDevice, config.datapath.routerPeer):
-            if name in nl.links_with_prefix(name):
-                nl.delete_link(name)
+            if nl.delete_veth(name):
                 removed.append(f"link {name}")
     finally:
         nl.close()

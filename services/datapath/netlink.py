@@ -43,6 +43,13 @@ class Link:
     name: str
     index: int
     mac: str
+    kind: str = ""
+
+
+def _link(msg) -> Link:
+    info = msg.get_attr("IFLA_LINKINFO")
+    kind = (info.get_attr("IFLA_INFO_KIND") if info is not None else None) or ""
+    return Link(msg.get_attr("IFLA_IFNAME"), msg["index"], msg.get_attr("IFLA_ADDRESS"), kind)
 
 
 def _kernel(what: str, exc: NetlinkError) -> KernelError:
@@ -77,8 +84,18 @@ class Netlink:
         found = self.ipr.link_lookup(ifname=name)
         if not found:
             raise InterfaceNotFound(name)
-        msg = self.ipr.get_links(found[0])[0]
-        return Link(name, found[0], msg.get_attr("IFLA_ADDRESS"))
+        return _link(self.ipr.get_links(found[0])[0])
+
+    def delete_veth(self, name: str) -> bool:
+        """Delete NAME if it is a veth; anything else of that name is left alone."""
+        try:
+            link = self.link(name)
+        except InterfaceNotFound:
+            return False
+        if link.kind != "veth":
+            return False
+        self.delete_link(name)
+        return True
 
     def links_with_prefix(self, prefix: str) -> dict[str, int]:
         out = {}
@@ -120,7 +137,10 @@ class Netlink:
     def ensure_veth_pair(self, name: str, peer: str) -> tuple[Link, Link]:
         """A veth pair NAME <-> PEER in this namespace, both up."""
         try:
-            self.link(name)
+            existing = self.link(name)
+            if existing.kind != "veth":
+                raise KernelError(errno.EEXIST, f"{name} exists and is a {existing.kind or 'non-veth'} "
+                                                "device, not our veth: choose another datapath.routerDevice")
         except InterfaceNotFound:
             self.delete_link(peer)
             try:
@@ -233,8 +253,7 @@ class PodNetlink:
         found = self.ipr.link_lookup(ifname=name)
         if not found:
             raise InterfaceNotFound(name)
-        msg = self.ipr.get_links(found[0])[0]
-        return Link(name, found[0], msg.get_attr("IFLA_ADDRESS"))
+        return _link(self.ipr.get_links(found[0])[0])
 
     def has_link(self, name: str) -> bool:
         return bool(self.ipr.link_lookup(ifname=name))

@@ -152,8 +152,7 @@ class Plumber:
                     netns.remove(path)
                     removed.append(str(path))
         for name in self.nl.links_with_prefix(self.config.datapath.lxcPrefix):
-            if name not in known_ifnames and len(name) == 15:
-                self.nl.delete_link(name)
+            if name not in known_ifnames and len(name) == 15 and self.nl.delete_veth(name):
                 removed.append(name)
         for ip in self.endpoints.all():
             if ip not in known_ips:

@@ -22,7 +22,3 @@ def ensure_router(nl: Netlink, config: NodeConfig) -> int:
     nl.replace_route(config.podCIDR, host.index, prefsrc=str(config.router_ip), scope=RT_SCOPE_LINK)
     _sysctl("net/ipv4/ip_forward", "1")
     return host.index
-
-
-def remove_router(nl: Netlink, config: NodeConfig) -> None:
-    nl.delete_link(config.datapath.routerDevice)   # the peer and the CIDR route go with it

@@ -98,7 +98,7 @@ class Bus:
         try:
             nc = await nats.connect(
                 creds.url, user=creds.user, password=creds.password, name=name,
-                connect_timeout=connect_timeout, max_reconnect_attempts=-1 if retry else 0,
+                connect_timeout=connect_timeout, max_reconnect_attempts=-1 if retry else 1,
                 reconnect_time_wait=0.5, allow_reconnect=retry,
                 inbox_prefix=f"_INBOX_{creds.user}".encode(), **callbacks,
             )

@@ -171,18 +171,30 @@ _SECTIONS = {"datapath": DatapathConfig, "maps": MapSizes, "events": EventsConfi
              "policy": PolicyConfig, "nats": NatsConfig, "metrics": MetricsConfig}
 
 
+_SCALARS = {"str": str, "int": int, "bool": bool}
+
+
+def _check_scalar(type_name: str, value: Any, where: str) -> None:
+    """Field annotations are strings here (postponed evaluation); bool is not an int."""
+    tp = _SCALARS.get(type_name)
+    if tp and (not isinstance(value, tp) or (tp is int and isinstance(value, bool))):
+        raise ConfigError(f"{where}: expected {type_name}, got {type(value).__name__}")
+
+
 def _build(cls: type, data: Any, path: str) -> Any:
     if data is None:
         return cls()
     if not isinstance(data, dict):
         raise ConfigError(f"{path or 'config'}: expected a mapping")
-    names = {f.name for f in dataclasses.fields(cls)}
+    types = {f.name: f.type for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in data.items():
         where = f"{path}.{key}" if path else key
-        if key not in names:
+        if key not in types:
             raise ConfigError(f"{where}: unknown field")
         section = _SECTIONS.get(key) if cls is NodeConfig else None
+        if not section:
+            _check_scalar(types[key], value, where)
         kwargs[key] = _build(section, value, where) if section else value
     try:
         return cls(**kwargs)
@@ -199,20 +211,33 @@ def _from_cilium_config(spec: dict) -> dict:
         if key not in known:
             raise ConfigError(f"CiliumConfig.spec.{key}: unknown field")
     out: dict = {}
-    progs = spec.get("eBPFPrograms") or {}
+    progs = _shorthand_section(spec, "eBPFPrograms", {"optimize"})
     if "optimize" in progs:
         out.setdefault("datapath", {})["mode"] = "redirect" if progs["optimize"] else "host-stack"
-    bufs = spec.get("networkBuffers") or {}
+    bufs = _shorthand_section(spec, "networkBuffers", {"size", "count"})
     if bufs:
         size, count = bufs.get("size", 4096), bufs.get("count", 1024)
         if not all(isinstance(v, int) and v > 0 for v in (size, count)):
             raise ConfigError("CiliumConfig.spec.networkBuffers: size and count must be positive integers")
         total = 1 << max(12, (size * count - 1).bit_length())
         out.setdefault("events", {})["ringBytes"] = total
-    sec = spec.get("security") or {}
+    sec = _shorthand_section(spec, "security", {"enable"})
     if "enable" in sec and not sec["enable"]:
         out.setdefault("policy", {})["enforcement"] = "never"
     return out
+
+
+def _shorthand_section(spec: dict, name: str, allowed: set[str]) -> dict:
+    """spec.NAME as a mapping of known fields; a misspelt field must not pass unnoticed."""
+    section = spec.get(name) or {}
+    if not isinstance(section, dict):
+        raise ConfigError(f"CiliumConfig.spec.{name}: expected a mapping")
+    for key, value in section.items():
+        if key not in allowed:
+            raise ConfigError(f"CiliumConfig.spec.{name}.{key}: unknown field")
+        if key in ("optimize", "enable") and not isinstance(value, bool):
+            raise ConfigError(f"CiliumConfig.spec.{name}.{key}: expected true or false")
+    return section
 
 
 def _merge(base: dict, extra: dict) -> dict:

@@ -158,7 +158,10 @@ class Supervisor:
         self.bus = await Bus.connect(creds, name=f"supervisor@{self.config.node}")
         await self.bus.serve(subjects.NODE_STATUS, None, self._status)
         for name in subjects.SERVICES:
-            self.children[name] = Child(name, [sys.executable, "-m", f"services.{name}"])
+            argv = [sys.executable, "-m", f"services.{name}"]
+            if self.config_path:
+                argv += ["--config", str(Path(self.config_path).resolve())]
+            self.children[name] = Child(name, argv)
             tasks.append(asyncio.create_task(self._watch(self.children[name])))
         log.info("node up", node=self.config.node, nats=self.config.nats.url,
                  context=str(self.config.credentials_path(natsserver.ADMIN)))

@@ -50,7 +50,7 @@ class Message:
         if cls.KIND:
             version = data.pop("v", None)
             kind = data.pop("kind", None)
-            if not isinstance(version, int) or version > SCHEMA_VERSION or version < 1:
+            if type(version) is not int or version > SCHEMA_VERSION or version < 1:
                 raise SchemaError(f"{_join(path, 'v')}: unsupported schema version {version!r}")
             if kind != cls.KIND:
                 raise SchemaError(f"{_join(path, 'kind')}: expected {cls.KIND!r}, got {kind!r}")

@@ -1,0 +1,44 @@
+# capillary: `make up` runs a node, `make test` runs every test tier. Both prepare the
+# machine first (scripts/setup.sh is idempotent).
+VENV    := .venv
+PY      := $(VENV)/bin/python
+CLI     := $(VENV)/bin/capillary
+PYTEST  := $(VENV)/bin/pytest
+CONFIG  ?=
+CONFIG_FLAG := $(if $(CONFIG),--config $(CONFIG),)
+
+.PHONY: setup up down purge status test unit privileged e2e bench clean
+
+setup:
+	@bash scripts/setup.sh
+
+up: setup
+	$(CLI) $(CONFIG_FLAG) up --detach
+	@$(CLI) $(CONFIG_FLAG) status
+
+down:
+	$(CLI) $(CONFIG_FLAG) down
+
+purge:
+	$(CLI) $(CONFIG_FLAG) down --purge
+
+status:
+	$(CLI) $(CONFIG_FLAG) status
+
+test: setup
+	$(PYTEST) tests -q -ra
+
+unit: setup
+	$(PYTEST) tests/unit -q
+
+privileged: setup
+	$(PYTEST) tests/privileged -q -ra
+
+e2e: setup
+	$(PYTEST) tests/e2e -q -ra
+
+bench: setup
+	$(PY) bench/run.py $(if $(QUICK),--quick,)
+
+clean:
+	rm -rf $(VENV) build *.egg-info

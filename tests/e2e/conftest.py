@@ -1,0 +1,25 @@
+import pytest
+
+from tests.support.node import Node
+
+
+def _node(tmp_path_factory, **kwargs):
+    node = Node(tmp_path_factory.mktemp("node"), **kwargs)
+    try:
+        node.up()
+        yield node
+    finally:
+        node.purge()
+        left = node.leftovers()
+        assert not left, f"the node left things behind: {left}"
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory):
+    """A running node (redirect mode) shared by one test module."""
+    yield from _node(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def host_stack_node(tmp_path_factory):
+    yield from _node(tmp_path_factory, mode="host-stack", pod_cidr="10.212.0.0/24")

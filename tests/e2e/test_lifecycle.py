@@ -1,0 +1,132 @@
+"""Node lifecycle: up, status, health, credentials, supervisor restarts, NATS permissions."""
+import asyncio
+import json
+import os
+import signal
+import stat
+import subprocess
+import time
+import urllib.request
+
+import nats
+import pytest
+from nats.errors import NoRespondersError
+
+from services.wire import codec
+from services.wire.subjects import SERVICES
+from tests.support.node import Node
+
+
+def test_status_reports_every_service_healthy(node):
+    st = node.wait_healthy()
+    assert set(st["services"]) == set(SERVICES)
+    for name, svc in st["services"].items():
+        assert svc["healthy"], name
+        assert svc["pid"] > 0 and svc["uptime"] >= 0 and svc["restarts"] == 0
+    assert st["nats"]["connected"] and st["nats"]["jetstream"]["streams"] >= 3
+    assert set(st["datapath"]["pinned_maps"]) >= {"endpoints", "ipcache", "metrics"}
+    text = node.cli("status").stdout
+    assert "endpointd" in text and "healthy" in text
+
+
+def test_context_file_is_private_nats_cli_json(node):
+    path = node.status()["context"]
+    mode = stat.S_IMODE(os.stat(path).st_mode)
+    assert mode == 0o600
+    ctx = json.loads(open(path).read())
+    assert ctx["url"] == f"nats://127.0.0.1:{node.nats_port}"
+    assert ctx["user"] == "admin" and len(ctx["password"]) >= 20
+
+
+def test_nats_listens_on_loopback_only(node):
+    out = subprocess.run(["ss", "-Hltn", f"sport = :{node.nats_port}"], capture_output=True, text=True).stdout
+    addrs = {line.split()[3] for line in out.splitlines() if line.strip()}
+    assert addrs == {f"127.0.0.1:{node.nats_port}"}
+
+
+def test_every_service_serves_prometheus_metrics(node):
+    st = node.status()
+    for name, svc in st["services"].items():
+        body = urllib.request.urlopen(f"http://127.0.0.1:{svc['metrics_port']}/metrics", timeout=5).read().decode()
+        assert "capillary_bus_requests_total" in body, name
+
+
+def _creds(node, user):
+    return json.loads((node.state_dir / "nats" / f"{user}.context.json").read_text())
+
+
+async def _try_as(node, user, subject, publish=True):
+    """Subscribe (and publish) as USER; return the permission errors the server sent."""
+    errors = []
+
+    async def on_error(exc):
+        errors.append(str(exc))
+
+    c = _creds(node, user)
+    nc = await nats.connect(c["url"], user=c["user"], password=c["password"], error_cb=on_error,
+                            allow_reconnect=False, inbox_prefix=f"_INBOX_{user}".encode())
+    try:
+        await nc.subscribe(subject)
+        if publish:
+            await nc.publish(subject, b"x")
+        await nc.flush()
+        await asyncio.sleep(0.3)
+    finally:
+        await nc.close()
+    return errors
+
+
+def test_service_credentials_only_allow_their_own_subjects(node):
+    # routed may not take over endpointd's pod requests, nor publish on them.
+    errors = asyncio.run(_try_as(node, "routed", "capillary.pod.apply"))
+    assert any('subscription to "capillary.pod.apply"' in e for e in errors), errors
+    assert any('publish to "capillary.pod.apply"' in e for e in errors), errors
+    # It may serve its own subject, but not send requests to itself.
+    assert asyncio.run(_try_as(node, "routed", "capillary.ipcache.list", publish=False)) == []
+    errors = asyncio.run(_try_as(node, "routed", "capillary.ipcache.list"))
+    assert errors == ['nats: permissions violation for publish to "capillary.ipcache.list"']
+
+
+async def _raw_request(node, subject, payload):
+    c = _creds(node, "admin")
+    nc = await nats.connect(c["url"], user=c["user"], password=c["password"])
+    try:
+        msg = await nc.request(subject, payload, timeout=5)
+        return codec.decode(msg.data)
+    finally:
+        await nc.close()
+
+
+def test_health_subject_answers(node):
+    reply = asyncio.run(_raw_request(node, "capillary.health.policyd", b""))
+    assert reply["ok"] and reply["result"]["service"] == "policyd" and reply["result"]["ready"]
+
+
+def test_supervisor_restarts_a_crashed_service(node):
+    pid = node.service_pid("policyd")
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        st = node.status()
+        svc = st["services"]["policyd"]
+        if svc["healthy"] and svc["pid"] != pid:
+            break
+        time.sleep(0.3)
+    assert svc["pid"] != pid and svc["healthy"] and svc["restarts"] == 1
+    log = (node.state_dir / "logs" / "supervisor.log").read_text()
+    assert "exited, restarting" in log and "policyd" in log
+
+
+def test_up_detach_fails_with_reason_and_leaves_nothing(tmp_path):
+    bad = Node(tmp_path)
+    text = bad.config_path.read_text().replace(f"routerDevice: {bad.router_device}", "routerDevice: lo")
+    bad.config_path.write_text(text)
+    proc = bad.cli("up", "--detach", "--timeout", "8", check=False)
+    try:
+        assert proc.returncode != 0
+        assert "not healthy within 8s" in proc.stderr and "routed" in proc.stderr
+        assert bad.cli("status", check=False).returncode != 0
+    finally:
+        bad.purge()
+    assert "lo" in subprocess.run(["ip", "-o", "link", "show", "lo"], capture_output=True, text=True).stdout
+    assert not bad.leftovers()

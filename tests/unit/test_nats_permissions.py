@@ -1,0 +1,174 @@
+"""Per-service NATS permissions come from subjects.GRANTS; credentials and config files are private."""
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import stat
+
+import pytest
+
+from services.runtime import natsserver
+from services.runtime.config import NatsConfig, NodeConfig
+from services.wire import subjects
+from services.wire.subjects import GRANTS, SERVICES, Grants
+
+
+def matches(pattern: str, subject: str) -> bool:
+    """NATS subject matching: '*' is one token, '>' one or more trailing tokens."""
+    pat, sub = pattern.split("."), subject.split(".")
+    for i, token in enumerate(pat):
+        if token == ">":
+            return len(sub) > i
+        if i >= len(sub) or (token != "*" and token != sub[i]):
+            return False
+    return len(pat) == len(sub)
+
+
+@pytest.mark.parametrize("pattern, subject, expected", [
+    ("a.b", "a.b", True), ("a.*", "a.b", True), ("a.>", "a.b.c", True),
+    ("a.>", "a", False), ("a.*", "a.b.c", False), ("a.b", "a.c", False), ("a.b.c", "a.b", False),
+])
+def test_subject_matcher(pattern, subject, expected):
+    assert matches(pattern, subject) is expected
+
+
+def allowed(user: str, action: str) -> list[str]:
+    return natsserver.permissions(user)[action]["allow"]
+
+
+def test_admin_has_no_restrictions():
+    assert natsserver.permissions(natsserver.ADMIN) == {}
+
+
+def test_users_are_admin_and_every_service():
+    assert natsserver.USERS == ("admin", *SERVICES)
+    assert set(GRANTS) == set(SERVICES)
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_service_subscribes_only_to_what_it_serves_listens_to_and_its_inbox(service):
+    g = GRANTS[service]
+    assert sorted(allowed(service, "subscribe")) == sorted([*g.serves, *g.listens, f"_INBOX_{service}.>"])
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_service_publishes_what_it_calls_and_publishes_and_replies(service):
+    g = GRANTS[service]
+    publish = allowed(service, "publish")
+    assert set(g.calls) | set(g.publishes) <= set(publish)
+    assert natsserver.permissions(service)["allow_responses"] is True
+    non_kv = {p for p in publish if not p.startswith(("$KV.", "$JS."))}
+    assert non_kv == set(g.calls) | set(g.publishes)
+
+
+def test_permissions_follow_grants(monkeypatch):
+    monkeypatch.setitem(GRANTS, "routed", Grants(serves=("x.serve",), calls=("x.call",),
+                                                 listens=("x.listen",), buckets=("b1",)))
+    perms = natsserver.permissions("routed")
+    assert perms["subscribe"]["allow"] == ["x.serve", "x.listen", "_INBOX_routed.>"]
+    assert "x.call" in perms["publish"]["allow"]
+    assert "$KV.b1.>" in perms["publish"]["allow"]
+
+
+@pytest.mark.parametrize("service, other", itertools.permutations(SERVICES, 2))
+def test_no_service_subscribes_to_another_services_subjects(service, other):
+    stolen = [(pattern, subject) for pattern in allowed(service, "subscribe")
+              for subject in GRANTS[other].serves if matches(pattern, subject)]
+    assert stolen == []
+
+
+def test_every_request_subject_is_served_by_exactly_one_service():
+    served = [s for g in GRANTS.values() for s in g.serves]
+    assert len(served) == len(set(served))
+    called = {s for g in GRANTS.values() for s in g.calls}
+    assert called <= set(served)
+
+
+def test_every_health_subject_is_served_by_its_own_service():
+    for service in SERVICES:
+        assert subjects.health(service) in GRANTS[service].serves
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_each_inbox_is_its_own(service):
+    inboxes = [p for p in allowed(service, "subscribe") if p.startswith("_INBOX")]
+    assert inboxes == [f"{natsserver.inbox_prefix(service)}.>"]
+    others = {natsserver.inbox_prefix(u) for u in natsserver.USERS if u != service}
+    assert natsserver.inbox_prefix(service) not in others
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_services_touch_only_the_kv_buckets_they_own(service):
+    publish = allowed(service, "publish")
+    for bucket, owner in subjects.BUCKETS.items():
+        touches = any(bucket in p for p in publish)
+        assert touches is (owner == service), bucket
+
+
+def test_bucket_owners_agree_with_grants():
+    owned = {b: s for s, g in GRANTS.items() for b in g.buckets}
+    assert owned == subjects.BUCKETS
+
+
+# ---- credentials and the server config -------------------------------------------------------
+
+@pytest.fixture
+def config(tmp_path) -> NodeConfig:
+    return NodeConfig(node="n1", stateDir=str(tmp_path / "state"))
+
+
+def mode(path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_credentials_are_private_and_stable(config):
+    first = natsserver.ensure_credentials(config)
+    assert set(first) == set(natsserver.USERS)
+    assert mode(config.nats_dir) == 0o700
+    for user in natsserver.USERS:
+        path = config.credentials_path(user)
+        assert mode(path) == 0o600
+        assert json.loads(path.read_text())["user"] == user
+    assert len({c["password"] for c in first.values()}) == len(natsserver.USERS)
+    second = natsserver.ensure_credentials(config)
+    assert {u: c["password"] for u, c in second.items()} == {u: c["password"] for u, c in first.items()}
+
+
+def test_a_new_port_keeps_the_password_and_fixes_the_url(config):
+    before = natsserver.ensure_credentials(config)
+    moved = NodeConfig(node="n1", stateDir=config.stateDir, nats=NatsConfig(port=4333))
+    after = natsserver.ensure_credentials(moved)
+    assert after["admin"]["password"] == before["admin"]["password"]
+    stored = json.loads(moved.credentials_path("admin").read_text())
+    assert stored["url"] == "nats://127.0.0.1:4333"
+    assert mode(moved.credentials_path("admin")) == 0o600
+
+
+def rendered_users(text: str) -> list[dict]:
+    m = re.search(r"^authorization: \{ users: (.*) \}$", text, re.MULTILINE)
+    assert m, text
+    return json.loads(m.group(1))
+
+
+def test_server_config_file(config):
+    path = natsserver.write_config(config)
+    assert mode(path) == 0o600
+    text = path.read_text()
+    assert 'listen: "127.0.0.1:4222"' in text
+    assert "sync_interval: always" in text
+    assert f'store_dir: "{config.nats_dir / "jetstream"}"' in text
+    creds = natsserver.ensure_credentials(config)
+    users = rendered_users(text)
+    assert [u["user"] for u in users] == list(natsserver.USERS)
+    for entry in users:
+        assert entry["password"] == creds[entry["user"]]["password"]
+        if entry["user"] == natsserver.ADMIN:
+            assert "permissions" not in entry
+        else:
+            assert entry["permissions"] == natsserver.permissions(entry["user"])
+
+
+def test_server_config_is_stable_across_writes(config):
+    first = natsserver.write_config(config).read_text()
+    assert natsserver.write_config(config).read_text() == first
