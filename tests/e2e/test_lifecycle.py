@@ -12,7 +12,7 @@ import nats
 import pytest
 from nats.errors import NoRespondersError
 
-from services.wire import codec
+from services.wire import codec, subjects
 from services.wire.subjects import SERVICES
 from tests.support.node import Node
 
@@ -64,7 +64,7 @@ async def _try_as(node, user, subject, publish=True):
 
     c = _creds(node, user)
     nc = await nats.connect(c["url"], user=c["user"], password=c["password"], error_cb=on_error,
-                            allow_reconnect=False, inbox_prefix=f"_INBOX_{user}".encode())
+                            allow_reconnect=False, inbox_prefix=subjects.inbox_prefix(user).encode())
     try:
         await nc.subscribe(subject)
         if publish:

@@ -95,9 +95,10 @@ def test_pod_with_labels_and_netns():
     assert spec == PodSpec(name="web", namespace="shop", labels={"app": "web"}, netns="/proc/123/ns/net")
 
 
-def test_numeric_label_values_become_strings():
-    spec = parse_one(pod(metadata={"name": "web", "labels": {"replicas": 3}}))
-    assert spec.labels == {"replicas": "3"}
+@pytest.mark.parametrize("value", [3, 1.1, True, None])
+def test_label_values_must_be_strings(value):
+    with pytest.raises(ManifestError, match=r"metadata\.labels\.v: value must be a string"):
+        parse_one(pod(metadata={"name": "web", "labels": {"v": value}}))
 
 
 @pytest.mark.parametrize("spec", [

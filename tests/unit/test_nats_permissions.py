@@ -93,9 +93,9 @@ def test_every_health_subject_is_served_by_its_own_service():
 @pytest.mark.parametrize("service", SERVICES)
 def test_each_inbox_is_its_own(service):
     inboxes = [p for p in allowed(service, "subscribe") if p.startswith("_INBOX")]
-    assert inboxes == [f"{natsserver.inbox_prefix(service)}.>"]
-    others = {natsserver.inbox_prefix(u) for u in natsserver.USERS if u != service}
-    assert natsserver.inbox_prefix(service) not in others
+    assert inboxes == [f"{subjects.inbox_prefix(service)}.>"]
+    others = {subjects.inbox_prefix(u) for u in natsserver.USERS if u != service}
+    assert subjects.inbox_prefix(service) not in others
 
 
 @pytest.mark.parametrize("service", SERVICES)
