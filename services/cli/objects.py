@@ -9,11 +9,13 @@ from services.cli.client import Client
 from services.cli.output import age, dump, labels_text, table
 from services.runtime.bus import ServiceError
 from services.wire import subjects
-from services.wire.manifests import DEFAULT_NAMESPACE, Document, ManifestError, load_documents
+from services.wire.manifests import (DEFAULT_NAMESPACE, Document, ManifestError, load_documents,
+                                     parse_namespace, parse_pod)
 from services.wire.messages import INVALID, NOT_FOUND, Apply, ListRequest, ObjectRef
 
 APPLY_SUBJECTS = {("v1", "Namespace"): subjects.NAMESPACE_APPLY, ("v1", "Pod"): subjects.POD_APPLY}
 DELETE_SUBJECTS = {"Namespace": subjects.NAMESPACE_DELETE, "Pod": subjects.POD_DELETE}
+PARSERS = {"Namespace": parse_namespace, "Pod": parse_pod}
 
 
 def read_documents(source: str) -> list[Document]:
@@ -30,6 +32,10 @@ def read_documents(source: str) -> list[Document]:
         if (doc.api_version, doc.kind) not in APPLY_SUBJECTS:
             raise ServiceError(INVALID, f"{doc.label}: kind {doc.kind!r} (apiVersion {doc.api_version}) "
                                         "is not supported")
+        try:
+            PARSERS[doc.kind](doc)      # every document is valid before anything is applied
+        except ManifestError as exc:
+            raise ServiceError(INVALID, str(exc)) from None
         key = (doc.kind, _ns(doc), _name(doc))
         if key in seen:
             raise ServiceError(INVALID, f"{doc.label}: duplicate object in {source}")

@@ -6,6 +6,7 @@ reads and writes them through the pin, without compiling anything.
 from __future__ import annotations
 
 import ctypes as ct
+import errno
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -71,7 +72,7 @@ class PinnedMap(Generic[K, V]):
     def update(self, key: K, value: V, flags: int = BPF_ANY) -> None:
         if _lib.bpf_update_elem(self.fd, ct.byref(key), ct.byref(value), flags) < 0:
             err = ct.get_errno()
-            if err == 7:   # E2BIG
+            if err in (errno.E2BIG, errno.ENOSPC):   # hash maps say E2BIG, LPM tries ENOSPC
                 raise MapFull(err, f"{self.path.name} is full")
             raise MapError(err, f"update {self.path.name}: {os.strerror(err)}")
 
@@ -79,7 +80,7 @@ class PinnedMap(Generic[K, V]):
         """Delete KEY; False when it was not there."""
         if _lib.bpf_delete_elem(self.fd, ct.byref(key)) < 0:
             err = ct.get_errno()
-            if err == 2:
+            if err == errno.ENOENT:
                 return False
             raise MapError(err, f"delete from {self.path.name}: {os.strerror(err)}")
         return True

@@ -28,6 +28,7 @@ class Node:
     workdir: Path
     pod_cidr: str = "10.211.0.0/24"
     mode: str = "redirect"
+    maps: dict = field(default_factory=dict)
     tag: str = field(default_factory=lambda: secrets.token_hex(2))
 
     def __post_init__(self) -> None:
@@ -44,6 +45,7 @@ class Node:
                          "routerDevice": self.router_device, "routerPeer": f"ct{self.tag}n",
                          "lxcPrefix": "lxt"},
             "nats": {"port": self.nats_port},
+            "maps": self.maps,
             "metrics": {s: free_port() for s in ("endpointd", "policyd", "routed", "flowd")},
         }
         self.config_path.write_text(yaml.safe_dump(config))

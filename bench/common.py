@@ -1,0 +1,219 @@
+"""Shared by the bench scripts: statistics, a cleanup stack, processes in network
+namespaces, benchmark nodes, result tables and JSON files.
+
+Everything a script creates is pushed onto one Cleanup as soon as it exists, so a failure or
+Ctrl-C at any point removes exactly what was made so far.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import yaml
+
+from tests.support.node import Node
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "bench" / "results"
+
+# Our nodes' pod interfaces start with this, not with the "lxt" tests.support.node gives
+# them: a node's start-up orphan sweep and `down --purge` remove every 15-character link
+# with the node's prefix, so two nodes sharing "lxt" delete each other's pods.
+BENCH_LXC_PREFIX = "lxb"
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# ---- statistics --------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Spread:
+    median: float
+    min: float
+    max: float
+    n: int
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> Spread:
+        if not values:
+            raise ValueError("no values")
+        return cls(statistics.median(values), min(values), max(values), len(values))
+
+    def text(self, fmt: str = "{:.2f}") -> str:
+        return f"{fmt.format(self.median)} [{fmt.format(self.min)}-{fmt.format(self.max)}]"
+
+
+def ratios(values: Sequence[float], baseline: Sequence[float]) -> list[float]:
+    """Per-round ratios VALUE/BASELINE (the two lists are aligned by round)."""
+    if len(values) != len(baseline):
+        raise ValueError("rounds do not line up")
+    return [v / b for v, b in zip(values, baseline)]
+
+
+# ---- cleanup -----------------------------------------------------------------------------
+
+class Cleanup:
+    """Undo steps, run newest first by close(); a failing step is reported, the rest still run."""
+
+    def __init__(self) -> None:
+        self._steps: list[tuple[str, Callable[[], object]]] = []
+        self.failures: list[str] = []
+
+    def push(self, what: str, undo: Callable[[], object]) -> None:
+        self._steps.append((what, undo))
+
+    def close(self) -> None:
+        while self._steps:
+            what, undo = self._steps.pop()
+            try:
+                undo()
+            except Exception as exc:            # keep going: the other steps still matter
+                self.failures.append(f"{what}: {exc}")
+                log(f"cleanup step failed: {what}: {exc}")
+
+
+def _raise_interrupt(signum, _frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+@contextmanager
+def cleaned_up() -> Iterator[Cleanup]:
+    """A Cleanup that is closed on success, error, Ctrl-C or SIGTERM. While it runs, further
+    SIGINT/SIGTERM are ignored so a second Ctrl-C cannot cut the cleanup short."""
+    cleanup = Cleanup()
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        yield cleanup
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        try:
+            cleanup.close()
+        finally:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.signal(signal.SIGTERM, previous)
+
+
+# ---- processes and namespaces ------------------------------------------------------------
+
+def in_netns(netns: str | None, argv: Sequence[str]) -> list[str]:
+    """ARGV run in the network namespace at path NETNS (None: the host)."""
+    return ["nsenter", f"--net={netns}", "--", *argv] if netns else list(argv)
+
+
+def run(argv: Sequence[str], netns: str | None = None, timeout: float = 30,
+        check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(in_netns(netns, argv), capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} exited {proc.returncode}: {proc.stderr.strip() or proc.stdout.strip()}")
+    return proc
+
+
+def start(cleanup: Cleanup, argv: Sequence[str], netns: str | None = None) -> subprocess.Popen:
+    """A background process (a server), killed and reaped by CLEANUP. nsenter execs ARGV for
+    --net alone, so the pid is the server's own."""
+    proc = subprocess.Popen(in_netns(netns, argv), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    cleanup.push(f"kill {argv[0]} (pid {proc.pid})", lambda: _stop(proc))
+    return proc
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait(timeout=10)
+
+
+def wait_listening(netns: str, port: int, proc: subprocess.Popen, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited {proc.returncode}: {proc.stderr.read().decode().strip()}")
+        if run(["ss", "-Hltn", f"sport = :{port}"], netns).stdout.strip():
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on port {port} in {netns} after {timeout}s")
+
+
+def add_netns(cleanup: Cleanup, name: str) -> str:
+    """A new, empty netns /run/netns/NAME with lo up, deleted by CLEANUP."""
+    run(["ip", "netns", "add", name])
+    cleanup.push(f"netns {name}", lambda: run(["ip", "netns", "del", name], check=False))
+    run(["ip", "link", "set", "lo", "up"], f"/run/netns/{name}")
+    return f"/run/netns/{name}"
+
+
+def ping(netns: str | None, ip: str, count: int = 3) -> bool:
+    argv = ["ping", "-n", "-q", "-c", str(count), "-i", "0.2", "-W", "1", ip]
+    return run(argv, netns, check=False).returncode == 0
+
+
+# ---- nodes -------------------------------------------------------------------------------
+
+def bench_node(cleanup: Cleanup, workdir: Path, pod_cidr: str, mode: str = "redirect") -> Node:
+    """A running node of our own (tests.support.node.Node with BENCH_LXC_PREFIX), purged by
+    CLEANUP, which then fails loudly if anything of it is left."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    node = Node(workdir, pod_cidr=pod_cidr, mode=mode)
+    config = yaml.safe_load(node.config_path.read_text())
+    config["datapath"]["lxcPrefix"] = BENCH_LXC_PREFIX
+    node.config_path.write_text(yaml.safe_dump(config))
+    cleanup.push(f"node {node.name} leftovers", lambda: _check_purged(node))
+    cleanup.push(f"purge node {node.name}", node.purge)
+    log(f"starting node {node.name} ({mode}, {pod_cidr})")
+    node.up()
+    return node
+
+
+def _check_purged(node: Node) -> None:
+    # Node.leftovers() counts every "lxt" link on the machine (other test runs' too): drop
+    # those and look for our own prefix instead.
+    left = [item for item in node.leftovers() if not item.startswith("link lxt")]
+    left += [f"link {name}" for name in link_names() if name.startswith(BENCH_LXC_PREFIX)]
+    if left:
+        raise RuntimeError(f"node {node.name} left things behind: {left}")
+
+
+def link_names(netns: str | None = None) -> list[str]:
+    out = run(["ip", "-o", "link"], netns).stdout
+    return [line.split(": ")[1].split("@")[0] for line in out.splitlines()]
+
+
+# ---- output ------------------------------------------------------------------------------
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows)]
+    lines = ["  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)).rstrip()
+             for row in (headers, *rows)]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def environment() -> dict:
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip()
+    return {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "kernel": platform.release(),
+            "cpus": os.cpu_count(), "commit": commit, "loadavg": os.getloadavg()}
+
+
+def write_results(name: str, data: dict) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(data, indent=2, default=_jsonable) + "\n")
+    return path
+
+
+def _jsonable(value: object) -> object:
+    if isinstance(value, Spread):
+        return asdict(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
