@@ -104,6 +104,8 @@ def cleaned_up() -> Iterator[Cleanup]:
         finally:
             signal.signal(signal.SIGINT, signal.default_int_handler)
             signal.signal(signal.SIGTERM, previous)
+    if cleanup.failures:                        # only reached when the body succeeded
+        raise RuntimeError("cleanup failed: " + "; ".join(cleanup.failures))
 
 
 # ---- processes and namespaces ------------------------------------------------------------

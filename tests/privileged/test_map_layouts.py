@@ -1,0 +1,55 @@
+"""The Python owner of each map has the same layout as the C struct clang compiles.
+
+bcc turns each map's key and value C types into ctypes classes; we compare those with the
+owner modules' own classes field by field (name, offset, size)."""
+import ctypes as ct
+import shutil
+
+import pytest
+
+from services.datapath import loader
+from services.datapath.maps.endpoints import EndpointInfo, EndpointKey
+from services.datapath.maps.ipcache import IpcacheInfo, IpcacheKey
+from services.datapath.maps.metrics import MetricsValue
+from services.runtime.config import DatapathConfig, NodeConfig
+
+
+def layout(cls) -> list[tuple[str, int, int]]:
+    return [(name, getattr(cls, name).offset, getattr(cls, name).size) for name, *_ in cls._fields_]
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    root = "/sys/fs/bpf/capillary-layout-test"
+    config = NodeConfig(datapath=DatapathConfig(bpfRoot=root))
+    try:
+        yield {src: loader.compile_source(src, config).bpf for src in ("routed_maps.c", "lxc.c")}
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.parametrize("source,table,key,value", [
+    ("lxc.c", "cap_endpoints", EndpointKey, EndpointInfo),
+    ("lxc.c", "cap_ipcache", IpcacheKey, IpcacheInfo),
+    ("routed_maps.c", "cap_ipcache", IpcacheKey, IpcacheInfo),
+    ("lxc.c", "cap_metrics", None, MetricsValue),
+])
+def test_python_layout_matches_c(compiled, source, table, key, value):
+    t = compiled[source][table.encode()]
+    if key is not None:
+        assert ct.sizeof(t.Key) == ct.sizeof(key)
+        assert layout(t.Key) == layout(key)
+    leaf = getattr(t, "sLeaf", t.Leaf)          # per-CPU maps: one CPU's value
+    assert ct.sizeof(leaf) == ct.sizeof(value)
+    assert layout(leaf) == layout(value)
+
+
+def test_programs_load_in_both_modes(tmp_path):
+    for mode in ("redirect", "host-stack"):
+        root = f"/sys/fs/bpf/capillary-load-test-{mode}"
+        config = NodeConfig(datapath=DatapathConfig(bpfRoot=root, mode=mode))
+        try:
+            loaded = loader.compile_source("lxc.c", config)
+            assert loaded.program_fd("from_container") > 0
+        finally:
+                shutil.rmtree(root, ignore_errors=True)
