@@ -45,7 +45,7 @@ class Repeat:
 
 
 def pod_names(count: int) -> list[str]:
-    return [f"p{i:04d}" for i in range(count)]
+    return [f"pod{i:04d}" for i in range(count)]
 
 
 def manifest(names: list[str]) -> str:
@@ -108,11 +108,11 @@ def one_repeat(node: Node, probe_netns: str, count: int) -> Repeat:
     thread.join(timeout=max(0.0, deadline - time.monotonic()) + 10)
     if "seconds" not in outcome:
         raise RuntimeError(f"apply failed: {outcome.get('error', 'timed out')}")
-    listed = [ref for ref in node.pods() if ref.startswith(f"{NAMESPACE}/p")]
+    listed = [ref for ref in node.pods() if ref.startswith(f"{NAMESPACE}/pod")]
     if len(listed) != count:
         raise RuntimeError(f"{len(listed)} pods listed after applying {count}")
     delete = timed_cli(node, "delete", "-f", "-", text=text)
-    left = [ref for ref in node.pods() if ref.startswith(f"{NAMESPACE}/p")]
+    left = [ref for ref in node.pods() if ref.startswith(f"{NAMESPACE}/pod")]
     if left:
         raise RuntimeError(f"{len(left)} pods still listed after delete")
     return Repeat(outcome["seconds"], first_packet, delete, sent)
