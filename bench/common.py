@@ -13,6 +13,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -26,10 +27,12 @@ from tests.support.node import Node
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
 
-# Our nodes' pod interfaces start with this, not with the "lxt" tests.support.node gives
-# them: a node's start-up orphan sweep and `down --purge` remove every 15-character link
-# with the node's prefix, so two nodes sharing "lxt" delete each other's pods.
-BENCH_LXC_PREFIX = "lxb"
+# Every bench node gets its own pod interface prefix instead of the "lxt" that
+# tests.support.node gives all nodes: a node's start-up orphan sweep and `down --purge`
+# delete every 15-character link with the node's prefix, so two running nodes that share
+# a prefix delete each other's pods (seen here: the second node's start-up removed the
+# first node's pod veths). Each prefix must not be a prefix of another.
+BENCH_PREFIX = "lxb"        # + one letter per node: lxbp (pods.py), lxbr, lxbh (datapath.py)
 
 
 def log(message: str) -> None:
@@ -126,7 +129,9 @@ def run(argv: Sequence[str], netns: str | None = None, timeout: float = 30,
 def start(cleanup: Cleanup, argv: Sequence[str], netns: str | None = None) -> subprocess.Popen:
     """A background process (a server), killed and reaped by CLEANUP. nsenter execs ARGV for
     --net alone, so the pid is the server's own."""
-    proc = subprocess.Popen(in_netns(netns, argv), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    output = tempfile.TemporaryFile()           # a file, not a pipe: nobody drains it
+    proc = subprocess.Popen(in_netns(netns, argv), stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT)
+    proc.output = output
     cleanup.push(f"kill {argv[0]} (pid {proc.pid})", lambda: _stop(proc))
     return proc
 
@@ -135,13 +140,19 @@ def _stop(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         proc.kill()
     proc.wait(timeout=10)
+    proc.output.close()
+
+
+def output_of(proc: subprocess.Popen) -> str:
+    proc.output.seek(0)
+    return proc.output.read().decode(errors="replace").strip()
 
 
 def wait_listening(netns: str, port: int, proc: subprocess.Popen, timeout: float = 10) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"server exited {proc.returncode}: {proc.stderr.read().decode().strip()}")
+            raise RuntimeError(f"{proc.args[3:]} exited {proc.returncode}: {output_of(proc)}")
         if run(["ss", "-Hltn", f"sport = :{port}"], netns).stdout.strip():
             return
         time.sleep(0.05)
@@ -163,13 +174,14 @@ def ping(netns: str | None, ip: str, count: int = 3) -> bool:
 
 # ---- nodes -------------------------------------------------------------------------------
 
-def bench_node(cleanup: Cleanup, workdir: Path, pod_cidr: str, mode: str = "redirect") -> Node:
-    """A running node of our own (tests.support.node.Node with BENCH_LXC_PREFIX), purged by
-    CLEANUP, which then fails loudly if anything of it is left."""
+def bench_node(cleanup: Cleanup, workdir: Path, pod_cidr: str, letter: str, mode: str = "redirect") -> Node:
+    """A running node of our own (tests.support.node.Node, pod interfaces BENCH_PREFIX+LETTER),
+    purged by CLEANUP, which then fails loudly if anything of it is left."""
     workdir.mkdir(parents=True, exist_ok=True)
     node = Node(workdir, pod_cidr=pod_cidr, mode=mode)
+    node.lxc_prefix = BENCH_PREFIX + letter
     config = yaml.safe_load(node.config_path.read_text())
-    config["datapath"]["lxcPrefix"] = BENCH_LXC_PREFIX
+    config["datapath"]["lxcPrefix"] = node.lxc_prefix
     node.config_path.write_text(yaml.safe_dump(config))
     cleanup.push(f"node {node.name} leftovers", lambda: _check_purged(node))
     cleanup.push(f"purge node {node.name}", node.purge)
@@ -179,12 +191,12 @@ def bench_node(cleanup: Cleanup, workdir: Path, pod_cidr: str, mode: str = "redi
 
 
 def _check_purged(node: Node) -> None:
-    # Node.leftovers() counts every "lxt" link on the machine (other test runs' too): drop
-    # those and look for our own prefix instead.
-    left = [item for item in node.leftovers() if not item.startswith("link lxt")]
-    left += [f"link {name}" for name in link_names() if name.startswith(BENCH_LXC_PREFIX)]
+    # A Node.leftovers() that counts every "lxt" link on the machine (other test runs' too)
+    # is corrected: those are dropped and our own prefix is looked for instead.
+    left = {item for item in node.leftovers() if not item.startswith("link lxt")}
+    left |= {f"link {name}" for name in link_names() if name.startswith(node.lxc_prefix)}
     if left:
-        raise RuntimeError(f"node {node.name} left things behind: {left}")
+        raise RuntimeError(f"node {node.name} left things behind: {sorted(left)}")
 
 
 def link_names(netns: str | None = None) -> list[str]:
@@ -203,9 +215,13 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def environment() -> dict:
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip()
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=REPO).stdout.rstrip()
+
+    changed = [line[3:] for line in git("status", "--porcelain").splitlines() if not line[3:].startswith("bench/")]
     return {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "kernel": platform.release(),
-            "cpus": os.cpu_count(), "commit": commit, "loadavg": os.getloadavg()}
+            "cpus": os.cpu_count(), "commit": git("rev-parse", "HEAD"), "uncommitted_outside_bench": changed,
+            "loadavg": os.getloadavg()}
 
 
 def write_results(name: str, data: dict) -> Path:

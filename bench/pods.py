@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--pods and --repeats must be at least 1")
     began = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="capillary-bench-pods-") as tmp, cleaned_up() as cleanup:
-        node = bench_node(cleanup, Path(tmp) / "node", POD_CIDR)
+        node = bench_node(cleanup, Path(tmp) / "node", POD_CIDR, "p")
         probe = prepare(node)
         repeats = []
         for i in range(args.repeats):

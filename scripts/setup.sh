@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(python3-bpfcc python3-venv python3-pip iproute2 iptables iputils-ping
-              netcat-openbsd iperf3 sockperf tcpdump util-linux procps)
+              netcat-openbsd iperf3 sockperf tcpdump util-linux procps git)
 
 log() { printf 'setup: %s\n' "$*"; }
 
@@ -58,7 +58,8 @@ make_venv() {
     local stamp=.venv/.capillary-installed
     if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
         log "installing capillary into .venv"
-        .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+        # pip's notes about unreachable extra index locations are noise here, not errors.
+        .venv/bin/pip install -q --disable-pip-version-check -e '.[test]' 2> >(grep -v 'is ignored: it is neither' >&2)
         touch "$stamp"
     fi
 }

@@ -4,11 +4,18 @@ from __future__ import annotations
 import argparse
 import sys
 
-from services.cli import node, objects
+from services.cli import bpf, node, objects
 from services.cli.client import Client, run
 from services.cli.output import error
 from services.runtime.bus import ServiceError
 from services.runtime.config import ConfigError, load_config
+
+
+DELETE_KINDS = {"pod": "Pod", "pods": "Pod", "po": "Pod", "namespace": "Namespace", "namespaces": "Namespace",
+                "ns": "Namespace", "networkpolicy": "NetworkPolicy", "netpol": "NetworkPolicy",
+                "ciliumnetworkpolicy": "CiliumNetworkPolicy", "cnp": "CiliumNetworkPolicy",
+                "ciliumclusterwidenetworkpolicy": "CiliumClusterwideNetworkPolicy",
+                "ccnp": "CiliumClusterwideNetworkPolicy"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,10 +37,25 @@ def build_parser() -> argparse.ArgumentParser:
         a = sub.add_parser(name, help=text)
         a.add_argument("-f", "--filename", required=True, help="YAML or JSON file, or - for stdin")
 
-    d = sub.add_parser("delete", help="delete objects: -f FILE, pod NS/NAME or namespace NAME")
+    d = sub.add_parser("delete", help="delete objects: -f FILE, or KIND NAME... (pod NS/NAME, namespace "
+                                      "NAME, networkpolicy|cnp|ccnp NAME)")
     d.add_argument("-f", "--filename")
-    d.add_argument("kind", nargs="?", choices=["pod", "pods", "namespace", "namespaces", "ns"])
+    d.add_argument("kind", nargs="?", choices=sorted(DELETE_KINDS))
     d.add_argument("names", nargs="*")
+    d.add_argument("-n", "--namespace", default="")
+
+    bpf = sub.add_parser("bpf", help="show BPF map contents")
+    bpf_sub = bpf.add_subparsers(dest="bpf_command", required=True, metavar="MAP")
+    pol = bpf_sub.add_parser("policy", help="an endpoint's policy entries: policy get NS/POD")
+    pol.add_argument("verb", choices=["get"])
+    pol.add_argument("pod", metavar="NS/POD")
+    pol.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    ct = bpf_sub.add_parser("ct", help="connection tracking: ct list")
+    ct.add_argument("verb", choices=["list"])
+    ct.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    ep = bpf_sub.add_parser("endpoint", help="the endpoint map: endpoint list")
+    ep.add_argument("verb", choices=["list"])
+    ep.add_argument("-o", "--output", choices=["table", "json"], default="table")
 
     g = sub.add_parser("get", help="list pods, namespaces, identities or the ipcache")
     g.add_argument("resource")
@@ -57,12 +79,15 @@ async def _delete(client: Client, args) -> int:
         return await objects.delete_file(client, args.filename)
     if not args.kind or not args.names:
         raise ServiceError("invalid", "delete needs -f FILE, `pod NS/NAME` or `namespace NAME`")
+    kind = DELETE_KINDS[args.kind]
     for ref in args.names:
-        if args.kind.startswith("pod"):
+        if kind == "Pod":
             ns, name = objects.split_ref(ref)
             await objects.delete_one(client, "Pod", ns, name)
+        elif kind in ("Namespace", "CiliumClusterwideNetworkPolicy"):
+            await objects.delete_one(client, kind, "", ref)
         else:
-            await objects.delete_one(client, "Namespace", "", ref)
+            await objects.delete_one(client, kind, args.namespace or "default", ref)
     return 0
 
 
@@ -84,6 +109,12 @@ def dispatch(args) -> int:
     if cmd == "get":
         namespace = "" if args.all_namespaces else args.namespace
         return run(_with_client(config, objects.get, args.resource, namespace, args.output))
+    if cmd == "bpf":
+        if args.bpf_command == "policy":
+            return run(_with_client(config, bpf.policy_get, args.pod, args.output))
+        if args.bpf_command == "ct":
+            return bpf.ct_list(config, args.output)
+        return bpf.endpoint_list(config, args.output)
     if cmd == "exec":
         argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
         path = run(_with_client(config, objects.netns_of, args.pod))

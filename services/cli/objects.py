@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from services.cli.client import Client
@@ -11,11 +13,29 @@ from services.runtime.bus import ServiceError
 from services.wire import subjects
 from services.wire.manifests import (DEFAULT_NAMESPACE, Document, ManifestError, load_documents,
                                      parse_namespace, parse_pod)
+from services.policyd.parse import POLICY_KINDS, parse_policy
 from services.wire.messages import INVALID, NOT_FOUND, Apply, ListRequest, ObjectRef
 
-APPLY_SUBJECTS = {("v1", "Namespace"): subjects.NAMESPACE_APPLY, ("v1", "Pod"): subjects.POD_APPLY}
-DELETE_SUBJECTS = {"Namespace": subjects.NAMESPACE_DELETE, "Pod": subjects.POD_DELETE}
-PARSERS = {"Namespace": parse_namespace, "Pod": parse_pod}
+
+
+@dataclass(frozen=True)
+class Kind:
+    apply: str
+    delete: str
+    validate: Callable[[Document], object]   # raises ValueError naming the field
+    rank: int                                # apply order: namespaces, policies, pods
+
+
+def _policy(doc: Document) -> object:
+    return parse_policy(doc.body)
+
+
+_POLICY = Kind(subjects.POLICY_APPLY, subjects.POLICY_DELETE, _policy, 1)
+KINDS = {("v1", "Namespace"): Kind(subjects.NAMESPACE_APPLY, subjects.NAMESPACE_DELETE, parse_namespace, 0),
+         ("v1", "Pod"): Kind(subjects.POD_APPLY, subjects.POD_DELETE, parse_pod, 2),
+         **{key: _POLICY for key in POLICY_KINDS}}
+KIND_BY_NAME = {kind: k for (_, kind), k in KINDS.items()}
+POLICY_KIND_NAMES = sorted({kind for _, kind in POLICY_KINDS})
 
 
 def read_documents(source: str) -> list[Document]:
@@ -29,19 +49,20 @@ def read_documents(source: str) -> list[Document]:
         raise ServiceError(INVALID, f"{source}: {exc}") from None
     seen = set()
     for doc in docs:
-        if (doc.api_version, doc.kind) not in APPLY_SUBJECTS:
+        kind = KINDS.get((doc.api_version, doc.kind))
+        if kind is None:
             raise ServiceError(INVALID, f"{doc.label}: kind {doc.kind!r} (apiVersion {doc.api_version}) "
                                         "is not supported")
         try:
-            PARSERS[doc.kind](doc)      # every document is valid before anything is applied
-        except ManifestError as exc:
+            kind.validate(doc)          # every document is valid before anything is applied
+        except ValueError as exc:
             raise ServiceError(INVALID, str(exc)) from None
         key = (doc.kind, _ns(doc), _name(doc))
         if key in seen:
             raise ServiceError(INVALID, f"{doc.label}: duplicate object in {source}")
         seen.add(key)
-    # Namespaces first, so a file may hold a namespace and its pods.
-    return sorted(docs, key=lambda d: d.kind != "Namespace")
+    # Namespaces first, so a file may hold a namespace and its pods; policies before pods.
+    return sorted(docs, key=lambda d: KINDS[(d.api_version, d.kind)].rank)
 
 
 def _name(doc: Document) -> str:
@@ -51,7 +72,7 @@ def _name(doc: Document) -> str:
 
 def _ns(doc: Document) -> str:
     meta = doc.body.get("metadata")
-    if doc.kind == "Namespace":
+    if doc.kind in ("Namespace", "CiliumClusterwideNetworkPolicy"):
         return ""
     return str(meta.get("namespace", DEFAULT_NAMESPACE)) if isinstance(meta, dict) else DEFAULT_NAMESPACE
 
@@ -59,7 +80,7 @@ def _ns(doc: Document) -> str:
 async def apply(client: Client, source: str, create_only: bool) -> int:
     docs = read_documents(source)
     for doc in docs:
-        subject = APPLY_SUBJECTS[(doc.api_version, doc.kind)]
+        subject = KINDS[(doc.api_version, doc.kind)].apply
         result = await client.call(subject, Apply(doc.body, create_only=create_only), timeout=30)
         for warning in result.get("warnings", []):
             print(f"Warning: {warning}", file=sys.stderr)
@@ -69,14 +90,15 @@ async def apply(client: Client, source: str, create_only: bool) -> int:
 
 async def delete_file(client: Client, source: str) -> int:
     docs = read_documents(source)
-    # Pods before their namespaces.
-    for doc in sorted(docs, key=lambda d: d.kind == "Namespace"):
+    # Pods before policies before their namespaces.
+    for doc in sorted(docs, key=lambda d: -KINDS[(d.api_version, d.kind)].rank):
         await delete_one(client, doc.kind, _ns(doc), _name(doc))
     return 0
 
 
 async def delete_one(client: Client, kind: str, namespace: str, name: str) -> None:
-    result = await client.call(DELETE_SUBJECTS[kind], ObjectRef(name=name, namespace=namespace), timeout=30)
+    ref = ObjectRef(name=name, namespace=namespace, object_kind=kind if kind in POLICY_KIND_NAMES else "")
+    result = await client.call(KIND_BY_NAME[kind].delete, ref, timeout=30)
     print(f"{result['kind'].lower()}/{result['name']} {result['action']}")
 
 
@@ -130,6 +152,16 @@ async def get(client: Client, what: str, namespace: str, output: str) -> int:
         print(table(["ID", "LABELS", "USED BY"],
                     [[str(i["id"]), labels_text(i["labels"]).replace("=,", ",").rstrip("="),
                       str(len(i["owners"]))] for i in items]))
+    elif what in ("policies", "policy", "networkpolicies", "netpol", "cnp", "ccnp"):
+        items = await client.call(subjects.POLICY_LIST, ListRequest())
+        if namespace:
+            items = [d for d in items if d["metadata"].get("namespace", "") in (namespace, "")]
+        if output in ("json", "yaml"):
+            print(dump({"apiVersion": "v1", "kind": "List", "items": items}, output))
+            return 0
+        print(table(["NAMESPACE", "KIND", "NAME"],
+                    [[d["metadata"].get("namespace", "") or "<cluster>", d["kind"], d["metadata"]["name"]]
+                     for d in items]))
     elif what == "ipcache":
         items = await client.call(subjects.IPCACHE_LIST, ListRequest())
         if output in ("json", "yaml"):
@@ -137,7 +169,7 @@ async def get(client: Client, what: str, namespace: str, output: str) -> int:
             return 0
         print(table(["PREFIX", "IDENTITY", "SOURCE"], [[i["cidr"], str(i["identity"]), i["source"]] for i in items]))
     else:
-        raise ServiceError(INVALID, f"unknown resource {what!r} (pods, namespaces, identities, ipcache)")
+        raise ServiceError(INVALID, f"unknown resource {what!r} (pods, namespaces, policies, identities, ipcache)")
     return 0
 
 

@@ -28,7 +28,7 @@ def purge_node(config: NodeConfig) -> list[str]:
         for path in sorted(netns.NETNS_RUN_DIR.glob(f"{netns_prefix(config)}*")):
             netns.remove(path)
             removed.append(f"netns {path}")
-    iptables.remove()
+    iptables.remove(config.podCIDR, config.datapath.routerDevice)
     root = Path(config.datapath.bpfRoot)
     if root.exists():
         shutil.rmtree(root)

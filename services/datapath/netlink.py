@@ -69,22 +69,31 @@ class Worker:
         self._pool.shutdown(wait=True)
 
 
-class Netlink:
-    """Host-namespace netlink operations."""
+class _Links:
+    """Link look-ups on one netlink socket (bound to the namespace it was opened in)."""
 
-    def __init__(self) -> None:
-        self.ipr = IPRoute()
+    ipr: IPRoute
 
     def close(self) -> None:
         self.ipr.close()
-
-    # ---- links ---------------------------------------------------------------------------
 
     def link(self, name: str) -> Link:
         found = self.ipr.link_lookup(ifname=name)
         if not found:
             raise InterfaceNotFound(name)
         return _link(self.ipr.get_links(found[0])[0])
+
+    def has_link(self, name: str) -> bool:
+        return bool(self.ipr.link_lookup(ifname=name))
+
+
+class Netlink(_Links):
+    """Host-namespace netlink operations."""
+
+    def __init__(self) -> None:
+        self.ipr = IPRoute()
+
+    # ---- links ---------------------------------------------------------------------------
 
     def delete_veth(self, name: str) -> bool:
         """Delete NAME if it is a veth; anything else of that name is left alone."""
@@ -236,7 +245,7 @@ class Netlink:
         return names
 
 
-class PodNetlink:
+class PodNetlink(_Links):
     """Netlink inside one pod's namespace. Use as a context manager on the worker thread."""
 
     def __init__(self, netns_path: Path | str) -> None:
@@ -247,16 +256,7 @@ class PodNetlink:
         return self
 
     def __exit__(self, *exc) -> None:
-        self.ipr.close()
-
-    def link(self, name: str) -> Link:
-        found = self.ipr.link_lookup(ifname=name)
-        if not found:
-            raise InterfaceNotFound(name)
-        return _link(self.ipr.get_links(found[0])[0])
-
-    def has_link(self, name: str) -> bool:
-        return bool(self.ipr.link_lookup(ifname=name))
+        self.close()
 
     def configure(self, ifname: str, ip: str, router_ip: str) -> Link:
         """lo up; IP/32 on IFNAME, up; ROUTER_IP on-link; default route via ROUTER_IP."""

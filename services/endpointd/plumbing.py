@@ -14,12 +14,14 @@ from pathlib import Path
 
 from services.datapath import netns
 from services.datapath.maps.endpoints import Endpoint, EndpointMap
-from services.datapath.netlink import InterfaceNotFound, Netlink, PodNetlink, RT_SCOPE_LINK
+from services.datapath.netlink import (RT_SCOPE_LINK, TC_EGRESS, TC_INGRESS, InterfaceNotFound,
+                                       Netlink, PodNetlink)
 from services.runtime.config import NodeConfig
 from services.wire.messages import PodSpec, PodStatus
 
 POD_IFNAME = "eth0"
-PROGRAM = "from_container"
+FROM_CONTAINER = "from_container"     # tc ingress of the lxc device: what the pod sends
+TO_CONTAINER = "to_container"         # tc egress of the lxc device: what the host sends in
 
 
 def host_ifname(config: NodeConfig, namespace: str, name: str) -> str:
@@ -56,11 +58,12 @@ class Wiring:
 
 
 class Plumber:
-    def __init__(self, config: NodeConfig, endpoints: EndpointMap, prog_fd: int) -> None:
+    def __init__(self, config: NodeConfig, endpoints: EndpointMap, from_fd: int, to_fd: int) -> None:
         self.config = config
         self.router_ip = str(config.router_ip)
         self.endpoints = endpoints
-        self.prog_fd = prog_fd
+        self.from_fd = from_fd
+        self.to_fd = to_fd
         self.nl = Netlink()
 
     def close(self) -> None:
@@ -103,7 +106,8 @@ class Plumber:
         self.endpoints.upsert(Endpoint(ip=status.pod_ip, ifindex=status.host_ifindex,
                                        identity=status.identity, endpoint_id=status.endpoint_id,
                                        host_mac=status.host_mac, pod_mac=status.pod_mac))
-        self.nl.attach_bpf(status.host_ifindex, self.prog_fd, PROGRAM)
+        self.nl.attach_bpf(status.host_ifindex, self.to_fd, TO_CONTAINER, TC_EGRESS)
+        self.nl.attach_bpf(status.host_ifindex, self.from_fd, FROM_CONTAINER, TC_INGRESS)
         self.nl.set_up(status.host_ifindex)
         self.nl.replace_route(f"{status.pod_ip}/32", status.host_ifindex, prefsrc=self.router_ip,
                               scope=RT_SCOPE_LINK)
@@ -160,5 +164,7 @@ class Plumber:
                 removed.append(f"endpoint {ip}")
         return removed
 
-    def attached(self, ifindex: int) -> bool:
-        return PROGRAM in " ".join(self.nl.bpf_filters(ifindex))
+    def attached(self, ifindex: int) -> int:
+        """How many of our two programs are attached to the lxc device at IFINDEX."""
+        return (FROM_CONTAINER in self.nl.bpf_filters(ifindex, TC_INGRESS)) + \
+            (TO_CONTAINER in self.nl.bpf_filters(ifindex, TC_EGRESS))

@@ -24,7 +24,7 @@ from services.wire import codec, subjects
 from services.wire.labels import identity_labels, namespace_labels
 from services.wire.manifests import DEFAULT_NAMESPACE, Document, ManifestError, parse_namespace, parse_pod
 from services.wire.messages import (EXHAUSTED, EXISTS, INVALID, NOT_FOUND, Applied, Apply,
-                                    EndpointEvent, IdentityAllocate, IdentityRelease,
+                                    EndpointEvent, EndpointPolicy, IdentityAllocate, IdentityRelease,
                                     IpcacheDelete, IpcacheUpsert, ListRequest, NamespaceSpec,
                                     ObjectRef, Pod, PodSpec)
 
@@ -50,7 +50,8 @@ class EndpointService(Service):
         await self._wait_for("policyd")
         self.program = await self.worker.run(loader.compile_source, "lxc.c", self.config)
         self.endpoints = EndpointMap(Path(self.config.datapath.bpfRoot))
-        self.plumber = Plumber(self.config, self.endpoints, self.program.program_fd("from_container"))
+        self.plumber = Plumber(self.config, self.endpoints, self.program.program_fd("from_container"),
+                               self.program.program_fd("to_container"))
 
         self.kv_ns = await self.bus.kv(subjects.BUCKET_NAMESPACES, create=True)
         self.kv_pods = await self.bus.kv(subjects.BUCKET_PODS, create=True)
@@ -212,6 +213,10 @@ class EndpointService(Service):
             revert.push("release identity",
                         lambda: self._call(subjects.IDENTITY_RELEASE, IdentityRelease(identity, owner)))
             wiring = Wiring(ip, self._endpoint_id(), identity)
+            # Policy is in the map before the pod exists, so its first packet meets it.
+            await self._call(subjects.POLICY_ENDPOINT_SYNC, EndpointPolicy(wiring.endpoint_id, identity))
+            revert.push("forget endpoint policy",
+                        lambda: self._call(subjects.POLICY_ENDPOINT_FORGET, EndpointPolicy(wiring.endpoint_id)))
             try:
                 status = await self.worker.run(self.plumber.create, spec, wiring)
             except (NetnsInvalid, PodHasInterface) as exc:
@@ -251,6 +256,7 @@ class EndpointService(Service):
         # Datapath first: once the veth is gone no packet can carry the old identity.
         await self.worker.run(self.plumber.delete, status)
         await self._call(subjects.IPCACHE_DELETE, IpcacheDelete(f"{status.pod_ip}/32", "endpoint"))
+        await self._call(subjects.POLICY_ENDPOINT_FORGET, EndpointPolicy(status.endpoint_id))
         await self._call(subjects.IDENTITY_RELEASE, IdentityRelease(status.identity, f"pod:{key}"))
         await self.kv_pods.delete(key)
         self.ipam.release(status.pod_ip)

@@ -20,6 +20,8 @@ RESERVED = {
 }
 FIRST_ALLOCATED = 256
 MAX_IDENTITY = 0xFFFF
+FIRST_LOCAL = 1 << 24          # node-local identities (CIDRs), as Cilium's local scope
+MAX_LOCAL = FIRST_LOCAL + 0xFFFF
 
 
 class IdentitiesExhausted(Exception):
@@ -46,19 +48,21 @@ class IdentityAllocator:
         self.by_id[entry.id] = entry
         self._by_labels[labels_key(entry.labels)] = entry.id
 
-    def allocate(self, labels: dict[str, str], owner: str) -> tuple[Entry, bool]:
-        """The identity for LABELS, held by OWNER; True when it was newly created."""
+    def allocate(self, labels: dict[str, str], owner: str, local: bool = False) -> tuple[Entry, bool]:
+        """The identity for LABELS, held by OWNER; True when it was newly created.
+        local: number it from the node-local range (CIDR identities)."""
         existing = self._by_labels.get(labels_key(labels))
         if existing is not None:
             entry = self.by_id[existing]
             entry.owners.add(owner)
             return entry, False
-        for candidate in range(FIRST_ALLOCATED, MAX_IDENTITY + 1):
+        first, last = (FIRST_LOCAL, MAX_LOCAL) if local else (FIRST_ALLOCATED, MAX_IDENTITY)
+        for candidate in range(first, last + 1):
             if candidate not in self.by_id:
                 entry = Entry(candidate, dict(labels), {owner})
                 self.restore(entry)
                 return entry, True
-        raise IdentitiesExhausted(f"no free identity between {FIRST_ALLOCATED} and {MAX_IDENTITY}")
+        raise IdentitiesExhausted(f"no free identity between {first} and {last}")
 
     def release(self, identity: int, owner: str) -> Entry | None:
         """Drop OWNER's hold; returns the entry when it has no holder left (and is gone)."""

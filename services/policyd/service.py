@@ -1,20 +1,55 @@
-"""policyd: security identities (and, with the policy issue, policies -> policy maps)."""
+"""policyd: security identities, policies (KV) and the per-endpoint policy map.
+
+Locking: self._lock serialises every change to identities, policies and the map, so one
+compile-diff-write cycle sees one consistent state. Order of effects for a policy change:
+compile and check capacity (nothing changed yet), store in KV, write map entries, then
+announce new CIDR identities in the ipcache (and the reverse on removal), so no packet
+carries an identity the policy entries do not know yet.
+"""
 from __future__ import annotations
 
 import asyncio
+import copy
+import ipaddress
+import re
+from pathlib import Path
 
-from prometheus_client import Gauge
+from prometheus_client import Counter, Gauge
 
+from services.datapath import loader
+from services.policyd.compiler import CIDR_LABEL, Universe, rule_table
+from services.policyd.enforcer import Enforcer, PolicyMapFull
 from services.policyd.identity import RESERVED, Entry, IdentitiesExhausted, IdentityAllocator
+from services.policyd.model import Policy
+from services.policyd.parse import PolicyError, parse_policy
 from services.runtime.app import Service
 from services.runtime.bus import ServiceError, kv_items
 from services.wire import codec, subjects
-from services.wire.messages import (EXHAUSTED, INVALID, Identity, IdentityAllocate,
-                                    IdentityRelease, ListRequest)
+from services.wire.messages import (EXHAUSTED, INVALID, NOT_FOUND, Apply, EndpointPolicy, Identity,
+                                    IdentityAllocate, IdentityRelease, IpcacheDelete, IpcacheUpsert,
+                                    ListRequest, ObjectRef, PolicyApplied)
 
 
 def _wire(entry: Entry) -> Identity:
     return Identity(entry.id, dict(entry.labels), sorted(entry.owners))
+
+
+def _cidr(entry: Entry) -> str:
+    return next(lbl[len(CIDR_LABEL):] for lbl in entry.labels if lbl.startswith(CIDR_LABEL))
+
+
+def kv_key(policy_key: str) -> str:
+    return re.sub(r"[^-_=.a-zA-Z0-9]", ".", policy_key.replace("/", "."))
+
+
+def cidrs_of(policy: Policy) -> set[str]:
+    out = set()
+    for rule in policy.rules:
+        for peer in rule.peers:
+            if peer.cidr is not None:
+                out.add(str(ipaddress.IPv4Network(peer.cidr)))
+                out.update(str(ipaddress.IPv4Network(e)) for e in peer.except_)
+    return out
 
 
 class PolicyService(Service):
@@ -23,43 +58,237 @@ class PolicyService(Service):
     async def start(self) -> None:
         self._lock = asyncio.Lock()
         self.identities = IdentityAllocator()
+        self.policies: dict[str, Policy] = {}
         self.identity_gauge = Gauge("capillary_identities", "Allocated security identities",
                                     registry=self.registry)
+        self.policy_gauge = Gauge("capillary_policies", "Policies in force", registry=self.registry)
+        self.writes = Counter("capillary_policy_map_writes", "Policy map entries written or removed",
+                              ["op"], registry=self.registry)
         self.kv_ids = await self.bus.kv(subjects.BUCKET_IDENTITIES, create=True)
+        self.kv_policies = await self.bus.kv(subjects.BUCKET_POLICIES, create=True, history=5)
         for raw in (await kv_items(self.kv_ids)).values():
             ident = Identity.from_wire(raw)
             self.identities.restore(Entry(ident.id, ident.labels, set(ident.owners)))
-        self.identity_gauge.set(len(self.identities.by_id))
-        await self.bus.serve(subjects.IDENTITY_ALLOCATE, IdentityAllocate, self.allocate)
-        await self.bus.serve(subjects.IDENTITY_RELEASE, IdentityRelease, self.release)
-        await self.bus.serve(subjects.IDENTITY_LIST, ListRequest, self.list)
+        for key, raw in (await kv_items(self.kv_policies)).items():
+            try:
+                policy = parse_policy(raw).policy
+            except PolicyError as exc:
+                self.log.error("stored policy no longer parses; ignored", key=key, error=str(exc))
+                continue
+            self.policies[policy.key] = policy
+        await asyncio.to_thread(loader.compile_source, "policyd_maps.c", self.config)
+        self.enforcer = Enforcer(Path(self.config.datapath.bpfRoot), self.config.maps.policy,
+                                 self.config.policy.enforcement)
+        async with self._lock:
+            await self._sync_cidr_identities()
+            diffs, _total = self.enforcer.plan(list(self.policies.values()), self._universe())
+            self._write(diffs)
+            await self._announce(self._cidr_entries(self.identities).values())
+        self._gauges()
+        b = self.bus
+        await b.serve(subjects.IDENTITY_ALLOCATE, IdentityAllocate, self.allocate)
+        await b.serve(subjects.IDENTITY_RELEASE, IdentityRelease, self.release)
+        await b.serve(subjects.IDENTITY_LIST, ListRequest, self.list_identities)
+        await b.serve(subjects.POLICY_APPLY, Apply, self.apply_policy)
+        await b.serve(subjects.POLICY_DELETE, ObjectRef, self.delete_policy)
+        await b.serve(subjects.POLICY_LIST, ListRequest, self.list_policies)
+        await b.serve(subjects.POLICY_ENTRIES, EndpointPolicy, self.endpoint_entries)
+        await b.serve(subjects.POLICY_ENDPOINT_SYNC, EndpointPolicy, self.endpoint_sync)
+        await b.serve(subjects.POLICY_ENDPOINT_FORGET, EndpointPolicy, self.endpoint_forget)
 
     async def counters(self) -> dict[str, int]:
-        return {"identities": len(self.identities.by_id)}
+        return {"identities": len(self.identities.by_id), "policies": len(self.policies),
+                "policy_entries": len(self.enforcer.map.all())}
+
+    def _gauges(self) -> None:
+        self.identity_gauge.set(len(self.identities.by_id))
+        self.policy_gauge.set(len(self.policies))
+
+    def _universe(self) -> Universe:
+        return Universe({i: e.labels for i, e in self.identities.by_id.items()})
+
+    def _write(self, diffs) -> tuple[int, int]:
+        written, removed = self.enforcer.apply(diffs)
+        self.writes.labels("write").inc(written)
+        self.writes.labels("delete").inc(removed)
+        return written, removed
+
+    # ---- identities ------------------------------------------------------------------------
+
+    async def _persist_identity(self, entry: Entry | None, identity: int) -> None:
+        if entry is None or not entry.owners:
+            await self.kv_ids.delete(str(identity))
+        else:
+            await self.kv_ids.put(str(entry.id), codec.encode(_wire(entry).to_wire()))
 
     async def allocate(self, req: IdentityAllocate) -> Identity:
         if not req.labels:
             raise ServiceError(INVALID, "labels: an identity needs at least one label")
         async with self._lock:
             try:
-                entry, _created = self.identities.allocate(req.labels, req.owner)
+                entry, created = self.identities.allocate(req.labels, req.owner)
             except IdentitiesExhausted as exc:
                 raise ServiceError(EXHAUSTED, str(exc)) from None
-            await self.kv_ids.put(str(entry.id), codec.encode(_wire(entry).to_wire()))
-            self.identity_gauge.set(len(self.identities.by_id))
+            await self._persist_identity(entry, entry.id)
+            if created:
+                # Other endpoints' rules may select the new identity: in force before it exists.
+                diffs, _ = self.enforcer.plan(list(self.policies.values()), self._universe())
+                self._write(diffs)
+        self._gauges()
         return _wire(entry)
 
     async def release(self, req: IdentityRelease) -> dict:
         async with self._lock:
             gone = self.identities.release(req.identity, req.owner)
+            await self._persist_identity(self.identities.by_id.get(req.identity), req.identity)
             if gone is not None:
-                await self.kv_ids.delete(str(req.identity))
-            elif req.identity in self.identities.by_id:
-                entry = self.identities.by_id[req.identity]
-                await self.kv_ids.put(str(entry.id), codec.encode(_wire(entry).to_wire()))
-            self.identity_gauge.set(len(self.identities.by_id))
+                diffs, _ = self.enforcer.plan(list(self.policies.values()), self._universe())
+                self._write(diffs)
+        self._gauges()
         return {"released": gone is not None}
 
-    async def list(self, _req: ListRequest) -> list[Identity]:
+    async def list_identities(self, _req: ListRequest) -> list[Identity]:
         reserved = [Identity(i, {name: ""}) for i, name in RESERVED.items()]
         return reserved + [_wire(e) for _, e in sorted(self.identities.by_id.items())]
+
+    def _cidr_entries(self, allocator: IdentityAllocator) -> dict[str, Entry]:
+        return {lbl[len(CIDR_LABEL):]: e for e in allocator.by_id.values()
+                for lbl in e.labels if lbl.startswith(CIDR_LABEL)}
+
+    def _resolve_cidrs(self, allocator: IdentityAllocator, policies: dict[str, Policy]
+                       ) -> tuple[list[Entry], list[Entry]]:
+        """Give ALLOCATOR one local identity per CIDR POLICIES name and release the rest.
+        Returns (released, created). Pure: the caller persists and announces."""
+        wanted = set().union(*(cidrs_of(p) for p in policies.values())) if policies else set()
+        have = self._cidr_entries(allocator)
+        released = [have[c] for c in sorted(set(have) - wanted)]
+        for entry in released:
+            allocator.release(entry.id, "policies")
+        created = []
+        for cidr in sorted(wanted - set(have)):
+            entry, _ = allocator.allocate({f"{CIDR_LABEL}{cidr}": ""}, "policies", local=True)
+            created.append(entry)
+        return released, created
+
+    async def _sync_cidr_identities(self) -> None:
+        released, created = self._resolve_cidrs(self.identities, self.policies)
+        for entry in released:
+            await self.bus.request(subjects.IPCACHE_DELETE, IpcacheDelete(_cidr(entry), "cidr-policy"))
+            await self._persist_identity(None, entry.id)
+        for entry in created:
+            await self._persist_identity(entry, entry.id)
+
+    async def _announce(self, entries) -> None:
+        for entry in entries:
+            await self.bus.request(subjects.IPCACHE_UPSERT, IpcacheUpsert(_cidr(entry), entry.id, "cidr-policy"))
+
+    # ---- policies -----------------------------------------------------------------------------
+
+    async def _enforce(self, policies: dict[str, Policy]) -> tuple[int, int]:
+        """Make POLICIES the ones in force, or raise having changed nothing."""
+        trial = copy.deepcopy(self.identities)
+        self._resolve_cidrs(trial, policies)
+        trial_universe = Universe({i: e.labels for i, e in trial.by_id.items()})
+        try:
+            _, total = self.enforcer.plan(list(policies.values()), trial_universe)
+            self.enforcer.check_capacity(total)
+        except (PolicyMapFull, IdentitiesExhausted) as exc:
+            raise ServiceError(EXHAUSTED, str(exc)) from None
+        # Removed CIDRs leave the ipcache before their entries go; new ones join it after.
+        released, created = self._resolve_cidrs(self.identities, policies)
+        for entry in released:
+            await self.bus.request(subjects.IPCACHE_DELETE, IpcacheDelete(_cidr(entry), "cidr-policy"))
+            await self._persist_identity(None, entry.id)
+        for entry in created:
+            await self._persist_identity(entry, entry.id)
+        self.policies = policies
+        diffs, _ = self.enforcer.plan(list(policies.values()), self._universe())
+        written, removed = self._write(diffs)
+        await self._announce(created)
+        return written, removed
+
+    async def apply_policy(self, req: Apply) -> PolicyApplied:
+        try:
+            parsed = parse_policy(req.document)
+        except PolicyError as exc:
+            raise ServiceError(INVALID, str(exc)) from None
+        policy = parsed.policy
+        async with self._lock:
+            current = self.policies.get(policy.key)
+            if current is not None and req.create_only:
+                raise ServiceError("exists", f"{policy.kind} {policy.key} already exists")
+            if current is not None and current == policy and current.document == policy.document:
+                entry = await self.kv_policies.get(kv_key(policy.key))
+                return PolicyApplied(policy.kind, policy.name, policy.namespace, "unchanged",
+                                     entry.revision, parsed.warnings)
+            written, removed = await self._enforce({**self.policies, policy.key: policy})
+            revision = await self.kv_policies.put(kv_key(policy.key), codec.encode(policy.document))
+        self._gauges()
+        self.log.info("policy applied", policy=policy.key, written=written, removed=removed)
+        return PolicyApplied(policy.kind, policy.name, policy.namespace,
+                             "configured" if current else "created", revision, parsed.warnings,
+                             written, removed)
+
+    def _find(self, req: ObjectRef) -> Policy:
+        for policy in self.policies.values():
+            if policy.name == req.name and (not req.object_kind or policy.kind == req.object_kind) and \
+                    (policy.namespace == (req.namespace or ("" if policy.kind.startswith("CiliumClusterwide") else "default"))):
+                return policy
+        raise ServiceError(NOT_FOUND, f'policy "{req.namespace + "/" if req.namespace else ""}{req.name}" not found')
+
+    async def delete_policy(self, req: ObjectRef) -> PolicyApplied:
+        async with self._lock:
+            policy = self._find(req)
+            rest = {k: p for k, p in self.policies.items() if k != policy.key}
+            written, removed = await self._enforce(rest)
+            revision = await self.kv_policies.delete(kv_key(policy.key))
+        self._gauges()
+        return PolicyApplied(policy.kind, policy.name, policy.namespace, "deleted", revision or 0, [],
+                             written, removed)
+
+    async def list_policies(self, _req: ListRequest) -> list[dict]:
+        return [p.document for _, p in sorted(self.policies.items())]
+
+    # ---- endpoints ----------------------------------------------------------------------------
+
+    async def endpoint_sync(self, req: EndpointPolicy) -> dict:
+        """endpointd announces an endpoint before its first packet: write its entries now."""
+        async with self._lock:
+            self.enforcer.forgotten.discard(req.endpoint_id)
+            self.enforcer.pending[req.endpoint_id] = req.identity
+            diffs, total = self.enforcer.plan(list(self.policies.values()), self._universe(),
+                                              only={req.endpoint_id})
+            try:
+                self.enforcer.check_capacity(total)
+            except PolicyMapFull as exc:
+                del self.enforcer.pending[req.endpoint_id]
+                raise ServiceError(EXHAUSTED, str(exc)) from None
+            written, _ = self._write(diffs)
+        return {"written": written}
+
+    async def endpoint_forget(self, req: EndpointPolicy) -> dict:
+        async with self._lock:
+            self.enforcer.pending.pop(req.endpoint_id, None)
+            self.enforcer.forgotten.add(req.endpoint_id)
+            diffs, _ = self.enforcer.plan(list(self.policies.values()), self._universe(),
+                                          only={req.endpoint_id})
+            _, removed = self._write(diffs)
+            self.enforcer.forgotten.discard(req.endpoint_id)
+        return {"removed": removed}
+
+    async def endpoint_entries(self, req: EndpointPolicy) -> list[dict]:
+        rules = rule_table(list(self.policies.values()))
+        out = []
+        for key, counted in sorted(self.enforcer.entries(req.endpoint_id).items()):
+            entry = self.identities.by_id.get(key.identity)
+            labels = {RESERVED[key.identity]: ""} if key.identity in RESERVED else \
+                (dict(entry.labels) if entry else {})
+            info = rules.get(counted.value.rule_id)
+            out.append({"direction": "egress" if key.egress else "ingress", "identity": key.identity,
+                        "labels": labels,
+                        "protocol": key.protocol, "port": key.port, "prefixlen": key.prefixlen,
+                        "flags": counted.value.flags, "packets": counted.packets, "bytes": counted.bytes,
+                        "rule": None if info is None else {"policy": info.policy, "direction": info.direction,
+                                                           "deny": info.deny, "index": info.index}})
+        return out
+

@@ -45,36 +45,58 @@ def _remove_chain(table: str, chain: str) -> None:
         _ipt("-t", table, "-X", chain)
 
 
+def _forward_rules(pod_cidr: str) -> list[list[str]]:
+    return [["-s", pod_cidr, "-j", "ACCEPT", "-m", "comment", "--comment", "capillary: from pods"],
+            ["-d", pod_cidr, "-j", "ACCEPT", "-m", "comment", "--comment", "capillary: to pods"]]
+
+
+def _nat_rule(pod_cidr: str, router_device: str) -> list[str]:
+    return ["-s", pod_cidr, "!", "-d", pod_cidr, "!", "-o", router_device, "-j", "MASQUERADE",
+            "-m", "comment", "--comment", "capillary: pods leaving the node"]
+
+
 def ensure(pod_cidr: str, router_device: str, masquerade: bool) -> None:
     _ensure_chain("filter", FORWARD_CHAIN)
-    _ensure_rule("filter", FORWARD_CHAIN, ["-s", pod_cidr, "-j", "ACCEPT", "-m", "comment", "--comment", "capillary: from pods"])
-    _ensure_rule("filter", FORWARD_CHAIN, ["-d", pod_cidr, "-j", "ACCEPT", "-m", "comment", "--comment", "capillary: to pods"])
+    for rule in _forward_rules(pod_cidr):
+        _ensure_rule("filter", FORWARD_CHAIN, rule)
     _ensure_rule("filter", "FORWARD", ["-j", FORWARD_CHAIN], insert=True)
-    jump = ["-j", NAT_CHAIN]
     if masquerade:
         _ensure_chain("nat", NAT_CHAIN)
-        _ensure_rule("nat", NAT_CHAIN, ["-s", pod_cidr, "!", "-d", pod_cidr, "!", "-o", router_device,
-                                        "-j", "MASQUERADE", "-m", "comment", "--comment", "capillary: pods leaving the node"])
-        _ensure_rule("nat", "POSTROUTING", jump)
+        _ensure_rule("nat", NAT_CHAIN, _nat_rule(pod_cidr, router_device))
+        _ensure_rule("nat", "POSTROUTING", ["-j", NAT_CHAIN])
     else:
-        _remove_rule("nat", "POSTROUTING", jump)
-        _remove_chain("nat", NAT_CHAIN)
+        _remove_own("nat", NAT_CHAIN, "POSTROUTING", [_nat_rule(pod_cidr, router_device)])
 
 
-def remove() -> None:
-    _remove_rule("filter", "FORWARD", ["-j", FORWARD_CHAIN])
-    _remove_chain("filter", FORWARD_CHAIN)
-    _remove_rule("nat", "POSTROUTING", ["-j", NAT_CHAIN])
-    _remove_chain("nat", NAT_CHAIN)
+def _chain_is_empty(table: str, chain: str) -> bool:
+    proc = subprocess.run(["iptables", "-w", "-t", table, "-S", chain], capture_output=True, text=True)
+    return proc.returncode == 0 and all(not line.startswith("-A") for line in proc.stdout.splitlines())
+
+
+def _remove_own(table: str, chain: str, parent: str, rules: list[list[str]]) -> None:
+    """Remove RULES from CHAIN; the chain and its jump go once no node has rules left in it
+    (several nodes, e.g. test nodes, may share one host)."""
+    if not _ipt("-t", table, "-n", "-L", chain, check=False):
+        return
+    for rule in rules:
+        _remove_rule(table, chain, rule)
+    if _chain_is_empty(table, chain):
+        _remove_rule(table, parent, ["-j", chain])
+        _remove_chain(table, chain)
+
+
+def remove(pod_cidr: str, router_device: str) -> None:
+    _remove_own("filter", FORWARD_CHAIN, "FORWARD", _forward_rules(pod_cidr))
+    _remove_own("nat", NAT_CHAIN, "POSTROUTING", [_nat_rule(pod_cidr, router_device)])
 
 
 def forward_packets(pod_cidr: str) -> int:
-    """Packets CAPILLARY-FORWARD has accepted: proof of traffic through the host stack."""
+    """Packets CAPILLARY-FORWARD has accepted for POD_CIDR: traffic through the host stack."""
     proc = subprocess.run(["iptables", "-w", "-t", "filter", "-n", "-v", "-x", "-L", FORWARD_CHAIN],
                           capture_output=True, text=True)
     total = 0
     for line in proc.stdout.splitlines()[2:]:
         parts = line.split()
-        if parts and parts[0].isdigit():
+        if len(parts) > 8 and parts[0].isdigit() and pod_cidr in (parts[7], parts[8]):
             total += int(parts[0])
     return total

@@ -196,6 +196,7 @@ class ObjectRef(Message):
     KIND = "ref"
     name: str
     namespace: str = ""
+    object_kind: str = ""             # for policies: NetworkPolicy, CiliumNetworkPolicy, ...
 
 
 @dataclass(frozen=True)
@@ -232,6 +233,31 @@ class Identity(Message):
     id: int
     labels: dict[str, str]
     owners: list[str] = field(default_factory=list)
+
+
+# ---- policies (policyd) -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EndpointPolicy(Message):
+    """policy.endpoint.sync / .forget: an endpoint whose entries policyd computes (before the
+    pod's first packet) or removes."""
+
+    KIND = "policy.endpoint"
+    endpoint_id: int
+    identity: int = 0
+
+
+@dataclass(frozen=True)
+class PolicyApplied(Message):
+    kind: str
+    name: str
+    namespace: str
+    action: str
+    revision: int
+    warnings: list[str] = field(default_factory=list)
+    entries_written: int = 0
+    entries_removed: int = 0
 
 
 # ---- ipcache (routed) --------------------------------------------------------------------

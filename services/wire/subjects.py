@@ -25,6 +25,14 @@ IDENTITY_ALLOCATE = f"{ROOT}.identity.allocate"
 IDENTITY_RELEASE = f"{ROOT}.identity.release"
 IDENTITY_LIST = f"{ROOT}.identity.list"
 
+# policyd: policies and the per-endpoint policy map
+POLICY_APPLY = f"{ROOT}.policy.apply"
+POLICY_DELETE = f"{ROOT}.policy.delete"
+POLICY_LIST = f"{ROOT}.policy.list"
+POLICY_ENTRIES = f"{ROOT}.policy.entries"              # one endpoint's map entries, decoded
+POLICY_ENDPOINT_SYNC = f"{ROOT}.policy.endpoint.sync"  # compute and write an endpoint's entries
+POLICY_ENDPOINT_FORGET = f"{ROOT}.policy.endpoint.forget"
+
 # routed: ipcache
 IPCACHE_UPSERT = f"{ROOT}.ipcache.upsert"
 IPCACHE_DELETE = f"{ROOT}.ipcache.delete"
@@ -87,12 +95,15 @@ GRANTS: dict[str, Grants] = {
         serves=(NAMESPACE_APPLY, NAMESPACE_DELETE, NAMESPACE_LIST,
                 POD_APPLY, POD_DELETE, POD_LIST, health("endpointd")),
         calls=(IDENTITY_ALLOCATE, IDENTITY_RELEASE, IPCACHE_UPSERT, IPCACHE_DELETE,
-               health("routed"), health("policyd")),
+               POLICY_ENDPOINT_SYNC, POLICY_ENDPOINT_FORGET, health("routed"), health("policyd")),
         publishes=(f"{ENDPOINT_EVENTS}.>",),
         buckets=(BUCKET_NAMESPACES, BUCKET_PODS),
     ),
     "policyd": Grants(
-        serves=(IDENTITY_ALLOCATE, IDENTITY_RELEASE, IDENTITY_LIST, health("policyd")),
+        serves=(IDENTITY_ALLOCATE, IDENTITY_RELEASE, IDENTITY_LIST, POLICY_APPLY, POLICY_DELETE,
+                POLICY_LIST, POLICY_ENTRIES, POLICY_ENDPOINT_SYNC, POLICY_ENDPOINT_FORGET,
+                health("policyd")),
+        calls=(IPCACHE_UPSERT, IPCACHE_DELETE),
         listens=(f"{ENDPOINT_EVENTS}.>",),
         buckets=(BUCKET_IDENTITIES, BUCKET_POLICIES),
     ),

@@ -21,9 +21,10 @@ def snapshot(node) -> dict:
         "namespaces": node.cli("get", "namespaces", "-o", "json").stdout,
         "identities": node.cli("get", "identities", "-o", "json").stdout,
         "netns": sorted(p.name for p in Path("/run/netns").glob(f"cap-{node.name}_*")),
-        "links": sorted(l.split(": ")[1].split("@")[0] for l in links.splitlines() if ": lxt" in l),
+        "links": sorted(l.split(": ")[1].split("@")[0] for l in links.splitlines() if f": {node.lxc_prefix}" in l),
         "endpoints": sorted(EndpointMap(Path(node.bpf_root)).all()),
-        "ipcache": IpcacheMap(Path(node.bpf_root)).all(),
+        # Host entries (identity 1) follow the host's addresses, which other nodes may change.
+        "ipcache": {k: v for k, v in IpcacheMap(Path(node.bpf_root)).all().items() if v != 1},
     }
 
 

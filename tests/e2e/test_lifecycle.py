@@ -5,8 +5,10 @@ import os
 import signal
 import stat
 import subprocess
+import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import nats
 import pytest
@@ -14,7 +16,7 @@ from nats.errors import NoRespondersError
 
 from services.wire import codec, subjects
 from services.wire.subjects import SERVICES
-from tests.support.node import Node
+from tests.support.node import REPO, Node
 
 
 def test_status_reports_every_service_healthy(node):
@@ -130,3 +132,37 @@ def test_up_detach_fails_with_reason_and_leaves_nothing(tmp_path):
         bad.purge()
     assert "lo" in subprocess.run(["ip", "-o", "link", "show", "lo"], capture_output=True, text=True).stdout
     assert not bad.leftovers()
+
+
+def test_foreground_up_stops_cleanly_on_ctrl_c(tmp_path):
+    fg = Node(tmp_path)
+    proc = subprocess.Popen([sys.executable, "-m", "services.cli.main", "--config", str(fg.config_path), "up"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        fg.wait_healthy(timeout=60)
+        pids = [s["pid"] for s in fg.status()["services"].values()]
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+        for pid in pids:
+            assert not Path(f"/proc/{pid}").exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        fg.purge()
+    assert not fg.leftovers()
+
+
+def test_masquerade_is_opt_in_and_removed_on_purge(tmp_path):
+    m = Node(tmp_path, pod_cidr="10.215.0.0/24")
+    m.config_path.write_text(m.config_path.read_text() + "masquerade: true\n")
+    try:
+        m.up()
+        nat = subprocess.run(["iptables", "-t", "nat", "-S", "CAPILLARY-POSTROUTING"],
+                             capture_output=True, text=True).stdout
+        assert "-s 10.215.0.0/24 ! -d 10.215.0.0/24" in nat and "MASQUERADE" in nat
+    finally:
+        m.purge()
+    assert not m.leftovers()
+    assert "CAPILLARY-POSTROUTING" not in subprocess.run(["iptables-save", "-t", "nat"],
+                                                         capture_output=True, text=True).stdout

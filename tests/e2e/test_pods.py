@@ -8,7 +8,7 @@ import pytest
 from services.datapath.maps.endpoints import EndpointMap
 from services.datapath.maps.ipcache import IpcacheMap
 from services.datapath.maps.metrics import MetricsMap
-from services.datapath.numbers import METRIC_EGRESS, REASON_REDIRECT_PEER
+from services.datapath.numbers import METRIC_EGRESS, REASON_ARP_REPLY, REASON_REDIRECT_PEER
 from services.routed.iptables import forward_packets
 from tests.support.node import docs, namespace_doc, pod_doc
 from tests.support.traffic import Servers, ping, probe
@@ -38,7 +38,7 @@ def test_pod_has_netns_veth_ip_route_and_program(node, pods):
     pod = node.pods()["x/a"]
     ip, ifname = pod["status"]["podIP"], pod["status"]["hostInterface"]
     assert ipaddress.IPv4Address(ip) in ipaddress.IPv4Network(node.pod_cidr)
-    assert ifname.startswith("lxt") and len(ifname) == 15
+    assert ifname.startswith(node.lxc_prefix) and len(ifname) == 15
     assert "from_container" in _tc_ingress(ifname) and "direct-action" in _tc_ingress(ifname)
     assert Path(pod["spec"]["netns"]).exists()
     inside = node.run_in("x/a", "ip", "-o", "-4", "addr", "show", "dev", "eth0").stdout
@@ -69,7 +69,7 @@ def test_get_outputs(node, pods):
     table = node.cli("get", "pods", "-A").stdout
     assert "x           a" in table.replace("  ", "  ") or ("x" in table and pods["x/a"] in table)
     wide = node.cli("get", "pods", "-n", "x", "-o", "wide").stdout
-    assert pods["x/a"] in wide and "lxt" in wide and pods["y/c"] not in wide
+    assert pods["x/a"] in wide and node.lxc_prefix in wide and pods["y/c"] not in wide
     ns = node.cli("get", "namespaces").stdout
     assert "kubernetes.io/metadata.name=x" in ns and "team=one" in ns and "default" in ns
     yaml_out = node.cli("get", "pods", "-A", "-o", "yaml").stdout
@@ -111,6 +111,19 @@ def test_pod_to_pod_takes_redirect_peer_not_the_host_stack(node, pods):
     assert ping(node.netns("x/b"), pods["x/a"], count=5)
     assert forward_packets(node.pod_cidr) == before_fwd
     assert counters.read(METRIC_EGRESS, REASON_REDIRECT_PEER).packets - before_redirect >= 5 * 4 + 10
+
+
+def test_arp_for_the_router_is_answered_in_bpf(node, pods):
+    counters = MetricsMap(Path(node.bpf_root))
+    before = counters.read(METRIC_EGRESS, REASON_ARP_REPLY).packets
+    netns = node.netns("x/a")
+    subprocess.run(["nsenter", f"--net={netns}", "ip", "neigh", "flush", "dev", "eth0"], check=True)
+    assert ping(netns, node.router_ip)
+    neigh = node.run_in("x/a", "ip", "neigh", "show", node.router_ip).stdout
+    host_mac = node.pods()["x/a"]["status"]["hostInterface"]
+    lxc_mac = Path(f"/sys/class/net/{host_mac}/address").read_text().strip()
+    assert lxc_mac in neigh
+    assert counters.read(METRIC_EGRESS, REASON_ARP_REPLY).packets > before
 
 
 def test_spoofed_source_is_dropped(node, pods):

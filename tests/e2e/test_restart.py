@@ -85,10 +85,11 @@ def test_orphans_from_a_crash_are_removed_at_start(node, two_pods):
     # A veth and netns that no pod record owns, as a crash mid-create would leave.
     orphan_ns = f"cap-{node.name}_r.ghost"
     subprocess.run(["ip", "netns", "add", orphan_ns], check=True)
-    subprocess.run(["ip", "link", "add", "lxt0123456789ab", "type", "veth", "peer", "name", "eth0",
+    ghost = (node.lxc_prefix + "0123456789abcdef")[:15]
+    subprocess.run(["ip", "link", "add", ghost, "type", "veth", "peer", "name", "eth0",
                     "netns", orphan_ns], check=True)
     _kill_and_wait(node, "endpointd")
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
-    assert "lxt0123456789ab" not in links
+    assert ghost not in links
     assert orphan_ns not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert set(node.pods()) >= {"r/a", "r/b"}

@@ -10,7 +10,9 @@ import pytest
 from services.datapath import loader
 from services.datapath.maps.endpoints import EndpointInfo, EndpointKey
 from services.datapath.maps.ipcache import IpcacheInfo, IpcacheKey
+from services.datapath.maps.conntrack import CtEntry, CtKey
 from services.datapath.maps.metrics import MetricsValue
+from services.datapath.maps.policy import PolicyEntry, PolicyKey
 from services.runtime.config import DatapathConfig, NodeConfig
 
 
@@ -23,7 +25,7 @@ def compiled(tmp_path_factory):
     root = "/sys/fs/bpf/capillary-layout-test"
     config = NodeConfig(datapath=DatapathConfig(bpfRoot=root))
     try:
-        yield {src: loader.compile_source(src, config).bpf for src in ("routed_maps.c", "lxc.c")}
+        yield {src: loader.compile_source(src, config).bpf for src in ("routed_maps.c", "policyd_maps.c", "lxc.c")}
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -33,6 +35,9 @@ def compiled(tmp_path_factory):
     ("lxc.c", "cap_ipcache", IpcacheKey, IpcacheInfo),
     ("routed_maps.c", "cap_ipcache", IpcacheKey, IpcacheInfo),
     ("lxc.c", "cap_metrics", None, MetricsValue),
+    ("policyd_maps.c", "cap_policy", PolicyKey, PolicyEntry),
+    ("lxc.c", "cap_policy", PolicyKey, PolicyEntry),
+    ("lxc.c", "cap_ct", CtKey, CtEntry),
 ])
 def test_python_layout_matches_c(compiled, source, table, key, value):
     t = compiled[source][table.encode()]
@@ -49,7 +54,9 @@ def test_programs_load_in_both_modes(tmp_path):
         root = f"/sys/fs/bpf/capillary-load-test-{mode}"
         config = NodeConfig(datapath=DatapathConfig(bpfRoot=root, mode=mode))
         try:
+            loader.compile_source("policyd_maps.c", config)
             loaded = loader.compile_source("lxc.c", config)
             assert loaded.program_fd("from_container") > 0
+            assert loaded.program_fd("to_container") > 0
         finally:
                 shutil.rmtree(root, ignore_errors=True)

@@ -33,6 +33,8 @@ class Node:
 
     def __post_init__(self) -> None:
         self.name = f"t{self.tag}"
+        # Host-side veths are <lxc_prefix><hash>: a prefix per node keeps concurrent nodes apart.
+        self.lxc_prefix = "l" + "".join(secrets.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(3))
         self.bpf_root = f"/sys/fs/bpf/capillary-{self.name}"
         self.router_device = f"ct{self.tag}h"
         self.config_path = self.workdir / "config.yaml"
@@ -43,7 +45,7 @@ class Node:
             "podCIDR": self.pod_cidr,
             "datapath": {"mode": self.mode, "bpfRoot": self.bpf_root,
                          "routerDevice": self.router_device, "routerPeer": f"ct{self.tag}n",
-                         "lxcPrefix": "lxt"},
+                         "lxcPrefix": self.lxc_prefix},
             "nats": {"port": self.nats_port},
             "maps": self.maps,
             "metrics": {s: free_port() for s in ("endpointd", "policyd", "routed", "flowd")},
@@ -114,7 +116,7 @@ class Node:
         links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
         for line in links.splitlines():
             name = line.split(": ")[1].split("@")[0]
-            if name.startswith("lxt") or name.startswith(f"ct{self.tag}"):
+            if name.startswith(self.lxc_prefix) or name.startswith(f"ct{self.tag}"):
                 out.append(f"link {name}")
         netns_dir = Path("/run/netns")
         if netns_dir.is_dir():

@@ -1,0 +1,320 @@
+"""Pod-to-pod throughput and latency on one node: capillary against the kernel's own paths.
+
+Four variants, measured in the same run, in alternating rounds (the order rotates each round):
+  redirect    capillary node in datapath.mode redirect (bpf_redirect_peer), two pods
+  host-stack  a second capillary node, running at the same time, in host-stack mode, two pods
+  kernel      plain kernel routing, no BPF: two netns with a veth to the host each, /32 host
+              routes, default via 169.254.1.1 onlink, proxy_arp on the host veths
+  veth        one veth pair straight between two netns (no routing: the limit for veths)
+Metrics: iperf3 TCP with 1 and with 4 streams, sockperf TCP ping-pong latency (p50, p99;
+sockperf reports half the round trip). Each variant is compared with `veth` and `kernel`
+through the median over rounds of the per-round ratio.
+
+Client and server are pinned to CPUs (--cpus): on this 2-vCPU VM a ping-pong between two
+CPUs takes ~27 us and on one CPU ~7 us, and unpinned runs flip between the two, which
+swamps any difference between datapaths. "split" (default) pins the client to CPU 0 and
+the server to CPU 1, "same" both to CPU 1, "none" leaves placement to the scheduler.
+
+    .venv/bin/python bench/datapath.py [--rounds 5] [--seconds 5] [--quick] [--cpus split|same|none]
+
+Prints tables and writes bench/results/datapath.json. Everything it makes (two nodes on
+10.230.0.0/16 and 10.231.0.0/16, netns capb-<tag>-*, links vethb<tag>*, servers) is removed
+at the end, also on failure or Ctrl-C.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import secrets
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import (Cleanup, Node, Spread, add_netns, bench_node, cleaned_up, environment, log,  # noqa: E402
+                          ping, ratios, run, start, table, wait_listening, write_results)
+from services.datapath.maps.metrics import MetricsMap  # noqa: E402
+from services.datapath.numbers import METRIC_EGRESS, REASON_NAMES  # noqa: E402
+from tests.support.node import docs, namespace_doc, pod_doc  # noqa: E402
+
+REDIRECT_CIDR, HOST_STACK_CIDR = "10.230.0.0/16", "10.231.0.0/16"
+KERNEL_IPS = ("10.232.0.2", "10.232.0.3")        # /32s routed by the host
+VETH_IPS = ("10.232.1.2", "10.232.1.3")          # one /24 on the direct pair, never on the host
+GATEWAY = "169.254.1.1"
+IPERF_PORT, SOCKPERF_PORT = 5201, 11111
+BASELINES = ("veth", "kernel")
+TARGETS = {"gbps_1": 0.95, "gbps_4": 0.95, "p50_us": 1.05}   # ratio to `veth`: >= for Gbit/s, <= for us
+PLACEMENTS = {"split": ("0", "1"), "same": ("1", "1"), "none": (None, None)}   # (client CPU, server CPU)
+METRICS = {"gbps_1": "TCP 1 stream (Gbit/s)", "gbps_4": "TCP 4 streams (Gbit/s)",
+           "p50_us": "latency p50 (us)", "p99_us": "latency p99 (us)"}
+
+
+@dataclass(frozen=True)
+class Pair:
+    """Where one variant's traffic goes: from the client netns to server_ip in the server netns."""
+
+    variant: str
+    client: str
+    server: str
+    server_ip: str
+    node: Node | None = None
+
+
+@dataclass(frozen=True)
+class Placement:
+    client_cpu: str | None
+    server_cpu: str | None
+
+    def client(self, argv: list[str]) -> list[str]:
+        return pinned(self.client_cpu, argv)
+
+    def server(self, argv: list[str]) -> list[str]:
+        return pinned(self.server_cpu, argv)
+
+
+def pinned(cpu: str | None, argv: list[str]) -> list[str]:
+    return ["taskset", "-c", cpu, *argv] if cpu else argv
+
+
+@dataclass(frozen=True)
+class Sample:
+    gbps_1: float
+    gbps_4: float
+    p50_us: float
+    p99_us: float
+    avg_us: float
+    retransmits_1: int
+    retransmits_4: int
+    sockperf_dropped: int
+
+
+# ---- the four variants -------------------------------------------------------------------
+
+def node_pair(cleanup: Cleanup, workdir: Path, cidr: str, letter: str, mode: str) -> Pair:
+    node = bench_node(cleanup, workdir, cidr, letter, mode)
+    node.apply(docs(namespace_doc("bench"), pod_doc("bench", "client"), pod_doc("bench", "server")))
+    pods = node.pods()
+    return Pair(mode, pods["bench/client"]["spec"]["netns"], pods["bench/server"]["spec"]["netns"],
+                pods["bench/server"]["status"]["podIP"], node)
+
+
+def routed_netns(cleanup: Cleanup, tag: str, side: str, ip: str) -> str:
+    """A netns whose eth0 is a veth to the host, reached by a /32 host route."""
+    name, host = f"capb-{tag}-k{side}", f"vethb{tag}k{side}"
+    path = add_netns(cleanup, name)
+    run(["ip", "link", "add", host, "type", "veth", "peer", "name", "eth0", "netns", name])
+    cleanup.push(f"link {host}", lambda: run(["ip", "link", "del", host], check=False))
+    Path(f"/proc/sys/net/ipv4/conf/{host}/proxy_arp").write_text("1")
+    # Proxy ARP replies wait a random 0-0.8 s by default; the gateway must answer at once.
+    Path(f"/proc/sys/net/ipv4/neigh/{host}/proxy_delay").write_text("0")
+    run(["ip", "link", "set", host, "up"])
+    run(["ip", "route", "add", f"{ip}/32", "dev", host])
+    for argv in (["ip", "addr", "add", f"{ip}/32", "dev", "eth0"], ["ip", "link", "set", "eth0", "up"],
+                 ["ip", "route", "add", "default", "via", GATEWAY, "dev", "eth0", "onlink"]):
+        run(argv, path)
+    return path
+
+
+def kernel_pair(cleanup: Cleanup, tag: str) -> Pair:
+    forwarding = Path("/proc/sys/net/ipv4/ip_forward")
+    if forwarding.read_text().strip() != "1":
+        # Left on afterwards: every capillary node on this machine needs it too.
+        log("turning on net.ipv4.ip_forward")
+        forwarding.write_text("1")
+    client = routed_netns(cleanup, tag, "a", KERNEL_IPS[0])
+    server = routed_netns(cleanup, tag, "b", KERNEL_IPS[1])
+    return Pair("kernel", client, server, KERNEL_IPS[1])
+
+
+def veth_pair(cleanup: Cleanup, tag: str) -> Pair:
+    names = (f"capb-{tag}-va", f"capb-{tag}-vb")
+    paths = [add_netns(cleanup, name) for name in names]
+    # Made inside the two netns directly; deleting either netns removes the pair.
+    run(["ip", "link", "add", "eth0", "netns", names[0], "type", "veth", "peer", "name", "eth0", "netns", names[1]])
+    for path, ip in zip(paths, VETH_IPS):
+        run(["ip", "addr", "add", f"{ip}/24", "dev", "eth0"], path)
+        run(["ip", "link", "set", "eth0", "up"], path)
+    return Pair("veth", paths[0], paths[1], VETH_IPS[1])
+
+
+def start_servers(cleanup: Cleanup, pair: Pair, cpus: Placement) -> None:
+    iperf = start(cleanup, cpus.server(["iperf3", "-s", "-p", str(IPERF_PORT)]), pair.server)
+    sockperf = start(cleanup, cpus.server(["sockperf", "sr", "--tcp", "-i", pair.server_ip, "-p", str(SOCKPERF_PORT)]),
+                     pair.server)
+    wait_listening(pair.server, IPERF_PORT, iperf)
+    wait_listening(pair.server, SOCKPERF_PORT, sockperf)
+    if not ping(pair.client, pair.server_ip):
+        raise RuntimeError(f"{pair.variant}: no ping reply from {pair.server_ip}")
+
+
+# ---- measurements ------------------------------------------------------------------------
+
+def iperf(pair: Pair, cpus: Placement, seconds: int, streams: int) -> tuple[float, int]:
+    """(Gbit/s received, retransmits) of one iperf3 TCP run."""
+    argv = ["iperf3", "-c", pair.server_ip, "-p", str(IPERF_PORT), "-t", str(seconds), "-P", str(streams), "-J"]
+    result = json.loads(run(cpus.client(argv), pair.client, timeout=seconds + 30).stdout)
+    end = result.get("end", {})
+    if "error" in result or "sum_received" not in end:      # e.g. interrupted
+        raise RuntimeError(f"{pair.variant}: iperf3 gave no result: {result.get('error', 'no summary')}")
+    return end["sum_received"]["bits_per_second"] / 1e9, end["sum_sent"].get("retransmits", 0)
+
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def sockperf(pair: Pair, cpus: Placement, seconds: int) -> dict[str, float]:
+    """p50/p99/avg latency in usec and dropped messages of one sockperf TCP ping-pong run."""
+    argv = ["sockperf", "pp", "--tcp", "-i", pair.server_ip, "-p", str(SOCKPERF_PORT), "-t", str(seconds)]
+    out = ANSI.sub("", run(cpus.client(argv), pair.client, timeout=seconds + 30).stdout)
+
+    def number(pattern: str) -> float:
+        match = re.search(pattern, out)
+        if not match:
+            raise RuntimeError(f"sockperf output has no {pattern!r}:\n{out}")
+        return float(match.group(1))
+
+    return {"p50_us": number(r"percentile 50\.000 =\s*([\d.]+)"), "p99_us": number(r"percentile 99\.000 =\s*([\d.]+)"),
+            "avg_us": number(r"avg-latency=([\d.]+)"), "dropped": number(r"# dropped messages = (\d+)")}
+
+
+def measure(pair: Pair, cpus: Placement, seconds: int) -> Sample:
+    gbps_1, retransmits_1 = iperf(pair, cpus, seconds, 1)
+    gbps_4, retransmits_4 = iperf(pair, cpus, seconds, 4)
+    lat = sockperf(pair, cpus, seconds)
+    return Sample(gbps_1, gbps_4, lat["p50_us"], lat["p99_us"], lat["avg_us"], retransmits_1, retransmits_4,
+                  int(lat["dropped"]))
+
+
+def datapath_counters(node: Node) -> dict[str, int]:
+    """The node's BPF packet counters by direction and reason (redirect-peer, to-stack, drops)."""
+    counters = MetricsMap(Path(node.bpf_root))
+    try:
+        return {f"{'egress' if c.direction == METRIC_EGRESS else 'ingress'} {REASON_NAMES.get(c.reason, c.reason)}":
+                c.packets for c in counters.nonzero()}
+    finally:
+        counters.close()
+
+
+def counters_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    return {key: after[key] - before.get(key, 0) for key in after if after[key] != before.get(key, 0)}
+
+
+def run_rounds(pairs: list[Pair], cpus: Placement, rounds: int, seconds: int) -> list[dict]:
+    """Every variant once per round, the order rotated by one each round."""
+    for pair in pairs:
+        iperf(pair, cpus, 1, 1)                         # warm-up, not recorded
+    done = []
+    for r in range(rounds):
+        order = pairs[r % len(pairs):] + pairs[:r % len(pairs)]
+        log(f"round {r + 1}/{rounds}: {' '.join(p.variant for p in order)}")
+        samples = {}
+        for pair in order:
+            samples[pair.variant] = measure(pair, cpus, seconds)
+            s = samples[pair.variant]
+            log(f"  {pair.variant:10} {s.gbps_1:6.2f} / {s.gbps_4:6.2f} Gbit/s   "
+                f"p50 {s.p50_us:6.2f} us  p99 {s.p99_us:6.2f} us")
+        done.append({"order": [p.variant for p in order], "samples": samples})
+    return done
+
+
+# ---- summary -----------------------------------------------------------------------------
+
+def series(rounds: list[dict], variant: str, metric: str) -> list[float]:
+    return [getattr(r["samples"][variant], metric) for r in rounds]
+
+
+def summarize(rounds: list[dict], variants: list[str]) -> dict:
+    summary = {}
+    for variant in variants:
+        metrics = {m: Spread.of(series(rounds, variant, m)) for m in Sample.__dataclass_fields__}
+        versus = {base: {m: Spread.of(ratios(series(rounds, variant, m), series(rounds, base, m)))
+                         for m in METRICS} for base in BASELINES}
+        summary[variant] = {"metrics": metrics, "ratio_to": versus}
+    return summary
+
+
+def verdict(ratio: float, metric: str) -> str:
+    target = TARGETS[metric]
+    ok = ratio >= target if metric.startswith("gbps") else ratio <= target
+    return f"{ratio:.3f} {'ok' if ok else 'MISS'}"
+
+
+def report(summary: dict, variants: list[str]) -> str:
+    absolute = table(["variant", *METRICS.values(), "retransmits 1/4 (median)"],
+                     [[v, *(summary[v]["metrics"][m].text() for m in METRICS),
+                       f"{summary[v]['metrics']['retransmits_1'].median:.0f} / "
+                       f"{summary[v]['metrics']['retransmits_4'].median:.0f}"] for v in variants])
+    parts = ["median [min-max] over rounds", absolute]
+    for base in BASELINES:
+        parts += ["", f"ratio to {base}: median [min-max] of per-round ratios",
+                  table(["variant", *METRICS.values()],
+                        [[v, *(summary[v]["ratio_to"][base][m].text("{:.3f}") for m in METRICS)]
+                         for v in variants if v != base])]
+    targets = table(["variant", "1 stream >= 0.95x veth", "4 streams >= 0.95x veth", "p50 <= 1.05x veth"],
+                    [[v, *(verdict(summary[v]["ratio_to"]["veth"][m].median, m) for m in TARGETS)]
+                     for v in variants if v not in BASELINES])
+    return "\n".join([*parts, "", "targets (median ratio to veth)", targets])
+
+
+# ---- main --------------------------------------------------------------------------------
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, help="rounds, every variant once per round (default 5; quick 2)")
+    parser.add_argument("--seconds", type=int, help="length of each iperf3/sockperf run (default 5; quick 2)")
+    parser.add_argument("--quick", action="store_true", help="fewer, shorter rounds")
+    parser.add_argument("--cpus", choices=PLACEMENTS, default="split",
+                        help="client/server CPUs: split 0/1 (default), same 1/1, none (unpinned)")
+    args = parser.parse_args(argv)
+    args.rounds = args.rounds or (2 if args.quick else 5)
+    args.seconds = args.seconds or (2 if args.quick else 5)
+    if args.rounds < 1 or args.seconds < 1:
+        parser.error("--rounds and --seconds must be at least 1")
+    return args
+
+
+def set_up(cleanup: Cleanup, tmp: Path, cpus: Placement) -> list[Pair]:
+    tag = secrets.token_hex(2)
+    pairs = [node_pair(cleanup, tmp / "redirect", REDIRECT_CIDR, "r", "redirect"),
+             node_pair(cleanup, tmp / "host-stack", HOST_STACK_CIDR, "h", "host-stack"),
+             kernel_pair(cleanup, tag), veth_pair(cleanup, tag)]
+    for pair in pairs:
+        start_servers(cleanup, pair, cpus)
+    return pairs
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    cpus = Placement(*PLACEMENTS[args.cpus])
+    began = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="capillary-bench-datapath-") as tmp, cleaned_up() as cleanup:
+        pairs = set_up(cleanup, Path(tmp), cpus)
+        nodes = {p.variant: p.node for p in pairs if p.node}
+        before = {variant: datapath_counters(node) for variant, node in nodes.items()}
+        rounds = run_rounds(pairs, cpus, args.rounds, args.seconds)
+        counters = {variant: counters_delta(before[variant], datapath_counters(node))
+                    for variant, node in nodes.items()}
+    variants = [p.variant for p in pairs]
+    summary = summarize(rounds, variants)
+    print(f"{args.rounds} rounds of {args.seconds} s runs, CPUs {args.cpus} (client {cpus.client_cpu}, "
+          f"server {cpus.server_cpu})\n")
+    print(report(summary, variants))
+    print("\nBPF packet counters during the rounds (all pods of the node):")
+    for variant, delta in counters.items():
+        print(f"  {variant:10} " + (", ".join(f"{k} {v}" for k, v in sorted(delta.items())) or "none"))
+    path = write_results("datapath", {
+        "benchmark": "datapath", "environment": environment(),
+        "parameters": {"rounds": args.rounds, "seconds": args.seconds, "variants": variants, "cpus": args.cpus,
+                       "host_stack": "a second node running at the same time", "targets_vs_veth": TARGETS},
+        "rounds": [{"order": r["order"], "samples": {v: asdict(s) for v, s in r["samples"].items()}} for r in rounds],
+        "summary": summary, "bpf_counters": counters, "wall_seconds": round(time.monotonic() - began, 1)})
+    print(f"\nwrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""cap_policy: every endpoint's policy entries in one LPM trie. Owner: policyd.
+
+Must match struct policy_key / struct policy_entry in bpf/lib/policy.h (see the key layout
+there). Keys are written in network byte order so that LPM prefixes run from the endpoint
+id through the peer identity to the protocol and port.
+"""
+from __future__ import annotations
+
+import ctypes as ct
+from dataclasses import dataclass
+from pathlib import Path
+
+from services.datapath.numbers import POLICY_EGRESS, POLICY_INGRESS
+from services.datapath.pinned import PinnedMap
+
+PIN_NAME = "policy"
+
+
+class PolicyKey(ct.BigEndianStructure):
+    _fields_ = [("prefixlen", ct.c_uint32), ("endpoint_id", ct.c_uint16), ("egress", ct.c_uint8),
+                ("pad1", ct.c_uint8), ("identity", ct.c_uint32), ("protocol", ct.c_uint8),
+                ("pad2", ct.c_uint8), ("dport", ct.c_uint16)]
+
+
+class PolicyEntry(ct.Structure):
+    _fields_ = [("flags", ct.c_uint32), ("rule_id", ct.c_uint32), ("packets", ct.c_uint64),
+                ("bytes", ct.c_uint64)]
+
+
+# prefixlen counts the bits after the prefixlen field itself
+PREFIX_DEFAULT = 32          # endpoint + direction
+PREFIX_PEER = 64             # + identity
+PREFIX_PROTO = 72            # + protocol
+PREFIX_PORT_BASE = 80        # + port bits
+
+
+@dataclass(frozen=True, order=True)
+class Key:
+    """One entry's key, in host terms. prefixlen as in the map (see PREFIX_*)."""
+
+    endpoint_id: int
+    egress: bool
+    identity: int
+    protocol: int
+    port: int
+    prefixlen: int
+
+    def raw(self) -> PolicyKey:
+        # The kernel's LPM trie keeps prefixlen in host byte order; everything after it is
+        # compared bytewise, so it is stored big-endian.
+        k = PolicyKey(prefixlen=0, endpoint_id=self.endpoint_id,
+                      egress=POLICY_EGRESS if self.egress else POLICY_INGRESS,
+                      identity=self.identity, protocol=self.protocol, dport=self.port)
+        raw = bytearray(bytes(k))
+        raw[0:4] = self.prefixlen.to_bytes(4, "little")
+        return PolicyKey.from_buffer_copy(bytes(raw))
+
+    @classmethod
+    def from_raw(cls, k: PolicyKey) -> "Key":
+        prefixlen = int.from_bytes(bytes(k)[0:4], "little")
+        return cls(k.endpoint_id, k.egress == POLICY_EGRESS, k.identity, k.protocol, k.dport, prefixlen)
+
+
+@dataclass(frozen=True)
+class Value:
+    flags: int
+    rule_id: int
+
+
+@dataclass(frozen=True)
+class Counted:
+    value: Value
+    packets: int
+    bytes: int
+
+
+class PolicyMap:
+    def __init__(self, bpf_root: Path) -> None:
+        self.map = PinnedMap(bpf_root / PIN_NAME, PolicyKey, PolicyEntry)
+
+    def write(self, key: Key, value: Value) -> None:
+        """Set flags and rule; an existing entry keeps its packet and byte counts."""
+        raw = key.raw()
+        current = self.map.get(raw)
+        entry = PolicyEntry(flags=value.flags, rule_id=value.rule_id,
+                            packets=current.packets if current else 0,
+                            bytes=current.bytes if current else 0)
+        self.map.update(raw, entry)
+
+    def delete(self, key: Key) -> bool:
+        return self.map.delete(key.raw())
+
+    def all(self) -> dict[Key, Counted]:
+        out = {}
+        for k, v in self.map.items():
+            out[Key.from_raw(k)] = Counted(Value(v.flags, v.rule_id), v.packets, v.bytes)
+        return out
+
+    def close(self) -> None:
+        self.map.close()

@@ -1,0 +1,206 @@
+"""Policies + identities -> one endpoint's policy map entries. Pure logic, no I/O.
+
+Semantics (Kubernetes NetworkPolicy and Cilium):
+- an endpoint no policy enforces for a direction gets one default entry that allows all;
+  once a policy enforces it, the default entry denies (Cilium reason 133) and only what
+  allow rules permit passes; allow rules add up; deny rules beat allows (reason 181);
+- audit: when every policy putting the endpoint in default deny is in audit mode (or the
+  endpoint is), would-be drops pass and are reported as AUDIT.
+The datapath looks a new connection up with the peer's identity and with identity 0 (any
+peer) and lets a deny from either win; within one lookup the longest prefix wins, so an
+allow that a less specific deny of the same identity covers is written as a deny.
+"""
+from __future__ import annotations
+
+import ipaddress
+import zlib
+from dataclasses import dataclass
+
+from services.datapath.maps.policy import (PREFIX_DEFAULT, PREFIX_PEER, PREFIX_PORT_BASE,
+                                           PREFIX_PROTO, Key, Value)
+from services.datapath.numbers import (IDENTITY_HOST, IDENTITY_WORLD, POLICY_AUDIT,
+                                       POLICY_DEFAULT, POLICY_DENY)
+from services.policyd.model import DIRECTIONS, EGRESS, Peer, Policy, PortRule, Rule, namespace_of
+
+PROTO_NUMBERS = {"TCP": 6, "UDP": 17, "SCTP": 132, "ICMP": 1}
+ANY_PORT_PROTOCOLS = ("TCP", "UDP", "SCTP")
+CIDR_LABEL = "cidr:"
+DEFAULT_RULE = 0            # rule_id of default entries
+
+
+def rule_id(policy: Policy, rule: Rule) -> int:
+    """A stable number for a rule, carried in its map entries for attribution."""
+    text = f"{policy.key}|{rule.direction}|{'deny' if rule.deny else 'allow'}|{rule.index}"
+    return (zlib.crc32(text.encode()) & 0xFFFFFFFF) or 1
+
+
+@dataclass(frozen=True)
+class RuleInfo:
+    policy: str
+    direction: str
+    deny: bool
+    index: int
+
+
+def rule_table(policies: list[Policy]) -> dict[int, RuleInfo]:
+    return {rule_id(p, r): RuleInfo(p.key, r.direction, r.deny, r.index) for p in policies for r in p.rules}
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    endpoint_id: int
+    identity: int
+
+
+class Universe:
+    """Every identity the node knows, for resolving rule peers to identity numbers."""
+
+    def __init__(self, identities: dict[int, dict[str, str]]) -> None:
+        self.identities = identities
+        self.pods = {i: labels for i, labels in identities.items() if namespace_of(labels) is not None}
+        self.cidrs = {}
+        for i, labels in identities.items():
+            for key in labels:
+                if key.startswith(CIDR_LABEL):
+                    self.cidrs[i] = ipaddress.IPv4Network(key[len(CIDR_LABEL):])
+
+    def resolve(self, peer: Peer) -> set[int]:
+        """Identity numbers PEER selects; 0 means any peer."""
+        if peer.entity == "all":
+            return {0}
+        if peer.entity == "host":
+            return {IDENTITY_HOST}
+        if peer.entity == "world":
+            return {IDENTITY_WORLD, *self.cidrs}
+        if peer.entity == "cluster":
+            return {IDENTITY_HOST, *self.pods}
+        if peer.cidr is not None:
+            net = ipaddress.IPv4Network(peer.cidr)
+            excepts = [ipaddress.IPv4Network(e) for e in peer.except_]
+            out = {i for i, c in self.cidrs.items()
+                   if c.subnet_of(net) and not any(c.subnet_of(e) for e in excepts)}
+            if net.prefixlen == 0 and not excepts:
+                out.add(IDENTITY_WORLD)
+            return out
+        return {i for i, labels in self.pods.items() if peer.matches_pod(labels)}
+
+
+def port_blocks(first: int, last: int) -> list[tuple[int, int]]:
+    """[first, last] as aligned blocks (base, bits fixed of 16), as an LPM trie needs."""
+    out = []
+    while first <= last:
+        size = first & -first if first else 1 << 16
+        while size > last - first + 1:
+            size >>= 1
+        out.append((first, 16 - size.bit_length() + 1))
+        first += size
+    return out
+
+
+def _l4_keys(ports: tuple[PortRule, ...]) -> list[tuple[int, int, int]]:
+    """(protocol, port, prefixlen) triples for a rule's ports; empty ports: everything."""
+    if not ports:
+        return [(0, 0, PREFIX_PEER)]
+    out = []
+    for pr in ports:
+        if pr.port < 0:
+            continue            # a named port: pods here have no container ports to name
+        protos = ANY_PORT_PROTOCOLS if pr.protocol == "ANY" and pr.port else (pr.protocol,)
+        for proto in protos:
+            if proto == "ANY":
+                out.append((0, 0, PREFIX_PEER))
+            elif proto == "ICMP":
+                out.append((1, pr.port, PREFIX_PORT_BASE + 16))     # port is the exact type
+            elif pr.port == 0:
+                out.append((PROTO_NUMBERS[proto], 0, PREFIX_PROTO))
+            else:
+                for base, bits in port_blocks(pr.port, pr.last):
+                    out.append((PROTO_NUMBERS[proto], base, PREFIX_PORT_BASE + bits))
+    return out
+
+
+def _covers(deny: Key, allow: Key) -> bool:
+    """True when DENY's prefix contains ALLOW (same endpoint, direction and identity)."""
+    if deny.identity != allow.identity or deny.prefixlen > allow.prefixlen:
+        return False
+    if deny.prefixlen <= PREFIX_PEER:
+        return True
+    if deny.protocol != allow.protocol:
+        return False
+    if deny.prefixlen <= PREFIX_PROTO:
+        return True
+    shift = 16 - (deny.prefixlen - PREFIX_PORT_BASE)
+    return deny.port >> shift == allow.port >> shift
+
+
+def compile_endpoint(ep: Endpoint, policies: list[Policy], universe: Universe,
+                     enforcement: str = "default", audit: bool = False) -> dict[Key, Value]:
+    labels = universe.identities.get(ep.identity, {})
+    selecting = [p for p in policies if p.selects(labels)]
+    entries: dict[Key, Value] = {}
+    for direction in DIRECTIONS:
+        egress = direction == EGRESS
+        enforcers = [p for p in selecting if direction in p.enforces]
+        if enforcement == "never":
+            entries[Key(ep.endpoint_id, egress, 0, 0, 0, PREFIX_DEFAULT)] = Value(POLICY_DEFAULT, DEFAULT_RULE)
+            continue
+        default_deny = bool(enforcers) or enforcement == "always"
+        flags = POLICY_DEFAULT
+        if default_deny:
+            flags |= POLICY_DENY
+            if audit or (enforcers and all(p.audit for p in enforcers)):
+                flags |= POLICY_AUDIT
+        entries[Key(ep.endpoint_id, egress, 0, 0, 0, PREFIX_DEFAULT)] = Value(flags, DEFAULT_RULE)
+        entries.update(_direction_entries(ep, egress, direction, selecting, universe, audit))
+    return entries
+
+
+def _direction_entries(ep: Endpoint, egress: bool, direction: str, selecting: list[Policy],
+                       universe: Universe, audit: bool) -> dict[Key, Value]:
+    allows: dict[Key, Value] = {}
+    denies: dict[Key, Value] = {}
+    for policy in selecting:
+        for rule in policy.rules:
+            if rule.direction != direction:
+                continue
+            peers = {0} if not rule.peers else set().union(*(universe.resolve(p) for p in rule.peers))
+            flags = (POLICY_DENY | (POLICY_AUDIT if policy.audit or audit else 0)) if rule.deny else 0
+            target = denies if rule.deny else allows
+            rid = rule_id(policy, rule)
+            for identity in sorted(peers):
+                for proto, port, plen in _l4_keys(rule.ports):
+                    key = Key(ep.endpoint_id, egress, identity, proto, port, plen)
+                    target.setdefault(key, Value(flags, rid))
+    out = dict(denies)
+    for key, value in allows.items():
+        if key in denies:
+            continue
+        cover = next((d for d in denies if _covers(d, key)), None)
+        out[key] = denies[cover] if cover is not None else value
+    return out
+
+
+@dataclass(frozen=True)
+class Diff:
+    """What to change in the map to go from one set of entries to another, in a safe order:
+    allows first, then denies and defaults, then removals (see PolicyService.apply_diff)."""
+
+    allows: dict[Key, Value]
+    denies: dict[Key, Value]
+    removed: list[Key]
+
+    @property
+    def empty(self) -> bool:
+        return not (self.allows or self.denies or self.removed)
+
+    @property
+    def writes(self) -> int:
+        return len(self.allows) + len(self.denies)
+
+
+def diff(current: dict[Key, Value], wanted: dict[Key, Value]) -> Diff:
+    changed = {k: v for k, v in wanted.items() if current.get(k) != v}
+    allows = {k: v for k, v in changed.items() if not v.flags & (POLICY_DENY | POLICY_DEFAULT)}
+    denies = {k: v for k, v in changed.items() if k not in allows}
+    removed = sorted(k for k in current if k not in wanted)
+    return Diff(allows, denies, removed)

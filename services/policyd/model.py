@@ -1,0 +1,155 @@
+"""The policy model every policy kind is parsed into, and selector matching. Pure logic.
+
+Selectors match *identity labels* (services.wire.labels): a pod's labels with the ``k8s:``
+source, plus ``k8s:io.kubernetes.pod.namespace`` and the namespace's labels under
+``k8s:io.cilium.k8s.namespace.labels.``. Keys in selectors may be written with or without
+the ``k8s:`` source, as in Cilium.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from services.wire.labels import NAMESPACE_LABEL_PREFIX, POD_NAMESPACE, SOURCE
+
+INGRESS = "ingress"
+EGRESS = "egress"
+DIRECTIONS = (INGRESS, EGRESS)
+PROTOCOLS = ("TCP", "UDP", "SCTP", "ICMP", "ANY")
+ENTITIES = ("host", "world", "all", "cluster")
+OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist")
+
+
+def _source_key(key: str) -> str:
+    """Selector key -> identity label key: 'app' and 'k8s:app' both mean 'k8s:app'."""
+    if key.startswith(f"{SOURCE}:") or key.startswith("reserved:") or key.startswith("cidr:"):
+        return key
+    if key.startswith("any:"):
+        key = key[len("any:"):]
+    return f"{SOURCE}:{key}"
+
+
+@dataclass(frozen=True)
+class Requirement:
+    key: str
+    operator: str
+    values: tuple[str, ...] = ()
+
+    def matches(self, labels: dict[str, str]) -> bool:
+        present = self.key in labels
+        if self.operator == "In":
+            return present and labels[self.key] in self.values
+        if self.operator == "NotIn":
+            return not present or labels[self.key] not in self.values
+        if self.operator == "Exists":
+            return present
+        return not present      # DoesNotExist
+
+
+@dataclass(frozen=True)
+class Selector:
+    """A label selector over identity labels. The empty selector matches everything."""
+
+    match_labels: tuple[tuple[str, str], ...] = ()
+    match_expressions: tuple[Requirement, ...] = ()
+
+    @classmethod
+    def of(cls, match_labels: dict[str, str] | None = None,
+           match_expressions: list[Requirement] | None = None) -> "Selector":
+        labels = tuple(sorted((_source_key(k), v) for k, v in (match_labels or {}).items()))
+        exprs = tuple(Requirement(_source_key(r.key), r.operator, tuple(r.values))
+                      for r in (match_expressions or []))
+        return cls(labels, exprs)
+
+    def matches(self, labels: dict[str, str]) -> bool:
+        return all(labels.get(k) == v for k, v in self.match_labels) and \
+            all(r.matches(labels) for r in self.match_expressions)
+
+    def keys(self) -> set[str]:
+        return {k for k, _ in self.match_labels} | {r.key for r in self.match_expressions}
+
+
+def namespace_of(identity_labels: dict[str, str]) -> str | None:
+    return identity_labels.get(f"{SOURCE}:{POD_NAMESPACE}")
+
+
+def namespace_labels_of(identity_labels: dict[str, str]) -> dict[str, str]:
+    """A pod identity's namespace labels, keyed as a namespaceSelector sees them."""
+    prefix = f"{SOURCE}:{NAMESPACE_LABEL_PREFIX}"
+    return {f"{SOURCE}:{k[len(prefix):]}": v for k, v in identity_labels.items() if k.startswith(prefix)}
+
+
+@dataclass(frozen=True)
+class Peer:
+    """Who is on the other side of a rule. Exactly one of the three forms is set:
+
+    - endpoints: pods whose identity labels match ``pods`` (None: any pod), restricted to
+      ``namespace`` when set, and to namespaces matching ``namespaces`` when set;
+    - entity: one of ENTITIES;
+    - cidr (with ``except_`` prefixes carved out).
+    """
+
+    pods: Selector | None = None
+    namespaces: Selector | None = None
+    namespace: str | None = None
+    entity: str | None = None
+    cidr: str | None = None
+    except_: tuple[str, ...] = ()
+
+    @property
+    def is_endpoints(self) -> bool:
+        return self.entity is None and self.cidr is None
+
+    def matches_pod(self, identity_labels: dict[str, str]) -> bool:
+        if not self.is_endpoints:
+            return False
+        ns = namespace_of(identity_labels)
+        if ns is None:
+            return False
+        if self.namespace is not None and ns != self.namespace:
+            return False
+        if self.namespaces is not None and not self.namespaces.matches(namespace_labels_of(identity_labels)):
+            return False
+        return self.pods is None or self.pods.matches(identity_labels)
+
+
+@dataclass(frozen=True)
+class PortRule:
+    """A protocol and a port range; port 0 means every port. For ICMP, port is the type."""
+
+    protocol: str = "ANY"
+    port: int = 0
+    end_port: int = 0           # 0: just `port`
+
+    @property
+    def last(self) -> int:
+        return self.end_port or self.port
+
+
+@dataclass(frozen=True)
+class Rule:
+    direction: str
+    deny: bool
+    peers: tuple[Peer, ...] = ()       # empty: every peer
+    ports: tuple[PortRule, ...] = ()   # empty: every protocol and port
+    index: int = 0                     # position within its list (ingress, egress, ingressDeny, ...)
+
+
+@dataclass(frozen=True)
+class Policy:
+    kind: str                          # NetworkPolicy | CiliumNetworkPolicy | CiliumClusterwideNetworkPolicy
+    name: str
+    namespace: str                     # "" for cluster-wide
+    subject: Selector                  # which endpoints it applies to
+    enforces: frozenset[str]           # directions it puts those endpoints in default-deny
+    rules: tuple[Rule, ...]
+    audit: bool = False
+    document: dict = field(default_factory=dict, compare=False)   # the canonical stored form
+
+    @property
+    def key(self) -> str:
+        return f"{self.kind}/{self.namespace}/{self.name}" if self.namespace else f"{self.kind}/{self.name}"
+
+    def selects(self, identity_labels: dict[str, str]) -> bool:
+        if self.namespace and namespace_of(identity_labels) != self.namespace:
+            return False
+        return self.subject.matches(identity_labels)

@@ -1,0 +1,37 @@
+"""Probe many targets at once from inside one pod; print the results as JSON.
+
+    python prober.py TARGETS_JSON      # [[proto, ip, port], ...] -> {"proto ip port": true|false}
+"""
+import json
+import socket
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+TIMEOUT = 0.6
+PAYLOAD = b"capillary-probe"
+
+
+def probe(proto: str, ip: str, port: int) -> bool:
+    try:
+        if proto == "tcp":
+            with socket.create_connection((ip, port), timeout=TIMEOUT) as s:
+                s.sendall(PAYLOAD)
+                return s.recv(64) == PAYLOAD
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(TIMEOUT)
+            for _ in range(2):
+                s.sendto(PAYLOAD, (ip, port))
+                try:
+                    return s.recvfrom(64)[0] == PAYLOAD
+                except socket.timeout:
+                    continue
+            return False
+    except OSError:
+        return False
+
+
+if __name__ == "__main__":
+    targets = json.loads(sys.argv[1])
+    with ThreadPoolExecutor(max_workers=64) as pool:
+        results = list(pool.map(lambda t: probe(*t), targets))
+    print(json.dumps({f"{p} {ip} {port}": ok for (p, ip, port), ok in zip(targets, results)}))
