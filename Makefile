@@ -38,7 +38,8 @@ e2e: setup
 	$(PYTEST) tests/e2e -q -ra
 
 bench: setup
-	$(PY) bench/run.py $(if $(QUICK),--quick,)
+	$(PY) bench/pods.py $(if $(QUICK),--repeats 1,)
+	$(PY) bench/datapath.py $(if $(QUICK),--quick,)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from services.datapath import netns
 from services.datapath.netlink import Netlink
-from services.endpointd.plumbing import netns_prefix
+from services.endpointd.plumbing import is_host_ifname, netns_prefix
 from services.routed import iptables
 from services.runtime.config import NodeConfig
 
@@ -17,7 +17,7 @@ def purge_node(config: NodeConfig) -> list[str]:
     nl = Netlink()
     try:
         for name in nl.links_with_prefix(config.datapath.lxcPrefix):
-            if len(name) == 15 and nl.delete_veth(name):
+            if is_host_ifname(config, name) and nl.delete_veth(name):
                 removed.append(f"link {name}")
         for name in (config.datapath.routerDevice, config.datapath.routerPeer):
             if nl.delete_veth(name):

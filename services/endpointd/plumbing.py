@@ -30,6 +30,13 @@ def host_ifname(config: NodeConfig, namespace: str, name: str) -> str:
     return prefix + digest[: 15 - len(prefix)]
 
 
+def is_host_ifname(config: NodeConfig, name: str) -> bool:
+    """Whether NAME has the shape host_ifname() gives: the prefix, then hex to 15 chars."""
+    prefix = config.datapath.lxcPrefix
+    rest = name[len(prefix):]
+    return name.startswith(prefix) and len(name) == 15 and all(c in "0123456789abcdef" for c in rest)
+
+
 def netns_prefix(config: NodeConfig) -> str:
     """Every namespace this node creates is /run/netns/<prefix><namespace>.<pod>."""
     return f"cap-{config.node}_"
@@ -156,7 +163,7 @@ class Plumber:
                     netns.remove(path)
                     removed.append(str(path))
         for name in self.nl.links_with_prefix(self.config.datapath.lxcPrefix):
-            if name not in known_ifnames and len(name) == 15 and self.nl.delete_veth(name):
+            if name not in known_ifnames and is_host_ifname(self.config, name) and self.nl.delete_veth(name):
                 removed.append(name)
         for ip in self.endpoints.all():
             if ip not in known_ips:
