@@ -17,7 +17,7 @@ struct endpoint_info {
 	__u32 ifindex;       /* host-side veth (lxc...) */
 	__u32 identity;      /* security identity of the pod */
 	__u16 endpoint_id;
-	__u16 flags;
+	__u16 flags;         /* bit 0: policy audit mode (read by policyd, not the datapath) */
 	__u8  host_mac[6];   /* MAC of the host-side veth: the pod's gateway MAC */
 	__u8  pod_mac[6];    /* MAC of eth0 inside the pod */
 };

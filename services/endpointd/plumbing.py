@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from services.datapath import netns
-from services.datapath.maps.endpoints import Endpoint, EndpointMap
+from services.datapath.maps.endpoints import FLAG_AUDIT, Endpoint, EndpointMap
 from services.datapath.netlink import (RT_SCOPE_LINK, TC_EGRESS, TC_INGRESS, InterfaceNotFound,
                                        Netlink, PodNetlink)
 from services.runtime.config import NodeConfig
@@ -104,15 +104,16 @@ class Plumber:
         status = PodStatus(pod_ip=wiring.pod_ip, host_ifname=ifname, host_ifindex=host.index,
                            host_mac=host.mac, pod_mac=eth0.mac, netns=str(path), netns_owned=owned,
                            endpoint_id=wiring.endpoint_id, identity=wiring.identity, created=time.time())
-        self._install(status)
+        self._install(status, spec)
         return status
 
-    def _install(self, status: PodStatus) -> None:
+    def _install(self, status: PodStatus, spec: PodSpec) -> None:
         """Endpoint entry, program, route, link up: in that order, so the first packet the
         pod can send already meets our program and a complete endpoint entry."""
         self.endpoints.upsert(Endpoint(ip=status.pod_ip, ifindex=status.host_ifindex,
                                        identity=status.identity, endpoint_id=status.endpoint_id,
-                                       host_mac=status.host_mac, pod_mac=status.pod_mac))
+                                       host_mac=status.host_mac, pod_mac=status.pod_mac,
+                                       flags=FLAG_AUDIT if spec.audit else 0))
         self.nl.attach_bpf(status.host_ifindex, self.to_fd, TO_CONTAINER, TC_EGRESS)
         self.nl.attach_bpf(status.host_ifindex, self.from_fd, FROM_CONTAINER, TC_INGRESS)
         self.nl.set_up(status.host_ifindex)
@@ -140,7 +141,7 @@ class Plumber:
             eth0 = pod.configure(POD_IFNAME, status.pod_ip, self.router_ip)
         current = PodStatus(**{**status.__dict__, "host_ifindex": host.index, "host_mac": host.mac,
                                "pod_mac": eth0.mac})
-        self._install(current)
+        self._install(current, spec)
         return current
 
     def delete(self, status: PodStatus) -> None:

@@ -214,7 +214,8 @@ class EndpointService(Service):
                         lambda: self._call(subjects.IDENTITY_RELEASE, IdentityRelease(identity, owner)))
             wiring = Wiring(ip, self._endpoint_id(), identity)
             # Policy is in the map before the pod exists, so its first packet meets it.
-            await self._call(subjects.POLICY_ENDPOINT_SYNC, EndpointPolicy(wiring.endpoint_id, identity))
+            await self._call(subjects.POLICY_ENDPOINT_SYNC,
+                             EndpointPolicy(wiring.endpoint_id, identity, spec.audit))
             revert.push("forget endpoint policy",
                         lambda: self._call(subjects.POLICY_ENDPOINT_FORGET, EndpointPolicy(wiring.endpoint_id)))
             try:

@@ -50,6 +50,7 @@ def rule_table(policies: list[Policy]) -> dict[int, RuleInfo]:
 class Endpoint:
     endpoint_id: int
     identity: int
+    audit: bool = False         # the endpoint's own audit mode (a pod annotation)
 
 
 class Universe:
@@ -134,8 +135,9 @@ def _covers(deny: Key, allow: Key) -> bool:
 
 
 def compile_endpoint(ep: Endpoint, policies: list[Policy], universe: Universe,
-                     enforcement: str = "default", audit: bool = False) -> dict[Key, Value]:
+                     enforcement: str = "default") -> dict[Key, Value]:
     labels = universe.identities.get(ep.identity, {})
+    audit = ep.audit
     selecting = [p for p in policies if p.selects(labels)]
     entries: dict[Key, Value] = {}
     for direction in DIRECTIONS:

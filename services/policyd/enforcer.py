@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from services.datapath.maps.endpoints import EndpointMap
+from services.datapath.maps.endpoints import FLAG_AUDIT, EndpointMap
 from services.datapath.maps.policy import Key, PolicyMap, Value
 from services.datapath.pinned import MapError, MapFull
 from services.policyd.compiler import Diff, Endpoint, Universe, compile_endpoint, diff
@@ -25,11 +25,11 @@ class Enforcer:
         self.capacity = capacity
         self.enforcement = enforcement
         self.map = PolicyMap(bpf_root)
-        self.pending: dict[int, int] = {}      # endpoint id -> identity, announced by endpointd
+        self.pending: dict[int, Endpoint] = {}  # announced by endpointd, maybe not in its map yet
         self.forgotten: set[int] = set()        # endpoint ids endpointd has removed
 
-    def endpoints(self) -> dict[int, int]:
-        """Every endpoint that has (or is about to have) entries: endpoint id -> identity."""
+    def endpoints(self) -> dict[int, Endpoint]:
+        """Every endpoint that has (or is about to have) entries, by endpoint id."""
         out = {}
         try:
             em = EndpointMap(self.bpf_root)
@@ -38,7 +38,7 @@ class Enforcer:
         if em is not None:
             try:
                 for ep in em.all().values():
-                    out[ep.endpoint_id] = ep.identity
+                    out[ep.endpoint_id] = Endpoint(ep.endpoint_id, ep.identity, bool(ep.flags & FLAG_AUDIT))
             finally:
                 em.close()
         out.update(self.pending)
@@ -62,8 +62,7 @@ class Enforcer:
         total = 0
         for ep_id in set(current) | set(endpoints):
             if ep_id in endpoints and (only is None or ep_id in only):
-                wanted = compile_endpoint(Endpoint(ep_id, endpoints[ep_id]), policies, universe,
-                                          self.enforcement)
+                wanted = compile_endpoint(endpoints[ep_id], policies, universe, self.enforcement)
             elif ep_id in endpoints:
                 wanted = current.get(ep_id, {})
             else:

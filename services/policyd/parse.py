@@ -24,7 +24,7 @@ from services.policyd.fields import (FieldError, boolean, cidr_peer, end_port, j
                                      labels, listing, mapping, network, port_value, required,
                                      selector, show, string)
 from services.policyd.model import EGRESS, ENTITIES, INGRESS, Peer, Policy, PortRule, Rule, Selector
-from services.wire.labels import POD_NAMESPACE, SOURCE
+from services.wire.labels import AUDIT_ANNOTATION, POD_NAMESPACE, SOURCE
 from services.wire.manifests import DEFAULT_NAMESPACE, DNS_LABEL, DNS_SUBDOMAIN
 
 NETWORK_POLICY = "NetworkPolicy"
@@ -36,7 +36,6 @@ CILIUM_V1 = "cilium.io/v1"               # old; normalized to cilium.io/v2 with 
 API_OF = {NETWORK_POLICY: K8S_API, CNP: CILIUM_API, CCNP: CILIUM_API}
 POLICY_KINDS = frozenset({(K8S_API, NETWORK_POLICY), (CILIUM_API, CNP), (CILIUM_API, CCNP),
                           (CILIUM_V1, CNP), (CILIUM_V1, CCNP)})
-AUDIT_ANNOTATION = "policy.capillary.io/audit"
 
 _TOP_FIELDS = {NETWORK_POLICY: ("apiVersion", "kind", "metadata", "spec", "status"),
                CNP: ("apiVersion", "kind", "metadata", "spec", "specs", "status"),

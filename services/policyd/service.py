@@ -17,7 +17,7 @@ from pathlib import Path
 from prometheus_client import Counter, Gauge
 
 from services.datapath import loader
-from services.policyd.compiler import CIDR_LABEL, Universe, rule_table
+from services.policyd.compiler import CIDR_LABEL, Endpoint, Universe, rule_table
 from services.policyd.enforcer import Enforcer, PolicyMapFull
 from services.policyd.identity import RESERVED, Entry, IdentitiesExhausted, IdentityAllocator
 from services.policyd.model import Policy
@@ -255,7 +255,7 @@ class PolicyService(Service):
         """endpointd announces an endpoint before its first packet: write its entries now."""
         async with self._lock:
             self.enforcer.forgotten.discard(req.endpoint_id)
-            self.enforcer.pending[req.endpoint_id] = req.identity
+            self.enforcer.pending[req.endpoint_id] = Endpoint(req.endpoint_id, req.identity, req.audit)
             diffs, total = self.enforcer.plan(list(self.policies.values()), self._universe(),
                                               only={req.endpoint_id})
             try:

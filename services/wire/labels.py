@@ -5,6 +5,8 @@ SOURCE = "k8s"
 POD_NAMESPACE = "io.kubernetes.pod.namespace"
 NAMESPACE_LABEL_PREFIX = "io.cilium.k8s.namespace.labels."
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
+# On a policy: its would-be drops pass as AUDIT. On a pod: all of that endpoint's do.
+AUDIT_ANNOTATION = "policy.capillary.io/audit"
 
 
 def namespace_labels(name: str, labels: dict[str, str]) -> dict[str, str]:

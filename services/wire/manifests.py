@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from services.wire.labels import AUDIT_ANNOTATION
 from services.wire.messages import NamespaceSpec, PodSpec
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -155,7 +156,13 @@ def parse_pod(doc: Document) -> PodSpec:
         raise ManifestError(f"{where}: spec.netns: {netns!r} must be an absolute path "
                             "such as /proc/PID/ns/net or /run/netns/NAME")
     labels = check_labels(meta.get("labels"), "metadata.labels", where)
-    return PodSpec(name=name, namespace=namespace, labels=labels, netns=netns)
+    annotations = meta.get("annotations") or {}
+    if not isinstance(annotations, dict):
+        raise ManifestError(f"{where}: metadata.annotations: expected a mapping of strings")
+    audit = annotations.get(AUDIT_ANNOTATION, "false")
+    if audit not in ("true", "false"):
+        raise ManifestError(f'{where}: metadata.annotations.{AUDIT_ANNOTATION}: {audit!r} must be "true" or "false"')
+    return PodSpec(name=name, namespace=namespace, labels=labels, netns=netns, audit=audit == "true")
 
 
 def document_from_spec(spec: NamespaceSpec | PodSpec) -> dict:
@@ -165,6 +172,8 @@ def document_from_spec(spec: NamespaceSpec | PodSpec) -> dict:
                 "metadata": {"name": spec.name, "labels": dict(spec.labels)}}
     doc: dict = {"apiVersion": "v1", "kind": "Pod",
                  "metadata": {"name": spec.name, "namespace": spec.namespace, "labels": dict(spec.labels)}}
+    if spec.audit:
+        doc["metadata"]["annotations"] = {AUDIT_ANNOTATION: "true"}
     if spec.netns:
         doc["spec"] = {"netns": spec.netns}
     return doc

@@ -144,6 +144,7 @@ class PodSpec(Message):
     namespace: str
     labels: dict[str, str] = field(default_factory=dict)
     netns: str | None = None          # adopt this namespace instead of creating one
+    audit: bool = False               # policy audit mode for this endpoint (an annotation)
 
 
 @dataclass(frozen=True)
@@ -246,6 +247,7 @@ class EndpointPolicy(Message):
     KIND = "policy.endpoint"
     endpoint_id: int
     identity: int = 0
+    audit: bool = False
 
 
 @dataclass(frozen=True)

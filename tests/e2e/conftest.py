@@ -1,4 +1,5 @@
 import pytest
+import yaml
 
 from tests.support.node import Node
 
@@ -23,3 +24,21 @@ def node(tmp_path_factory):
 @pytest.fixture(scope="module")
 def host_stack_node(tmp_path_factory):
     yield from _node(tmp_path_factory, mode="host-stack", pod_cidr="10.212.0.0/24")
+
+
+@pytest.fixture
+def policies(node):
+    """Apply policies for one test; delete them afterwards (and check the matrix is open)."""
+    applied = []
+
+    def apply(*docs: dict) -> None:
+        for doc in docs:
+            node.apply(yaml.safe_dump(doc))
+            applied.append(doc)
+
+    yield apply
+    for doc in applied:
+        kind = {"NetworkPolicy": "networkpolicy", "CiliumNetworkPolicy": "cnp",
+                "CiliumClusterwideNetworkPolicy": "ccnp"}[doc["kind"]]
+        ns = doc["metadata"].get("namespace", "default")
+        node.cli("delete", kind, doc["metadata"]["name"], "-n", ns)

@@ -15,24 +15,6 @@ def model(node):
         m.close()
 
 
-@pytest.fixture
-def policies(node):
-    """Apply policies for one test; delete them afterwards (and check the matrix is open)."""
-    applied = []
-
-    def apply(*docs: dict) -> None:
-        for doc in docs:
-            node.apply(yaml.safe_dump(doc))
-            applied.append(doc)
-
-    yield apply
-    for doc in applied:
-        kind = {"NetworkPolicy": "networkpolicy", "CiliumNetworkPolicy": "cnp",
-                "CiliumClusterwideNetworkPolicy": "ccnp"}[doc["kind"]]
-        ns = doc["metadata"].get("namespace", "default")
-        node.cli("delete", kind, doc["metadata"]["name"], "-n", ns)
-
-
 def netpol(name: str, namespace: str, spec: dict) -> dict:
     return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
             "metadata": {"name": name, "namespace": namespace}, "spec": spec}

@@ -65,7 +65,7 @@ def test_requests_and_events_carry_version_and_kind(msg):
 def test_nested_messages_become_plain_maps():
     wire = m.EndpointEvent(pod=POD).to_wire()
     assert wire["pod"]["spec"] == {"name": "web", "namespace": "shop",
-                                   "labels": {"app": "web"}, "netns": "/run/netns/web"}
+                                   "labels": {"app": "web"}, "netns": "/run/netns/web", "audit": False}
     assert "kind" not in wire["pod"]
 
 

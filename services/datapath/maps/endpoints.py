@@ -12,6 +12,7 @@ from pathlib import Path
 from services.datapath.pinned import PinnedMap
 
 PIN_NAME = "endpoints"
+FLAG_AUDIT = 1          # endpoint_info.flags: policy audit mode for this endpoint
 
 
 class EndpointKey(ct.Structure):
