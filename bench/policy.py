@@ -32,7 +32,6 @@ import argparse
 import asyncio
 import math
 import secrets
-import statistics
 import sys
 import tempfile
 import time
@@ -46,7 +45,7 @@ from bench.common import (Cleanup, Node, Spread, bench_node, cleaned_up, environ
 from bench.datapath import PLACEMENTS, Placement  # noqa: E402
 from bench.policy_traffic import TrafficSetup, run_rounds, summarize_rounds, traffic_report  # noqa: E402
 from bench.policy_wire import (PolicyBus, allow_from, cnp, handler_seconds, pod_info,  # noqa: E402
-                               policy_entries)
+                               policy_entries, yaml_docs)
 from tests.support.node import docs, namespace_doc, pod_doc  # noqa: E402
 
 LATENCY_CIDR = "10.233.0.0/16"
@@ -194,7 +193,7 @@ def apply_latency(args: argparse.Namespace, workdir: Path) -> dict:
         wait_listening(b_pod.netns, PROBE_PORT, server)
         policies = base_policies(names, args.rules)
         log(f"figure 1: {args.rules} base rules in {len(policies)} policies")
-        base_s = timed_cli(node, "apply", "-f", "-", text=docs(*(yaml_doc(p) for p in policies)))
+        base_s = timed_cli(node, "apply", "-f", "-", text=yaml_docs(policies))
         entries = policy_entries(node)
         log(f"figure 1: map holds {entries['total']} entries; {args.repeats} repetitions")
         reps = asyncio.run(repetitions(node, a_pod.netns, b_pod.ip, probe_policy(a, b), args.repeats))
@@ -202,11 +201,6 @@ def apply_latency(args: argparse.Namespace, workdir: Path) -> dict:
     return {"pods": args.pods, "rules": args.rules, "policies": len(policies), "pods_apply_s": pods_s,
             "base_apply_s": base_s, "map_entries": entries["total"], "map_entries_after": entries_after["total"],
             "b_entries": entries["by_endpoint"].get(b_pod.endpoint_id, 0), "repetitions": [asdict(r) for r in reps]}
-
-
-def yaml_doc(doc: dict) -> str:
-    import yaml
-    return yaml.safe_dump(doc, sort_keys=False)
 
 
 # ---- statistics and report -----------------------------------------------------------------

@@ -50,6 +50,8 @@ def test_apply_and_delete_over_nats_reply_with_revisions(base):
     r2 = asyncio.run(_request(base, "capillary.policy.apply", {"v": 1, "kind": "apply", "document": changed}))
     assert r2["ok"] and r2["result"]["action"] == "configured"
     assert r2["result"]["revision"] > r1["result"]["revision"]
+    # Only what changed is rewritten: the db:8080 entry goes, one entry per pod of p comes.
+    assert (r2["result"]["entries_written"], r2["result"]["entries_removed"]) == (2, 1)
     r3 = asyncio.run(_request(base, "capillary.policy.apply", {"v": 1, "kind": "apply", "document": changed}))
     assert r3["result"]["action"] == "unchanged" and r3["result"]["entries_written"] == 0
     d = asyncio.run(_request(base, "capillary.policy.delete",
