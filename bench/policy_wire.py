@@ -3,7 +3,12 @@ NATS (nats-py + msgpack, with the node's admin credentials, as any client would 
 policyd's own request timings, and read-only looks at the pinned policy map."""
 from __future__ import annotations
 
+import asyncio
 import re
+import statistics
+import sys
+import threading
+import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,12 +17,17 @@ import nats
 import yaml
 
 from bench.common import Node
-from services.datapath.maps.policy import PolicyMap
+from services.datapath.maps.policy import PREFIX_PORT_BASE, Key, PolicyMap
+from services.datapath.numbers import POLICY_DEFAULT
+from services.policyd.compiler import Universe
+from services.policyd.enforcer import Enforcer
+from services.policyd.identity import RESERVED
+from services.policyd.parse import parse_policy
 from services.runtime.bus import Credentials
 from services.runtime.config import load_config
 from services.runtime.natsserver import ADMIN
 from services.wire import codec, subjects
-from services.wire.messages import Apply, ObjectRef
+from services.wire.messages import Apply, ListRequest, ObjectRef
 
 CNP = "CiliumNetworkPolicy"
 REQUEST_TIMEOUT = 60.0      # seconds; a 10,000-entry policy is written entry by entry
@@ -64,6 +74,9 @@ class PolicyBus:
     async def delete(self, name: str, namespace: str) -> dict:
         return await self._request(subjects.POLICY_DELETE, ObjectRef(name, namespace, CNP).to_wire())
 
+    async def identities(self) -> list[dict]:
+        return await self._request(subjects.IDENTITY_LIST, ListRequest().to_wire())
+
 
 def yaml_docs(documents: list[dict]) -> str:
     return "---\n".join(yaml.safe_dump(d, sort_keys=False) for d in documents)
@@ -73,6 +86,7 @@ def yaml_docs(documents: list[dict]) -> str:
 
 @dataclass(frozen=True)
 class PodInfo:
+    name: str
     netns: str
     ip: str
     endpoint_id: int
@@ -82,7 +96,8 @@ class PodInfo:
 def pod_info(pods: dict[str, dict], ref: str) -> PodInfo:
     pod = pods[ref]
     status = pod["status"]
-    return PodInfo(pod["spec"]["netns"], status["podIP"], status["endpointID"], status["identity"])
+    return PodInfo(pod["metadata"]["name"], pod["spec"]["netns"], status["podIP"], status["endpointID"],
+                   status["identity"])
 
 
 _DURATION = re.compile(r'^capillary_bus_request_duration_seconds_sum\{subject="([^"]+)"\} (\S+)$', re.M)
@@ -121,3 +136,75 @@ def entry_packets(node: Node, endpoint_id: int, identity: int, port: int) -> int
         return None
     finally:
         pm.close()
+
+
+class EntryWatch:
+    """Polls the policy map from a thread until the ingress entry ENDPOINT_ID <- IDENTITY on
+    TCP PORT appears (present=True) or is gone again, and keeps time.monotonic() of the first
+    look that saw it so: when policyd's write landed, to within POLL."""
+
+    POLL = 0.0005
+    SWITCH_INTERVAL = 0.0002   # Python's default 5 ms GIL hand-over would delay the thread's looks
+
+    def __init__(self, node: Node, endpoint_id: int, identity: int, port: int, present: bool,
+                 deadline: float = 10.0) -> None:
+        self.map = PolicyMap(Path(node.bpf_root))
+        self.key = Key(endpoint_id, False, identity, 6, port, PREFIX_PORT_BASE + 16).raw()
+        self.present, self.deadline = present, deadline
+        self.seen: float | None = None
+        sys.setswitchinterval(self.SWITCH_INTERVAL)
+        self.thread = threading.Thread(target=self._poll, name="entry-watch", daemon=True)
+        self.thread.start()
+
+    def _there(self) -> bool:
+        # An LPM lookup falls back to the endpoint's default entry when the exact one is absent.
+        entry = self.map.map.get(self.key)
+        return entry is not None and not entry.flags & POLICY_DEFAULT
+
+    def _poll(self) -> None:
+        end = time.monotonic() + self.deadline
+        while time.monotonic() < end:
+            if self._there() == self.present:
+                self.seen = time.monotonic()
+                return
+            time.sleep(self.POLL)
+
+    def wait(self) -> float:
+        """The monotonic time the entry was first seen in the wanted state."""
+        self.thread.join(self.deadline + 1)
+        self.map.close()
+        if self.seen is None:
+            raise RuntimeError(f"policy entry never became {'present' if self.present else 'absent'}")
+        return self.seen
+
+
+def replay_plan(node: Node, documents: list[dict], runs: int = 3) -> dict:
+    """policyd's compile step (Enforcer.plan: read the whole policy map back, compile every
+    endpoint, diff) replayed in this process on the node's live map, read only, for
+    DOCUMENTS and the node's identities: where an apply's time goes. Medians of RUNS, in ms."""
+    async def identities() -> list[dict]:
+        bus = await PolicyBus.connect(node)
+        try:
+            return await bus.identities()
+        finally:
+            await bus.close()
+
+    universe = Universe({i["id"]: i["labels"] for i in asyncio.run(identities()) if i["id"] not in RESERVED})
+    policies = [parse_policy(d).policy for d in documents]
+    config = load_config(str(node.config_path))
+    enforcer = Enforcer(Path(node.bpf_root), config.maps.policy, config.policy.enforcement)
+    reads, plans = [], []
+    try:
+        for _ in range(runs):
+            began = time.perf_counter()
+            entries = sum(len(e) for e in enforcer.current().values())
+            read = time.perf_counter()
+            enforcer.plan(policies, universe)
+            reads.append((read - began) * 1000)
+            plans.append((time.perf_counter() - read) * 1000)
+    finally:
+        enforcer.map.close()
+    plan = statistics.median(plans)
+    read = statistics.median(reads)
+    return {"entries": entries, "endpoints": len(enforcer.endpoints()), "policies": len(policies),
+            "map_read_ms": read, "plan_ms": plan, "compile_ms": plan - read}

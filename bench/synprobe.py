@@ -3,6 +3,7 @@ attempt every INTERVAL, each from a new socket and so a new source port (a SYN t
 conntrack entry has seen), until the state it waits for shows.
 
     python synprobe.py allowed|denied IP PORT [--interval S] [--timeout S] [--deadline S]
+    python synprobe.py serve PORT...  # accept and close at once, until killed; prints "ready"
 
   allowed  prints "ready T" once an attempt went unanswered for TIMEOUT (the port is denied
            now), then "allowed SENT DONE N" at the first connection that completes
@@ -11,6 +12,10 @@ conntrack entry has seen), until the state it waits for shows.
 SENT/DONE/T are time.monotonic(): CLOCK_MONOTONIC is one clock for every network namespace,
 so the caller compares them with its own. N is the attempts made. Exit 0 on the awaited
 state, 1 on DEADLINE, 2 when the awaited state came before "ready", 3 on a refused connection.
+
+The server side is `serve`, not a thread-per-connection echo server: with a connection a
+millisecond and policyd busy on both CPUs, a small accept backlog overflows, and a SYN
+dropped there would look like a policy drop.
 """
 from __future__ import annotations
 
@@ -57,7 +62,7 @@ def probe(want: str, address: tuple[str, int], interval: float, timeout: float, 
             if err == errno.ECONNREFUSED:
                 say(f"refused {sent:.6f}")
                 return 3
-            if err != 0:
+            if err not in (0, errno.ECONNRESET):      # reset: the handshake got through first
                 continue                              # e.g. unreachable: neither state
             if want == "allowed":
                 if not ready:
@@ -88,13 +93,30 @@ def probe(want: str, address: tuple[str, int], interval: float, timeout: float, 
     return 1
 
 
+def serve(ports: list[int]) -> int:
+    sel = selectors.DefaultSelector()
+    for port in ports:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("0.0.0.0", port))
+        listener.listen(4096)
+        sel.register(listener, selectors.EVENT_READ)
+    say("ready")
+    while True:
+        for key, _ in sel.select():
+            conn, _ = key.fileobj.accept()
+            conn.close()                              # a FIN: the client's connect() has succeeded
+
+
 def main() -> int:
+    if sys.argv[1:2] == ["serve"]:
+        return serve([int(p) for p in sys.argv[2:]])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("want", choices=("allowed", "denied"))
     parser.add_argument("ip")
     parser.add_argument("port", type=int)
     parser.add_argument("--interval", type=float, default=0.001, help="seconds between attempts")
-    parser.add_argument("--timeout", type=float, default=0.05, help="no answer after this: denied")
+    parser.add_argument("--timeout", type=float, default=0.1, help="no answer after this: denied")
     parser.add_argument("--deadline", type=float, default=10.0, help="give up after this")
     args = parser.parse_args()
     return probe(args.want, (args.ip, args.port), args.interval, args.timeout, args.deadline)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable, TypeVar
 
 from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.exceptions import NetlinkDumpInterrupted, NetlinkError
 
 from services.datapath import netns
 
@@ -50,6 +50,17 @@ def _link(msg) -> Link:
     info = msg.get_attr("IFLA_LINKINFO")
     kind = (info.get_attr("IFLA_INFO_KIND") if info is not None else None) or ""
     return Link(msg.get_attr("IFLA_IFNAME"), msg["index"], msg.get_attr("IFLA_ADDRESS"), kind)
+
+
+def _dump(call: Callable[[], T], attempts: int = 20) -> T:
+    """Run a netlink dump again when the kernel says it was interrupted by a concurrent
+    change (NLM_F_DUMP_INTR): a dump is only trustworthy when it ran undisturbed."""
+    for _ in range(attempts - 1):
+        try:
+            return call()
+        except NetlinkDumpInterrupted:
+            continue
+    return call()
 
 
 def _kernel(what: str, exc: NetlinkError) -> KernelError:
@@ -108,7 +119,7 @@ class Netlink(_Links):
 
     def links_with_prefix(self, prefix: str) -> dict[str, int]:
         out = {}
-        for msg in self.ipr.get_links():
+        for msg in _dump(lambda: tuple(self.ipr.get_links())):
             name = msg.get_attr("IFLA_IFNAME")
             if name.startswith(prefix):
                 out[name] = msg["index"]
@@ -193,12 +204,12 @@ class Netlink(_Links):
 
     def local_ipv4(self) -> set[str]:
         """Every IPv4 address configured in this namespace."""
-        return {msg.get_attr("IFA_ADDRESS") for msg in self.ipr.get_addr(family=2)}
+        return {msg.get_attr("IFA_ADDRESS") for msg in _dump(lambda: tuple(self.ipr.get_addr(family=2)))}
 
     def routes_in(self, network: ipaddress.IPv4Network) -> list[tuple[str, int]]:
         """(dst/prefix, oif) of main-table routes inside NETWORK."""
         out = []
-        for msg in self.ipr.get_routes(family=2, table=254):
+        for msg in _dump(lambda: tuple(self.ipr.get_routes(family=2, table=254))):
             dst = msg.get_attr("RTA_DST")
             if dst is None:
                 continue
@@ -234,7 +245,7 @@ class Netlink(_Links):
     def bpf_filters(self, index: int, parent: str = TC_INGRESS) -> list[str]:
         """Names of the BPF programs attached at PARENT of INDEX."""
         try:
-            msgs = self.ipr.get_filters(index=index, parent=parent)
+            msgs = _dump(lambda: tuple(self.ipr.get_filters(index=index, parent=parent)))
         except NetlinkError:
             return []
         names = []

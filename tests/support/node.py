@@ -26,13 +26,16 @@ def free_port() -> int:
 @dataclass
 class Node:
     workdir: Path
-    pod_cidr: str = "10.211.0.0/24"
+    pod_cidr: str = ""                  # default: a /24 derived from the tag, unique per node
     mode: str = "redirect"
     maps: dict = field(default_factory=dict)
     tag: str = field(default_factory=lambda: secrets.token_hex(2))
 
     def __post_init__(self) -> None:
         self.name = f"t{self.tag}"
+        if not self.pod_cidr:
+            a, b = int(self.tag[:2], 16), int(self.tag[2:], 16)
+            self.pod_cidr = f"10.{100 + a % 100}.{b}.0/24"
         # Host-side veths are <lxc_prefix><hash>: a prefix per node keeps concurrent nodes apart.
         self.lxc_prefix = "l" + "".join(secrets.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(3))
         self.bpf_root = f"/sys/fs/bpf/capillary-{self.name}"
@@ -73,7 +76,7 @@ class Node:
         self.cli("down", timeout=60)
 
     def purge(self) -> None:
-        self.cli("down", "--purge", check=False, timeout=90)
+        self.cli("down", "--purge", timeout=90)
 
     def status(self) -> dict:
         return json.loads(self.cli("status", "-o", "json", check=False).stdout)
