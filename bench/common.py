@@ -32,7 +32,7 @@ RESULTS = REPO / "bench" / "results"
 # delete every 15-character link with the node's prefix, so two running nodes that share
 # a prefix delete each other's pods (seen here: the second node's start-up removed the
 # first node's pod veths). Each prefix must not be a prefix of another.
-BENCH_PREFIX = "lxb"        # + one letter per node: lxbp (pods.py), lxbr, lxbh (datapath.py)
+BENCH_PREFIX = "lxb"        # + one letter per node: lxbp (pods.py), lxbr, lxbh (datapath.py), lxba, lxbt (policy.py)
 
 
 def log(message: str) -> None:

@@ -1,9 +1,11 @@
 """Policy on one node: how fast a policy takes effect, and what 10,000 rules cost traffic.
 
 Three figures, each from one run, each against a baseline measured in the same run:
-  1 apply -> enforced   N pods (one apply), R base rules in one CiliumNetworkPolicy per
-                        pod (each rule: fromEndpoints one tier of up to 10 pods, one TCP
-                        port, so about 10 map entries per rule). K times: a prober in pod A
+  1 apply -> enforced   N pods (one apply), then twice K repetitions: first with a baseline
+                        of 2 base rules (B's ingress default-deny, the map small), then with
+                        R base rules: one CiliumNetworkPolicy per pod, each rule
+                        fromEndpoints one tier of up to 10 pods to one TCP port, so about 10
+                        map entries per rule. A repetition: a prober in pod A
                         (bench/synprobe.py, via nsenter) sends a fresh SYN to pod B's port P
                         every 1 ms while it is denied; the bench publishes a policy allowing
                         A -> B:P on NATS (capillary.policy.apply, msgpack) and takes the time
@@ -11,18 +13,18 @@ Three figures, each from one run, each against a baseline measured in the same r
                         connection (time.monotonic in both: CLOCK_MONOTONIC is one clock for
                         every netns), to the reply, and to the entry showing up in the map (a
                         thread polls it). Then it deletes the policy the same way and waits,
-                        with the prober, until A -> B:P is denied again. Repetition k uses
-                        P = 8000 + k: the datapath's conntrack entries are never closed or
-                        expired, so a new SYN that happens to reuse the 4-tuple of a connection
-                        allowed earlier skips policy (seen here: after a delete, a reused
-                        source port still connected).
+                        with the prober, until A -> B:P is denied again. Each repetition has
+                        its own P (8000 up): the datapath's conntrack entries are never
+                        closed or expired, so a new SYN that reuses the 4-tuple of a
+                        connection allowed earlier skips policy (seen here: after a delete, a
+                        reused source port still connected).
   2 policy entries      two pods (iperf3 + sockperf server in B), rounds alternating between
                         no policy and a policy that puts E entries (default 10,000) in B's
                         ingress and still allows A -> B on the bench ports.
   3 iptables rules      the same traffic between two kernel-routed netns (as datapath.py's
                         kernel variant), through a chain of E non-matching rules jumped to
                         from FORWARD, against the same chain empty. Measured in the same
-                        rounds as figure 2.
+                        rounds as figure 2 (bench/policy_traffic.py).
 
     .venv/bin/python bench/policy.py [--pods 100] [--rules 1000] [--repeats 30]
                                      [--entries 10000] [--rounds 5] [--seconds 5] [--quick]
@@ -138,20 +140,23 @@ async def timed_change(bus: PolicyBus, node: Node, a: PodInfo, b: PodInfo, port:
     want = "allowed" if doc else "denied"
     before = handler_seconds(node)
     proc = await start_prober(a.netns, want, b.ip, port)
+    watch = EntryWatch(node, b.endpoint_id, a.identity, port, present=doc is not None)
     try:
-        watch = EntryWatch(node, b.endpoint_id, a.identity, port, present=doc is not None)
         t0 = time.monotonic()
         result = await (bus.apply(doc) if doc else bus.delete(PROBE_POLICY, NAMESPACE))
         reply = time.monotonic()
         line = await prober_line(proc)
         in_map = watch.wait()
     finally:
+        watch.close()
         await stop_prober(proc)
     if line[0] != want:
         raise RuntimeError(f"A -> B:{port} not {want} after the {'apply' if doc else 'delete'}: {' '.join(line)}")
-    handler = handler_seconds(node)["apply" if doc else "delete"] - before["apply" if doc else "delete"]
-    return {"t0": t0, "reply": reply, "map": in_map, "sent": float(line[1]), "done": float(line[-2]),
-            "attempts": int(line[-1]), "handler_s": handler, "revision": result.get("revision", 0)}
+    request = "apply" if doc else "delete"
+    # "allowed SENT DONE N" / "denied SENT N": a denial is known at the send of the unanswered SYN
+    sent, done = float(line[1]), float(line[2] if doc else line[1])
+    return {"t0": t0, "reply": reply, "map": in_map, "sent": sent, "done": done, "attempts": int(line[-1]),
+            "handler_s": handler_seconds(node)[request] - before[request], "revision": result.get("revision", 0)}
 
 
 async def one_repetition(bus: PolicyBus, node: Node, a: PodInfo, b: PodInfo, port: int) -> Repetition:
@@ -195,9 +200,10 @@ def phase(node: Node, a: PodInfo, b: PodInfo, names: list[str], rules: int, port
     entries = policy_entries(node)
     log(f"figure 1: map holds {entries['total']} entries; {len(ports)} repetitions")
     reps = asyncio.run(repetitions(node, a, b, ports))
+    replay = replay_plan(node, [*policies, probe_policy(a.name, b.name, ports[0])])
     return {"rules": rules, "policies": len(policies), "apply_s": apply_s, "map_entries": entries["total"],
             "b_entries": entries["by_endpoint"].get(b.endpoint_id, 0), "probe_ports": [ports[0], ports[-1]],
-            "repetitions": [asdict(r) for r in reps], "documents": policies}
+            "plan_replay": replay, "repetitions": [asdict(r) for r in reps]}
 
 
 def apply_latency(args: argparse.Namespace, workdir: Path) -> dict:
@@ -215,9 +221,7 @@ def apply_latency(args: argparse.Namespace, workdir: Path) -> dict:
         wait_listening(b.netns, ports[-1], server)
         baseline = phase(node, a, b, names, BASELINE_RULES, ports[:args.repeats])
         full = phase(node, a, b, names, args.rules, ports[args.repeats:])
-        replay = replay_plan(node, [*full.pop("documents"), probe_policy(a.name, b.name, PROBE_PORT)])
-        del baseline["documents"]
-    return {"pods": args.pods, "pods_apply_s": pods_s, "baseline": baseline, "full": full, "plan_replay": replay}
+    return {"pods": args.pods, "pods_apply_s": pods_s, "baseline": baseline, "full": full}
 
 
 # ---- statistics and report -----------------------------------------------------------------
@@ -277,18 +281,19 @@ def latency_report(fig: dict, summary: dict) -> str:
         cells.append("-" if ratio is None else f"{ratio:.1f}")
         rows.append(cells)
     verdict = "ok" if summary["meets_target"] else "MISS"
-    replay = fig["plan_replay"]
+    plans = [f"  {name:8}  one plan {r['plan_ms']:4.0f} ms = read back all {r['entries']} map entries "
+             f"{r['map_read_ms']:.0f} ms + compile {r['endpoints']} endpoints x {r['policies']} policies and diff "
+             f"{r['compile_ms']:.0f} ms" for name, r in (("baseline", base["plan_replay"]), ("full", full["plan_replay"]))]
     return "\n".join([
         head, "",
         table(["metric", "baseline median [min-max]", "p99", f"{full['rules']} rules median [min-max]", "p99",
                "full/base"], rows), "",
         f"target: p99 publish -> enforced <= {TARGET_P99_MS:.0f} ms at {fig['pods']} pods, {full['rules']} rules: "
         f"{summary['full']['enforced_ms']['p99']:.1f} ms {verdict}",
-        f"where policyd's time goes (its Enforcer.plan replayed in this process on the live map, read only, "
-        f"median of 3):\n  one plan {replay['plan_ms']:.0f} ms = read back all {replay['entries']} map entries "
-        f"{replay['map_read_ms']:.0f} ms + compile {replay['endpoints']} endpoints x {replay['policies']} policies "
-        f"and diff {replay['compile_ms']:.0f} ms;\n  an apply or delete runs two plans (capacity check, then the "
-        f"real one), writes the diff, then stores the policy in KV (fsync) and replies"])
+        "where policyd's time goes (its Enforcer.plan replayed in this process on the live map, read only, "
+        "median of 3):", *plans,
+        "  an apply or delete runs two plans (capacity check, then the real one), writes the diff, then stores "
+        "the policy in KV (fsync) and replies"])
 
 
 # ---- main ------------------------------------------------------------------------------------
@@ -297,7 +302,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pods", type=int, help="pods for figure 1 (default 100; quick 20)")
     parser.add_argument("--rules", type=int, help="base rules for figure 1 (default 1000; quick 200)")
-    parser.add_argument("--repeats", type=int, help="apply/delete repetitions (default 30; quick 10)")
+    parser.add_argument("--repeats", type=int, help="apply/delete repetitions per column (default 30; quick 8)")
     parser.add_argument("--entries", type=int, help="policy entries / iptables rules, figures 2-3 "
                                                     "(default 10000; quick 10000)")
     parser.add_argument("--rounds", type=int, help="rounds, every variant once per round (default 5; quick 2)")
@@ -309,7 +314,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="smaller and fewer: under 90 s")
     args = parser.parse_args(argv)
     quick = args.quick
-    defaults = {"pods": (100, 20), "rules": (1000, 200), "repeats": (30, 10), "entries": (10000, 10000),
+    defaults = {"pods": (100, 20), "rules": (1000, 200), "repeats": (30, 8), "entries": (10000, 10000),
                 "rounds": (5, 2), "seconds": (5, 2), "latency_seconds": (3, 1)}
     for name, (full, small) in defaults.items():
         if getattr(args, name) is None:

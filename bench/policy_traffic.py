@@ -63,7 +63,7 @@ class PolicyToggle:
     """The entries policy on or off, switched over NATS; every switch is timed."""
 
     def __init__(self, pair: Pair, count: int) -> None:
-        self.pair, self.node, self.document = pair, pair.node, entries_policy(count)
+        self.node, self.document = pair.node, entries_policy(count)
         pods = self.node.pods()
         self.server, self.client = pod_info(pods, "bench/server"), pod_info(pods, "bench/client")
         self.on = False
@@ -130,9 +130,6 @@ class Chain:
         if full:
             self.loads_ms.append((time.monotonic() - began) * 1000)
         self.full = full
-
-    def rules(self) -> int:
-        return len(run(["iptables", "-w", "-S", self.name]).stdout.splitlines()) - 1
 
 
 @dataclass

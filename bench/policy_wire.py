@@ -141,7 +141,7 @@ def entry_packets(node: Node, endpoint_id: int, identity: int, port: int) -> int
 class EntryWatch:
     """Polls the policy map from a thread until the ingress entry ENDPOINT_ID <- IDENTITY on
     TCP PORT appears (present=True) or is gone again, and keeps time.monotonic() of the first
-    look that saw it so: when policyd's write landed, to within POLL."""
+    look that saw it so: when policyd's write landed, to within POLL (and the thread's wake-up)."""
 
     POLL = 0.0005
     SWITCH_INTERVAL = 0.0002   # Python's default 5 ms GIL hand-over would delay the thread's looks
@@ -152,6 +152,7 @@ class EntryWatch:
         self.key = Key(endpoint_id, False, identity, 6, port, PREFIX_PORT_BASE + 16).raw()
         self.present, self.deadline = present, deadline
         self.seen: float | None = None
+        self._stop = threading.Event()
         sys.setswitchinterval(self.SWITCH_INTERVAL)
         self.thread = threading.Thread(target=self._poll, name="entry-watch", daemon=True)
         self.thread.start()
@@ -163,19 +164,26 @@ class EntryWatch:
 
     def _poll(self) -> None:
         end = time.monotonic() + self.deadline
-        while time.monotonic() < end:
+        while time.monotonic() < end and not self._stop.is_set():
             if self._there() == self.present:
                 self.seen = time.monotonic()
                 return
-            time.sleep(self.POLL)
+            self._stop.wait(self.POLL)
 
     def wait(self) -> float:
         """The monotonic time the entry was first seen in the wanted state."""
         self.thread.join(self.deadline + 1)
-        self.map.close()
         if self.seen is None:
             raise RuntimeError(f"policy entry never became {'present' if self.present else 'absent'}")
         return self.seen
+
+    def close(self) -> None:
+        """Stop looking (if still) and close the map; safe to call twice."""
+        self._stop.set()
+        self.thread.join(self.deadline + 1)
+        if self.map is not None:
+            self.map.close()
+            self.map = None
 
 
 def replay_plan(node: Node, documents: list[dict], runs: int = 3) -> dict:
@@ -202,9 +210,9 @@ def replay_plan(node: Node, documents: list[dict], runs: int = 3) -> dict:
             enforcer.plan(policies, universe)
             reads.append((read - began) * 1000)
             plans.append((time.perf_counter() - read) * 1000)
+        endpoints = len(enforcer.endpoints())
     finally:
         enforcer.map.close()
-    plan = statistics.median(plans)
-    read = statistics.median(reads)
-    return {"entries": entries, "endpoints": len(enforcer.endpoints()), "policies": len(policies),
+    plan, read = statistics.median(plans), statistics.median(reads)
+    return {"entries": entries, "endpoints": endpoints, "policies": len(policies),
             "map_read_ms": read, "plan_ms": plan, "compile_ms": plan - read}

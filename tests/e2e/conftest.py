@@ -1,6 +1,7 @@
 import pytest
 import yaml
 
+from tests.e2e.policy_model import Model
 from tests.support.node import Node
 
 
@@ -42,3 +43,13 @@ def policies(node):
                 "CiliumClusterwideNetworkPolicy": "ccnp"}[doc["kind"]]
         ns = doc["metadata"].get("namespace", "default")
         node.cli("delete", kind, doc["metadata"]["name"], "-n", ns)
+
+
+@pytest.fixture(scope="module")
+def model(node):
+    """The x/y/z policy model (nine pods with servers) on the module's node."""
+    m = Model(node)
+    try:
+        yield m
+    finally:
+        m.close()

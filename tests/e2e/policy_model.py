@@ -7,16 +7,15 @@ import json
 import subprocess
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
 from tests.support.node import docs, namespace_doc, pod_doc
-from tests.support.traffic import Servers
+from tests.support.traffic import PROBER, Servers
 
 NAMESPACES = ("x", "y", "z")
 PODS = tuple(f"{ns}/{p}" for ns in NAMESPACES for p in ("a", "b", "c"))
 PORTS = (80, 81)
 PROTOCOLS = ("tcp", "udp")
-PROBER = str(Path(__file__).resolve().parents[1] / "support" / "prober.py")
+
 
 Allowed = Callable[[str, str, str, int], bool]    # (src, dst, proto, port) -> reachable
 

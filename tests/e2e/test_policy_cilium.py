@@ -11,20 +11,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.e2e.policy_model import PROBER, Model, everything
+from tests.e2e.policy_model import PROBER, everything
 from tests.support.node import docs, pod_doc
 from tests.support.traffic import Servers, ping, probe
 
 SEED = Path(__file__).resolve().parents[2] / "examples" / "allow-https.yaml"
-
-
-@pytest.fixture(scope="module")
-def model(node):
-    m = Model(node)
-    try:
-        yield m
-    finally:
-        m.close()
 
 
 def cnp(name: str, namespace: str, spec: dict, audit: bool = False) -> dict:

@@ -3,16 +3,7 @@ each comparing the full reachability matrix of the x/y/z model with the expected
 import pytest
 import yaml
 
-from tests.e2e.policy_model import Model, everything
-
-
-@pytest.fixture(scope="module")
-def model(node):
-    m = Model(node)
-    try:
-        yield m
-    finally:
-        m.close()
+from tests.e2e.policy_model import everything
 
 
 def netpol(name: str, namespace: str, spec: dict) -> dict:

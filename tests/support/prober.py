@@ -9,7 +9,7 @@ import socket
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
-TIMEOUT = 0.6
+TIMEOUT = 1.0
 PAYLOAD = b"capillary-probe"
 
 

@@ -1,11 +1,13 @@
 """Real traffic between pods: echo servers inside pods, probes from pods or the host."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 ECHO = str(Path(__file__).with_name("echo.py"))
+PROBER = str(Path(__file__).with_name("prober.py"))
 
 
 class Servers:
@@ -29,10 +31,11 @@ class Servers:
 
 def probe(netns: str | None, proto: str, ip: str, port: int) -> bool:
     """A real connection from NETNS (None: the host) to IP:PORT."""
-    argv = [sys.executable, ECHO, "probe", proto, ip, str(port)]
+    argv = [sys.executable, PROBER, json.dumps([[proto, ip, port]])]
     if netns:
         argv = ["nsenter", f"--net={netns}", "--", *argv]
-    return subprocess.run(argv, capture_output=True, timeout=20).returncode == 0
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=20).stdout
+    return json.loads(out)[f"{proto} {ip} {port}"]
 
 
 def ping(netns: str | None, ip: str, count: int = 1) -> bool:
