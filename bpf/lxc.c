@@ -41,6 +41,12 @@ static __always_inline int parse_l4(struct __sk_buff *skb, struct iphdr *ip4, st
 		l4->dport = ports[1];
 		l4->policy_port = bpf_ntohs(ports[1]);
 		l4->valid = 1;
+		if (ip4->protocol == IPPROTO_TCP) {
+			__u8 *flags = l4h + 13;
+			if ((void *)(flags + 1) > data_end)
+				return -1;
+			l4->tcp_flags = *flags;
+		}
 	} else if (ip4->protocol == IPPROTO_ICMP) {
 		__u8 *icmp = l4h;
 		if ((void *)(icmp + 8) > data_end)

@@ -13,6 +13,18 @@
 /* Entry flags. Shared with services/datapath/numbers.py. */
 #define CT_AUDIT   1        /* the connection was let through by audit mode */
 #define CT_SEEN_REPLY 2
+#define CT_CLOSING 4        /* a FIN or RST was seen */
+
+/* How long an idle entry stands for a connection; past that the next packet is a new
+ * connection and meets policy again. Seconds, as Cilium's defaults. */
+#define CT_LIFETIME_TCP     21600
+#define CT_LIFETIME_CLOSING 10
+#define CT_LIFETIME_OTHER   60
+
+#define TCP_FLAG_FIN 0x01
+#define TCP_FLAG_SYN 0x02
+#define TCP_FLAG_RST 0x04
+#define TCP_FLAG_ACK 0x10
 
 struct ct_key {
 	__be32 saddr;
@@ -40,6 +52,7 @@ struct l4_tuple {
 	__be16 dport;
 	__u16  policy_port;  /* host order: destination port, or ICMP type */
 	__u8   valid;
+	__u8   tcp_flags;    /* TCP only */
 };
 
 enum ct_state {
@@ -48,6 +61,16 @@ enum ct_state {
 	CT_REPLY = 2,
 };
 
+static __always_inline int ct_expired(struct ct_entry *e, __u8 proto, __u64 now)
+{
+	__u64 lifetime = proto != IPPROTO_TCP ? CT_LIFETIME_OTHER :
+			 (e->flags & CT_CLOSING) ? CT_LIFETIME_CLOSING : CT_LIFETIME_TCP;
+	return now - e->last_seen > lifetime * 1000000000ULL;
+}
+
+/* Invariant: CT_ESTABLISHED and CT_REPLY are only returned for a live entry of a
+ * connection whose first packet passed policy. A bare SYN always starts a new connection
+ * (so a reused 4-tuple meets today's policy), and an idle or closed entry expires. */
 static __always_inline enum ct_state ct_lookup(__be32 saddr, __be32 daddr, __u8 proto,
 					       struct l4_tuple *l4, __u32 len)
 {
@@ -57,18 +80,23 @@ static __always_inline enum ct_state ct_lookup(__be32 saddr, __be32 daddr, __u8 
 			      .dport = l4->sport, .protocol = proto };
 	struct ct_entry *e = cap_ct.lookup(&fwd);
 	enum ct_state state = CT_ESTABLISHED;
+	__u64 now = bpf_ktime_get_ns();
 
+	if (proto == IPPROTO_TCP && (l4->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN)
+		return CT_NEW;
 	if (!e) {
 		e = cap_ct.lookup(&rev);
 		state = CT_REPLY;
 	}
-	if (!e)
+	if (!e || ct_expired(e, proto, now))
 		return CT_NEW;
-	e->last_seen = bpf_ktime_get_ns();
+	e->last_seen = now;
 	__sync_fetch_and_add(&e->packets, 1);
 	__sync_fetch_and_add(&e->bytes, len);
 	if (state == CT_REPLY)
 		e->flags |= CT_SEEN_REPLY;
+	if (l4->tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST))
+		e->flags |= CT_CLOSING;
 	return state;
 }
 

@@ -223,3 +223,29 @@ def test_pod_created_after_a_policy_is_covered_from_its_first_packet(node, model
             servers.close()
     finally:
         node.cli("delete", "pod", "x/late")
+
+
+CONNECT_FROM_PORT = """
+import socket, struct, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close with RST
+s.bind(("", int(sys.argv[3])))
+s.settimeout(1)
+try:
+    s.connect((sys.argv[1], int(sys.argv[2])))
+except OSError:
+    sys.exit(1)
+s.close()
+"""
+
+
+def test_a_reused_four_tuple_meets_the_current_policy(node, model, policies):
+    """Conntrack must not let a new connection through on an old connection's entry."""
+    ip, src = model.ip["x/c"], model.netns["y/c"]
+    connect = ["nsenter", f"--net={src}", "--", sys.executable, "-c", CONNECT_FROM_PORT, ip, "80", "40123"]
+    policies(cnp("allow-y", "x", {"endpointSelector": sel(pod="c"),
+                                  "ingress": [{"fromEndpoints": [{"matchLabels": {"k8s:io.kubernetes.pod.namespace": "y"}}]}]}))
+    assert subprocess.run(connect).returncode == 0
+    node.apply(yaml.safe_dump(cnp("allow-y", "x", {"endpointSelector": sel(pod="c"), "ingress": [{}]})))
+    assert subprocess.run(connect).returncode != 0
