@@ -58,6 +58,7 @@ class Universe:
 
     def __init__(self, identities: dict[int, dict[str, str]]) -> None:
         self.identities = identities
+        self._resolved: dict[Peer, frozenset[int]] = {}   # valid while identities are unchanged
         self.pods = {i: labels for i, labels in identities.items() if namespace_of(labels) is not None}
         self.cidrs = {}
         for i, labels in identities.items():
@@ -65,8 +66,13 @@ class Universe:
                 if key.startswith(CIDR_LABEL):
                     self.cidrs[i] = ipaddress.IPv4Network(key[len(CIDR_LABEL):])
 
-    def resolve(self, peer: Peer) -> set[int]:
+    def resolve(self, peer: Peer) -> frozenset[int]:
         """Identity numbers PEER selects; 0 means any peer."""
+        if peer not in self._resolved:
+            self._resolved[peer] = frozenset(self._resolve(peer))
+        return self._resolved[peer]
+
+    def _resolve(self, peer: Peer) -> set[int]:
         if peer.entity == "all":
             return {0}
         if peer.entity == "host":

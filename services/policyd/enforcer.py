@@ -1,8 +1,10 @@
 """Writes compiled policy into the pinned policy map, changing only what differs.
 
-The map itself is the record of what is enforced: at start-up it is read back and only the
-difference to the newly compiled state is written, so a policyd restart changes nothing in
-the kernel when nothing changed (fail closed: the old entries stay in force throughout).
+The map itself is the record of what is enforced: at start-up it is read back once into
+``self.state`` and only the difference to the newly compiled state is written, so a
+policyd restart changes nothing in the kernel when nothing changed (fail closed: the old
+entries stay in force throughout). Invariant: ``self.state`` mirrors the map's keys and
+values; only apply() writes the map, and it updates the mirror as it goes.
 """
 from __future__ import annotations
 
@@ -25,6 +27,9 @@ class Enforcer:
         self.capacity = capacity
         self.enforcement = enforcement
         self.map = PolicyMap(bpf_root)
+        self.state: dict[int, dict[Key, Value]] = {}
+        for key, counted in self.map.all().items():
+            self.state.setdefault(key.endpoint_id, {})[key] = counted.value
         self.pending: dict[int, Endpoint] = {}  # announced by endpointd, maybe not in its map yet
         self.forgotten: set[int] = set()        # endpoint ids endpointd has removed
 
@@ -46,17 +51,12 @@ class Enforcer:
             out.pop(ep_id, None)
         return out
 
-    def current(self) -> dict[int, dict[Key, Value]]:
-        out: dict[int, dict[Key, Value]] = {}
-        for key, counted in self.map.all().items():
-            out.setdefault(key.endpoint_id, {})[key] = counted.value
-        return out
-
     def plan(self, policies: list[Policy], universe: Universe,
              only: set[int] | None = None) -> tuple[dict[int, Diff], int]:
         """Diffs per endpoint to reach POLICIES, and the total entries the map would hold.
-        Endpoints whose entries exist but which are no longer known are removed."""
-        current = self.current()
+        Only endpoints in ONLY (None: all) are recompiled; endpoints whose entries exist but
+        which are no longer known are removed."""
+        current = self.state
         endpoints = self.endpoints()
         diffs: dict[int, Diff] = {}
         total = 0
@@ -87,13 +87,23 @@ class Enforcer:
                 for d in diffs.values():
                     for key, value in getattr(d, phase).items():
                         self.map.write(key, value)
+                        self.state.setdefault(key.endpoint_id, {})[key] = value
                         written += 1
         except MapFull as exc:
             raise PolicyMapFull(f"{exc}: maps.policy is {self.capacity}") from None
         for d in diffs.values():
             for key in d.removed:
                 removed += self.map.delete(key)
+                entries = self.state.get(key.endpoint_id, {})
+                entries.pop(key, None)
+                if not entries:
+                    self.state.pop(key.endpoint_id, None)
         return written, removed
+
+    def selected_by(self, policies: list[Policy], universe: Universe) -> set[int]:
+        """Endpoints any of POLICIES applies to."""
+        return {ep_id for ep_id, ep in self.endpoints().items()
+                if any(p.selects(universe.identities.get(ep.identity, {})) for p in policies)}
 
     def entries(self, endpoint_id: int):
         return {k: c for k, c in self.map.all().items() if k.endpoint_id == endpoint_id}

@@ -98,7 +98,7 @@ class PolicyService(Service):
 
     async def counters(self) -> dict[str, int]:
         return {"identities": len(self.identities.by_id), "policies": len(self.policies),
-                "policy_entries": len(self.enforcer.map.all())}
+                "policy_entries": sum(len(e) for e in self.enforcer.state.values())}
 
     def _gauges(self) -> None:
         self.identity_gauge.set(len(self.identities.by_id))
@@ -184,25 +184,26 @@ class PolicyService(Service):
 
     # ---- policies -----------------------------------------------------------------------------
 
-    async def _enforce(self, policies: dict[str, Policy]) -> tuple[int, int]:
-        """Make POLICIES the ones in force, or raise having changed nothing."""
+    async def _enforce(self, policies: dict[str, Policy], changed: list[Policy]) -> tuple[int, int]:
+        """Make POLICIES the ones in force, or raise having changed nothing. CHANGED holds
+        the old and new versions of what differs: only endpoints they select are
+        recompiled, unless the set of CIDR identities changes (then every endpoint is)."""
         trial = copy.deepcopy(self.identities)
-        self._resolve_cidrs(trial, policies)
-        trial_universe = Universe({i: e.labels for i, e in trial.by_id.items()})
+        released, created = self._resolve_cidrs(trial, policies)
+        universe = Universe({i: e.labels for i, e in trial.by_id.items()})
+        only = None if released or created else self.enforcer.selected_by(changed, universe)
         try:
-            _, total = self.enforcer.plan(list(policies.values()), trial_universe)
+            diffs, total = self.enforcer.plan(list(policies.values()), universe, only)
             self.enforcer.check_capacity(total)
         except (PolicyMapFull, IdentitiesExhausted) as exc:
             raise ServiceError(EXHAUSTED, str(exc)) from None
         # Removed CIDRs leave the ipcache before their entries go; new ones join it after.
-        released, created = self._resolve_cidrs(self.identities, policies)
         for entry in released:
             await self.bus.request(subjects.IPCACHE_DELETE, IpcacheDelete(_cidr(entry), "cidr-policy"))
             await self._persist_identity(None, entry.id)
         for entry in created:
             await self._persist_identity(entry, entry.id)
-        self.policies = policies
-        diffs, _ = self.enforcer.plan(list(policies.values()), self._universe())
+        self.identities, self.policies = trial, policies
         written, removed = self._write(diffs)
         await self._announce(created)
         return written, removed
@@ -221,7 +222,8 @@ class PolicyService(Service):
                 entry = await self.kv_policies.get(kv_key(policy.key))
                 return PolicyApplied(policy.kind, policy.name, policy.namespace, "unchanged",
                                      entry.revision, parsed.warnings)
-            written, removed = await self._enforce({**self.policies, policy.key: policy})
+            changed = [policy] + ([current] if current is not None else [])
+            written, removed = await self._enforce({**self.policies, policy.key: policy}, changed)
             revision = await self.kv_policies.put(kv_key(policy.key), codec.encode(policy.document))
         self._gauges()
         self.log.info("policy applied", policy=policy.key, written=written, removed=removed)
@@ -240,7 +242,7 @@ class PolicyService(Service):
         async with self._lock:
             policy = self._find(req)
             rest = {k: p for k, p in self.policies.items() if k != policy.key}
-            written, removed = await self._enforce(rest)
+            written, removed = await self._enforce(rest, [policy])
             revision = await self.kv_policies.delete(kv_key(policy.key))
         self._gauges()
         return PolicyApplied(policy.kind, policy.name, policy.namespace, "deleted", revision or 0, [],
