@@ -52,21 +52,23 @@ class Enforcer:
         return out
 
     def plan(self, policies: list[Policy], universe: Universe,
-             only: set[int] | None = None) -> tuple[dict[int, Diff], int]:
+             changed: list[Policy] | None = None, only: set[int] | None = None
+             ) -> tuple[dict[int, Diff], int]:
         """Diffs per endpoint to reach POLICIES, and the total entries the map would hold.
-        Only endpoints in ONLY (None: all) are recompiled; endpoints whose entries exist but
-        which are no longer known are removed."""
+        Recompiled: the endpoints CHANGED policies select, or those in ONLY, or (both None)
+        every endpoint. Endpoints whose entries exist but which are gone are removed."""
         current = self.state
         endpoints = self.endpoints()
+        if changed is not None:
+            only = {ep_id for ep_id, ep in endpoints.items()
+                    if any(p.selects(universe.identities.get(ep.identity, {})) for p in changed)}
+        targets = set(endpoints) if only is None else only & set(endpoints)
+        targets |= set(current) - set(endpoints)
         diffs: dict[int, Diff] = {}
-        total = 0
-        for ep_id in set(current) | set(endpoints):
-            if ep_id in endpoints and (only is None or ep_id in only):
-                wanted = compile_endpoint(endpoints[ep_id], policies, universe, self.enforcement)
-            elif ep_id in endpoints:
-                wanted = current.get(ep_id, {})
-            else:
-                wanted = {}
+        total = sum(len(entries) for ep_id, entries in current.items() if ep_id not in targets)
+        for ep_id in targets:
+            wanted = {} if ep_id not in endpoints else \
+                compile_endpoint(endpoints[ep_id], policies, universe, self.enforcement)
             total += len(wanted)
             d = diff(current.get(ep_id, {}), wanted)
             if not d.empty:
@@ -99,11 +101,6 @@ class Enforcer:
                 if not entries:
                     self.state.pop(key.endpoint_id, None)
         return written, removed
-
-    def selected_by(self, policies: list[Policy], universe: Universe) -> set[int]:
-        """Endpoints any of POLICIES applies to."""
-        return {ep_id for ep_id, ep in self.endpoints().items()
-                if any(p.selects(universe.identities.get(ep.identity, {})) for p in policies)}
 
     def entries(self, endpoint_id: int):
         return {k: c for k, c in self.map.all().items() if k.endpoint_id == endpoint_id}

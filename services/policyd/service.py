@@ -191,9 +191,9 @@ class PolicyService(Service):
         trial = copy.deepcopy(self.identities)
         released, created = self._resolve_cidrs(trial, policies)
         universe = Universe({i: e.labels for i, e in trial.by_id.items()})
-        only = None if released or created else self.enforcer.selected_by(changed, universe)
         try:
-            diffs, total = self.enforcer.plan(list(policies.values()), universe, only)
+            diffs, total = self.enforcer.plan(list(policies.values()), universe,
+                                              None if released or created else changed)
             self.enforcer.check_capacity(total)
         except (PolicyMapFull, IdentitiesExhausted) as exc:
             raise ServiceError(EXHAUSTED, str(exc)) from None
