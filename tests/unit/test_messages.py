@@ -41,6 +41,9 @@ SAMPLES = [
     m.IpcacheEntry(cidr="10.200.0.2/32", identity=256, source="endpoint"),
     m.Health(service="routed", pid=42, started=1.0, ready=True, detail="ok",
              metrics_port=9964, counters={"requests": 3}),
+    m.FlowFilter(verdict=["DROPPED"], pod=["x/a"], port=[80], since=1700000000.0),
+    m.FlowQuery(last=20, filter=m.FlowFilter(protocol=["tcp"], type=["policy-verdict"])),
+    m.FlowEvent(flow={"verdict": "DROPPED", "IP": {"source": "10.0.0.1"}, "l4": {"TCP": {"source_port": 1}}}),
 ]
 
 
