@@ -251,6 +251,19 @@ class EndpointPolicy(Message):
 
 
 @dataclass(frozen=True)
+class PolicyRule(Message):
+    """policy.rules: what a rule_id in the policy map (and in flows) stands for."""
+
+    rule_id: int
+    kind: str
+    name: str
+    namespace: str
+    direction: str                    # ingress | egress
+    deny: bool
+    index: int                        # position in its list (ingress, ingressDeny, ...)
+
+
+@dataclass(frozen=True)
 class PolicyApplied(Message):
     kind: str
     name: str

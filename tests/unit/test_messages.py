@@ -32,6 +32,8 @@ SAMPLES = [
     m.PolicyApplied(kind="NetworkPolicy", name="deny", namespace="x", action="created", revision=4,
                     warnings=["w"], entries_written=2, entries_removed=1),
     m.ListRequest(namespace="shop"),
+    m.PolicyRule(rule_id=77, kind="CiliumNetworkPolicy", name="p", namespace="x", direction="ingress",
+                 deny=True, index=1),
     m.EndpointEvent(pod=POD),
     m.IdentityAllocate(labels={"k8s:app": "web"}, owner="pod:shop/web"),
     m.IdentityRelease(identity=256, owner="pod:shop/web"),
