@@ -1,7 +1,8 @@
 """A TCP and UDP echo server (run inside a pod) and a one-shot probe.
 
     python echo.py serve PORT [PORT...]     # TCP + UDP on each port, until killed
-    python echo.py probe tcp|udp IP PORT    # exit 0 and print "ok" when the echo came back
+    python echo.py probe tcp|udp IP PORT [SPORT [TIMEOUT]]
+                                            # exit 0 and print "ok" when the echo came back
 """
 import socket
 import sys
@@ -32,14 +33,18 @@ def serve_udp(port: int) -> None:
         s.sendto(data, peer)
 
 
-def probe(proto: str, ip: str, port: int, timeout: float = 1.0) -> bool:
+def probe(proto: str, ip: str, port: int, timeout: float = 1.0, sport: int = 0) -> bool:
+    """One connection (TCP) or up to three datagrams (UDP); SPORT: from this source port."""
     payload = b"capillary-probe"
+    source = ("0.0.0.0", sport) if sport else None
     try:
         if proto == "tcp":
-            with socket.create_connection((ip, port), timeout=timeout) as s:
+            with socket.create_connection((ip, port), timeout=timeout, source_address=source) as s:
                 s.sendall(payload)
                 return s.recv(64) == payload
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            if source:
+                s.bind(source)
             s.settimeout(timeout)
             for _ in range(3):
                 s.sendto(payload, (ip, port))
@@ -61,6 +66,8 @@ if __name__ == "__main__":
         print("ready", flush=True)
         threading.Event().wait()
     else:
-        ok = probe(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+        extra = sys.argv[5:]
+        ok = probe(sys.argv[2], sys.argv[3], int(sys.argv[4]), sport=int(extra[0]) if extra else 0,
+                   timeout=float(extra[1]) if len(extra) > 1 else 1.0)
         print("ok" if ok else "fail")
         sys.exit(0 if ok else 1)

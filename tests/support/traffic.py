@@ -27,9 +27,10 @@ class Servers:
         self.procs.clear()
 
 
-def probe(netns: str | None, proto: str, ip: str, port: int) -> bool:
-    """A real connection from NETNS (None: the host) to IP:PORT."""
-    argv = [sys.executable, ECHO, "probe", proto, ip, str(port)]
+def probe(netns: str | None, proto: str, ip: str, port: int, sport: int = 0,
+          timeout: float = 1.0) -> bool:
+    """A real connection from NETNS (None: the host) to IP:PORT (from SPORT when given)."""
+    argv = [sys.executable, ECHO, "probe", proto, ip, str(port), str(sport), str(timeout)]
     if netns:
         argv = ["nsenter", f"--net={netns}", "--", *argv]
     return subprocess.run(argv, capture_output=True, timeout=20).returncode == 0
