@@ -336,6 +336,40 @@ def test_observe_follow_prints_history_then_live_flows(node, scene):
         proc.wait()
 
 
+# ---- host-stack mode: the kernel routes pod to pod, to_container delivers --------------------
+
+def test_host_stack_mode_traces_to_stack_and_to_endpoint(host_stack_node):
+    node = host_stack_node
+    node.apply(docs(namespace_doc("hs"), pod_doc("hs", "a"), pod_doc("hs", "b")))
+    servers, collector = Servers(), FlowCollector(node)
+    A, B = "hs/a", "hs/b"
+    try:
+        servers.start(node.netns(B), 80)
+        collector.take()
+        assert probe(node.netns(A), "udp", node.pod_ip(B), 80, sport=41000)
+        to_stack = lambda src, dst, direction, is_reply: \
+            ("trace", "TO_STACK", "FORWARDED", direction, is_reply, src, dst, "UDP")
+        # from_container judges both sides and hands the packet to the host stack; the
+        # kernel routes it to b's lxc device, where to_container delivers it
+        assert sorted(map(shape, collector.take()), key=repr) == sorted(
+            forward(A, B, "UDP") + [verdict(NONE, "FORWARDED", "EGRESS", A, B, "UDP"),
+                                    verdict(NONE, "FORWARDED", "INGRESS", A, B, "UDP"),
+                                    to_stack(A, B, "EGRESS", False)]
+            + reply(B, A, "UDP") + [to_stack(B, A, "INGRESS", True)], key=repr)
+        # from the host: to_container applies b's ingress policy to a new connection
+        assert probe(None, "udp", node.pod_ip(B), 80, sport=41001)
+        flows = collector.take()
+        assert sorted(map(shape, flows), key=repr) == sorted(
+            [verdict(NONE, "FORWARDED", "INGRESS", None, B, "UDP"),
+             ("trace", "TO_ENDPOINT", "FORWARDED", "INGRESS", False, None, B, "UDP"),
+             ("trace", "FROM_ENDPOINT", "FORWARDED", "INGRESS", True, B, None, "UDP"),
+             to_stack(B, None, "INGRESS", True)], key=repr)
+        assert {f["source"]["identity"] for f in flows if f["IP"]["source"] != node.pod_ip(B)} == {1}
+    finally:
+        servers.close()
+        collector.close()
+
+
 # ---- a ring too small for the traffic -------------------------------------------------------
 
 def _settled(node, timeout: float = 60) -> dict:
