@@ -4,7 +4,8 @@ Invariant (at rest, i.e. once `read` has caught up with the ring and the queue i
     generated == published + lost
     generated = emitted by the datapath + lost because the ring was full
     lost      = ring full + queue full (publish backpressure) + undecodable + publish failed
-All counts start when this flowd started (the datapath's are taken relative to a baseline).
+All counts start when this flowd started: the datapath's relative to a baseline taken then,
+plus the records a previous flowd left unread in the (pinned) ring, which this one reads.
 """
 from __future__ import annotations
 

@@ -31,14 +31,14 @@ def clock_offset_ns() -> int:
 
 class Pipeline:
     def __init__(self, node: str, bus: Bus, enricher: Enricher, history: History,
-                 metrics: FlowMetrics, accounting: Accounting) -> None:
+                 metrics: FlowMetrics, accounting: Accounting, queue_size: int = QUEUE_SIZE) -> None:
         self.node = node
         self.bus = bus
         self.enricher = enricher
         self.history = history
         self.metrics = metrics
         self.acct = accounting
-        self.queue: asyncio.Queue[bytes] = asyncio.Queue(QUEUE_SIZE)
+        self.queue: asyncio.Queue[bytes] = asyncio.Queue(queue_size)
 
     def offer(self, batch: list[bytes]) -> None:
         """Called from the ring reader (via call_soon_threadsafe): never blocks it. When

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes as ct
+import sys
 import threading
 from collections.abc import Callable
 
@@ -17,16 +18,20 @@ POLL_MS = 100
 
 class RingReader:
     """Owns the bcc object that holds the ring. Invariant: `read` counts every record taken
-    from the ring, and every one of them reaches ON_BATCH (unless the loop has closed)."""
+    from the ring, and every one of them reaches ON_BATCH (unless the loop has closed).
+    `backlog` counts the records emitted before EPOCH_NS (CLOCK_MONOTONIC, as their ktime):
+    left in the pinned ring by a previous flowd, they are not in this one's baseline."""
 
     def __init__(self, maps: Loaded, loop: asyncio.AbstractEventLoop,
-                 on_batch: Callable[[list[bytes]], None]) -> None:
+                 on_batch: Callable[[list[bytes]], None], epoch_ns: int) -> None:
         self._bpf = maps.bpf
         self._loop = loop
         self._on_batch = on_batch
+        self._epoch_ns = epoch_ns
         self._batch: list[bytes] = []
         self._stop = threading.Event()
         self.read = 0                       # written by the reader thread only
+        self.backlog = 0                    # likewise
         self._bpf[RING_TABLE].open_ring_buffer(self._collect)
         self._thread = threading.Thread(target=self._run, name="flowd-ring", daemon=True)
 
@@ -38,7 +43,10 @@ class RingReader:
         self._thread.join(timeout=2)
 
     def _collect(self, _ctx, data, size) -> int:
-        self._batch.append(ct.string_at(data, size))
+        raw = ct.string_at(data, size)
+        if int.from_bytes(raw[:8], sys.byteorder) < self._epoch_ns:     # struct flow_event.ktime
+            self.backlog += 1
+        self._batch.append(raw)
         return 0
 
     def _run(self) -> None:

@@ -7,10 +7,11 @@ publish on flows(node, verdict)). Accounting keeps `generated == published + los
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 from services.datapath import loader
-from services.datapath.maps.events import EventStatsMap
+from services.datapath.maps.events import EventStatsMap, Stats
 from services.flowd.accounting import Accounting
 from services.flowd.datapath_metrics import DatapathCollector
 from services.flowd.enrich import Enricher
@@ -35,12 +36,14 @@ class FlowService(Service):
         # for this service to be ready.
         maps = await asyncio.to_thread(loader.compile_source, "flowd_maps.c", self.config)
         self.stats = EventStatsMap(root)
+        # The datapath's counts outlive flowd: this one accounts from here on, plus what a
+        # previous one left unread in the ring (the reader's backlog).
+        epoch = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
         baseline = self.stats.read()
         self.history = History(self.config.events.history)
         self.enricher = Enricher(self.bus, Metadata(), self.log)
-        self.reader = RingReader(maps, asyncio.get_running_loop(), self._offer)
-        self.accounting = Accounting(ring=lambda: self.stats.read() - baseline,
-                                     read=lambda: self.reader.read)
+        self.reader = RingReader(maps, asyncio.get_running_loop(), self._offer, epoch)
+        self.accounting = Accounting(ring=lambda: self._ring_since(baseline), read=lambda: self.reader.read)
         self.pipeline = Pipeline(self.config.node, self.bus, self.enricher, self.history,
                                  FlowMetrics.create(self.registry), self.accounting)
         self.registry.register(DatapathCollector(root))
@@ -50,6 +53,10 @@ class FlowService(Service):
         self.reader.start()
         await self.bus.serve(subjects.OBSERVER_FLOWS, FlowQuery, self.query)
         await self.bus.listen(f"{subjects.ENDPOINT_EVENTS}.>", EndpointEvent, self.enricher.on_endpoint_event)
+
+    def _ring_since(self, baseline: Stats) -> Stats:
+        delta = self.stats.read() - baseline
+        return Stats(delta.emitted + self.reader.backlog, delta.lost)
 
     def _offer(self, batch: list[bytes]) -> None:
         self.pipeline.offer(batch)
