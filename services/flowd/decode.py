@@ -19,7 +19,7 @@ from collections.abc import Callable
 from services.datapath.maps.events import HEADER_SIZE, FlowEvent
 from services.datapath.numbers import (DROP_INVALID, DROP_INVALID_SIP, DROP_POLICY, DROP_POLICY_DENY,
                                        EVENT_DROP, EVENT_POLICY_VERDICT, EVENT_TRACE, METRIC_EGRESS,
-                                       METRIC_INGRESS, REASON_NAMES, TRACE_POINTS,
+                                       METRIC_INGRESS, TRACE_POINTS,
                                        TRACE_REASON_CT_ESTABLISHED, TRACE_REASON_CT_REPLY,
                                        TRACE_REASON_POLICY, VERDICT_AUDIT, VERDICT_DROPPED,
                                        VERDICT_FORWARDED)

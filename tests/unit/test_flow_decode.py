@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import pytest
 
-from services.datapath.numbers import (DROP_INVALID_SIP, DROP_POLICY, DROP_POLICY_DENY, EVENT_DROP,
-                                       EVENT_POLICY_VERDICT, EVENT_TRACE, METRIC_EGRESS, METRIC_INGRESS,
-                                       POLICY_MATCH_L3_L4, POLICY_MATCH_NONE, TRACE_FROM_LXC, TRACE_REASON_CT_ESTABLISHED,
-                                       TRACE_REASON_CT_REPLY, TRACE_REASON_UNKNOWN, TRACE_TO_LXC, TRACE_TO_STACK,
-                                       VERDICT_AUDIT, VERDICT_DROPPED, VERDICT_FORWARDED)
+from services.datapath.numbers import (DROP_INVALID_SIP, DROP_POLICY_DENY, EVENT_DROP, EVENT_POLICY_VERDICT,
+                                       METRIC_EGRESS, METRIC_INGRESS, POLICY_MATCH_L3_L4, POLICY_MATCH_NONE,
+                                       TRACE_FROM_LXC, TRACE_REASON_CT_ESTABLISHED, TRACE_REASON_CT_REPLY,
+                                       TRACE_REASON_UNKNOWN, TRACE_TO_LXC, TRACE_TO_STACK, VERDICT_AUDIT,
+                                       VERDICT_DROPPED, VERDICT_FORWARDED)
 from services.flowd.decode import EventError, decode, parse_event, rfc3339
 from services.flowd.packet import icmp_name
 from tests.unit.flowdata import (A, B, ID_A, ID_B, WORLD_IP, event, icmp, metadata, packet, tcp, udp)
