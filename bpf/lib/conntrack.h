@@ -26,6 +26,14 @@
 #define TCP_FLAG_RST 0x04
 #define TCP_FLAG_ACK 0x10
 
+/* ct_entry.reported[]: what trace events were already sent for this connection, one slot
+ * per (program, packet direction): CT_SLOT_* | CT_SLOT_REPLY. Low 8 bits: the TCP flags
+ * reported so far; CT_REPORTED_PACKET: some packet was reported. Shared with numbers.py. */
+#define CT_SLOT_FROM_CONTAINER 0
+#define CT_SLOT_TO_CONTAINER   2
+#define CT_SLOT_REPLY          1
+#define CT_REPORTED_PACKET     0x100
+
 struct ct_key {
 	__be32 saddr;
 	__be32 daddr;
@@ -42,6 +50,7 @@ struct ct_entry {
 	__u64 bytes;
 	__u32 flags;
 	__u32 rule_id;       /* egress rule at the source, the one that allowed it */
+	__u16 reported[4];   /* trace aggregation state, see CT_SLOT_* (races: a duplicate trace) */
 };
 
 BPF_TABLE_PINNED("lru_hash", struct ct_key, struct ct_entry, cap_ct, CT_MAP_SIZE,
@@ -52,7 +61,7 @@ struct l4_tuple {
 	__be16 dport;
 	__u16  policy_port;  /* host order: destination port, or ICMP type */
 	__u8   valid;
-	__u8   tcp_flags;    /* TCP only */
+	__u8   tcp_flags;    /* TCP: the flags byte (FIN 0x01 ... CWR 0x80); else 0 */
 };
 
 enum ct_state {
@@ -68,11 +77,13 @@ static __always_inline int ct_expired(struct ct_entry *e, __u8 proto, __u64 now)
 	return now - e->last_seen > lifetime * 1000000000ULL;
 }
 
-/* Invariant: CT_ESTABLISHED and CT_REPLY are only returned for a live entry of a
+/* The connection's state for this packet, accounting it. *ENTRY: the entry (NULL if new).
+ * Invariant: CT_ESTABLISHED and CT_REPLY are only returned for a live entry of a
  * connection whose first packet passed policy. A bare SYN always starts a new connection
  * (so a reused 4-tuple meets today's policy), and an idle or closed entry expires. */
 static __always_inline enum ct_state ct_lookup(__be32 saddr, __be32 daddr, __u8 proto,
-					       struct l4_tuple *l4, __u32 len)
+					       struct l4_tuple *l4, __u32 len,
+					       struct ct_entry **entry)
 {
 	struct ct_key fwd = { .saddr = saddr, .daddr = daddr, .sport = l4->sport,
 			      .dport = l4->dport, .protocol = proto };
@@ -82,6 +93,7 @@ static __always_inline enum ct_state ct_lookup(__be32 saddr, __be32 daddr, __u8 
 	enum ct_state state = CT_ESTABLISHED;
 	__u64 now = bpf_ktime_get_ns();
 
+	*entry = 0;
 	if (proto == IPPROTO_TCP && (l4->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN)
 		return CT_NEW;
 	if (!e) {
@@ -90,6 +102,7 @@ static __always_inline enum ct_state ct_lookup(__be32 saddr, __be32 daddr, __u8 
 	}
 	if (!e || ct_expired(e, proto, now))
 		return CT_NEW;
+	*entry = e;
 	e->last_seen = now;
 	__sync_fetch_and_add(&e->packets, 1);
 	__sync_fetch_and_add(&e->bytes, len);
@@ -100,14 +113,61 @@ static __always_inline enum ct_state ct_lookup(__be32 saddr, __be32 daddr, __u8 
 	return state;
 }
 
+/* Like ct_lookup without accounting: for a second look at a packet already counted. */
+static __always_inline enum ct_state ct_peek(__be32 saddr, __be32 daddr, __u8 proto,
+					     struct l4_tuple *l4, struct ct_entry **entry)
+{
+	struct ct_key fwd = { .saddr = saddr, .daddr = daddr, .sport = l4->sport,
+			      .dport = l4->dport, .protocol = proto };
+	struct ct_key rev = { .saddr = daddr, .daddr = saddr, .sport = l4->dport,
+			      .dport = l4->sport, .protocol = proto };
+
+	*entry = cap_ct.lookup(&fwd);
+	if (*entry)
+		return CT_ESTABLISHED;
+	*entry = cap_ct.lookup(&rev);
+	return *entry ? CT_REPLY : CT_NEW;
+}
+
+/* The reported[] bits a packet in SLOT stands for. */
+static __always_inline __u16 ct_report_bits(struct l4_tuple *l4)
+{
+	return CT_REPORTED_PACKET | l4->tcp_flags;
+}
+
+/* Whether a trace of this packet is news for entry E in SLOT: the first packet of its
+ * direction, or a TCP flag not reported yet. Records it as reported. No entry: always. */
+static __always_inline int ct_report(struct ct_entry *e, __u32 slot, struct l4_tuple *l4)
+{
+	__u16 bits = ct_report_bits(l4), seen;
+
+	if (!e)
+		return 1;
+	slot &= 3;
+	seen = e->reported[slot];
+	if ((seen | bits) == seen)
+		return 0;
+	e->reported[slot] = seen | bits;
+	return 1;
+}
+
+/* What policy decided about a new connection, for its entry. */
+struct ct_new {
+	__u32 flags;         /* CT_AUDIT when audit mode let it through */
+	__u32 rule_id;
+	__u32 slot;          /* CT_SLOT_* of the program that saw (and traced) its first packet */
+};
+
 static __always_inline void ct_create(__be32 saddr, __be32 daddr, __u8 proto,
-				      struct l4_tuple *l4, __u32 len, __u32 flags, __u32 rule_id)
+				      struct l4_tuple *l4, __u32 len, const struct ct_new *n)
 {
 	__u64 now = bpf_ktime_get_ns();
 	struct ct_key key = { .saddr = saddr, .daddr = daddr, .sport = l4->sport,
 			      .dport = l4->dport, .protocol = proto };
 	struct ct_entry e = { .created = now, .last_seen = now, .packets = 1, .bytes = len,
-			      .flags = flags, .rule_id = rule_id };
+			      .flags = n->flags, .rule_id = n->rule_id };
+
+	e.reported[n->slot & 3] = ct_report_bits(l4);
 	cap_ct.update(&key, &e);
 }
 

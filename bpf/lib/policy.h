@@ -35,6 +35,17 @@
 #define VERDICT_DROPPED   1
 #define VERDICT_AUDIT     2
 
+/* What kind of rule an entry stands for (Cilium's policy match types, reported in
+ * policy-verdict events). policyd derives it from the rule's key: a peer identity and/or
+ * a port. Default entries are NONE. Shared with services/datapath/numbers.py. */
+#define POLICY_MATCH_NONE       0
+#define POLICY_MATCH_L3_ONLY    1   /* a peer, any protocol and port */
+#define POLICY_MATCH_L3_L4      2   /* a peer and a port */
+#define POLICY_MATCH_L4_ONLY    3   /* any peer, a port */
+#define POLICY_MATCH_ALL        4   /* any peer, any protocol and port */
+#define POLICY_MATCH_L3_PROTO   5   /* a peer and a protocol, any port */
+#define POLICY_MATCH_PROTO_ONLY 6   /* any peer, a protocol, any port */
+
 struct policy_key {
 	__u32  prefixlen;
 	__be16 endpoint_id;
@@ -47,7 +58,9 @@ struct policy_key {
 };
 
 struct policy_entry {
-	__u32 flags;
+	__u16 flags;
+	__u8  match_type;    /* POLICY_MATCH_* */
+	__u8  pad;
 	__u32 rule_id;       /* policyd's rule table: which policy and rule made this entry */
 	__u64 packets;
 	__u64 bytes;
@@ -60,6 +73,7 @@ struct policy_result {
 	__u32 verdict;       /* VERDICT_* */
 	__u32 reason;        /* drop reason when dropped or audited */
 	__u32 rule_id;
+	__u32 match_type;    /* POLICY_MATCH_* of the deciding entry */
 };
 
 static __always_inline struct policy_entry *policy_find(__u16 ep, __u8 egress, __u32 identity,
@@ -112,6 +126,7 @@ static __always_inline struct policy_result policy_check(__u16 ep, __u8 egress, 
 			res.verdict = VERDICT_FORWARDED;
 	}
 	res.rule_id = hit->rule_id;
+	res.match_type = hit->match_type;
 	policy_account(hit, len);
 	if (res.verdict == VERDICT_DROPPED && (hit->flags & POLICY_AUDIT))
 		res.verdict = VERDICT_AUDIT;

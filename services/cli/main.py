@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from services.cli import bpf, node, objects
+from services.cli import bpf, node, objects, observe
 from services.cli.client import Client, run
 from services.cli.output import error
 from services.runtime.bus import ServiceError
@@ -63,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("-A", "--all-namespaces", action="store_true")
     g.add_argument("-o", "--output", choices=["table", "wide", "json", "yaml"], default="table")
 
+    observe.add_parser(sub)
+
     e = sub.add_parser("exec", help="run a command in a pod's network namespace")
     e.add_argument("pod", metavar="NS/NAME")
     e.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD...")
@@ -115,6 +117,11 @@ def dispatch(args) -> int:
         if args.bpf_command == "ct":
             return bpf.ct_list(config, args.output)
         return bpf.endpoint_list(config, args.output)
+    if cmd == "observe":
+        try:
+            return run(_with_client(config, observe.observe, args))
+        except KeyboardInterrupt:          # the way to stop -f
+            return 0
     if cmd == "exec":
         argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
         path = run(_with_client(config, objects.netns_of, args.pod))

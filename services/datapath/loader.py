@@ -12,6 +12,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from services.datapath.numbers import AGGREGATION_LEVELS
 from services.runtime.config import NodeConfig
 
 BPF_DIR_ENV = "CAPILLARY_BPF_DIR"
@@ -19,6 +20,8 @@ BPF_DIR_ENV = "CAPILLARY_BPF_DIR"
 # Which C file creates which service's maps.
 MAP_SOURCES = {
     "routed": "routed_maps.c",
+    "policyd": "policyd_maps.c",
+    "flowd": "flowd_maps.c",
     "endpointd": "lxc.c",
 }
 
@@ -45,6 +48,7 @@ def cflags(config: NodeConfig) -> list[str]:
         f"-DPOLICY_MAP_SIZE={config.maps.policy}",
         f"-DCT_MAP_SIZE={config.maps.conntrack}",
         f"-DEVENTS_RING_BYTES={config.events.ringBytes}",
+        f"-DEVENTS_AGGREGATION={AGGREGATION_LEVELS[config.events.aggregation]}",
         "-Wno-macro-redefined",
     ]
     if config.datapath.mode == "host-stack":

@@ -46,8 +46,9 @@ class EndpointService(Service):
         self.pods: dict[str, Pod] = {}
         self.pods_gauge = Gauge("capillary_endpoints", "Local endpoints (pods)", registry=self.registry)
 
-        await self._wait_for("routed")
-        await self._wait_for("policyd")
+        # Their maps (ipcache; policy; the event ring) must be pinned before lxc.c compiles.
+        for owner in ("routed", "policyd", "flowd"):
+            await self._wait_for(owner)
         self.program = await self.worker.run(loader.compile_source, "lxc.c", self.config)
         self.endpoints = EndpointMap(Path(self.config.datapath.bpfRoot))
         self.plumber = Plumber(self.config, self.endpoints, self.program.program_fd("from_container"),

@@ -19,7 +19,10 @@ from dataclasses import dataclass
 from services.datapath.maps.policy import (PREFIX_DEFAULT, PREFIX_PEER, PREFIX_PORT_BASE,
                                            PREFIX_PROTO, Key, Value)
 from services.datapath.numbers import (IDENTITY_HOST, IDENTITY_WORLD, POLICY_AUDIT,
-                                       POLICY_DEFAULT, POLICY_DENY)
+                                       POLICY_DEFAULT, POLICY_DENY, POLICY_MATCH_ALL,
+                                       POLICY_MATCH_L3_L4, POLICY_MATCH_L3_ONLY,
+                                       POLICY_MATCH_L3_PROTO, POLICY_MATCH_L4_ONLY,
+                                       POLICY_MATCH_PROTO_ONLY)
 from services.policyd.model import DIRECTIONS, EGRESS, Peer, Policy, PortRule, Rule, namespace_of
 
 PROTO_NUMBERS = {"TCP": 6, "UDP": 17, "SCTP": 132, "ICMP": 1}
@@ -32,6 +35,16 @@ def rule_id(policy: Policy, rule: Rule) -> int:
     """A stable number for a rule, carried in its map entries for attribution."""
     text = f"{policy.key}|{rule.direction}|{'deny' if rule.deny else 'allow'}|{rule.index}"
     return (zlib.crc32(text.encode()) & 0xFFFFFFFF) or 1
+
+
+def match_type(identity: int, prefixlen: int) -> int:
+    """Cilium's policy match type of a rule entry: does it name a peer, a protocol, a port?"""
+    peer = identity != 0
+    if prefixlen <= PREFIX_PEER:
+        return POLICY_MATCH_L3_ONLY if peer else POLICY_MATCH_ALL
+    if prefixlen <= PREFIX_PROTO:
+        return POLICY_MATCH_L3_PROTO if peer else POLICY_MATCH_PROTO_ONLY
+    return POLICY_MATCH_L3_L4 if peer else POLICY_MATCH_L4_ONLY
 
 
 @dataclass(frozen=True)
@@ -178,7 +191,7 @@ def _direction_entries(ep: Endpoint, egress: bool, direction: str, selecting: li
             for identity in sorted(peers):
                 for proto, port, plen in _l4_keys(rule.ports):
                     key = Key(ep.endpoint_id, egress, identity, proto, port, plen)
-                    target.setdefault(key, Value(flags, rid))
+                    target.setdefault(key, Value(flags, rid, match_type(identity, plen)))
     out = dict(denies)
     for key, value in allows.items():
         if key in denies:

@@ -17,7 +17,7 @@ from pathlib import Path
 from prometheus_client import Counter, Gauge
 
 from services.datapath import loader
-from services.policyd.compiler import CIDR_LABEL, Endpoint, Universe, rule_table
+from services.policyd.compiler import CIDR_LABEL, Endpoint, Universe, rule_id, rule_table
 from services.policyd.enforcer import Enforcer, PolicyMapFull
 from services.policyd.identity import RESERVED, Entry, IdentitiesExhausted, IdentityAllocator
 from services.policyd.model import Policy
@@ -27,7 +27,7 @@ from services.runtime.bus import ServiceError, kv_items
 from services.wire import codec, subjects
 from services.wire.messages import (EXHAUSTED, INVALID, NOT_FOUND, Apply, EndpointPolicy, Identity,
                                     IdentityAllocate, IdentityRelease, IpcacheDelete, IpcacheUpsert,
-                                    ListRequest, ObjectRef, PolicyApplied)
+                                    ListRequest, ObjectRef, PolicyApplied, PolicyRule)
 
 
 def _wire(entry: Entry) -> Identity:
@@ -95,6 +95,7 @@ class PolicyService(Service):
         await b.serve(subjects.POLICY_ENTRIES, EndpointPolicy, self.endpoint_entries)
         await b.serve(subjects.POLICY_ENDPOINT_SYNC, EndpointPolicy, self.endpoint_sync)
         await b.serve(subjects.POLICY_ENDPOINT_FORGET, EndpointPolicy, self.endpoint_forget)
+        await b.serve(subjects.POLICY_RULES, ListRequest, self.list_rules)
 
     async def counters(self) -> dict[str, int]:
         return {"identities": len(self.identities.by_id), "policies": len(self.policies),
@@ -251,6 +252,11 @@ class PolicyService(Service):
     async def list_policies(self, _req: ListRequest) -> list[dict]:
         return [p.document for _, p in sorted(self.policies.items())]
 
+    async def list_rules(self, _req: ListRequest) -> list[PolicyRule]:
+        """Every rule in force, by the rule_id its map entries (and flows) carry."""
+        return [PolicyRule(rule_id(p, r), p.kind, p.name, p.namespace, r.direction, r.deny, r.index)
+                for _, p in sorted(self.policies.items()) for r in p.rules]
+
     # ---- endpoints ----------------------------------------------------------------------------
 
     async def endpoint_sync(self, req: EndpointPolicy) -> dict:
@@ -289,7 +295,8 @@ class PolicyService(Service):
             out.append({"direction": "egress" if key.egress else "ingress", "identity": key.identity,
                         "labels": labels,
                         "protocol": key.protocol, "port": key.port, "prefixlen": key.prefixlen,
-                        "flags": counted.value.flags, "packets": counted.packets, "bytes": counted.bytes,
+                        "flags": counted.value.flags, "match_type": counted.value.match_type,
+                        "packets": counted.packets, "bytes": counted.bytes,
                         "rule": None if info is None else {"policy": info.policy, "direction": info.direction,
                                                            "deny": info.deny, "index": info.index}})
         return out

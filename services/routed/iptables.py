@@ -40,9 +40,11 @@ def _remove_rule(table: str, chain: str, rule: list[str]) -> None:
 
 
 def _remove_chain(table: str, chain: str) -> None:
+    """Another node on this host may remove (or refill) the chain meanwhile: gone is success,
+    and a chain in use again stays."""
     if _ipt("-t", table, "-n", "-L", chain, check=False):
-        _ipt("-t", table, "-F", chain)
-        _ipt("-t", table, "-X", chain)
+        _ipt("-t", table, "-F", chain, check=False)
+        _ipt("-t", table, "-X", chain, check=False)
 
 
 def _forward_rules(pod_cidr: str) -> list[list[str]]:

@@ -251,6 +251,19 @@ class EndpointPolicy(Message):
 
 
 @dataclass(frozen=True)
+class PolicyRule(Message):
+    """policy.rules: what a rule_id in the policy map (and in flows) stands for."""
+
+    rule_id: int
+    kind: str
+    name: str
+    namespace: str
+    direction: str                    # ingress | egress
+    deny: bool
+    index: int                        # position in its list (ingress, ingressDeny, ...)
+
+
+@dataclass(frozen=True)
 class PolicyApplied(Message):
     kind: str
     name: str
@@ -299,3 +312,42 @@ class Health(Message):
     detail: str = ""
     metrics_port: int = 0
     counters: dict[str, int] = field(default_factory=dict)
+
+
+# ---- flows (flowd) -------------------------------------------------------------------------
+
+VERDICTS = ("FORWARDED", "DROPPED", "AUDIT")
+
+
+@dataclass(frozen=True)
+class FlowFilter(Message):
+    """Which flows a reader wants (`capillary observe` flags). Values of one field are
+    alternatives (any may match); fields must all match. Empty: no condition."""
+
+    verdict: list[str] = field(default_factory=list)          # FORWARDED | DROPPED | AUDIT
+    from_pod: list[str] = field(default_factory=list)         # NS/NAME
+    to_pod: list[str] = field(default_factory=list)
+    pod: list[str] = field(default_factory=list)              # either side
+    namespace: list[str] = field(default_factory=list)        # either side
+    port: list[int] = field(default_factory=list)             # either side
+    protocol: list[str] = field(default_factory=list)         # tcp | udp | icmp
+    type: list[str] = field(default_factory=list)             # drop | trace[:point] | policy-verdict
+    traffic_direction: list[str] = field(default_factory=list)  # ingress | egress
+    since: float = 0.0                                        # unix time; 0: any
+
+
+@dataclass(frozen=True)
+class FlowQuery(Message):
+    """observer.flows: the LAST most recent flows in flowd's history that match FILTER."""
+
+    KIND = "flow.query"
+    last: int = 0                     # 0: every match the history holds
+    filter: FlowFilter = field(default_factory=FlowFilter)
+
+
+@dataclass(frozen=True)
+class FlowEvent(Message):
+    """One flow on flows(node, verdict): a Hubble flow (its JSON field names and meanings)."""
+
+    KIND = "flow"
+    flow: dict[str, Any]

@@ -32,6 +32,7 @@ POLICY_LIST = f"{ROOT}.policy.list"
 POLICY_ENTRIES = f"{ROOT}.policy.entries"              # one endpoint's map entries, decoded
 POLICY_ENDPOINT_SYNC = f"{ROOT}.policy.endpoint.sync"  # compute and write an endpoint's entries
 POLICY_ENDPOINT_FORGET = f"{ROOT}.policy.endpoint.forget"
+POLICY_RULES = f"{ROOT}.policy.rules"                  # rule_id -> policy and rule, for flows
 
 # routed: ipcache
 IPCACHE_UPSERT = f"{ROOT}.ipcache.upsert"
@@ -41,8 +42,10 @@ IPCACHE_LIST = f"{ROOT}.ipcache.list"
 # supervisor (capillary up)
 NODE_STATUS = f"{ROOT}.node.status"
 
-# flowd
+# flowd: every flow is published on flows(node, verdict); the recent ones are kept for
+# requests on OBSERVER_FLOWS (`capillary observe --last N`).
 FLOWS = f"{ROOT}.flows"
+OBSERVER_FLOWS = f"{ROOT}.observer.flows"
 
 
 def inbox_prefix(user: str) -> str:
@@ -63,6 +66,7 @@ def endpoint_event(what: str) -> str:
 
 
 def flows(node: str, verdict: str = "*") -> str:
+    """Where NODE publishes flows with VERDICT (FORWARDED, DROPPED, AUDIT; "*": any)."""
     return f"{FLOWS}.{node}.{verdict}"
 
 
@@ -95,14 +99,15 @@ GRANTS: dict[str, Grants] = {
         serves=(NAMESPACE_APPLY, NAMESPACE_DELETE, NAMESPACE_LIST,
                 POD_APPLY, POD_DELETE, POD_LIST, health("endpointd")),
         calls=(IDENTITY_ALLOCATE, IDENTITY_RELEASE, IPCACHE_UPSERT, IPCACHE_DELETE,
-               POLICY_ENDPOINT_SYNC, POLICY_ENDPOINT_FORGET, health("routed"), health("policyd")),
+               POLICY_ENDPOINT_SYNC, POLICY_ENDPOINT_FORGET, health("routed"), health("policyd"),
+               health("flowd")),
         publishes=(f"{ENDPOINT_EVENTS}.>",),
         buckets=(BUCKET_NAMESPACES, BUCKET_PODS),
     ),
     "policyd": Grants(
         serves=(IDENTITY_ALLOCATE, IDENTITY_RELEASE, IDENTITY_LIST, POLICY_APPLY, POLICY_DELETE,
                 POLICY_LIST, POLICY_ENTRIES, POLICY_ENDPOINT_SYNC, POLICY_ENDPOINT_FORGET,
-                health("policyd")),
+                POLICY_RULES, health("policyd")),
         calls=(IPCACHE_UPSERT, IPCACHE_DELETE),
         listens=(f"{ENDPOINT_EVENTS}.>",),
         buckets=(BUCKET_IDENTITIES, BUCKET_POLICIES),
@@ -111,7 +116,8 @@ GRANTS: dict[str, Grants] = {
         serves=(IPCACHE_UPSERT, IPCACHE_DELETE, IPCACHE_LIST, health("routed")),
     ),
     "flowd": Grants(
-        serves=(health("flowd"),),
+        serves=(OBSERVER_FLOWS, health("flowd")),
+        calls=(POD_LIST, IDENTITY_LIST, POLICY_RULES),
         listens=(f"{ENDPOINT_EVENTS}.>",),
         publishes=(f"{FLOWS}.>",),
     ),

@@ -27,6 +27,12 @@ def host_stack_node(tmp_path_factory):
     yield from _node(tmp_path_factory, mode="host-stack", pod_cidr="10.212.0.0/24")
 
 
+@pytest.fixture(scope="module")
+def tiny_ring_node(tmp_path_factory):
+    """A node whose event ring holds a couple of dozen events and that traces every packet."""
+    yield from _node(tmp_path_factory, events={"ringBytes": 4096, "aggregation": "none"})
+
+
 @pytest.fixture
 def policies(node):
     """Apply policies for one test; delete them afterwards (and check the matrix is open)."""

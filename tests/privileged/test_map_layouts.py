@@ -11,9 +11,15 @@ from services.datapath import loader
 from services.datapath.maps.endpoints import EndpointInfo, EndpointKey
 from services.datapath.maps.ipcache import IpcacheInfo, IpcacheKey
 from services.datapath.maps.conntrack import CtEntry, CtKey
+from services.datapath.maps.events import EventStats, FlowEvent
 from services.datapath.maps.metrics import MetricsValue
 from services.datapath.maps.policy import PolicyEntry, PolicyKey
 from services.runtime.config import DatapathConfig, NodeConfig
+
+
+# struct flow_event only travels through the ring, whose bcc table knows no struct: a
+# throwaway array of it (never pinned) makes bcc hand its layout to us.
+LAYOUT_SOURCE = "../tests/privileged/layouts.c"
 
 
 def layout(cls) -> list[tuple[str, int, int]]:
@@ -25,7 +31,8 @@ def compiled(tmp_path_factory):
     root = "/sys/fs/bpf/capillary-layout-test"
     config = NodeConfig(datapath=DatapathConfig(bpfRoot=root))
     try:
-        yield {src: loader.compile_source(src, config).bpf for src in ("routed_maps.c", "policyd_maps.c", "lxc.c")}
+        sources = ("routed_maps.c", "policyd_maps.c", "flowd_maps.c", "lxc.c", LAYOUT_SOURCE)
+        yield {src: loader.compile_source(src, config).bpf for src in sources}
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -38,6 +45,9 @@ def compiled(tmp_path_factory):
     ("policyd_maps.c", "cap_policy", PolicyKey, PolicyEntry),
     ("lxc.c", "cap_policy", PolicyKey, PolicyEntry),
     ("lxc.c", "cap_ct", CtKey, CtEntry),
+    ("flowd_maps.c", "cap_events_stats", None, EventStats),
+    ("lxc.c", "cap_events_stats", None, EventStats),
+    (LAYOUT_SOURCE, "layout_flow_event", None, FlowEvent),
 ])
 def test_python_layout_matches_c(compiled, source, table, key, value):
     t = compiled[source][table.encode()]

@@ -29,6 +29,7 @@ class Node:
     pod_cidr: str = ""                  # default: a /24 derived from the tag, unique per node
     mode: str = "redirect"
     maps: dict = field(default_factory=dict)
+    events: dict = field(default_factory=dict)
     tag: str = field(default_factory=lambda: secrets.token_hex(2))
 
     def __post_init__(self) -> None:
@@ -51,6 +52,7 @@ class Node:
                          "lxcPrefix": self.lxc_prefix},
             "nats": {"port": self.nats_port},
             "maps": self.maps,
+            "events": self.events,
             "metrics": {s: free_port() for s in ("endpointd", "policyd", "routed", "flowd")},
         }
         self.config_path.write_text(yaml.safe_dump(config))
@@ -94,6 +96,11 @@ class Node:
     def run_in(self, ref: str, *argv: str, timeout: float = 20, check: bool = False) -> subprocess.CompletedProcess:
         return subprocess.run(["nsenter", f"--net={self.netns(ref)}", "--", *argv],
                               capture_output=True, text=True, timeout=timeout, check=check)
+
+    def metrics(self, service: str) -> str:
+        import urllib.request
+        port = self.status()["services"][service]["metrics_port"]
+        return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
 
     def service_pid(self, service: str) -> int:
         return self.status()["services"][service]["pid"]

@@ -1,7 +1,6 @@
 """Real traffic between pods: echo servers inside pods, probes from pods or the host."""
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -29,13 +28,13 @@ class Servers:
         self.procs.clear()
 
 
-def probe(netns: str | None, proto: str, ip: str, port: int) -> bool:
-    """A real connection from NETNS (None: the host) to IP:PORT."""
-    argv = [sys.executable, PROBER, json.dumps([[proto, ip, port]])]
+def probe(netns: str | None, proto: str, ip: str, port: int, sport: int = 0,
+          timeout: float = 1.0) -> bool:
+    """A real connection from NETNS (None: the host) to IP:PORT (from SPORT when given)."""
+    argv = [sys.executable, ECHO, "probe", proto, ip, str(port), str(sport), str(timeout)]
     if netns:
         argv = ["nsenter", f"--net={netns}", "--", *argv]
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=20).stdout
-    return json.loads(out)[f"{proto} {ip} {port}"]
+    return subprocess.run(argv, capture_output=True, timeout=20).returncode == 0
 
 
 def ping(netns: str | None, ip: str, count: int = 1) -> bool:

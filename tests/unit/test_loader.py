@@ -119,3 +119,10 @@ def test_include_dir_follows_the_bpf_dir(monkeypatch, tmp_path):
     assert f"-I{tmp_path}" in loader.cflags(NodeConfig())
     monkeypatch.delenv(loader.BPF_DIR_ENV)
     assert (loader.bpf_dir() / "lxc.c").is_file()
+
+
+@pytest.mark.parametrize("level, number", [("none", "0"), ("low", "2"), ("medium", "3"), ("maximum", "4")])
+def test_event_aggregation_is_ciliums_level_number(level, number):
+    from services.runtime.config import EventsConfig
+    flags = loader.cflags(NodeConfig(events=EventsConfig(aggregation=level)))
+    assert flag(flags, "EVENTS_AGGREGATION") == number

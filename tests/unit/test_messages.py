@@ -32,6 +32,8 @@ SAMPLES = [
     m.PolicyApplied(kind="NetworkPolicy", name="deny", namespace="x", action="created", revision=4,
                     warnings=["w"], entries_written=2, entries_removed=1),
     m.ListRequest(namespace="shop"),
+    m.PolicyRule(rule_id=77, kind="CiliumNetworkPolicy", name="p", namespace="x", direction="ingress",
+                 deny=True, index=1),
     m.EndpointEvent(pod=POD),
     m.IdentityAllocate(labels={"k8s:app": "web"}, owner="pod:shop/web"),
     m.IdentityRelease(identity=256, owner="pod:shop/web"),
@@ -41,6 +43,9 @@ SAMPLES = [
     m.IpcacheEntry(cidr="10.200.0.2/32", identity=256, source="endpoint"),
     m.Health(service="routed", pid=42, started=1.0, ready=True, detail="ok",
              metrics_port=9964, counters={"requests": 3}),
+    m.FlowFilter(verdict=["DROPPED"], pod=["x/a"], port=[80], since=1700000000.0),
+    m.FlowQuery(last=20, filter=m.FlowFilter(protocol=["tcp"], type=["policy-verdict"])),
+    m.FlowEvent(flow={"verdict": "DROPPED", "IP": {"source": "10.0.0.1"}, "l4": {"TCP": {"source_port": 1}}}),
 ]
 
 

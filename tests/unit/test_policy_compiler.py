@@ -2,9 +2,11 @@
 import pytest
 
 from services.datapath.maps.policy import PREFIX_DEFAULT, PREFIX_PEER, PREFIX_PROTO, Key, Value
-from services.datapath.numbers import POLICY_AUDIT, POLICY_DEFAULT, POLICY_DENY
-from services.policyd.compiler import (Endpoint, Universe, compile_endpoint, diff, port_blocks,
-                                       rule_id)
+from services.datapath.numbers import (POLICY_AUDIT, POLICY_DEFAULT, POLICY_DENY, POLICY_MATCH_ALL,
+                                       POLICY_MATCH_L3_L4, POLICY_MATCH_L3_ONLY, POLICY_MATCH_L3_PROTO,
+                                       POLICY_MATCH_L4_ONLY, POLICY_MATCH_NONE, POLICY_MATCH_PROTO_ONLY)
+from services.policyd.compiler import (Endpoint, Universe, compile_endpoint, diff, match_type,
+                                       port_blocks, rule_id)
 from services.policyd.model import EGRESS, INGRESS, Peer, Policy, PortRule, Rule, Selector
 from services.wire.labels import identity_labels, namespace_labels
 
@@ -50,8 +52,22 @@ def test_selected_direction_is_default_deny_and_rules_allow():
     entries = compile_endpoint(EP, [p], U)
     assert entries[Key(7, False, 0, 0, 0, PREFIX_DEFAULT)] == Value(POLICY_DEFAULT | POLICY_DENY, 0)
     assert entries[Key(7, True, 0, 0, 0, PREFIX_DEFAULT)] == Value(POLICY_DEFAULT, 0)
-    assert entries[Key(7, False, DB, 6, 80, 96)] == Value(0, rule_id(p, rule))
+    assert entries[Key(7, False, DB, 6, 80, 96)] == Value(0, rule_id(p, rule), POLICY_MATCH_L3_L4)
     assert len(entries) == 3
+
+
+@pytest.mark.parametrize("identity, prefixlen, expected", [
+    (DB, PREFIX_PEER, POLICY_MATCH_L3_ONLY), (0, PREFIX_PEER, POLICY_MATCH_ALL),
+    (DB, PREFIX_PROTO, POLICY_MATCH_L3_PROTO), (0, PREFIX_PROTO, POLICY_MATCH_PROTO_ONLY),
+    (DB, 96, POLICY_MATCH_L3_L4), (0, 96, POLICY_MATCH_L4_ONLY), (0, 81, POLICY_MATCH_L4_ONLY),
+])
+def test_match_type_says_whether_a_rule_names_a_peer_a_protocol_a_port(identity, prefixlen, expected):
+    assert match_type(identity, prefixlen) == expected
+
+
+def test_default_entries_match_nothing_in_particular():
+    entries = compile_endpoint(EP, [], U)
+    assert {v.match_type for v in entries.values()} == {POLICY_MATCH_NONE}
 
 
 def test_policy_in_another_namespace_does_not_select():
@@ -65,7 +81,8 @@ def test_deny_beats_a_more_specific_allow_of_the_same_peer():
     p = policy(allow, deny)
     entries = compile_endpoint(EP, [p], U)
     assert entries[Key(7, False, DB, 0, 0, PREFIX_PEER)].flags == POLICY_DENY
-    assert entries[Key(7, False, DB, 6, 80, 96)] == Value(POLICY_DENY, rule_id(p, deny))
+    # the entry is the deny's: its rule and its match type (a peer, any port)
+    assert entries[Key(7, False, DB, 6, 80, 96)] == Value(POLICY_DENY, rule_id(p, deny), POLICY_MATCH_L3_ONLY)
 
 
 def test_l4_only_rule_uses_identity_zero_and_any_protocol_with_a_port_expands():

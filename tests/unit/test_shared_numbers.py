@@ -9,7 +9,7 @@ import pytest
 from services.datapath import numbers
 
 BPF_LIB = Path(__file__).resolve().parents[2] / "bpf" / "lib"
-_DEFINE = re.compile(r"^\s*#\s*define\s+(?P<name>(?P<prefix>REASON|DROP|METRIC|IDENTITY|POLICY|VERDICT|CT)_\w+)\s+(?P<value>\S+)",
+_DEFINE = re.compile(r"^\s*#\s*define\s+(?P<name>(?P<prefix>REASON|DROP|METRIC|IDENTITY|POLICY|VERDICT|CT|EVENT|TRACE|AGGREGATION)_\w+)\s+(?P<value>\S+)",
                      re.MULTILINE)
 
 # (header, #define prefixes) -> the Python dict that mirrors them
@@ -19,6 +19,9 @@ SHARED = [
     ("ipcache.h", ("IDENTITY",), numbers.IDENTITIES),
     ("policy.h", ("POLICY", "VERDICT"), numbers.POLICY),
     ("conntrack.h", ("CT",), numbers.CONNTRACK),
+    ("events.h", ("EVENT",), numbers.EVENTS),
+    ("events.h", ("TRACE",), numbers.TRACES),
+    ("events.h", ("AGGREGATION",), numbers.AGGREGATION),
 ]
 
 
@@ -55,7 +58,14 @@ def test_no_shared_define_lives_in_another_header():
     for header in sorted(BPF_LIB.glob("*.h")):
         if header.name not in checked:
             assert defines(header.read_text(), ("REASON", "DROP", "METRIC", "IDENTITY", "POLICY",
-                                                "VERDICT", "CT")) == {}, header.name
+                                                "VERDICT", "CT", "EVENT", "TRACE", "AGGREGATION")) == {}, header.name
+
+
+def test_names_cover_their_numbers():
+    assert set(numbers.POLICY_MATCH_NAMES) == {v for k, v in numbers.POLICY.items() if k.startswith("POLICY_MATCH_")}
+    points = {v for k, v in numbers.TRACES.items() if not k.startswith("TRACE_REASON_")}
+    assert set(numbers.TRACE_NAMES) == set(numbers.TRACE_POINTS) == points
+    assert set(numbers.AGGREGATION_LEVELS.values()) == set(numbers.AGGREGATION.values())
 
 
 def test_every_reason_has_a_name_and_drops_are_drops():

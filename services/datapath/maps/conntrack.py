@@ -25,7 +25,8 @@ class CtKey(ct.Structure):
 
 class CtEntry(ct.Structure):
     _fields_ = [("created", ct.c_uint64), ("last_seen", ct.c_uint64), ("packets", ct.c_uint64),
-                ("bytes", ct.c_uint64), ("flags", ct.c_uint32), ("rule_id", ct.c_uint32)]
+                ("bytes", ct.c_uint64), ("flags", ct.c_uint32), ("rule_id", ct.c_uint32),
+                ("reported", ct.c_uint16 * 4)]
 
 
 @dataclass(frozen=True)

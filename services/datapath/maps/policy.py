@@ -23,8 +23,8 @@ class PolicyKey(ct.BigEndianStructure):
 
 
 class PolicyEntry(ct.Structure):
-    _fields_ = [("flags", ct.c_uint32), ("rule_id", ct.c_uint32), ("packets", ct.c_uint64),
-                ("bytes", ct.c_uint64)]
+    _fields_ = [("flags", ct.c_uint16), ("match_type", ct.c_uint8), ("pad", ct.c_uint8),
+                ("rule_id", ct.c_uint32), ("packets", ct.c_uint64), ("bytes", ct.c_uint64)]
 
 
 # prefixlen counts the bits after the prefixlen field itself
@@ -65,6 +65,7 @@ class Key:
 class Value:
     flags: int
     rule_id: int
+    match_type: int = 0       # POLICY_MATCH_*: what kind of rule made the entry
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,7 @@ class PolicyMap:
         """Set flags and rule; an existing entry keeps its packet and byte counts."""
         raw = key.raw()
         current = self.map.get(raw)
-        entry = PolicyEntry(flags=value.flags, rule_id=value.rule_id,
+        entry = PolicyEntry(flags=value.flags, match_type=value.match_type, rule_id=value.rule_id,
                             packets=current.packets if current else 0,
                             bytes=current.bytes if current else 0)
         self.map.update(raw, entry)
@@ -93,7 +94,7 @@ class PolicyMap:
     def all(self) -> dict[Key, Counted]:
         out = {}
         for k, v in self.map.items():
-            out[Key.from_raw(k)] = Counted(Value(v.flags, v.rule_id), v.packets, v.bytes)
+            out[Key.from_raw(k)] = Counted(Value(v.flags, v.rule_id, v.match_type), v.packets, v.bytes)
         return out
 
     def close(self) -> None:

@@ -1,0 +1,75 @@
+"""What flowd knows about the node to enrich flows: pods by address, identity labels, and the
+policy rule table. Pure data built from the replies of endpointd (pod.list) and policyd
+(identity.list, policy.rules); services/flowd/enrich.py keeps it fresh.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from services.wire.messages import Identity, Pod, PolicyRule
+
+POLICY_LABEL = "k8s:io.cilium.k8s.policy"
+
+
+@dataclass(frozen=True)
+class PodInfo:
+    namespace: str
+    name: str
+    ip: str
+    endpoint_id: int
+    identity: int
+    ifindex: int
+    ifname: str
+
+
+def cilium_labels(labels: dict[str, str]) -> list[str]:
+    """Identity labels as Cilium prints them: "k8s:app=web", "reserved:host" (no value)."""
+    return sorted(f"{k}={v}" if v else k for k, v in labels.items())
+
+
+def policy_labels(rule: PolicyRule) -> list[str]:
+    """The labels Cilium gives a policy's rules (derived-from, name, namespace)."""
+    out = [f"{POLICY_LABEL}.derived-from={rule.kind}", f"{POLICY_LABEL}.name={rule.name}"]
+    if rule.namespace:
+        out.append(f"{POLICY_LABEL}.namespace={rule.namespace}")
+    return out
+
+
+@dataclass
+class Metadata:
+    """Lookups the decoder uses. Invariant: every table is replaced whole, never edited, so
+    a reader on the event loop never sees half of a refresh."""
+
+    pods_by_ip: dict[str, PodInfo] = field(default_factory=dict)
+    pods_by_ifindex: dict[int, PodInfo] = field(default_factory=dict)
+    endpoint_ids: frozenset[int] = frozenset()
+    identities: dict[int, list[str]] = field(default_factory=dict)
+    rules: dict[int, PolicyRule] = field(default_factory=dict)
+
+    def set_pods(self, pods: list[dict]) -> None:
+        table = {}
+        for raw in pods:
+            pod = Pod.from_wire(raw)
+            st = pod.status
+            table[st.pod_ip] = PodInfo(pod.spec.namespace, pod.spec.name, st.pod_ip, st.endpoint_id,
+                                       st.identity, st.host_ifindex, st.host_ifname)
+        self.pods_by_ip = table
+        self.pods_by_ifindex = {p.ifindex: p for p in table.values()}
+        self.endpoint_ids = frozenset(p.endpoint_id for p in table.values())
+
+    def set_identities(self, identities: list[dict]) -> None:
+        table = {}
+        for raw in identities:
+            ident = Identity.from_wire(raw)
+            table[ident.id] = cilium_labels(ident.labels)
+        self.identities = table
+
+    def set_rules(self, rules: list[dict]) -> None:
+        self.rules = {r.rule_id: r for r in (PolicyRule.from_wire(raw) for raw in rules)}
+
+    def missing(self, identities: tuple[int, ...], endpoint_id: int, rule_id: int) -> bool:
+        """Whether an event names something not known here (a refresh may find it): an
+        identity, a local endpoint or a policy rule (0 stands for none of them)."""
+        return (any(i and i not in self.identities for i in identities) or
+                (endpoint_id != 0 and endpoint_id not in self.endpoint_ids) or
+                (rule_id != 0 and rule_id not in self.rules))

@@ -1,0 +1,57 @@
+"""Flow metrics under Hubble's names (hubble_flows_processed_total, hubble_drop_total,
+hubble_policy_verdicts_total, hubble_lost_events_total), on the service's registry."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.core import CounterMetricFamily
+
+from services.datapath.numbers import EVENT_DROP, EVENT_POLICY_VERDICT, EVENT_TRACE, POLICY_MATCH_NAMES, TRACE_NAMES
+from services.flowd.filters import protocol
+
+TYPE_NAMES = {EVENT_DROP: "Drop", EVENT_TRACE: "Trace", EVENT_POLICY_VERDICT: "PolicyVerdict"}
+PROTOCOL_LABELS = {"tcp": "TCP", "udp": "UDP", "icmp": "ICMPv4", "sctp": "SCTP"}
+
+
+@dataclass
+class FlowMetrics:
+    processed: Counter
+    drops: Counter
+    verdicts: Counter
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry) -> "FlowMetrics":
+        return cls(
+            processed=Counter("hubble_flows_processed", "Flows processed",
+                              ["type", "subtype", "verdict"], registry=registry),
+            drops=Counter("hubble_drop", "Packets dropped", ["reason", "protocol"], registry=registry),
+            verdicts=Counter("hubble_policy_verdicts", "Policy verdicts",
+                             ["direction", "match", "action"], registry=registry),
+        )
+
+    def observe(self, flow: dict) -> None:
+        event = flow.get("event_type", {})
+        kind = event.get("type")
+        subtype = TRACE_NAMES.get(event.get("sub_type"), "") if kind == EVENT_TRACE else ""
+        self.processed.labels(TYPE_NAMES.get(kind, "Unknown"), subtype, flow["verdict"]).inc()
+        if kind == EVENT_DROP:
+            proto = PROTOCOL_LABELS.get(protocol(flow) or "", "Unknown")
+            self.drops.labels(flow.get("drop_reason_desc", ""), proto).inc()
+        elif kind == EVENT_POLICY_VERDICT:
+            match = POLICY_MATCH_NAMES.get(flow.get("policy_match_type"), "unknown").lower()
+            self.verdicts.labels(flow["traffic_direction"].lower(), match, flow["verdict"].lower()).inc()
+
+
+class LostCollector:
+    """hubble_lost_events_total{source}, read at scrape time (the ring's count lives in BPF)."""
+
+    def __init__(self, lost_by_source: Callable[[], dict[str, int]]) -> None:
+        self.lost_by_source = lost_by_source
+
+    def collect(self):
+        family = CounterMetricFamily("hubble_lost_events", "Events lost, by where", labels=["source"])
+        for source, value in sorted(self.lost_by_source().items()):
+            family.add_metric([source], value)
+        return [family]

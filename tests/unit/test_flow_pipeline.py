@@ -1,0 +1,72 @@
+"""The pipeline's bookkeeping: every record offered is counted exactly once (queued and
+published, or lost to a full queue, to decoding, or to a failed publish)."""
+from __future__ import annotations
+
+import asyncio
+
+import nats.errors
+import structlog
+from prometheus_client import CollectorRegistry
+
+from services.datapath.maps.events import Stats
+from services.flowd.accounting import Accounting
+from services.flowd.enrich import Enricher
+from services.flowd.history import History
+from services.flowd.metrics import FlowMetrics
+from services.flowd.pipeline import Pipeline
+from services.wire import codec
+from tests.unit.flowdata import A, B, event, metadata, packet, udp
+
+
+class RecordingNats:
+    """Stands in for the NATS connection; publishes fail while `full` is set."""
+
+    def __init__(self) -> None:
+        self.published: list[tuple[str, dict]] = []
+        self.full = False
+
+    async def publish(self, subject: str, payload: bytes) -> None:
+        if self.full:
+            raise nats.errors.OutboundBufferLimitError
+        self.published.append((subject, codec.decode(payload)))
+
+
+class Bus:
+    def __init__(self) -> None:
+        self.nc = RecordingNats()
+
+
+def make(queue_size: int) -> tuple[Pipeline, Accounting, Bus]:
+    bus = Bus()
+    acct = Accounting(ring=lambda: Stats(0, 0), read=lambda: 0)
+    enricher = Enricher(bus, metadata(), structlog.get_logger())
+    pipe = Pipeline("node1", bus, enricher, History(2), FlowMetrics.create(CollectorRegistry()), acct,
+                    queue_size=queue_size)
+    return pipe, acct, bus
+
+
+async def drain(pipe: Pipeline) -> None:
+    while not pipe.queue.empty():
+        await pipe.handle(pipe.queue.get_nowait())
+
+
+async def test_every_record_is_counted_once():
+    pipe, acct, bus = make(queue_size=3)
+    good = event(packet(A, B, 17, udp(1, 2)))
+    pipe.offer([good, b"not an event", good, good, good])      # the last two find the queue full
+    assert acct.queue_full == 2
+    await drain(pipe)
+    bus.nc.full = True
+    pipe.offer([good])
+    await drain(pipe)
+    assert (acct.published, acct.undecodable, acct.publish_failed, acct.queue_full) == (2, 1, 1, 2)
+    assert [s for s, _ in bus.nc.published] == ["capillary.flows.node1.FORWARDED"] * 2
+    assert bus.nc.published[0][1]["kind"] == "flow" and bus.nc.published[0][1]["flow"]["source"]["pod_name"] == "a"
+    assert len(pipe.history) == 2 and pipe.history.overwritten == 1
+
+
+async def test_offer_never_blocks_the_reader():
+    pipe, acct, _ = make(queue_size=1)
+    pipe.offer([b"x"] * 1000)
+    assert pipe.queue.qsize() == 1 and acct.queue_full == 999
+    await asyncio.sleep(0)
