@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,13 +96,38 @@ def flatten(path: Path, seen: set[Path] | None = None) -> str:
 
 
 def compile_source(source: str, config: NodeConfig) -> Loaded:
+    return Loaded(bpf=_compile(source, config.datapath.bpfRoot, cflags(config)), source=source)
+
+
+def _compile(source: str, pin_root: str, flags: list[str]):
     from bcc import BPF   # imported here: unit tests of pure logic run without bcc
-    Path(config.datapath.bpfRoot).mkdir(parents=True, exist_ok=True)
-    text = flatten(bpf_dir() / source)
-    bpf = BPF(text=text.encode(), cflags=cflags(config))
-    return Loaded(bpf=bpf, source=source)
+    Path(pin_root).mkdir(parents=True, exist_ok=True)
+    return BPF(text=flatten(bpf_dir() / source).encode(), cflags=flags)
 
 
 def pinned_maps(config: NodeConfig) -> list[str]:
     root = Path(config.datapath.bpfRoot)
     return sorted(p.name for p in root.iterdir()) if root.is_dir() else []
+
+
+def pin_maps(source: str, config: NodeConfig) -> None:
+    """Create and pin SOURCE's maps in a child process, for a service that reads its maps
+    through their pins and should not carry LLVM in its own memory (see bpfsys.py)."""
+    proc = subprocess.run([sys.executable, "-m", "services.datapath.loader", source, config.datapath.bpfRoot,
+                           *cflags(config)],
+                          capture_output=True, text=True, env={**os.environ, BPF_DIR_ENV: str(bpf_dir())},
+                          cwd=Path(__file__).resolve().parents[2])
+    if proc.returncode != 0:
+        raise RuntimeError(f"compiling {source} failed: {proc.stderr.strip()[-2000:]}")
+
+
+def _compile_main(argv: list[str]) -> int:
+    """`python -m services.datapath.loader SOURCE PIN_ROOT CFLAGS...`: compile SOURCE,
+    which pins its maps under PIN_ROOT, and exit."""
+    source, pin_root, *flags = argv
+    _compile(source, pin_root, flags)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_compile_main(sys.argv[1:]))

@@ -1,4 +1,4 @@
-"""Typed access to a pinned BPF map through libbcc's syscall wrappers.
+"""Typed access to a pinned BPF map, through bpf(2) directly (services/datapath/bpfsys.py).
 
 Maps are created (and pinned) by compiling their owner's C with bcc; after that any process
 reads and writes them through the pin, without compiling anything.
@@ -12,16 +12,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Generic, TypeVar
 
-from bcc import libbcc
+from services.datapath import bpfsys
 
 K = TypeVar("K", bound=ct.Structure)
 V = TypeVar("V", bound=ct.Structure)
 
-_lib = libbcc.lib
-_lib.bpf_obj_get.argtypes = [ct.c_char_p]
-_lib.bpf_obj_get.restype = ct.c_int
-BPF_ANY = 0
-BPF_NOEXIST = 1
+BPF_ANY = bpfsys.BPF_ANY
+BPF_NOEXIST = bpfsys.BPF_NOEXIST
 
 
 class MapError(OSError):
@@ -47,11 +44,10 @@ class PinnedMap(Generic[K, V]):
         self.key_type = key
         self.value_type = value
         self.percpu = percpu
-        fd = _lib.bpf_obj_get(str(path).encode())
-        if fd < 0:
-            err = ct.get_errno() or 2
-            raise MapError(err, f"cannot open pinned map {path}: {os.strerror(err)}")
-        self.fd = fd
+        try:
+            self.fd = bpfsys.obj_get(str(path))
+        except OSError as exc:
+            raise MapError(exc.errno, f"cannot open pinned map {path}: {exc.strerror}") from None
         if percpu:
             stride = (ct.sizeof(value) + 7) & ~7
             self._ncpu = possible_cpus()
@@ -70,46 +66,49 @@ class PinnedMap(Generic[K, V]):
         self.close()
 
     def update(self, key: K, value: V, flags: int = BPF_ANY) -> None:
-        if _lib.bpf_update_elem(self.fd, ct.byref(key), ct.byref(value), flags) < 0:
-            err = ct.get_errno()
-            if err in (errno.E2BIG, errno.ENOSPC):   # hash maps say E2BIG, LPM tries ENOSPC
-                raise MapFull(err, f"{self.path.name} is full")
-            raise MapError(err, f"update {self.path.name}: {os.strerror(err)}")
+        try:
+            bpfsys.update(self.fd, key, value, flags)
+        except OSError as exc:
+            if exc.errno in (errno.E2BIG, errno.ENOSPC):   # hash maps say E2BIG, LPM tries ENOSPC
+                raise MapFull(exc.errno, f"{self.path.name} is full") from None
+            raise MapError(exc.errno, f"update {self.path.name}: {exc.strerror}") from None
 
     def delete(self, key: K) -> bool:
         """Delete KEY; False when it was not there."""
-        if _lib.bpf_delete_elem(self.fd, ct.byref(key)) < 0:
-            err = ct.get_errno()
-            if err == errno.ENOENT:
-                return False
-            raise MapError(err, f"delete from {self.path.name}: {os.strerror(err)}")
-        return True
+        try:
+            return bpfsys.delete(self.fd, key)
+        except OSError as exc:
+            raise MapError(exc.errno, f"delete from {self.path.name}: {exc.strerror}") from None
 
     def get(self, key: K) -> V | None:
         if self.percpu:
             raise TypeError("use get_percpu on a per-CPU map")
         value = self.value_type()
-        if _lib.bpf_lookup_elem(self.fd, ct.byref(key), ct.byref(value)) < 0:
-            return None
-        return value
+        return value if self._lookup(key, value) else None
 
     def get_percpu(self, key: K) -> list[V]:
         raw = self._raw()
-        if _lib.bpf_lookup_elem(self.fd, ct.byref(key), ct.byref(raw)) < 0:
+        if not self._lookup(key, raw):
             return []
         blob = bytes(raw)
         return [self.value_type.from_buffer_copy(blob[i * self._stride:i * self._stride + ct.sizeof(self.value_type)])
                 for i in range(self._ncpu)]
 
+    def _lookup(self, key, value) -> bool:
+        try:
+            return bpfsys.lookup(self.fd, key, value)
+        except OSError as exc:
+            raise MapError(exc.errno, f"lookup in {self.path.name}: {exc.strerror}") from None
+
     def keys(self) -> Iterator[K]:
         key = self.key_type()
         nxt = self.key_type()
-        if _lib.bpf_get_first_key(self.fd, ct.byref(nxt), ct.sizeof(nxt)) < 0:
+        if not bpfsys.next_key(self.fd, None, nxt):
             return
         while True:
             yield self.key_type.from_buffer_copy(bytes(nxt))
             ct.memmove(ct.byref(key), ct.byref(nxt), ct.sizeof(key))
-            if _lib.bpf_get_next_key(self.fd, ct.byref(key), ct.byref(nxt)) < 0:
+            if not bpfsys.next_key(self.fd, key, nxt):
                 return
 
     def items(self) -> Iterator[tuple[K, V]]:

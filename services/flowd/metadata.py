@@ -38,13 +38,15 @@ def policy_labels(rule: PolicyRule) -> list[str]:
 @dataclass
 class Metadata:
     """Lookups the decoder uses. Invariant: every table is replaced whole, never edited, so
-    a reader on the event loop never sees half of a refresh."""
+    a reader on the event loop never sees half of a refresh; `version` counts replacements,
+    so whatever was derived from the tables knows when it is stale."""
 
     pods_by_ip: dict[str, PodInfo] = field(default_factory=dict)
     pods_by_ifindex: dict[int, PodInfo] = field(default_factory=dict)
     endpoint_ids: frozenset[int] = frozenset()
     identities: dict[int, list[str]] = field(default_factory=dict)
     rules: dict[int, PolicyRule] = field(default_factory=dict)
+    version: int = 0
 
     def set_pods(self, pods: list[dict]) -> None:
         table = {}
@@ -56,6 +58,7 @@ class Metadata:
         self.pods_by_ip = table
         self.pods_by_ifindex = {p.ifindex: p for p in table.values()}
         self.endpoint_ids = frozenset(p.endpoint_id for p in table.values())
+        self.version += 1
 
     def set_identities(self, identities: list[dict]) -> None:
         table = {}
@@ -63,9 +66,11 @@ class Metadata:
             ident = Identity.from_wire(raw)
             table[ident.id] = cilium_labels(ident.labels)
         self.identities = table
+        self.version += 1
 
     def set_rules(self, rules: list[dict]) -> None:
         self.rules = {r.rule_id: r for r in (PolicyRule.from_wire(raw) for raw in rules)}
+        self.version += 1
 
     def missing(self, identities: tuple[int, ...], endpoint_id: int, rule_id: int) -> bool:
         """Whether an event names something not known here (a refresh may find it): an

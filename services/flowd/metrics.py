@@ -31,17 +31,24 @@ class FlowMetrics:
                              ["direction", "match", "action"], registry=registry),
         )
 
-    def observe(self, flow: dict) -> None:
+    def children(self, flow: dict) -> tuple:
+        """The counters FLOW increments (prometheus children: the flow builder keeps them
+        with the flow's template and counts a whole batch at once)."""
         event = flow.get("event_type", {})
         kind = event.get("type")
         subtype = TRACE_NAMES.get(event.get("sub_type"), "") if kind == EVENT_TRACE else ""
-        self.processed.labels(TYPE_NAMES.get(kind, "Unknown"), subtype, flow["verdict"]).inc()
+        out = [self.processed.labels(TYPE_NAMES.get(kind, "Unknown"), subtype, flow["verdict"])]
         if kind == EVENT_DROP:
             proto = PROTOCOL_LABELS.get(protocol(flow) or "", "Unknown")
-            self.drops.labels(flow.get("drop_reason_desc", ""), proto).inc()
+            out.append(self.drops.labels(flow.get("drop_reason_desc", ""), proto))
         elif kind == EVENT_POLICY_VERDICT:
             match = POLICY_MATCH_NAMES.get(flow.get("policy_match_type"), "unknown").lower()
-            self.verdicts.labels(flow["traffic_direction"].lower(), match, flow["verdict"].lower()).inc()
+            out.append(self.verdicts.labels(flow["traffic_direction"].lower(), match, flow["verdict"].lower()))
+        return tuple(out)
+
+    def observe(self, flow: dict) -> None:
+        for child in self.children(flow):
+            child.inc()
 
 
 class LostCollector:

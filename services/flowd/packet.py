@@ -82,3 +82,26 @@ def icmp_name(icmp_type: int, code: int) -> str:
     if icmp_type == 3:
         return f"{name}({ICMP_UNREACHABLE.get(code, f'Code{code}')})"
     return name
+
+
+# For an IPv4 header without options (L4 at _L4_AT): the (start, end) ranges of the L4
+# header that parse() reads, per protocol.
+_L4_AT = ETH_HLEN + 20
+_L4_READS = {PROTO_TCP: ((0, 4), (12, 14)), PROTO_UDP: ((0, 4),), PROTO_SCTP: ((0, 4),),
+             PROTO_ICMP: ((0, 2),)}
+
+
+def shape(data: bytes) -> bytes:
+    """The bytes of DATA that parse() depends on: two packets with the same shape parse the
+    same. Headers are picked out for the common case (complete IPv4 without options);
+    anything else is its own shape, the whole capture (the first byte tells the two apart)."""
+    if len(data) < _L4_AT or data[12:14] != b"\x08\x00" or data[ETH_HLEN] != 0x45:
+        return b"\x00" + data
+    reads = _L4_READS.get(data[ETH_HLEN + 9], ())
+    if reads and len(data) < _L4_AT + reads[-1][1]:
+        return b"\x00" + data
+    # MACs and EtherType; flags and fragment offset; protocol; addresses; the L4 bytes read.
+    key = b"\x01" + data[:ETH_HLEN] + data[20:22] + data[23:24] + data[26:34]
+    for start, end in reads:
+        key += data[_L4_AT + start:_L4_AT + end]
+    return key

@@ -1,4 +1,5 @@
-"""Raw events -> flows -> history, metrics and NATS. Runs on the event loop.
+"""Raw events -> flows -> history, metrics and NATS. Runs on the event loop, a batch of ring
+records at a time.
 
 Invariant: every record handed to offer() is counted exactly once in Accounting: queue_full,
 undecodable, publish_failed or published.
@@ -8,20 +9,21 @@ from __future__ import annotations
 import asyncio
 import struct
 import time
+from collections import deque
 
 import nats.errors
 
 from services.flowd.accounting import Accounting
-from services.flowd.decode import EventError, decode, parse_event
+from services.flowd.builder import FlowBuilder, Template
+from services.flowd.decode import EventError, parse_event
 from services.flowd.enrich import Enricher
 from services.flowd.history import History
 from services.flowd.metrics import FlowMetrics
 from services.runtime.bus import Bus
-from services.wire import codec, subjects
-from services.wire.messages import FlowEvent
 
 QUEUE_SIZE = 16384
 PUBLISH_ERRORS = (nats.errors.Error, OSError)
+DECODE_ERRORS = (EventError, ValueError, struct.error)
 
 
 def clock_offset_ns() -> int:
@@ -36,38 +38,68 @@ class Pipeline:
         self.bus = bus
         self.enricher = enricher
         self.history = history
-        self.metrics = metrics
         self.acct = accounting
-        self.queue: asyncio.Queue[bytes] = asyncio.Queue(queue_size)
+        self.builder = FlowBuilder(enricher.meta, node, metrics.children)
+        self.queue_size = queue_size
+        self.queued = 0                         # records offered and not yet handled
+        self._batches: deque[list[bytes]] = deque()
+        self._ready = asyncio.Event()
 
     def offer(self, batch: list[bytes]) -> None:
         """Called from the ring reader (via call_soon_threadsafe): never blocks it. When
         publishing falls behind, the queue fills and events are lost, counted."""
-        for raw in batch:
-            try:
-                self.queue.put_nowait(raw)
-            except asyncio.QueueFull:
-                self.acct.queue_full += 1
+        room = self.queue_size - self.queued
+        if len(batch) > room:
+            self.acct.queue_full += len(batch) - room
+            batch = batch[:room]
+        if batch:
+            self._batches.append(batch)
+            self.queued += len(batch)
+            self._ready.set()
 
     async def run(self) -> None:
         while True:
-            raw = await self.queue.get()
-            await self.handle(raw)
+            await self._ready.wait()
+            self._ready.clear()
+            await self.drain()
 
-    async def handle(self, raw: bytes) -> None:
-        try:
-            hdr, _ = parse_event(raw)
-            await self.enricher.ensure((hdr.src_identity, hdr.dst_identity), hdr.endpoint_id, hdr.rule_id)
-            flow = decode(raw, self.enricher.meta, self.node, clock_offset_ns())
-        except (EventError, ValueError, struct.error):
-            self.acct.undecodable += 1
-            return
-        self.history.add(flow)
-        self.metrics.observe(flow)
-        payload = codec.encode(FlowEvent(flow).to_wire())
-        try:
-            await self.bus.nc.publish(subjects.flows(self.node, flow["verdict"]), payload)
-        except PUBLISH_ERRORS:
-            self.acct.publish_failed += 1
-            return
-        self.acct.published += 1
+    async def drain(self) -> None:
+        """Handle every batch offered so far."""
+        while self._batches:
+            batch = self._batches.popleft()
+            try:
+                await self.handle(batch)
+            finally:
+                self.queued -= len(batch)
+
+    async def handle(self, batch: list[bytes]) -> None:
+        counts: dict[tuple, int] = {}
+        offset = clock_offset_ns()
+        publish = self.bus.nc.publish
+        lookup, build = self.builder.lookup, self.builder.flow
+        for raw in batch:
+            try:
+                key, template = lookup(raw)
+                if template is None:
+                    template = await self._template(key, raw)
+                flow, payload = build(raw, template, offset)
+            except DECODE_ERRORS:
+                self.acct.undecodable += 1
+                continue
+            self.history.add(flow)
+            counts[template.counters] = counts.get(template.counters, 0) + 1
+            try:
+                await publish(template.subject, payload)
+            except PUBLISH_ERRORS:
+                self.acct.publish_failed += 1
+                continue
+            self.acct.published += 1
+        for counters, n in counts.items():
+            for counter in counters:
+                counter.inc(n)
+
+    async def _template(self, key: bytes, raw: bytes) -> Template:
+        """A new shape: refresh the metadata first if the event names something unknown."""
+        hdr, _ = parse_event(raw)
+        await self.enricher.ensure((hdr.src_identity, hdr.dst_identity), hdr.endpoint_id, hdr.rule_id)
+        return self.builder.add(key, raw)

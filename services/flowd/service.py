@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from services.datapath import loader
-from services.datapath.maps.events import EventStatsMap, Stats
+from services.datapath.maps.events import RING_PIN_NAME, EventStatsMap, Stats
 from services.flowd.accounting import Accounting
 from services.flowd.datapath_metrics import DatapathCollector
 from services.flowd.enrich import Enricher
@@ -34,7 +34,9 @@ class FlowService(Service):
         root = Path(self.config.datapath.bpfRoot)
         # The event ring and its stats: pinned before endpointd compiles lxc.c, which waits
         # for this service to be ready.
-        maps = await asyncio.to_thread(loader.compile_source, "flowd_maps.c", self.config)
+        # Compiled in a child process: flowd reads the ring and stats through their pins and
+        # so never loads LLVM (see services/datapath/bpfsys.py).
+        await asyncio.to_thread(loader.pin_maps, "flowd_maps.c", self.config)
         self.stats = EventStatsMap(root)
         # The datapath's counts outlive flowd: this one accounts from here on, plus what a
         # previous one left unread in the ring (the reader's backlog).
@@ -42,7 +44,7 @@ class FlowService(Service):
         baseline = self.stats.read()
         self.history = History(self.config.events.history)
         self.enricher = Enricher(self.bus, Metadata(), self.log)
-        self.reader = RingReader(maps, asyncio.get_running_loop(), self._offer, epoch)
+        self.reader = RingReader(root / RING_PIN_NAME, asyncio.get_running_loop(), self._offer, epoch)
         self.accounting = Accounting(ring=lambda: self._ring_since(baseline), read=lambda: self.reader.read)
         self.pipeline = Pipeline(self.config.node, self.bus, self.enricher, self.history,
                                  FlowMetrics.create(self.registry), self.accounting)
@@ -69,7 +71,7 @@ class FlowService(Service):
 
     async def counters(self) -> dict[str, int]:
         return {**self.accounting.counters(self.history.overwritten),
-                "flows_queued": self.pipeline.queue.qsize(), "history": len(self.history)}
+                "flows_queued": self.pipeline.queued, "history": len(self.history)}
 
     async def query(self, req: FlowQuery) -> dict:
         """observer.flows: the most recent flows in the history that match the filter."""

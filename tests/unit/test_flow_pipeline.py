@@ -45,20 +45,15 @@ def make(queue_size: int) -> tuple[Pipeline, Accounting, Bus]:
     return pipe, acct, bus
 
 
-async def drain(pipe: Pipeline) -> None:
-    while not pipe.queue.empty():
-        await pipe.handle(pipe.queue.get_nowait())
-
-
 async def test_every_record_is_counted_once():
     pipe, acct, bus = make(queue_size=3)
     good = event(packet(A, B, 17, udp(1, 2)))
     pipe.offer([good, b"not an event", good, good, good])      # the last two find the queue full
     assert acct.queue_full == 2
-    await drain(pipe)
+    await pipe.drain()
     bus.nc.full = True
     pipe.offer([good])
-    await drain(pipe)
+    await pipe.drain()
     assert (acct.published, acct.undecodable, acct.publish_failed, acct.queue_full) == (2, 1, 1, 2)
     assert [s for s, _ in bus.nc.published] == ["capillary.flows.node1.FORWARDED"] * 2
     assert bus.nc.published[0][1]["kind"] == "flow" and bus.nc.published[0][1]["flow"]["source"]["pod_name"] == "a"
@@ -68,5 +63,5 @@ async def test_every_record_is_counted_once():
 async def test_offer_never_blocks_the_reader():
     pipe, acct, _ = make(queue_size=1)
     pipe.offer([b"x"] * 1000)
-    assert pipe.queue.qsize() == 1 and acct.queue_full == 999
+    assert pipe.queued == 1 and acct.queue_full == 999
     await asyncio.sleep(0)

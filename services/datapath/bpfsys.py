@@ -1,0 +1,114 @@
+"""bpf(2) for processes that use pinned maps but compile nothing: open a pin, look up,
+update, delete, walk keys, read a map's info.
+
+libbcc would do the same through its wrappers, but loading it maps LLVM and clang into the
+process (about 80 MB resident once touched); a service that only reads its maps, and the
+CLI, have no need of that. Compiling stays with bcc (services/datapath/loader.py).
+"""
+from __future__ import annotations
+
+import ctypes as ct
+import errno
+import os
+import platform
+
+_libc = ct.CDLL(None, use_errno=True)
+_libc.syscall.restype = ct.c_long
+
+SYS_BPF = {"x86_64": 321, "aarch64": 280}[platform.machine()]
+
+BPF_MAP_LOOKUP_ELEM = 1
+BPF_MAP_UPDATE_ELEM = 2
+BPF_MAP_DELETE_ELEM = 3
+BPF_MAP_GET_NEXT_KEY = 4
+BPF_OBJ_GET = 7
+BPF_OBJ_GET_INFO_BY_FD = 15
+
+BPF_ANY = 0
+BPF_NOEXIST = 1
+
+
+class _ElemAttr(ct.Structure):
+    """union bpf_attr, for the BPF_MAP_*_ELEM and GET_NEXT_KEY commands."""
+    _fields_ = [("map_fd", ct.c_uint32), ("pad", ct.c_uint32), ("key", ct.c_uint64),
+                ("value", ct.c_uint64), ("flags", ct.c_uint64)]
+
+
+class _ObjAttr(ct.Structure):
+    """union bpf_attr, for BPF_OBJ_GET."""
+    _fields_ = [("pathname", ct.c_uint64), ("bpf_fd", ct.c_uint32), ("file_flags", ct.c_uint32)]
+
+
+class _InfoAttr(ct.Structure):
+    """union bpf_attr, for BPF_OBJ_GET_INFO_BY_FD."""
+    _fields_ = [("bpf_fd", ct.c_uint32), ("info_len", ct.c_uint32), ("info", ct.c_uint64)]
+
+
+class MapInfo(ct.Structure):
+    """The head of struct bpf_map_info (the kernel fills what fits in info_len)."""
+    _fields_ = [("type", ct.c_uint32), ("id", ct.c_uint32), ("key_size", ct.c_uint32),
+                ("value_size", ct.c_uint32), ("max_entries", ct.c_uint32), ("map_flags", ct.c_uint32),
+                ("name", ct.c_char * 16)]
+
+
+def _bpf(cmd: int, attr: ct.Structure) -> int:
+    """The syscall's result, or OSError with its errno."""
+    rc = _libc.syscall(SYS_BPF, cmd, ct.byref(attr), ct.sizeof(attr))
+    if rc < 0:
+        err = ct.get_errno()
+        raise OSError(err, os.strerror(err))
+    return rc
+
+
+def _addr(obj) -> int:
+    return ct.addressof(obj)
+
+
+def obj_get(path: str) -> int:
+    """A new fd for the object pinned at PATH."""
+    name = ct.create_string_buffer(path.encode())
+    return _bpf(BPF_OBJ_GET, _ObjAttr(pathname=_addr(name)))
+
+
+def lookup(fd: int, key, value) -> bool:
+    """Fill VALUE with KEY's value; False when KEY is not in the map."""
+    try:
+        _bpf(BPF_MAP_LOOKUP_ELEM, _ElemAttr(map_fd=fd, key=_addr(key), value=_addr(value)))
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:
+            return False
+        raise
+    return True
+
+
+def update(fd: int, key, value, flags: int = BPF_ANY) -> None:
+    _bpf(BPF_MAP_UPDATE_ELEM, _ElemAttr(map_fd=fd, key=_addr(key), value=_addr(value), flags=flags))
+
+
+def delete(fd: int, key) -> bool:
+    """Delete KEY; False when it was not there."""
+    try:
+        _bpf(BPF_MAP_DELETE_ELEM, _ElemAttr(map_fd=fd, key=_addr(key)))
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:
+            return False
+        raise
+    return True
+
+
+def next_key(fd: int, key, out) -> bool:
+    """Fill OUT with the key after KEY (None: the first key); False at the end."""
+    try:
+        _bpf(BPF_MAP_GET_NEXT_KEY, _ElemAttr(map_fd=fd, key=_addr(key) if key is not None else 0,
+                                              value=_addr(out)))
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:
+            return False
+        raise
+    return True
+
+
+def map_info(fd: int) -> MapInfo:
+    info = MapInfo()
+    _bpf(BPF_OBJ_GET_INFO_BY_FD, _InfoAttr(bpf_fd=fd, info_len=ct.sizeof(info), info=_addr(info)))
+    return info
