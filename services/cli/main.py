@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from services.cli import bpf, node, objects, observe
+from services.cli import bpf, node, objects, observe, walk
 from services.cli.client import Client, run
 from services.cli.output import error
 from services.runtime.bus import ServiceError
@@ -64,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("-o", "--output", choices=["table", "wide", "json", "yaml"], default="table")
 
     observe.add_parser(sub)
+    walk.add_parser(sub)
 
     e = sub.add_parser("exec", help="run a command in a pod's network namespace")
     e.add_argument("pod", metavar="NS/NAME")
@@ -122,6 +123,8 @@ def dispatch(args) -> int:
             return run(_with_client(config, observe.observe, args))
         except KeyboardInterrupt:          # the way to stop -f
             return 0
+    if cmd == "walk":
+        return run(_with_client(config, walk.walk, args))
     if cmd == "exec":
         argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
         path = run(_with_client(config, objects.netns_of, args.pod))

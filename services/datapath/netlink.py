@@ -80,6 +80,23 @@ class Worker:
         self._pool.shutdown(wait=True)
 
 
+@dataclass(frozen=True)
+class Route:
+    dst: str
+    gateway: str
+    oif: int
+    dev: str
+    table: int
+    kind: str
+
+    def text(self) -> str:
+        via = f" via {self.gateway}" if self.gateway else ""
+        dev = f" dev {self.dev}" if self.dev else ""
+        kind = "" if self.kind == "unicast" else f"{self.kind} "
+        table = "" if self.table in (0, 254) else f" table {self.table}"
+        return f"{kind}{self.dst}{via}{dev}{table}"
+
+
 class _Links:
     """Link look-ups on one netlink socket (bound to the namespace it was opened in)."""
 
@@ -96,6 +113,25 @@ class _Links:
 
     def has_link(self, name: str) -> bool:
         return bool(self.ipr.link_lookup(ifname=name))
+
+    def route_get(self, dst: str, src: str | None = None, iif: int | None = None) -> Route:
+        """The route the kernel picks for DST (as `ip route get DST [from SRC iif IIF]`):
+        with IIF, the forwarding decision for a packet that arrived on IIF from SRC."""
+        query: dict = {"dst": dst}
+        if src:
+            query["src"] = src
+        if iif:
+            query["iif"] = iif
+        try:
+            msg = self.ipr.route("get", **query)[0]
+        except NetlinkError as exc:
+            raise _kernel(f"route get {dst}", exc) from None
+        oif = msg.get_attr("RTA_OIF")
+        names = self.ipr.get_links(oif) if oif else []
+        return Route(dst=dst, gateway=msg.get_attr("RTA_GATEWAY") or "", oif=oif or 0,
+                     dev=names[0].get_attr("IFLA_IFNAME") if names else "", table=msg.get_attr("RTA_TABLE") or 0,
+                     kind={1: "unicast", 2: "local", 3: "broadcast", 6: "blackhole", 7: "unreachable",
+                           8: "prohibit"}.get(msg["type"], str(msg["type"])))
 
 
 class Netlink(_Links):

@@ -102,3 +102,23 @@ def forward_packets(pod_cidr: str) -> int:
         if len(parts) > 8 and parts[0].isdigit() and pod_cidr in (parts[7], parts[8]):
             total += int(parts[0])
     return total
+
+
+def rule_counters(chains: tuple[str, ...] = ("FORWARD", FORWARD_CHAIN)) -> dict[str, int]:
+    """Packet counters of every rule in CHAINS (filter table), keyed by a readable rule
+    ("FORWARD #1 -> CAPILLARY-FORWARD"), for seeing which rules a packet went through."""
+    out: dict[str, int] = {}
+    for chain in chains:
+        proc = subprocess.run(["iptables", "-w", "-t", "filter", "-n", "-v", "-x", "--line-numbers", "-L", chain],
+                              capture_output=True, text=True)
+        for line in proc.stdout.splitlines()[2:]:
+            parts = line.split(None, 10)
+            if len(parts) < 10 or not parts[0].isdigit():
+                continue
+            num, pkts, _, target, _, _, iif, oif, src, dst = parts[:10]
+            extra = parts[10].strip() if len(parts) > 10 else ""
+            match = " ".join(f"{flag} {value}" for flag, value in
+                             (("-i", iif), ("-o", oif), ("-s", src), ("-d", dst)) if value not in ("*", "0.0.0.0/0"))
+            text = " ".join(x for x in (f"{chain} #{num} -> {target}", match, extra) if x)
+            out[text] = int(pkts)
+    return out
