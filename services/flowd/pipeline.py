@@ -20,8 +20,12 @@ from services.flowd.enrich import Enricher
 from services.flowd.history import History
 from services.flowd.metrics import FlowMetrics
 from services.runtime.bus import Bus
+from services.wire import codec, subjects
+from services.wire.messages import MonitorEvents
 
 QUEUE_SIZE = 16384
+MONITOR_CHUNK = 1024        # raw events per monitor message: well inside NATS's 1 MB payload limit
+MAX_LEASE = 60.0
 PUBLISH_ERRORS = (nats.errors.Error, OSError)
 DECODE_ERRORS = (EventError, ValueError, struct.error)
 
@@ -44,6 +48,17 @@ class Pipeline:
         self.queued = 0                         # records offered and not yet handled
         self._batches: deque[list[bytes]] = deque()
         self._ready = asyncio.Event()
+        self.monitor_until = 0.0                # monotonic time the last monitor lease runs out
+        self._leases: dict[str, float] = {}     # monitor -> when its lease runs out
+        self.monitor_subject = subjects.monitor(node)
+
+    def attach_monitor(self, monitor: str, lease: float) -> None:
+        """Raw events go out while any monitor's lease runs; a lease of 0 gives one back."""
+        now = time.monotonic()
+        self._leases = {m: until for m, until in self._leases.items() if until > now and m != monitor}
+        if lease > 0:
+            self._leases[monitor] = now + min(lease, MAX_LEASE)
+        self.monitor_until = max(self._leases.values(), default=0.0)
 
     def offer(self, batch: list[bytes]) -> None:
         """Called from the ring reader (via call_soon_threadsafe): never blocks it. When
@@ -73,6 +88,8 @@ class Pipeline:
                 self.queued -= len(batch)
 
     async def handle(self, batch: list[bytes]) -> None:
+        if self.monitor_until > time.monotonic():
+            await self._to_monitor(batch)
         counts: dict[tuple, int] = {}
         offset = clock_offset_ns()
         publish = self.bus.nc.publish
@@ -97,6 +114,17 @@ class Pipeline:
         for counters, n in counts.items():
             for counter in counters:
                 counter.inc(n)
+
+    async def _to_monitor(self, batch: list[bytes]) -> None:
+        """The raw events, for `capillary monitor`. Best effort, as Cilium's monitor is: a
+        failed publish loses monitor output, never flows."""
+        lost = self.acct.ring().lost
+        for start in range(0, len(batch), MONITOR_CHUNK):
+            message = MonitorEvents(events=batch[start:start + MONITOR_CHUNK], lost=lost)
+            try:
+                await self.bus.nc.publish(self.monitor_subject, codec.encode(message.to_wire()))
+            except PUBLISH_ERRORS:
+                return
 
     async def _template(self, key: bytes, raw: bytes) -> Template:
         """A new shape: refresh the metadata first if the event names something unknown."""

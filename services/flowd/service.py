@@ -24,7 +24,7 @@ from services.flowd.ring import RingReader
 from services.runtime.app import Service
 from services.runtime.bus import ServiceError
 from services.wire import subjects
-from services.wire.messages import INVALID, EndpointEvent, FlowQuery
+from services.wire.messages import INVALID, EndpointEvent, FlowQuery, MonitorAttach
 
 
 class FlowService(Service):
@@ -54,6 +54,7 @@ class FlowService(Service):
         self.tasks = [asyncio.create_task(self.pipeline.run()), asyncio.create_task(self.enricher.run())]
         self.reader.start()
         await self.bus.serve(subjects.OBSERVER_FLOWS, FlowQuery, self.query)
+        await self.bus.serve(subjects.OBSERVER_MONITOR, MonitorAttach, self.attach_monitor)
         await self.bus.listen(f"{subjects.ENDPOINT_EVENTS}.>", EndpointEvent, self.enricher.on_endpoint_event)
 
     def _ring_since(self, baseline: Stats) -> Stats:
@@ -81,3 +82,9 @@ class FlowService(Service):
             raise ServiceError(INVALID, str(exc)) from None
         return {"node": self.config.node, "flows": self.history.query(req.filter, req.last),
                 "history_size": len(self.history), "history_overwritten": self.history.overwritten}
+
+    async def attach_monitor(self, req: MonitorAttach) -> dict:
+        """observer.monitor: (re)start publishing raw events for REQ.lease seconds."""
+        self.pipeline.attach_monitor(req.monitor, req.lease)
+        return {"node": self.config.node, "subject": subjects.monitor(self.config.node),
+                "ring_bytes": self.config.events.ringBytes, "aggregation": self.config.events.aggregation}

@@ -346,6 +346,28 @@ class FlowQuery(Message):
 
 
 @dataclass(frozen=True)
+class MonitorAttach(Message):
+    """observer.monitor: publish raw datapath events on monitor(node) for LEASE seconds
+    more, for the monitor named MONITOR (it renews its lease while it runs, and gives it
+    back with a lease of 0 when it stops)."""
+
+    KIND = "monitor.attach"
+    monitor: str
+    lease: float = 10.0
+
+
+@dataclass(frozen=True)
+class MonitorEvents(Message):
+    """A batch of raw datapath events on monitor(node): struct flow_event records as the ring
+    held them, and the ring's count of events lost because it was full (since flowd
+    started), so a monitor can report losses as they happen."""
+
+    KIND = "monitor.events"
+    events: list[bytes]
+    lost: int = 0
+
+
+@dataclass(frozen=True)
 class FlowEvent(Message):
     """One flow on flows(node, verdict): a Hubble flow (its JSON field names and meanings)."""
 

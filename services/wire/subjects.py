@@ -46,6 +46,10 @@ NODE_STATUS = f"{ROOT}.node.status"
 # requests on OBSERVER_FLOWS (`capillary observe --last N`).
 FLOWS = f"{ROOT}.flows"
 OBSERVER_FLOWS = f"{ROOT}.observer.flows"
+# ...and, while a `capillary monitor` holds a lease (requests on OBSERVER_MONITOR), the raw
+# datapath events in batches on monitor(node).
+MONITOR = f"{ROOT}.monitor"
+OBSERVER_MONITOR = f"{ROOT}.observer.monitor"
 
 
 def inbox_prefix(user: str) -> str:
@@ -68,6 +72,11 @@ def endpoint_event(what: str) -> str:
 def flows(node: str, verdict: str = "*") -> str:
     """Where NODE publishes flows with VERDICT (FORWARDED, DROPPED, AUDIT; "*": any)."""
     return f"{FLOWS}.{node}.{verdict}"
+
+
+def monitor(node: str) -> str:
+    """Where NODE publishes raw datapath events while a monitor is attached."""
+    return f"{MONITOR}.{node}"
 
 
 # KV buckets holding desired state, and their owners (the only writers).
@@ -116,9 +125,9 @@ GRANTS: dict[str, Grants] = {
         serves=(IPCACHE_UPSERT, IPCACHE_DELETE, IPCACHE_LIST, health("routed")),
     ),
     "flowd": Grants(
-        serves=(OBSERVER_FLOWS, health("flowd")),
+        serves=(OBSERVER_FLOWS, OBSERVER_MONITOR, health("flowd")),
         calls=(POD_LIST, IDENTITY_LIST, POLICY_RULES),
         listens=(f"{ENDPOINT_EVENTS}.>",),
-        publishes=(f"{FLOWS}.>",),
+        publishes=(f"{FLOWS}.>", f"{MONITOR}.>"),
     ),
 }

@@ -65,3 +65,26 @@ async def test_offer_never_blocks_the_reader():
     pipe.offer([b"x"] * 1000)
     assert pipe.queued == 1 and acct.queue_full == 999
     await asyncio.sleep(0)
+
+
+async def test_raw_events_go_to_monitors_while_a_lease_runs():
+    pipe, acct, bus = make(queue_size=100)
+    good = event(packet(A, B, 17, udp(1, 2)))
+    monitor_subject = "capillary.monitor.node1"
+
+    async def one() -> list[str]:
+        bus.nc.published.clear()
+        pipe.offer([good, good])
+        await pipe.drain()
+        return [s for s, _ in bus.nc.published if s == monitor_subject]
+
+    assert await one() == []
+    pipe.attach_monitor("m1", 10)
+    pipe.attach_monitor("m2", 10)
+    assert await one() == [monitor_subject]                     # one message for the batch
+    assert bus.nc.published[0][1]["events"] == [good, good]
+    pipe.attach_monitor("m1", 0)
+    assert await one() == [monitor_subject]                     # m2 still holds a lease
+    pipe.attach_monitor("m2", 0)
+    assert await one() == []
+    assert acct.published == 8                                  # flows never depend on monitors

@@ -45,6 +45,8 @@ SAMPLES = [
              metrics_port=9964, counters={"requests": 3}),
     m.FlowFilter(verdict=["DROPPED"], pod=["x/a"], port=[80], since=1700000000.0),
     m.FlowQuery(last=20, filter=m.FlowFilter(protocol=["tcp"], type=["policy-verdict"])),
+    m.MonitorAttach(monitor="cli-1", lease=10.0),
+    m.MonitorEvents(events=[b"\x00" * 48], lost=3),
     m.FlowEvent(flow={"verdict": "DROPPED", "IP": {"source": "10.0.0.1"}, "l4": {"TCP": {"source_port": 1}}}),
 ]
 
