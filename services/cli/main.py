@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from services.cli import bpf, monitor, node, objects, observe, walk
+from services.cli import bpf, debuginfo, monitor, node, objects, observe, walk
 from services.cli.client import Client, run
 from services.cli.output import error
 from services.runtime.bus import ServiceError
@@ -66,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     observe.add_parser(sub)
     walk.add_parser(sub)
     monitor.add_parser(sub)
+    debuginfo.add_parser(sub)
 
     e = sub.add_parser("exec", help="run a command in a pod's network namespace")
     e.add_argument("pod", metavar="NS/NAME")
@@ -129,6 +130,8 @@ def dispatch(args) -> int:
             return run(_with_client(config, monitor.monitor, args))
         except KeyboardInterrupt:          # the way to stop it
             return 0
+    if cmd == "debuginfo":
+        return run(debuginfo.debuginfo(config, args.file))
     if cmd == "walk":
         return run(_with_client(config, walk.walk, args))
     if cmd == "exec":

@@ -105,6 +105,16 @@ def down(config: NodeConfig, timeout: float = 30.0) -> int:
 
 
 async def status(config: NodeConfig, output: str) -> int:
+    report = await status_report(config)
+    if output == "json":
+        print(json.dumps(report, indent=2))
+    else:
+        _print_status(report)
+    return 0 if report["healthy"] else 1
+
+
+async def status_report(config: NodeConfig) -> dict:
+    """What `capillary status` shows; report["healthy"] says whether every service is."""
     report: dict = {"node": config.node, "context": str(context_path(config)),
                     "state_dir": config.stateDir, "supervisor": None, "services": {},
                     "nats": {"url": config.nats.url, "connected": False},
@@ -136,11 +146,7 @@ async def status(config: NodeConfig, output: str) -> int:
     counters = report["services"].get("endpointd", {}).get("counters", {})
     report["datapath"]["programs_attached"] = counters.get("programs_attached", 0)
     report["healthy"] = healthy
-    if output == "json":
-        print(json.dumps(report, indent=2))
-    else:
-        _print_status(report)
-    return 0 if healthy else 1
+    return report
 
 
 async def _nats_state(client: Client) -> dict:
