@@ -142,6 +142,7 @@ static __always_inline int handle_ipv4(struct __sk_buff *skb)
 	src = lookup_endpoint(saddr);
 	if (!src || src->ifindex != skb->ifindex)
 		return drop_early(skb, METRIC_EGRESS, DROP_INVALID_SIP);
+	count_endpoint(skb, src->endpoint_id, 0);
 	dst = lookup_endpoint(daddr);
 
 	state = ct_lookup(saddr, daddr, proto, &l4, skb->len, &ct);
@@ -179,6 +180,7 @@ static __always_inline int handle_ipv4(struct __sk_buff *skb)
 		if (ipv4_dec_ttl(skb, ttl) < 0 || rewrite_macs(skb, host_mac, pod_mac) < 0)
 			return drop_early(skb, METRIC_EGRESS, DROP_INVALID);
 		count(skb, METRIC_EGRESS, REASON_REDIRECT_PEER);
+		count_endpoint(skb, dst->endpoint_id, 1);
 		if (traced) {
 			m.endpoint_id = dst->endpoint_id;
 			m.direction = METRIC_INGRESS;
@@ -223,8 +225,8 @@ int from_container(struct __sk_buff *skb)
 	return TC_ACT_OK;
 }
 
-/* The to-endpoint trace of a pod-to-pod packet in host-stack mode: from_container already
- * judged and counted it, so conntrack is only peeked at here. */
+/* A pod-to-pod packet entering its pod in host-stack mode: from_container already judged
+ * it, so here it is only counted for its endpoint and traced (conntrack is only peeked at). */
 static __always_inline void trace_policy_done(struct __sk_buff *skb, struct iphdr *ip4)
 {
 	struct event_meta m = { .direction = METRIC_INGRESS };
@@ -239,6 +241,7 @@ static __always_inline void trace_policy_done(struct __sk_buff *skb, struct iphd
 	dst = lookup_endpoint(daddr);
 	if (!dst)
 		return;
+	count_endpoint(skb, dst->endpoint_id, 1);
 	m.reason = ct_peek(saddr, daddr, proto, &l4, &ct);
 	if (!trace_wanted(ct, CT_SLOT_TO_CONTAINER | (m.reason == CT_REPLY), &l4))
 		return;
@@ -296,6 +299,7 @@ int to_container(struct __sk_buff *skb)
 			ct_create(saddr, daddr, proto, &l4, skb->len, &n);
 	}
 	count(skb, METRIC_INGRESS, REASON_FORWARDED);
+	count_endpoint(skb, dst->endpoint_id, 1);
 	if (traced)
 		emit_trace(skb, &m, TRACE_TO_LXC);
 	return TC_ACT_OK;

@@ -1,5 +1,7 @@
-/* Per-CPU packet and byte counters by (direction, reason). Owner: endpointd, read by flowd
- * and `capillary status`. Index = direction << 8 | reason. */
+/* Per-CPU packet and byte counters by (direction, reason), and per endpoint. Owner:
+ * endpointd, read by flowd and `capillary status`. cap_metrics index = direction << 8 | reason.
+ * cap_ep_metrics is keyed by endpoint id: endpointd creates an endpoint's entry with the
+ * endpoint and deletes it with it; the datapath only counts into entries that exist. */
 #ifndef CAPILLARY_METRICS_H
 #define CAPILLARY_METRICS_H
 
@@ -14,6 +16,36 @@ struct metrics_value {
 
 BPF_TABLE_PINNED("percpu_array", __u32, struct metrics_value, cap_metrics,
 		 METRICS_MAP_SIZE, PIN_ROOT "/metrics");
+
+/* Packets and bytes sent by (tx) and delivered to (rx) one endpoint. */
+struct ep_metrics {
+	__u64 rx_packets;
+	__u64 rx_bytes;
+	__u64 tx_packets;
+	__u64 tx_bytes;
+};
+
+#ifndef ENDPOINTS_MAP_SIZE
+#define ENDPOINTS_MAP_SIZE 4096
+#endif
+
+BPF_TABLE_PINNED("percpu_hash", __u32, struct ep_metrics, cap_ep_metrics,
+		 ENDPOINTS_MAP_SIZE, PIN_ROOT "/ep_metrics");
+
+static __always_inline void count_endpoint(struct __sk_buff *skb, __u32 endpoint_id, int rx)
+{
+	struct ep_metrics *v = cap_ep_metrics.lookup(&endpoint_id);
+
+	if (!v)
+		return;
+	if (rx) {
+		v->rx_packets += 1;
+		v->rx_bytes += skb->len;
+	} else {
+		v->tx_packets += 1;
+		v->tx_bytes += skb->len;
+	}
+}
 
 static __always_inline void count(struct __sk_buff *skb, __u32 dir, __u32 reason)
 {

@@ -95,7 +95,7 @@ def _routes(src: walkpath.Pod, dst: walkpath.Pod, netns: str) -> tuple[str, str]
 
 
 def _moved(before: dict[str, int], after: dict[str, int]) -> list[str]:
-    return [f"{rule} (+{after[rule] - before.get(rule, 0)} packets)" for rule in after
+    return [f"{rule} (+{after[rule] - before.get(rule, 0)} packets while the probe ran)" for rule in after
             if after[rule] > before.get(rule, 0)]
 
 

@@ -73,6 +73,20 @@ class PinnedMap(Generic[K, V]):
                 raise MapFull(exc.errno, f"{self.path.name} is full") from None
             raise MapError(exc.errno, f"update {self.path.name}: {exc.strerror}") from None
 
+    def insert_zeroed(self, key: K) -> bool:
+        """Insert KEY with a zero value (on every CPU, for a per-CPU map); False when KEY is
+        already there, whose value is left alone."""
+        value = self._raw() if self.percpu else self.value_type()
+        try:
+            bpfsys.update(self.fd, key, value, BPF_NOEXIST)
+        except OSError as exc:
+            if exc.errno == errno.EEXIST:
+                return False
+            if exc.errno in (errno.E2BIG, errno.ENOSPC):
+                raise MapFull(exc.errno, f"{self.path.name} is full") from None
+            raise MapError(exc.errno, f"update {self.path.name}: {exc.strerror}") from None
+        return True
+
     def delete(self, key: K) -> bool:
         """Delete KEY; False when it was not there."""
         try:

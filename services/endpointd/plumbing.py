@@ -14,6 +14,7 @@ from pathlib import Path
 
 from services.datapath import netns
 from services.datapath.maps.endpoints import FLAG_AUDIT, Endpoint, EndpointMap
+from services.datapath.maps.metrics import EndpointMetricsMap
 from services.datapath.netlink import (RT_SCOPE_LINK, TC_EGRESS, TC_INGRESS, InterfaceNotFound,
                                        Netlink, PodNetlink)
 from services.runtime.config import NodeConfig
@@ -69,12 +70,14 @@ class Plumber:
         self.config = config
         self.router_ip = str(config.router_ip)
         self.endpoints = endpoints
+        self.ep_metrics = EndpointMetricsMap(Path(config.datapath.bpfRoot))
         self.from_fd = from_fd
         self.to_fd = to_fd
         self.nl = Netlink()
 
     def close(self) -> None:
         self.nl.close()
+        self.ep_metrics.close()
 
     def create(self, spec: PodSpec, wiring: Wiring) -> PodStatus:
         ifname = host_ifname(self.config, spec.namespace, spec.name)
@@ -93,7 +96,7 @@ class Plumber:
                 made_netns = True
             status = self._wire(spec, wiring, ifname, path, owned)
         except BaseException:
-            self._remove(ifname, wiring.pod_ip, path if made_netns else None)
+            self._remove(ifname, wiring.pod_ip, wiring.endpoint_id, path if made_netns else None)
             raise
         return status
 
@@ -108,12 +111,13 @@ class Plumber:
         return status
 
     def _install(self, status: PodStatus, spec: PodSpec) -> None:
-        """Endpoint entry, program, route, link up: in that order, so the first packet the
-        pod can send already meets our program and a complete endpoint entry."""
+        """Endpoint entry and counters, program, route, link up: in that order, so the first
+        packet the pod can send already meets our program and a complete endpoint entry."""
         self.endpoints.upsert(Endpoint(ip=status.pod_ip, ifindex=status.host_ifindex,
                                        identity=status.identity, endpoint_id=status.endpoint_id,
                                        host_mac=status.host_mac, pod_mac=status.pod_mac,
                                        flags=FLAG_AUDIT if spec.audit else 0))
+        self.ep_metrics.create(status.endpoint_id)
         self.nl.attach_bpf(status.host_ifindex, self.to_fd, TO_CONTAINER, TC_EGRESS)
         self.nl.attach_bpf(status.host_ifindex, self.from_fd, FROM_CONTAINER, TC_INGRESS)
         self.nl.set_up(status.host_ifindex)
@@ -129,7 +133,7 @@ class Plumber:
         except InterfaceNotFound:
             host = None
         if host is None or not path.exists():
-            self._remove(status.host_ifname, status.pod_ip, None)
+            self._remove(status.host_ifname, status.pod_ip, status.endpoint_id, None)
             if status.netns_owned and not path.exists():
                 netns.create(path.name)
             elif not status.netns_owned and not netns.is_netns(path):
@@ -145,18 +149,20 @@ class Plumber:
         return current
 
     def delete(self, status: PodStatus) -> None:
-        self._remove(status.host_ifname, status.pod_ip,
+        self._remove(status.host_ifname, status.pod_ip, status.endpoint_id,
                      Path(status.netns) if status.netns_owned else None)
 
-    def _remove(self, ifname: str, pod_ip: str, owned_netns: Path | None) -> None:
+    def _remove(self, ifname: str, pod_ip: str, endpoint_id: int, owned_netns: Path | None) -> None:
         self.endpoints.delete(pod_ip)
+        self.ep_metrics.delete(endpoint_id)
         self.nl.delete_link(ifname)          # takes the peer and the /32 route with it
         if owned_netns is not None:
             netns.remove(owned_netns)
 
-    def orphans(self, known_ifnames: set[str], known_ips: set[str], known_netns: set[str]) -> list[str]:
-        """Remove lxc links, endpoint entries and our netns files that no pod record owns
-        (left by a crash between making them and recording the pod)."""
+    def orphans(self, known_ifnames: set[str], known_ips: set[str], known_netns: set[str],
+                known_endpoint_ids: set[int]) -> list[str]:
+        """Remove lxc links, endpoint entries and counters, and our netns files that no pod
+        record owns (left by a crash between making them and recording the pod)."""
         removed = []
         if netns.NETNS_RUN_DIR.is_dir():
             for path in netns.NETNS_RUN_DIR.glob(f"{netns_prefix(self.config)}*"):
@@ -170,6 +176,10 @@ class Plumber:
             if ip not in known_ips:
                 self.endpoints.delete(ip)
                 removed.append(f"endpoint {ip}")
+        for counter in self.ep_metrics.all():
+            if counter.endpoint_id not in known_endpoint_ids:
+                self.ep_metrics.delete(counter.endpoint_id)
+                removed.append(f"endpoint counters {counter.endpoint_id}")
         return removed
 
     def attached(self, ifindex: int) -> int:

@@ -119,6 +119,7 @@ class EndpointService(Service):
             {p.status.host_ifname for p in self.pods.values()},
             {p.status.pod_ip for p in self.pods.values()},
             {p.status.netns for p in self.pods.values() if p.status.netns_owned},
+            {p.status.endpoint_id for p in self.pods.values()},
         )
         if removed:
             self.log.warning("removed orphans", items=removed)

@@ -1,30 +1,38 @@
 """Prometheus view of the datapath's per-CPU counters (cap_metrics), read at scrape time.
 
 Names follow Cilium's agent metrics: cilium_forward_count_total / cilium_forward_bytes_total
-and cilium_drop_count_total / cilium_drop_bytes_total with reason and direction labels.
+and cilium_drop_count_total / cilium_drop_bytes_total with reason and direction labels. Per
+endpoint (cap_ep_metrics), which Cilium has no metric of its own for:
+capillary_endpoint_packets_total / capillary_endpoint_bytes_total{endpoint, namespace, pod,
+direction}, where ingress is into the pod and egress out of it.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from prometheus_client.core import CounterMetricFamily
 
-from services.datapath.maps.metrics import MetricsMap
+from services.datapath.maps.metrics import EndpointMetricsMap, MetricsMap
 from services.datapath.numbers import METRIC_INGRESS, REASON_NAMES, is_drop
 from services.datapath.pinned import MapError
 
 
 class DatapathCollector:
-    def __init__(self, bpf_root: Path) -> None:
+    def __init__(self, bpf_root: Path, pods: Callable[[], dict[int, tuple[str, str]]]) -> None:
+        """PODS: endpoint id -> (namespace, pod name), for the per-endpoint labels."""
         self.bpf_root = bpf_root
+        self.pods = pods
         self._map: MetricsMap | None = None
+        self._ep_map: EndpointMetricsMap | None = None
 
     def _open(self) -> MetricsMap | None:
         if self._map is None:
             try:
                 self._map = MetricsMap(self.bpf_root)
+                self._ep_map = EndpointMetricsMap(self.bpf_root)
             except MapError:
-                return None     # endpointd has not created it yet
+                return None     # endpointd has not created them yet
         return self._map
 
     def collect(self):
@@ -36,6 +44,7 @@ class DatapathCollector:
                                    labels=["reason", "direction"])
         drop_b = CounterMetricFamily("cilium_drop_bytes", "Bytes dropped by the datapath",
                                      labels=["reason", "direction"])
+        families = [fwd, fwd_b, drop, drop_b]
         m = self._open()
         if m is not None:
             for c in m.nonzero():
@@ -47,4 +56,19 @@ class DatapathCollector:
                 else:
                     fwd.add_metric([direction, name], c.packets)
                     fwd_b.add_metric([direction, name], c.bytes)
-        return [fwd, fwd_b, drop, drop_b]
+            families += self._endpoints()
+        return families
+
+    def _endpoints(self) -> list[CounterMetricFamily]:
+        labels = ["endpoint", "namespace", "pod", "direction"]
+        packets = CounterMetricFamily("capillary_endpoint_packets", "Packets into (ingress) and out of "
+                                      "(egress) each pod, counted by the datapath", labels=labels)
+        octets = CounterMetricFamily("capillary_endpoint_bytes", "Bytes into (ingress) and out of (egress) "
+                                     "each pod, counted by the datapath", labels=labels)
+        pods = self.pods()
+        for c in self._ep_map.all():
+            namespace, name = pods.get(c.endpoint_id, ("", ""))
+            for direction, p, b in (("ingress", c.rx_packets, c.rx_bytes), ("egress", c.tx_packets, c.tx_bytes)):
+                packets.add_metric([str(c.endpoint_id), namespace, name, direction], p)
+                octets.add_metric([str(c.endpoint_id), namespace, name, direction], b)
+        return [packets, octets]

@@ -1,11 +1,13 @@
 """Flow metrics under Hubble's names (hubble_flows_processed_total, hubble_drop_total,
-hubble_policy_verdicts_total, hubble_lost_events_total), on the service's registry."""
+hubble_policy_verdicts_total, hubble_lost_events_total), on the service's registry, and
+capillary_flow_export_delay_seconds: from an event leaving the datapath to its flow going
+out on NATS (observed once per batch, for its oldest event: the batch's worst case)."""
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily
 
 from services.datapath.numbers import EVENT_DROP, EVENT_POLICY_VERDICT, EVENT_TRACE, POLICY_MATCH_NAMES, TRACE_NAMES
@@ -13,6 +15,7 @@ from services.flowd.filters import protocol
 
 TYPE_NAMES = {EVENT_DROP: "Drop", EVENT_TRACE: "Trace", EVENT_POLICY_VERDICT: "PolicyVerdict"}
 PROTOCOL_LABELS = {"tcp": "TCP", "udp": "UDP", "icmp": "ICMPv4", "sctp": "SCTP"}
+DELAY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
 @dataclass
@@ -20,6 +23,7 @@ class FlowMetrics:
     processed: Counter
     drops: Counter
     verdicts: Counter
+    delay: Histogram
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> "FlowMetrics":
@@ -29,6 +33,9 @@ class FlowMetrics:
             drops=Counter("hubble_drop", "Packets dropped", ["reason", "protocol"], registry=registry),
             verdicts=Counter("hubble_policy_verdicts", "Policy verdicts",
                              ["direction", "match", "action"], registry=registry),
+            delay=Histogram("capillary_flow_export_delay_seconds", "From a datapath event to its flow "
+                            "published on NATS (the oldest event of each batch)", buckets=DELAY_BUCKETS,
+                            registry=registry),
         )
 
     def children(self, flow: dict) -> tuple:

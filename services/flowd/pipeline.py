@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
+import sys
 import time
 from collections import deque
 
@@ -43,6 +44,7 @@ class Pipeline:
         self.enricher = enricher
         self.history = history
         self.acct = accounting
+        self.metrics = metrics
         self.builder = FlowBuilder(enricher.meta, node, metrics.children)
         self.queue_size = queue_size
         self.queued = 0                         # records offered and not yet handled
@@ -114,6 +116,9 @@ class Pipeline:
         for counters, n in counts.items():
             for counter in counters:
                 counter.inc(n)
+        if len(batch[0]) >= 8:
+            emitted = int.from_bytes(batch[0][:8], sys.byteorder) + offset
+            self.metrics.delay.observe(max(time.time_ns() - emitted, 0) / 1e9)
 
     async def _to_monitor(self, batch: list[bytes]) -> None:
         """The raw events, for `capillary monitor`. Best effort, as Cilium's monitor is: a

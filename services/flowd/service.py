@@ -48,7 +48,7 @@ class FlowService(Service):
         self.accounting = Accounting(ring=lambda: self._ring_since(baseline), read=lambda: self.reader.read)
         self.pipeline = Pipeline(self.config.node, self.bus, self.enricher, self.history,
                                  FlowMetrics.create(self.registry), self.accounting)
-        self.registry.register(DatapathCollector(root))
+        self.registry.register(DatapathCollector(root, self._pods_by_endpoint))
         self.registry.register(LostCollector(
             lambda: self.accounting.lost_by_source(self.history.overwritten)))
         self.tasks = [asyncio.create_task(self.pipeline.run()), asyncio.create_task(self.enricher.run())]
@@ -60,6 +60,9 @@ class FlowService(Service):
     def _ring_since(self, baseline: Stats) -> Stats:
         delta = self.stats.read() - baseline
         return Stats(delta.emitted + self.reader.backlog, delta.lost)
+
+    def _pods_by_endpoint(self) -> dict[int, tuple[str, str]]:
+        return {p.endpoint_id: (p.namespace, p.name) for p in self.enricher.meta.pods_by_ip.values()}
 
     def _offer(self, batch: list[bytes]) -> None:
         self.pipeline.offer(batch)

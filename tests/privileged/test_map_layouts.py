@@ -12,7 +12,7 @@ from services.datapath.maps.endpoints import EndpointInfo, EndpointKey
 from services.datapath.maps.ipcache import IpcacheInfo, IpcacheKey
 from services.datapath.maps.conntrack import CtEntry, CtKey
 from services.datapath.maps.events import EventStats, FlowEvent
-from services.datapath.maps.metrics import MetricsValue
+from services.datapath.maps.metrics import EndpointMetricsValue, MetricsValue
 from services.datapath.maps.policy import PolicyEntry, PolicyKey
 from services.runtime.config import DatapathConfig, NodeConfig
 
@@ -42,6 +42,7 @@ def compiled(tmp_path_factory):
     ("lxc.c", "cap_ipcache", IpcacheKey, IpcacheInfo),
     ("routed_maps.c", "cap_ipcache", IpcacheKey, IpcacheInfo),
     ("lxc.c", "cap_metrics", None, MetricsValue),
+    ("lxc.c", "cap_ep_metrics", None, EndpointMetricsValue),
     ("policyd_maps.c", "cap_policy", PolicyKey, PolicyEntry),
     ("lxc.c", "cap_policy", PolicyKey, PolicyEntry),
     ("lxc.c", "cap_ct", CtKey, CtEntry),
