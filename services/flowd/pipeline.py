@@ -25,6 +25,7 @@ from services.wire import codec, subjects
 from services.wire.messages import MonitorEvents
 
 QUEUE_SIZE = 16384
+PUBLISH_CHUNK = 256         # flows per write to NATS
 MONITOR_CHUNK = 1024        # raw events per monitor message: well inside NATS's 1 MB payload limit
 MAX_LEASE = 60.0
 PUBLISH_ERRORS = (nats.errors.Error, OSError)
@@ -94,8 +95,8 @@ class Pipeline:
             await self._to_monitor(batch)
         counts: dict[tuple, int] = {}
         offset = clock_offset_ns()
-        publish = self.bus.nc.publish
         lookup, build = self.builder.lookup, self.builder.flow
+        out: list[tuple[str, bytes]] = []
         for raw in batch:
             try:
                 key, template = lookup(raw)
@@ -107,18 +108,37 @@ class Pipeline:
                 continue
             self.history.add(flow)
             counts[template.counters] = counts.get(template.counters, 0) + 1
-            try:
-                await publish(template.subject, payload)
-            except PUBLISH_ERRORS:
-                self.acct.publish_failed += 1
-                continue
-            self.acct.published += 1
+            out.append((template.subject, payload))
+            if len(out) == PUBLISH_CHUNK:
+                await self._publish(out)
+                out = []
+        await self._publish(out)
         for counters, n in counts.items():
             for counter in counters:
                 counter.inc(n)
         if len(batch[0]) >= 8:
             emitted = int.from_bytes(batch[0][:8], sys.byteorder) + offset
             self.metrics.delay.observe(max(time.time_ns() - emitted, 0) / 1e9)
+
+    async def _publish(self, out: list[tuple[str, bytes]]) -> None:
+        """Publish OUT, counting each flow as published or failed."""
+        if not out:
+            return
+        if self.bus.can_publish_many():
+            try:
+                await self.bus.publish_many(out)
+            except PUBLISH_ERRORS:
+                self.acct.publish_failed += len(out)
+                return
+            self.acct.published += len(out)
+            return
+        for subject, payload in out:            # reconnecting: publish() buffers, or refuses
+            try:
+                await self.bus.nc.publish(subject, payload)
+            except PUBLISH_ERRORS:
+                self.acct.publish_failed += 1
+                continue
+            self.acct.published += 1
 
     async def _to_monitor(self, batch: list[bytes]) -> None:
         """The raw events, for `capillary monitor`. Best effort, as Cilium's monitor is: a

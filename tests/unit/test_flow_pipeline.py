@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import nats.errors
+import pytest
 import structlog
 from prometheus_client import CollectorRegistry
 
@@ -32,12 +33,25 @@ class RecordingNats:
 
 
 class Bus:
-    def __init__(self) -> None:
+    """Publishes one by one (as while reconnecting) or, with `batching`, many at once."""
+
+    def __init__(self, batching: bool = False) -> None:
         self.nc = RecordingNats()
+        self.batching = batching
+        self.writes = 0
+
+    def can_publish_many(self) -> bool:
+        return self.batching
+
+    async def publish_many(self, messages: list[tuple[str, bytes]]) -> None:
+        if self.nc.full:
+            raise nats.errors.OutboundBufferLimitError
+        self.writes += 1
+        self.nc.published += [(subject, codec.decode(payload)) for subject, payload in messages]
 
 
-def make(queue_size: int) -> tuple[Pipeline, Accounting, Bus]:
-    bus = Bus()
+def make(queue_size: int, batching: bool = False) -> tuple[Pipeline, Accounting, Bus]:
+    bus = Bus(batching)
     acct = Accounting(ring=lambda: Stats(0, 0), read=lambda: 0)
     enricher = Enricher(bus, metadata(), structlog.get_logger())
     pipe = Pipeline("node1", bus, enricher, History(2), FlowMetrics.create(CollectorRegistry()), acct,
@@ -45,8 +59,9 @@ def make(queue_size: int) -> tuple[Pipeline, Accounting, Bus]:
     return pipe, acct, bus
 
 
-async def test_every_record_is_counted_once():
-    pipe, acct, bus = make(queue_size=3)
+@pytest.mark.parametrize("batching", [False, True])
+async def test_every_record_is_counted_once(batching):
+    pipe, acct, bus = make(queue_size=3, batching=batching)
     good = event(packet(A, B, 17, udp(1, 2)))
     pipe.offer([good, b"not an event", good, good, good])      # the last two find the queue full
     assert acct.queue_full == 2
@@ -88,3 +103,10 @@ async def test_raw_events_go_to_monitors_while_a_lease_runs():
     pipe.attach_monitor("m2", 0)
     assert await one() == []
     assert acct.published == 8                                  # flows never depend on monitors
+
+
+async def test_flows_are_written_in_chunks():
+    pipe, acct, bus = make(queue_size=10_000, batching=True)
+    pipe.offer([event(packet(A, B, 17, udp(1, 2)))] * 600)
+    await pipe.drain()
+    assert acct.published == 600 and bus.writes == 3          # 256 + 256 + 88
