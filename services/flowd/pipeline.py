@@ -24,7 +24,7 @@ from services.runtime.bus import Bus
 from services.wire import codec, subjects
 from services.wire.messages import MonitorEvents
 
-QUEUE_SIZE = 16384
+QUEUE_SIZE = 65536         # raw records (~200 bytes each) between the ring reader and publishing
 PUBLISH_CHUNK = 256         # flows per write to NATS
 MONITOR_CHUNK = 1024        # raw events per monitor message: well inside NATS's 1 MB payload limit
 MAX_LEASE = 60.0
