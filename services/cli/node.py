@@ -18,7 +18,7 @@ from services.runtime.config import NodeConfig
 from services.runtime.supervisor import Supervisor, read_pid
 from services.wire import subjects
 
-READY_TIMEOUT = 30.0
+READY_TIMEOUT = 60.0      # seconds: three bcc compiles on a busy 2-core machine can take most of it
 
 
 def up_foreground(config: NodeConfig, config_path: str | None) -> int:

@@ -11,6 +11,7 @@ import asyncio
 import errno
 import ipaddress
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,14 +53,21 @@ def _link(msg) -> Link:
     return Link(msg.get_attr("IFLA_IFNAME"), msg["index"], msg.get_attr("IFLA_ADDRESS"), kind)
 
 
-def _dump(call: Callable[[], T], attempts: int = 20) -> T:
+DUMP_PATIENCE = 15.0     # seconds of retrying an interrupted dump before giving up
+
+
+def _dump(call: Callable[[], T], patience: float = DUMP_PATIENCE) -> T:
     """Run a netlink dump again when the kernel says it was interrupted by a concurrent
-    change (NLM_F_DUMP_INTR): a dump is only trustworthy when it ran undisturbed."""
-    for _ in range(attempts - 1):
+    change (NLM_F_DUMP_INTR): a dump is only trustworthy when it ran undisturbed. Another
+    process adding hundreds of links interrupts dump after dump, so retries back off."""
+    deadline = time.monotonic() + patience
+    pause = 0.005
+    while time.monotonic() < deadline:
         try:
             return call()
         except NetlinkDumpInterrupted:
-            continue
+            time.sleep(pause)
+            pause = min(pause * 2, 0.2)
     return call()
 
 
