@@ -148,6 +148,12 @@ def build(flows: list[dict], src: Pod, dst: Pod, probe: Probe, mode: str, pod_ro
     ignored). POD_ROUTE: the route the source pod's kernel picked; HOST_ROUTE and IPTABLES:
     the host's route to DST for packets from SRC's veth and the iptables rules whose
     counters moved during the probe (consulted only when the packet went through the stack)."""
+    if src.ip == dst.ip:
+        hop = Hop(f"{src.ref} lo", "a pod's packets to itself never leave its namespace: no veth, no program, "
+                  "no policy", details=[f"route: {pod_route}"])
+        delivered = probe.outcome in DELIVERED_OUTCOMES
+        return Walk(src, dst, probe, mode, [hop], "DELIVERED" if delivered else "UNKNOWN",
+                    f"the probe {'was answered' if delivered else 'got no answer'} inside the pod", [])
     request = [f for f in flows if is_probe(f, src, dst, probe, reply=False)]
     reply = [f for f in flows if is_probe(f, src, dst, probe, reply=True)]
     lxc = f"host {src.ifname}"

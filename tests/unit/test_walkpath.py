@@ -92,3 +92,9 @@ def test_lost_events_still_leave_the_probes_answer():
     assert w.result == "DELIVERED"
     assert w.hops[-1].details == ["probe: the destination's stack refused it (nothing listens on the port) "
                                   "after 1.0 ms"]
+
+
+def test_a_pod_walking_to_itself_stays_inside():
+    w = walkpath.build([], SRC, SRC, Probe("tcp", 80, 40000, "refused", 0.001), "redirect",
+                       "local 10.200.0.2 dev lo", "", [])
+    assert w.result == "DELIVERED" and [h.where for h in w.hops] == ["x/a lo"]
