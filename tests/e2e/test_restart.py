@@ -1,15 +1,18 @@
 """Restart safety: pods, IPs and connectivity survive service crashes and node restarts,
 and a ping running through them loses nothing."""
+import json
 import os
 import re
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
+import yaml
 
 from tests.support.node import docs, namespace_doc, pod_doc
-from tests.support.traffic import ping
+from tests.support.traffic import PROBER, Servers, ping
 
 
 @pytest.fixture(scope="module")
@@ -93,3 +96,34 @@ def test_orphans_from_a_crash_are_removed_at_start(node, two_pods):
     assert ghost not in links
     assert orphan_ns not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert set(node.pods()) >= {"r/a", "r/b"}
+
+
+def test_policy_is_enforced_without_a_gap_through_restarts(node):
+    """A denied port stays denied, connection after connection, through `down` + `up` and a
+    kill -9 of policyd and of endpointd; the allowed port keeps working."""
+    node.apply(docs(namespace_doc("rp"), pod_doc("rp", "a", {"app": "a"}), pod_doc("rp", "b", {"app": "b"})))
+    node.apply(yaml.safe_dump({
+        "apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy", "metadata": {"name": "b-80", "namespace": "rp"},
+        "spec": {"endpointSelector": {"matchLabels": {"app": "b"}},
+                 "ingress": [{"fromEndpoints": [{"matchLabels": {"app": "a"}}],
+                              "toPorts": [{"ports": [{"port": "80", "protocol": "TCP"}]}]}]}}))
+    servers = Servers()
+    b_ip = node.pod_ip("rp/b")
+    try:
+        servers.start(node.netns("rp/b"), 80, 81)
+        targets = json.dumps([["tcp", b_ip, 80], ["tcp", b_ip, 81]])
+        prober = subprocess.Popen(["nsenter", f"--net={node.netns('rp/a')}", "--", sys.executable, PROBER, "loop",
+                                   "40", targets], stdout=subprocess.PIPE, text=True)
+        time.sleep(1)
+        node.down()
+        node.up()
+        _kill_and_wait(node, "policyd")
+        _kill_and_wait(node, "endpointd")
+        counts = json.loads(prober.communicate(timeout=120)[0])
+        allowed, denied = counts[f"tcp {b_ip} 80"], counts[f"tcp {b_ip} 81"]
+        assert denied[0] == 0 and denied[1] > 10, f"port 81 let through {denied[0]} of {sum(denied)} connections"
+        assert allowed[0] > 100 and allowed[1] == 0, f"port 80: {allowed[0]} ok, {allowed[1]} failed"
+    finally:
+        servers.close()
+        node.cli("delete", "cnp", "b-80", "-n", "rp")
+        node.cli("delete", "namespace", "rp")
