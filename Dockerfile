@@ -28,6 +28,9 @@ RUN set -eux; \
     mkdir /tmp/headers; for deb in /tmp/linux-headers-*.deb; do dpkg-deb -x "$deb" /tmp/headers; done; \
     mv /tmp/headers/usr/src/* /usr/src/; rm -rf /tmp/headers /tmp/*.deb; \
     rm -f "/usr/src/$flavour/scripts" "/usr/src/$flavour/tools"; \
+    for a in /usr/src/"$common"/arch/*/; do \
+        [ -d "/usr/src/$flavour/arch/$(basename "$a")" ] || rm -rf "$a"; \
+    done; \
     apt-get clean; rm -rf /var/lib/apt/lists/* /var/cache/apt/* /var/log/apt /var/log/dpkg.log
 
 # The project, in a venv that sees the system's bcc. Wheels in dist/wheels (built on the
