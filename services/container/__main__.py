@@ -97,8 +97,9 @@ def main(argv: list[str] | None = None) -> int:
             return health(config, argv[1] if len(argv) > 1 else "")
         if argv[0] == "nats":
             run_nats(config)
-        print(headers.ensure(), file=sys.stderr)
+        found = headers.ensure()
         if argv[0] in subjects.SERVICES:
+            print(found, file=sys.stderr)
             if procsys.ensure_writable():
                 print("remounted /proc/sys writable", file=sys.stderr)
             argv = [sys.executable, "-m", f"services.{argv[0]}", "--config", str(DEFAULT_CONFIG_PATH)]
