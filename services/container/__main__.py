@@ -11,12 +11,12 @@ container read it, and to <stateDir>/config.yaml, for the CLI on the host.
 """
 from __future__ import annotations
 
-import asyncio
+import json
 import os
 import sys
 from pathlib import Path
 
-from services.container import env, headers, procsys
+from services.container import env, headers, probe, procsys
 from services.runtime.config import ConfigError, DEFAULT_CONFIG_PATH, NodeConfig
 from services.wire import subjects
 
@@ -56,22 +56,27 @@ def run_nats(config: NodeConfig) -> None:
     _exec([natsserver.nats_server_binary(), "-c", str(conf)])
 
 
-async def _check(config: NodeConfig, target: str) -> str:
-    from services.runtime.bus import Bus, Credentials
+def _check(config: NodeConfig, target: str) -> str:
     from services.runtime.natsserver import ADMIN
-    creds = Credentials.load(config.credentials_path(ADMIN))
-    bus = await Bus.connect(creds, name=f"healthcheck-{target}", retry=False,
-                            connect_timeout=HEALTH_TIMEOUT)
+    from services.wire import codec
+    path = config.credentials_path(ADMIN)
     try:
-        if target == "nats":
-            info = await bus.js.account_info()
-            return f"nats: JetStream up, {info.streams} streams"
-        health = await bus.request(subjects.health(target), timeout=HEALTH_TIMEOUT)
-        if not health.get("ready"):
-            raise RuntimeError(f"{target}: not ready: {health.get('detail')}")
-        return f"{target}: ready, pid {health['pid']}"
-    finally:
-        await bus.nc.close()
+        creds = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise probe.ProbeError(f"no usable NATS credentials at {path}: {exc}") from None
+    subject = "$JS.API.INFO" if target == "nats" else subjects.health(target)
+    reply = probe.request(creds["url"], creds["user"], creds["password"], subject,
+                          subjects.inbox_prefix(creds["user"]), timeout=HEALTH_TIMEOUT)
+    if target == "nats":
+        info = json.loads(reply)
+        if "error" in info:
+            raise probe.ProbeError(f"JetStream: {info['error'].get('description')}")
+        return f"nats: JetStream up, {info['streams']} streams"
+    answer = codec.decode(reply)
+    health = answer.get("result") or {}
+    if not answer.get("ok") or not health.get("ready"):
+        raise probe.ProbeError(f"{target}: not ready: {health.get('detail') or answer.get('error')}")
+    return f"{target}: ready, pid {health['pid']}"
 
 
 def health(config: NodeConfig, target: str) -> int:
@@ -79,7 +84,7 @@ def health(config: NodeConfig, target: str) -> int:
         print(f"error: health: unknown target {target!r}", file=sys.stderr)
         return 2
     try:
-        print(asyncio.run(asyncio.wait_for(_check(config, target), HEALTH_TIMEOUT * 2)))
+        print(_check(config, target))
         return 0
     except Exception as exc:   # any failure is "unhealthy"; the message goes to docker inspect
         print(f"unhealthy: {getattr(exc, 'message', None) or exc or type(exc).__name__}")
