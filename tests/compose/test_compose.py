@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
-import time
 
 import pytest
 import yaml
@@ -49,9 +49,13 @@ class Scene:
         return not probe(self.ns[C], "tcp", self.ip[S], 81, sport=sport, timeout=0.5)
 
     def explain(self) -> str:
-        """What the node says about the server's policy and the last flows, for a failure."""
-        return "\n".join(self.dep.cli(*args, check=False).stdout for args in
-                         (("bpf", "policy", "get", S), ("observe", "--last", "30")))
+        """The server's policy entries, the last flows and the logs of the services that
+        write them, for a failure."""
+        out = [self.dep.cli(*args, check=False).stdout for args in
+               (("bpf", "policy", "get", S), ("observe", "--last", "30"))]
+        out.append(self.dep.compose("logs", "--no-color", "--tail", "40", "policyd", "endpointd",
+                                    check=False).stdout)
+        return "\n".join(out)
 
     def close(self) -> None:
         self.servers.close()
@@ -123,16 +127,23 @@ def _ports(flow: dict) -> tuple:
 
 
 def test_a_bad_setting_is_refused_before_anything_is_made(image, tmp_path):
+    """`up` with a malformed setting fails at once (nats never turns healthy, no service
+    starts) and the log names the variable; the one-off CLI exits 2 with the same line."""
     bad = Deployment(tmp_path, image, project="capillary-compose-bad", CAPILLARY_POD_CIDR="10.1.0.0/33")
+    message = "error: CAPILLARY_POD_CIDR: podCIDR: '33' is not a valid netmask"
     try:
-        proc = bad.compose("run", "--rm", "--no-deps", "-T", "routed", check=False)
-        assert proc.returncode == 2
-        assert "error: CAPILLARY_POD_CIDR: podCIDR: '33' is not a valid netmask" in proc.stderr
-        # docker made the bind mount's source; capillary wrote nothing into it
-        assert list(bad.state_dir.iterdir()) == []
+        up = bad.compose("up", "-d", "--no-build", check=False, timeout=120)
+        assert up.returncode != 0
+        assert message in bad.compose("logs", "--no-color", "nats").stdout
+        assert set(bad.health()) == {"nats"}
+        run = bad.compose("run", "--rm", "--no-deps", "-T", "routed", check=False)
+        assert run.returncode == 2 and message in run.stderr
+        # docker made the bind mount's source (and the volume's mount point); capillary
+        # wrote nothing
+        assert [p for p in bad.state_dir.rglob("*") if not p.is_dir()] == []
     finally:
         bad.down(volumes=True)
-        bad.state_dir.rmdir()
+        shutil.rmtree(bad.state_dir, ignore_errors=True)
     assert bad.docker_leftovers() == []
 
 
