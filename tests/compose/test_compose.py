@@ -94,7 +94,8 @@ def test_the_host_cli_reaches_the_node_with_credentials_made_on_first_up(deploym
     status = deployment.status()
     assert status["healthy"] and status["node"] == "compose-test"
     assert all(status["services"][s]["healthy"] for s in SERVICES)
-    assert len(status["datapath"]["pinned_maps"]) == 7
+    # the maps the containers pinned, seen from the host through the shared bpffs
+    assert {"endpoints", "ipcache", "policy", "ct", "events"} <= set(status["datapath"]["pinned_maps"])
 
 
 def test_the_cli_runs_in_a_container_with_docker_compose_exec(deployment):
