@@ -7,7 +7,7 @@ PYTEST  := $(VENV)/bin/pytest
 CONFIG  ?=
 CONFIG_FLAG := $(if $(CONFIG),--config $(CONFIG),)
 
-.PHONY: setup up down purge status test unit privileged e2e bench clean
+.PHONY: setup up down purge status test unit privileged e2e compose-image compose-test bench clean
 
 setup:
 	@bash scripts/setup.sh
@@ -36,6 +36,16 @@ privileged: setup
 
 e2e: setup
 	$(PYTEST) tests/e2e -q -ra
+
+# capillary with Docker Compose (compose.yaml): the image, then a deployment on a real
+# engine (started for the test when none runs). Caches in /var/cache/capillary.
+compose-image: setup
+	@bash scripts/compose-host.sh --install
+	bash scripts/compose-image.sh
+
+compose-test: setup
+	@bash scripts/compose-host.sh --install
+	CAPILLARY_COMPOSE_TEST=1 $(PYTEST) tests/compose -v -ra --timeout 1800
 
 bench: setup
 	$(PY) bench/pods.py $(if $(QUICK),--repeats 1,)

@@ -2,6 +2,7 @@
 chains, pinned maps and the state directory."""
 from __future__ import annotations
 
+import errno
 import shutil
 from pathlib import Path
 
@@ -34,7 +35,21 @@ def purge_node(config: NodeConfig) -> list[str]:
         shutil.rmtree(root)
         removed.append(f"pinned maps {root}")
     if config.state_path.exists():
-        shutil.rmtree(config.state_path)
+        _remove_state(config.state_path)
         removed.append(f"state {config.state_path}")
     return removed
 
+
+def _remove_state(path: Path) -> None:
+    """Remove the state directory. One that is a mount point (in a container, the host's
+    directory bind-mounted) cannot be removed from inside the mount and is left empty."""
+    for child in path.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+    try:
+        path.rmdir()
+    except OSError as exc:
+        if exc.errno != errno.EBUSY:
+            raise
