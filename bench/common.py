@@ -7,8 +7,10 @@ Ctrl-C at any point removes exactly what was made so far.
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
+import secrets
 import signal
 import statistics
 import subprocess
@@ -25,14 +27,21 @@ import yaml
 from tests.support.node import Node
 
 REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "bench" / "results"
+# bench/run.py points this elsewhere for a quick run, so a smoke test never replaces the
+# results a full run left for the report.
+RESULTS_ENV = "CAPILLARY_BENCH_RESULTS"
+RESULTS = Path(os.environ.get(RESULTS_ENV) or REPO / "bench" / "results")
 
 # Every bench node gets its own pod interface prefix instead of the "lxt" that
 # tests.support.node gives all nodes: a node's start-up orphan sweep and `down --purge`
 # delete every 15-character link with the node's prefix, so two running nodes that share
 # a prefix delete each other's pods (seen here: the second node's start-up removed the
 # first node's pod veths). Each prefix must not be a prefix of another.
-BENCH_PREFIX = "lxb"        # + one letter per node: lxbp (pods.py), lxbr, lxbh (datapath.py), lxba, lxbt (policy.py)
+BENCH_PREFIX = "lxb"        # + one letter per node: lxbp (pods.py), lxbr, lxbh (datapath.py), lxba, lxbt (policy.py),
+                            # lxbf (footprint.py)
+# Bench node tags start with this letter (test nodes' tags are hex), so a bench node's netns
+# (cap-tx...), bpffs root (capillary-tx...) and router devices (ctx...) are known as ours.
+BENCH_TAG = "x"
 
 
 def log(message: str) -> None:
@@ -56,6 +65,12 @@ class Spread:
 
     def text(self, fmt: str = "{:.2f}") -> str:
         return f"{fmt.format(self.median)} [{fmt.format(self.min)}-{fmt.format(self.max)}]"
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile Q (0-100]: with fewer than 100/(100-Q) values, the largest."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
 
 
 def ratios(values: Sequence[float], baseline: Sequence[float]) -> list[float]:
@@ -174,11 +189,14 @@ def ping(netns: str | None, ip: str, count: int = 3) -> bool:
 
 # ---- nodes -------------------------------------------------------------------------------
 
-def bench_node(cleanup: Cleanup, workdir: Path, pod_cidr: str, letter: str, mode: str = "redirect") -> Node:
-    """A running node of our own (tests.support.node.Node, pod interfaces BENCH_PREFIX+LETTER),
-    purged by CLEANUP, which then fails loudly if anything of it is left."""
+def bench_node(cleanup: Cleanup, workdir: Path, pod_cidr: str, letter: str, mode: str = "redirect",
+               maps: dict[str, int] | None = None) -> Node:
+    """A running node of our own (tests.support.node.Node, pod interfaces BENCH_PREFIX+LETTER,
+    tag BENCH_TAG+3 hex digits, map sizes MAPS over the defaults), purged by CLEANUP, which
+    then fails loudly if anything of it is left."""
     workdir.mkdir(parents=True, exist_ok=True)
-    node = Node(workdir, pod_cidr=pod_cidr, mode=mode)
+    node = Node(workdir, pod_cidr=pod_cidr, mode=mode, maps=dict(maps or {}),
+                tag=BENCH_TAG + secrets.token_hex(2)[:3])
     node.lxc_prefix = BENCH_PREFIX + letter
     config = yaml.safe_load(node.config_path.read_text())
     config["datapath"]["lxcPrefix"] = node.lxc_prefix
