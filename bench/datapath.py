@@ -6,8 +6,9 @@ Four variants, measured in the same run, in alternating rounds (the order rotate
   kernel      plain kernel routing, no BPF: two netns with a veth to the host each, /32 host
               routes, default via 169.254.1.1 onlink, proxy_arp on the host veths
   veth        one veth pair straight between two netns (no routing: the limit for veths)
-Metrics: iperf3 TCP with 1 and with 4 streams, sockperf TCP ping-pong latency (p50, p99;
-sockperf reports half the round trip). Each variant is compared with `veth` and `kernel`
+Metrics: iperf3 TCP with 1 and with 4 streams, sockperf TCP ping-pong: request/response rate
+(round trips per second, one message in flight) and latency (p50, p99; sockperf reports half
+the round trip). Each variant is compared with `veth` and `kernel`
 through the median over rounds of the per-round ratio.
 
 Client and server are pinned to CPUs (--cpus): on this 2-vCPU VM a ping-pong between two
@@ -15,7 +16,7 @@ CPUs takes ~27 us and on one CPU ~7 us, and unpinned runs flip between the two, 
 swamps any difference between datapaths. "split" (default) pins the client to CPU 0 and
 the server to CPU 1, "same" both to CPU 1, "none" leaves placement to the scheduler.
 
-    .venv/bin/python bench/datapath.py [--rounds 5] [--seconds 5] [--quick] [--cpus split|same|none]
+    .venv/bin/python bench/datapath.py [--rounds 5] [--seconds 3] [--quick] [--cpus split|same|none]
 
 Prints tables and writes bench/results/datapath.json. Everything it makes (two nodes on
 10.230.0.0/16 and 10.231.0.0/16, netns capb-<tag>-*, links vethb<tag>*, servers) is removed
@@ -50,7 +51,7 @@ BASELINES = ("veth", "kernel")
 TARGETS = {"gbps_1": 0.95, "gbps_4": 0.95, "p50_us": 1.05}   # ratio to `veth`: >= for Gbit/s, <= for us
 PLACEMENTS = {"split": ("0", "1"), "same": ("1", "1"), "none": (None, None)}   # (client CPU, server CPU)
 METRICS = {"gbps_1": "TCP 1 stream (Gbit/s)", "gbps_4": "TCP 4 streams (Gbit/s)",
-           "p50_us": "latency p50 (us)", "p99_us": "latency p99 (us)"}
+           "rr_per_s": "request/response (1/s)", "p50_us": "latency p50 (us)", "p99_us": "latency p99 (us)"}
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,7 @@ def pinned(cpu: str | None, argv: list[str]) -> list[str]:
 class Sample:
     gbps_1: float
     gbps_4: float
+    rr_per_s: float
     p50_us: float
     p99_us: float
     avg_us: float
@@ -94,8 +96,9 @@ class Sample:
 
 # ---- the four variants -------------------------------------------------------------------
 
-def node_pair(cleanup: Cleanup, workdir: Path, cidr: str, letter: str, mode: str) -> Pair:
-    node = bench_node(cleanup, workdir, cidr, letter, mode)
+def node_pair(cleanup: Cleanup, workdir: Path, cidr: str, letter: str, mode: str,
+              maps: dict[str, int] | None = None) -> Pair:
+    node = bench_node(cleanup, workdir, cidr, letter, mode, maps)
     node.apply(docs(namespace_doc("bench"), pod_doc("bench", "client"), pod_doc("bench", "server")))
     pods = node.pods()
     return Pair(mode, pods["bench/client"]["spec"]["netns"], pods["bench/server"]["spec"]["netns"],
@@ -167,7 +170,8 @@ ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def sockperf(pair: Pair, cpus: Placement, seconds: int) -> dict[str, float]:
-    """p50/p99/avg latency in usec and dropped messages of one sockperf TCP ping-pong run."""
+    """Round trips per second, p50/p99/avg latency in usec and dropped messages of one sockperf
+    TCP ping-pong run (the rate over sockperf's valid duration, warm-up excluded)."""
     argv = ["sockperf", "pp", "--tcp", "-i", pair.server_ip, "-p", str(SOCKPERF_PORT), "-t", str(seconds)]
     out = ANSI.sub("", run(cpus.client(argv), pair.client, timeout=seconds + 30).stdout)
 
@@ -177,7 +181,11 @@ def sockperf(pair: Pair, cpus: Placement, seconds: int) -> dict[str, float]:
             raise RuntimeError(f"sockperf output has no {pattern!r}:\n{out}")
         return float(match.group(1))
 
-    return {"p50_us": number(r"percentile 50\.000 =\s*([\d.]+)"), "p99_us": number(r"percentile 99\.000 =\s*([\d.]+)"),
+    valid = re.search(r"\[Valid Duration\] RunTime=([\d.]+) sec; SentMessages=\d+; ReceivedMessages=(\d+)", out)
+    if not valid:
+        raise RuntimeError(f"sockperf output has no valid-duration line:\n{out}")
+    return {"rr_per_s": int(valid.group(2)) / float(valid.group(1)),
+            "p50_us": number(r"percentile 50\.000 =\s*([\d.]+)"), "p99_us": number(r"percentile 99\.000 =\s*([\d.]+)"),
             "avg_us": number(r"avg-latency=([\d.]+)"), "dropped": number(r"# dropped messages = (\d+)")}
 
 
@@ -185,7 +193,7 @@ def measure(pair: Pair, cpus: Placement, seconds: int) -> Sample:
     gbps_1, retransmits_1 = iperf(pair, cpus, seconds, 1)
     gbps_4, retransmits_4 = iperf(pair, cpus, seconds, 4)
     lat = sockperf(pair, cpus, seconds)
-    return Sample(gbps_1, gbps_4, lat["p50_us"], lat["p99_us"], lat["avg_us"], retransmits_1, retransmits_4,
+    return Sample(gbps_1, gbps_4, lat["rr_per_s"], lat["p50_us"], lat["p99_us"], lat["avg_us"], retransmits_1, retransmits_4,
                   int(lat["dropped"]))
 
 
@@ -215,7 +223,7 @@ def run_rounds(pairs: list[Pair], cpus: Placement, rounds: int, seconds: int) ->
         for pair in order:
             samples[pair.variant] = measure(pair, cpus, seconds)
             s = samples[pair.variant]
-            log(f"  {pair.variant:10} {s.gbps_1:6.2f} / {s.gbps_4:6.2f} Gbit/s   "
+            log(f"  {pair.variant:10} {s.gbps_1:6.2f} / {s.gbps_4:6.2f} Gbit/s  {s.rr_per_s:7.0f} rr/s  "
                 f"p50 {s.p50_us:6.2f} us  p99 {s.p99_us:6.2f} us")
         done.append({"order": [p.variant for p in order], "samples": samples})
     return done
@@ -265,13 +273,13 @@ def report(summary: dict, variants: list[str]) -> str:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, help="rounds, every variant once per round (default 5; quick 2)")
-    parser.add_argument("--seconds", type=int, help="length of each iperf3/sockperf run (default 5; quick 2)")
+    parser.add_argument("--seconds", type=int, help="length of each iperf3/sockperf run (default 3; quick 1)")
     parser.add_argument("--quick", action="store_true", help="fewer, shorter rounds")
     parser.add_argument("--cpus", choices=PLACEMENTS, default="split",
                         help="client/server CPUs: split 0/1 (default), same 1/1, none (unpinned)")
     args = parser.parse_args(argv)
     args.rounds = args.rounds or (2 if args.quick else 5)
-    args.seconds = args.seconds or (2 if args.quick else 5)
+    args.seconds = args.seconds or (1 if args.quick else 3)
     if args.rounds < 1 or args.seconds < 1:
         parser.error("--rounds and --seconds must be at least 1")
     return args
