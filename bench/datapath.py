@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import (Cleanup, Node, Spread, add_netns, bench_node, cleaned_up, environment, log,  # noqa: E402
                           ping, ratios, run, start, table, wait_listening, write_results)
+from bench.profile import perf_top  # noqa: E402
 from services.datapath.maps.metrics import MetricsMap  # noqa: E402
 from services.datapath.numbers import METRIC_EGRESS, REASON_NAMES  # noqa: E402
 from tests.support.node import docs, namespace_doc, pod_doc  # noqa: E402
@@ -48,6 +49,7 @@ VETH_IPS = ("10.232.1.2", "10.232.1.3")          # one /24 on the direct pair, n
 GATEWAY = "169.254.1.1"
 IPERF_PORT, SOCKPERF_PORT = 5201, 11111
 BASELINES = ("veth", "kernel")
+PROFILED = ("redirect", "veth")
 TARGETS = {"gbps_1": 0.95, "gbps_4": 0.95, "p50_us": 1.05}   # ratio to `veth`: >= for Gbit/s, <= for us
 PLACEMENTS = {"split": ("0", "1"), "same": ("1", "1"), "none": (None, None)}   # (client CPU, server CPU)
 METRICS = {"gbps_1": "TCP 1 stream (Gbit/s)", "gbps_4": "TCP 4 streams (Gbit/s)",
@@ -229,6 +231,16 @@ def run_rounds(pairs: list[Pair], cpus: Placement, rounds: int, seconds: int) ->
     return done
 
 
+def profile_variants(pairs: list[Pair], cpus: Placement, seconds: int) -> dict:
+    """Where the kernel's time goes in one iperf3 run per profiled variant (after the rounds)."""
+    out = {}
+    for pair in pairs:
+        if pair.variant in PROFILED:
+            log(f"perf: iperf3 through {pair.variant}")
+            out[pair.variant] = perf_top(lambda: iperf(pair, cpus, seconds, 1), seconds + 1)
+    return out
+
+
 # ---- summary -----------------------------------------------------------------------------
 
 def series(rounds: list[dict], variant: str, metric: str) -> list[float]:
@@ -272,13 +284,15 @@ def report(summary: dict, variants: list[str]) -> str:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, help="rounds, every variant once per round (default 5; quick 2)")
+    parser.add_argument("--rounds", type=int, help="rounds, every variant once per round (default 5; quick 1)")
     parser.add_argument("--seconds", type=int, help="length of each iperf3/sockperf run (default 3; quick 1)")
     parser.add_argument("--quick", action="store_true", help="fewer, shorter rounds")
+    parser.add_argument("--perf", action="store_true", help="then `perf record -a` during iperf3 (1 stream) through "
+                                                            "redirect and through veth: the top kernel symbols")
     parser.add_argument("--cpus", choices=PLACEMENTS, default="split",
                         help="client/server CPUs: split 0/1 (default), same 1/1, none (unpinned)")
     args = parser.parse_args(argv)
-    args.rounds = args.rounds or (2 if args.quick else 5)
+    args.rounds = args.rounds or (1 if args.quick else 5)
     args.seconds = args.seconds or (1 if args.quick else 3)
     if args.rounds < 1 or args.seconds < 1:
         parser.error("--rounds and --seconds must be at least 1")
@@ -306,6 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         rounds = run_rounds(pairs, cpus, args.rounds, args.seconds)
         counters = {variant: counters_delta(before[variant], datapath_counters(node))
                     for variant, node in nodes.items()}
+        perf = profile_variants(pairs, cpus, args.seconds) if args.perf else None
     variants = [p.variant for p in pairs]
     summary = summarize(rounds, variants)
     print(f"{args.rounds} rounds of {args.seconds} s runs, CPUs {args.cpus} (client {cpus.client_cpu}, "
@@ -319,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
         "parameters": {"rounds": args.rounds, "seconds": args.seconds, "variants": variants, "cpus": args.cpus,
                        "host_stack": "a second node running at the same time", "targets_vs_veth": TARGETS},
         "rounds": [{"order": r["order"], "samples": {v: asdict(s) for v, s in r["samples"].items()}} for r in rounds],
-        "summary": summary, "bpf_counters": counters, "wall_seconds": round(time.monotonic() - began, 1)})
+        "summary": summary, "bpf_counters": counters, "perf": perf, "wall_seconds": round(time.monotonic() - began, 1)})
     print(f"\nwrote {path}")
     return 0
 

@@ -109,3 +109,29 @@ def lines(profile: dict, kind: str = "inclusive", count: int = TOP) -> list[str]
     if not profile.get("samples"):
         return [f"  (no samples: {profile.get('error') or 'the service was idle'})"]
     return [f"  {row['share'] * 100:5.1f}%  {row['function']}" for row in profile[kind][:count]]
+
+
+# ---- perf: where the kernel's time goes ---------------------------------------------------------
+
+def perf_top(work, seconds: float, count: int = TOP) -> dict:
+    """`perf record -a` (every CPU) for SECONDS while WORK() runs; the top COUNT symbols by
+    their own share of the samples, as perf report prints them."""
+    exe = shutil.which("perf")
+    if not exe:
+        return {"error": "perf is not installed", "top": []}
+    data = Path(tempfile.mkstemp(prefix="capillary-perf-", suffix=".data")[1])
+    try:
+        rec = subprocess.Popen([exe, "record", "-a", "-q", "-o", str(data), "--", "sleep", str(seconds)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            work()
+        finally:
+            _, err = rec.communicate(timeout=seconds + 60)
+        if rec.returncode != 0:
+            return {"error": f"perf record exited {rec.returncode}: {err.strip()[-300:]}", "top": []}
+        out = subprocess.run([exe, "report", "-i", str(data), "--stdio", "--no-children", "--sort", "dso,symbol"],
+                             capture_output=True, text=True, timeout=120).stdout
+    finally:
+        data.unlink(missing_ok=True)
+    rows = [" ".join(line.split()) for line in out.splitlines() if "%" in line and not line.lstrip().startswith("#")]
+    return {"error": "", "seconds": seconds, "top": rows[:count]}
