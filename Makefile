@@ -7,7 +7,7 @@ PYTEST  := $(VENV)/bin/pytest
 CONFIG  ?=
 CONFIG_FLAG := $(if $(CONFIG),--config $(CONFIG),)
 
-.PHONY: setup up down purge status test unit privileged e2e bench clean
+.PHONY: setup up down purge status test unit privileged e2e bench bench-setup bench-report clean
 
 setup:
 	@bash scripts/setup.sh
@@ -37,9 +37,17 @@ privileged: setup
 e2e: setup
 	$(PYTEST) tests/e2e -q -ra
 
-bench: setup
-	$(PY) bench/pods.py $(if $(QUICK),--repeats 1,)
-	$(PY) bench/datapath.py $(if $(QUICK),--quick,)
+# Every benchmark, then docs/benchmarks.md with its plots (about 17 minutes). QUICK=1: the
+# smoke test (small sizes, short runs, under 4 minutes), results under bench/results/quick/.
+bench: bench-setup
+	$(PY) bench/run.py $(if $(QUICK),--quick,)
+
+bench-setup:
+	@CAPILLARY_EXTRAS=test,bench bash scripts/setup.sh
+
+# docs/benchmarks.md again from the results of the last full run, without running anything.
+bench-report: bench-setup
+	$(PY) bench/run.py --report-only
 
 clean:
 	rm -rf $(VENV) build *.egg-info

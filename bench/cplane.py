@@ -14,8 +14,8 @@ denied again. Each repetition has its own P (8000 up): the datapath's conntrack 
 never closed or expired, so a new SYN that reuses the 4-tuple of a connection allowed
 earlier skips policy. The baseline is the smallest size: each size's median against it.
 
-With --profile, py-spy samples policyd during PROFILE_REPEATS extra repetitions at the size
-nearest 100 pods (after the measured ones, so the sampling cannot disturb them).
+With --profile, py-spy samples policyd during --profile-repeats extra repetitions at the
+size nearest 100 pods (after the measured ones, so the sampling cannot disturb them).
 
     .venv/bin/python bench/cplane.py [--pods 10,100,500] [--repeats 40] [--profile] [--quick]
 
@@ -53,7 +53,6 @@ MAX_PORTS = BASE_PORT - PROBE_PORT
 PROBE_POLICY = "bench-allow"
 SYNPROBE = str(Path(__file__).with_name("synprobe.py"))
 TARGET_PODS, TARGET_P99_MS = 100, 20.0
-PROFILE_REPEATS = 15
 PROBE_TIMEOUT = 10.0       # seconds a prober may wait for the state it is after
 
 
@@ -217,7 +216,7 @@ def apply_latency(args: argparse.Namespace, workdir: Path) -> dict:
     sizes = sorted(args.pods)
     names = pod_names(sizes[-1])
     profile_at = min(sizes, key=lambda n: abs(n - TARGET_PODS)) if args.profile else None
-    ports = list(range(PROBE_PORT, PROBE_PORT + args.repeats * len(sizes) + PROFILE_REPEATS))
+    ports = list(range(PROBE_PORT, PROBE_PORT + args.repeats * len(sizes) + args.profile_repeats))
     columns, profile = [], None
     with cleaned_up() as cleanup:
         node = bench_node(cleanup, workdir, CIDR, "a", maps=MAPS)
@@ -233,8 +232,8 @@ def apply_latency(args: argparse.Namespace, workdir: Path) -> dict:
             mine, ports = ports[:args.repeats], ports[args.repeats:]
             columns.append({**size_column(node, a, b, names[:n], mine), "pods_apply_s": pods_s})
             if n == profile_at:
-                profile = profiled(node, a, b, ports[:PROFILE_REPEATS])
-                ports = ports[PROFILE_REPEATS:]
+                profile = profiled(node, a, b, ports[:args.profile_repeats])
+                ports = ports[args.profile_repeats:]
     return {"sizes": columns, "profile": profile}
 
 
@@ -307,16 +306,18 @@ def latency_report(fig: dict, summary: dict) -> str:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pods", type=lambda t: [int(v) for v in t.split(",")],
-                        help="pod counts, comma-separated, ascending (default 10,100,500; quick 10,50)")
+                        help="pod counts, comma-separated, ascending (default 10,100,500; quick 10,30)")
     parser.add_argument("--repeats", type=int, help="apply/delete repetitions per size (default 40; quick 6)")
     parser.add_argument("--profile", action="store_true", help="py-spy on policyd, extra repetitions")
+    parser.add_argument("--profile-repeats", type=int, help="repetitions profiled (default 20; quick 5)")
     parser.add_argument("--quick", action="store_true", help="smaller and fewer")
     args = parser.parse_args(argv)
-    args.pods = args.pods or ([10, 50] if args.quick else [10, 100, 500])
-    args.repeats = args.repeats or (6 if args.quick else 40)
+    args.pods = args.pods or ([10, 30] if args.quick else [10, 100, 500])
+    args.repeats = args.repeats or (5 if args.quick else 40)
+    args.profile_repeats = args.profile_repeats or (5 if args.quick else 20)
     if min(args.pods) < 2 or args.repeats < 1:
         parser.error("at least 2 pods per size and 1 repetition")
-    if args.repeats * len(args.pods) + PROFILE_REPEATS > MAX_PORTS:
+    if args.repeats * len(args.pods) + args.profile_repeats > MAX_PORTS:
         parser.error(f"too many repetitions: one probe port each, {MAX_PORTS} ports")
     return args
 
