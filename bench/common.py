@@ -37,8 +37,8 @@ RESULTS = Path(os.environ.get(RESULTS_ENV) or REPO / "bench" / "results")
 # delete every 15-character link with the node's prefix, so two running nodes that share
 # a prefix delete each other's pods (seen here: the second node's start-up removed the
 # first node's pod veths). Each prefix must not be a prefix of another.
-BENCH_PREFIX = "lxb"        # + one letter per node: lxbp (pods.py), lxbr, lxbh (datapath.py), lxba, lxbt (policy.py),
-                            # lxbf (footprint.py)
+BENCH_PREFIX = "lxb"        # + one letter per node: lxbp (pods.py), lxbr, lxbh (datapath.py), lxba (cplane.py),
+                            # lxbt (policy.py), lxbf (flows.py), lxbm (footprint.py)
 # Bench node tags start with this letter (test nodes' tags are hex), so a bench node's netns
 # (cap-tx...), bpffs root (capillary-tx...) and router devices (ctx...) are known as ours.
 BENCH_TAG = "x"
@@ -190,16 +190,17 @@ def ping(netns: str | None, ip: str, count: int = 3) -> bool:
 # ---- nodes -------------------------------------------------------------------------------
 
 def bench_node(cleanup: Cleanup, workdir: Path, pod_cidr: str, letter: str, mode: str = "redirect",
-               maps: dict[str, int] | None = None) -> Node:
+               sections: dict[str, dict] | None = None) -> Node:
     """A running node of our own (tests.support.node.Node, pod interfaces BENCH_PREFIX+LETTER,
-    tag BENCH_TAG+3 hex digits, map sizes MAPS over the defaults), purged by CLEANUP, which
-    then fails loudly if anything of it is left."""
+    tag BENCH_TAG+3 hex digits), purged by CLEANUP, which then fails loudly if anything of it
+    is left. SECTIONS: config fields to set, by section (e.g. {"maps": {"policy": 131072}})."""
     workdir.mkdir(parents=True, exist_ok=True)
-    node = Node(workdir, pod_cidr=pod_cidr, mode=mode, maps=dict(maps or {}),
-                tag=BENCH_TAG + secrets.token_hex(2)[:3])
+    node = Node(workdir, pod_cidr=pod_cidr, mode=mode, tag=BENCH_TAG + secrets.token_hex(2)[:3])
     node.lxc_prefix = BENCH_PREFIX + letter
     config = yaml.safe_load(node.config_path.read_text())
     config["datapath"]["lxcPrefix"] = node.lxc_prefix
+    for section, fields in (sections or {}).items():
+        config.setdefault(section, {}).update(fields)
     node.config_path.write_text(yaml.safe_dump(config))
     cleanup.push(f"node {node.name} leftovers", lambda: _check_purged(node))
     cleanup.push(f"purge node {node.name}", node.purge)

@@ -19,7 +19,7 @@ size nearest 100 pods (after the measured ones, so the sampling cannot disturb t
 
     .venv/bin/python bench/cplane.py [--pods 10,100,500] [--repeats 40] [--profile] [--quick]
 
-Prints a table and writes bench/results/cplane.json. Its node (10.233.0.0/16) is purged at
+Prints a table and writes bench/results/cplane.json. Its node (10.237.0.0/16) is purged at
 the end, also on failure or Ctrl-C.
 """
 from __future__ import annotations
@@ -42,7 +42,7 @@ from bench.policy_wire import (EntryWatch, PodInfo, PolicyBus, allow_from, cnp, 
 from bench.profile import Profile, lines  # noqa: E402
 from tests.support.node import docs, namespace_doc, pod_doc  # noqa: E402
 
-CIDR = "10.233.0.0/16"
+CIDR = "10.237.0.0/16"
 MAPS = {"policy": 131072}  # 500 pods x 10 rules x 10 entries, with room to spare
 NAMESPACE = "apply"
 TIER = 10                  # pods per tier label; a base rule allows one tier
@@ -219,7 +219,7 @@ def apply_latency(args: argparse.Namespace, workdir: Path) -> dict:
     ports = list(range(PROBE_PORT, PROBE_PORT + args.repeats * len(sizes) + args.profile_repeats))
     columns, profile = [], None
     with cleaned_up() as cleanup:
-        node = bench_node(cleanup, workdir, CIDR, "a", maps=MAPS)
+        node = bench_node(cleanup, workdir, CIDR, "a", sections={"maps": MAPS})
         have = 0
         for n in sizes:
             pods_s = grow(node, names[:n], have)

@@ -99,8 +99,8 @@ class Sample:
 # ---- the four variants -------------------------------------------------------------------
 
 def node_pair(cleanup: Cleanup, workdir: Path, cidr: str, letter: str, mode: str,
-              maps: dict[str, int] | None = None) -> Pair:
-    node = bench_node(cleanup, workdir, cidr, letter, mode, maps)
+              sections: dict[str, dict] | None = None) -> Pair:
+    node = bench_node(cleanup, workdir, cidr, letter, mode, sections)
     node.apply(docs(namespace_doc("bench"), pod_doc("bench", "client"), pod_doc("bench", "server")))
     pods = node.pods()
     return Pair(mode, pods["bench/client"]["spec"]["netns"], pods["bench/server"]["spec"]["netns"],

@@ -12,7 +12,8 @@ Load, for LOAD s, all at once:
   policies     a policy selecting pod 1 applied and deleted over NATS, back to back
   pods         2 pods created then deleted with the CLI, back to back
 Each size's idle window is the baseline of its load window; each size is compared with the
-smallest.
+smallest. After the measured windows of the largest size, one more load window with py-spy
+on flowd and policyd (the services the load keeps busy) says where their time goes.
 
     .venv/bin/python bench/footprint.py [--pods 10,500] [--idle 5] [--load 10] [--quick]
 
@@ -35,11 +36,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import (Cleanup, Node, Spread, bench_node, cleaned_up, environment, log, start,  # noqa: E402
                           table, wait_listening, write_results)
 from bench.policy_wire import PolicyBus, allow_from, cnp, pod_info  # noqa: E402
+from bench.profile import Profile  # noqa: E402
 from tests.support.node import docs, namespace_doc, pod_doc  # noqa: E402
 
 CIDR = "10.236.0.0/16"
 NAMESPACE = "foot"
 PROCESSES = ("endpointd", "policyd", "routed", "flowd", "nats")
+PROFILED = ("flowd", "policyd")
 SAMPLE = 0.25              # seconds between VmRSS samples
 LOAD_PORT = 9000
 CONNLOAD = str(Path(__file__).with_name("connload.py"))
@@ -162,10 +165,24 @@ def grow(node: Node, have: int, want: int) -> None:
     node.cli("apply", "-f", "-", input=docs(*([namespace_doc(NAMESPACE)] if not have else []), *new), timeout=900)
 
 
-def measure(args: argparse.Namespace, workdir: Path) -> list[dict]:
+def profiled_load(cleanup: Cleanup, node: Node, procs: dict[str, int], seconds: float) -> dict[str, dict]:
+    """py-spy on each of PROFILED during one more load window (not counted in the figures)."""
+    log(f"footprint: load {seconds} s with py-spy on {', '.join(PROFILED)}")
+    profiles = [Profile(procs[name], name) for name in PROFILED]
+    for prof in profiles:
+        prof.__enter__()
+    try:
+        Load(cleanup, node, seconds).run(procs)
+    finally:
+        for prof in profiles:
+            prof.__exit__(None, None, None)
+    return {prof.name: prof.top() for prof in profiles}
+
+
+def measure(args: argparse.Namespace, workdir: Path) -> tuple[list[dict], dict]:
     sizes = []
     with cleaned_up() as cleanup:
-        node = bench_node(cleanup, workdir, CIDR, "f")
+        node = bench_node(cleanup, workdir, CIDR, "m")
         have = 0
         for n in args.pods:
             grow(node, have, n)
@@ -184,7 +201,8 @@ def measure(args: argparse.Namespace, workdir: Path) -> list[dict]:
             sizes.append({"pods": n, "idle": idle, "load": busy, "load_counts": load.counts,
                           "load_errors": load.errors, "restarts": pids(node) != procs})
             log(f"  load: {load.counts}" + (f" errors: {load.errors}" if load.errors else ""))
-    return sizes
+        profiles = profiled_load(cleanup, node, pids(node), args.load) if args.profile else {}
+    return sizes, profiles
 
 
 def summarize(sizes: list[dict]) -> dict:
@@ -227,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--idle", type=float, help="idle window, s (default 5; quick 1)")
     parser.add_argument("--load", type=float, help="load window, s (default 10; quick 3)")
     parser.add_argument("--settle", type=float, help="wait after growing, s (default 2; quick 0.5)")
+    parser.add_argument("--profile", action="store_true", help="py-spy on flowd and policyd, one more load window")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv)
     args.pods = sorted(args.pods or ([10, 30] if args.quick else [10, 500]))
@@ -237,12 +256,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("at least 2 pods")
     began = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="capillary-bench-footprint-") as tmp:
-        sizes = measure(args, Path(tmp) / "node")
+        sizes, profiles = measure(args, Path(tmp) / "node")
     summary = summarize(sizes)
     print(report(sizes, summary))
     wall = round(time.monotonic() - began, 1)
     path = write_results("footprint", {"benchmark": "footprint", "environment": environment(),
                                        "parameters": vars(args), "sizes": sizes, "summary": summary,
+                                       "profiles": profiles,
                                        "wall_seconds": wall})
     print(f"\nwall time {wall} s; wrote {path}")
     return 0

@@ -141,22 +141,33 @@ def footprint(data: dict, out: Path) -> str | None:
     return _save(fig, out, "footprint.png")
 
 
+def flow_rows(data: dict) -> list[dict]:
+    """bench/flows.py's rows, one per offered rate: its summary (medians over repeats) when
+    it has one, else its steps."""
+    rows = data.get("summary") if isinstance(data.get("summary"), list) else data.get("steps", [])
+    return [r for r in rows if isinstance(r, dict)]
+
+
 def flows(data: dict, out: Path) -> str | None:
-    """Delivered flows/s and loss against offered load, when the steps carry those numbers."""
-    steps = [s for s in data.get("steps", []) if isinstance(s, dict)]
-    keys = _flow_keys(steps)
+    """Exported flows/s and loss against offered load, when the rows carry those numbers."""
+    rows = flow_rows(data)
+    keys = _flow_keys(rows)
     if not keys:
         return None
     offered, delivered, loss = keys
     fig, ax = plt.subplots(figsize=(7, 3.6))
-    xs = [s[offered] for s in steps]
-    ax.plot(xs, [_median(s[delivered]) for s in steps], marker="o", label=delivered)
+    xs = [_median(s[offered]) for s in rows]
+    ys = [s[delivered] for s in rows]
+    if all(isinstance(y, dict) for y in ys):
+        ax.errorbar(xs, [y["median"] for y in ys], yerr=_err(ys), marker="o", capsize=4, label=f"{delivered} flows/s")
+    else:
+        ax.plot(xs, [_median(y) for y in ys], marker="o", label=f"{delivered} flows/s")
     ax.plot(xs, xs, linestyle=":", color="#7f7f7f", label="offered")
-    ax.set_xlabel(offered)
+    ax.set_xlabel(f"{offered} flows/s")
     ax.set_ylabel("flows/s")
     if loss:
         ax2 = ax.twinx()
-        ax2.plot(xs, [_median(s[loss]) for s in steps], marker="x", color="#d62728", label=loss)
+        ax2.plot(xs, [_median(s[loss]) for s in rows], marker="x", color="#d62728", label=loss)
         ax2.set_ylabel(loss)
         ax2.legend(fontsize=8, loc="lower right")
     ax.grid(alpha=0.3)
@@ -169,11 +180,12 @@ def _median(value) -> float:
     return value["median"] if isinstance(value, dict) else float(value)
 
 
-def _flow_keys(steps: list[dict]) -> tuple[str, str, str | None] | None:
-    if not steps:
+def _flow_keys(rows: list[dict]) -> tuple[str, str, str | None] | None:
+    if not rows:
         return None
-    keys = list(steps[0])
+    keys = list(rows[0])
     offered = next((k for k in keys if k.startswith("offered")), None)
-    delivered = next((k for k in keys if k.startswith(("delivered", "received", "exported"))), None)
-    loss = next((k for k in keys if "loss" in k or "lost" in k), None)
+    delivered = next((k for k in keys if k.startswith(("exported", "delivered", "received"))), None)
+    loss = next((k for k in keys if ("loss" in k or "lost" in k) and "ratio" in k),
+                next((k for k in keys if "loss" in k or "lost" in k), None))
     return (offered, delivered, loss) if offered and delivered else None

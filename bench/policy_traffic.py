@@ -152,7 +152,7 @@ class TrafficSetup:
     @classmethod
     def create(cls, cleanup: Cleanup, workdir: Path, cpus: Placement, counts: list[int], tag: str) -> "TrafficSetup":
         log(f"policy scale: node on {TRAFFIC_CIDR}, kernel-routed netns on {KERNEL_NET}, chain BENCH-FWD-{tag}")
-        capillary = node_pair(cleanup, workdir, TRAFFIC_CIDR, "t", "redirect", maps=MAPS)
+        capillary = node_pair(cleanup, workdir, TRAFFIC_CIDR, "t", "redirect", {"maps": MAPS})
         forwarding = Path("/proc/sys/net/ipv4/ip_forward")
         if forwarding.read_text().strip() != "1":
             log("turning on net.ipv4.ip_forward")           # left on, as datapath.py does

@@ -1,10 +1,12 @@
 """Write docs/benchmarks.md (and its PNG plots) from bench/results/*.json.
 
     .venv/bin/python bench/report.py [--results bench/results] [--out docs/benchmarks.md]
+                                     [--readme README.md]
 
 Reads what the benchmarks wrote (a missing file leaves its section saying so) and the
 runner's run.json (machine, commands, wall times, what else was running). The targets and
-what a miss means are in bench/targets.py.
+what a miss means are in bench/targets.py. With --readme, the block between the README's
+bench markers gets the same targets table, so the two never disagree.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from bench import plots  # noqa: E402
 from bench.targets import closing_note, evaluate  # noqa: E402
 
 NAMES = ("datapath", "policy", "cplane", "pods", "footprint", "flows")
+README_BEGIN, README_END = "<!-- bench:begin (written by bench/report.py) -->", "<!-- bench:end -->"
 
 
 def spread(s: dict | None, fmt: str = "{:.2f}") -> str:
@@ -194,13 +197,20 @@ def flows_section(d: dict | None, plot_dir: str, out: Path) -> list[str]:
                         "section shows bench/results/flows.json once it is.", ""]
     if d.get("description"):
         lines += [d["description"], ""]
+    p = d.get("parameters", {})
+    if p:
+        lines += ["Parameters: " + ", ".join(f"{k} {v}" for k, v in p.items()) + ". Each row: median [min–max] over "
+                  "repeats at one offered rate (bench/flows.py's own docstring says what each column counts).", ""]
     lines += image(plots.flows(d, out), plot_dir, "flow export")
-    steps = [s for s in d.get("steps", []) if isinstance(s, dict)]
-    if steps:
-        keys = [k for k in steps[0] if not isinstance(steps[0][k], (list, dict)) or _is_spread(steps[0][k])]
-        lines += [md_table(keys, [[_cell(s.get(k)) for k in keys] for s in steps]), ""]
-    if d.get("summary"):
-        lines += ["```", json.dumps(d["summary"], indent=1, default=str)[:3000], "```", ""]
+    rows = plots.flow_rows(d)
+    if rows:
+        keys = [k for k in rows[0] if not isinstance(rows[0][k], (list, dict)) or _is_spread(rows[0][k])]
+        lines += [md_table(keys, [[_cell(s.get(k)) for k in keys] for s in rows]), ""]
+    extra = {k: v for k, v in d.items() if k not in ("benchmark", "environment", "parameters", "steps", "summary",
+                                                     "description", "wall_seconds")}
+    if extra:
+        lines += ["".join(f"- {k.replace('_', ' ')}: {_cell(v) if not isinstance(v, dict) else json.dumps(v)}\n"
+                          for k, v in extra.items())]
     return lines
 
 
@@ -246,6 +256,21 @@ def footprint_section(d: dict | None, plot_dir: str, out: Path) -> list[str]:
     return lines
 
 
+def update_readme(path: Path, doc: Path, run: dict, verdicts: list[dict]) -> None:
+    text = path.read_text()
+    if README_BEGIN not in text or README_END not in text:
+        raise SystemExit(f"{path} has no {README_BEGIN} ... {README_END} block")
+    m = run.get("machine", {})
+    link = doc.resolve().relative_to(path.resolve().parent)
+    block = [README_BEGIN,
+             f"The last full run ({run.get('started', '?')[:16].replace('T', ' ')}, {run.get('wall_seconds', '?')} s, "
+             f"{m.get('cpus', '?')} CPUs, kernel {m.get('kernel', '?')}) against the targets; every figure, plot "
+             f"and profile is in [{link}]({link}).", "",
+             *targets_section(verdicts)[2:-1], README_END]
+    head, rest = text.split(README_BEGIN, 1)
+    path.write_text(head + "\n".join(block) + rest.split(README_END, 1)[1])
+
+
 # ---- main -------------------------------------------------------------------------------------
 
 def load(results_dir: Path) -> tuple[dict, dict]:
@@ -261,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", type=Path, default=REPO / "bench" / "results")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks.md")
+    parser.add_argument("--readme", type=Path, help="also update the targets table in this README")
     args = parser.parse_args(argv)
     results, run = load(args.results)
     plot_dir = args.out.with_suffix("")              # docs/benchmarks.md -> docs/benchmarks/
@@ -273,6 +299,8 @@ def main(argv: list[str] | None = None) -> int:
              *flows_section(results["flows"], rel, plot_dir), *footprint_section(results["footprint"], rel, plot_dir),
              *closing_note(verdicts, results)]
     args.out.write_text("\n".join(lines).rstrip() + "\n")
+    if args.readme:
+        update_readme(args.readme, args.out, run, verdicts)
     print(f"wrote {args.out} and {len(list(plot_dir.glob('*.png')))} plots in {plot_dir}")
     return 0
 

@@ -7,7 +7,8 @@ measure each other), with a time limit; on the limit it gets SIGTERM, which its 
 handles, then SIGKILL. A failing benchmark does not stop the others; the run fails at the
 end. Flow export is bench/flows.py, run when the file exists.
 
-A full run writes bench/results/*.json and docs/benchmarks.md (+ PNGs in docs/benchmarks/);
+A full run writes bench/results/*.json, docs/benchmarks.md (+ PNGs in docs/benchmarks/) and
+the targets table in README.md;
 a quick run (the CI smoke test: does the suite work, not what are the numbers) writes
 everything under bench/results/quick/, so it never replaces a full run's report.
 At the end the run looks for anything a benchmark could have left (netns, links, pinned
@@ -42,7 +43,7 @@ STEPS = {
     "policy": ("policy.py", [], ["--quick"], (420, 150)),
     "cplane": ("cplane.py", ["--profile"], ["--quick", "--profile"], (420, 150)),
     "pods": ("pods.py", ["--pods", "100,500", "--repeats", "3"], ["--pods", "10,50", "--repeats", "1"], (420, 150)),
-    "footprint": ("footprint.py", [], ["--quick"], (300, 150)),
+    "footprint": ("footprint.py", ["--profile"], ["--quick"], (300, 150)),
     "flows": ("flows.py", [], ["--quick"], (300, 150)),
 }
 
@@ -176,8 +177,9 @@ def main(argv: list[str] | None = None) -> int:
         (results / "run.json").write_text(json.dumps(record, indent=2) + "\n")
         if left:
             log("LEFT BEHIND: " + "; ".join(left))
-    report = subprocess.run([PY, str(REPO / "bench" / "report.py"), "--results", str(results), "--out", str(doc)],
-                            cwd=REPO)
+    readme = [] if args.quick else ["--readme", str(REPO / "README.md")]
+    report = subprocess.run([PY, str(REPO / "bench" / "report.py"), "--results", str(results), "--out", str(doc),
+                             *readme], cwd=REPO)
     if report.returncode != 0:
         failed.append("report")
     if failed or (not args.report_only and record["leftovers"]):
