@@ -21,6 +21,7 @@ from pathlib import Path
 
 RATE = 250                  # samples per second
 TOP = 12
+KEPT = 60                   # rows kept per list in the results, for filtering later
 
 
 def py_spy() -> str | None:
@@ -30,8 +31,8 @@ def py_spy() -> str | None:
 
 
 class Profile:
-    def __init__(self, pid: int, name: str) -> None:
-        self.pid, self.name = pid, name
+    def __init__(self, pid: int, name: str, exclude: tuple[str, ...] = ()) -> None:
+        self.pid, self.name, self.exclude = pid, name, exclude
         self.exe = py_spy()
         self.out = Path(tempfile.mkstemp(prefix=f"capillary-pyspy-{name}-", suffix=".txt")[1])
         self.proc: subprocess.Popen | None = None
@@ -59,14 +60,14 @@ class Profile:
         if self.proc.returncode not in (0, -signal.SIGINT):
             self.error = f"py-spy exited {self.proc.returncode}: {err.strip()[-300:]}"
 
-    def top(self, count: int = TOP) -> dict:
+    def top(self, count: int = KEPT) -> dict:
         try:
             text = self.out.read_text()
         except OSError as exc:
             return {"service": self.name, "error": self.error or str(exc), "samples": 0}
         finally:
             self.out.unlink(missing_ok=True)
-        return {"service": self.name, "error": self.error, **summarize(text, count)}
+        return {"service": self.name, "error": self.error, **summarize(text, count, self.exclude)}
 
 
 def _function(frame: str) -> str:
@@ -81,17 +82,21 @@ def _function(frame: str) -> str:
     return f"{name} ({path})" if path else name
 
 
-def summarize(text: str, count: int = TOP) -> dict:
-    """Self and inclusive sample counts by function from collapsed stacks."""
+def summarize(text: str, count: int = KEPT, exclude: tuple[str, ...] = ()) -> dict:
+    """Self and inclusive sample counts by function from collapsed stacks; stacks with a
+    frame containing one of EXCLUDE are only counted, as "excluded"."""
     own: Counter = Counter()
     inclusive: Counter = Counter()
-    total = 0
+    total = excluded = 0
     for line in text.splitlines():
         stack, _, n = line.rpartition(" ")
         if not stack or not n.isdigit():
             continue
         frames = [_function(f) for f in stack.split(";") if f and not f.startswith(("process ", "thread "))]
         if not frames:
+            continue
+        if any(marker in frame for frame in frames for marker in exclude):
+            excluded += int(n)
             continue
         total += int(n)
         own[frames[-1]] += int(n)
@@ -101,7 +106,8 @@ def summarize(text: str, count: int = TOP) -> dict:
     def rows(counter: Counter) -> list[dict]:
         return [{"function": f, "samples": c, "share": c / total} for f, c in counter.most_common(count)]
 
-    return {"samples": total, "seconds": total / RATE, "self": rows(own), "inclusive": rows(inclusive)}
+    return {"samples": total, "seconds": total / RATE, "excluded": excluded, "exclude": list(exclude),
+            "self": rows(own), "inclusive": rows(inclusive)}
 
 
 def lines(profile: dict, kind: str = "inclusive", count: int = TOP) -> list[str]:

@@ -135,7 +135,9 @@ def _cplane_note(results: dict) -> list[str]:
     p = d.get("profile")
     if p:
         out += ["", f"py-spy on policyd over {p['repetitions']} extra apply/delete repetitions at {100} pods "
-                f"({p['samples']} samples at 250 Hz, i.e. {p['seconds']:.2f} s on CPU), functions by own time:", "",
+                f"({p['samples']} samples at 250 Hz, i.e. {p['seconds']:.2f} s on CPU"
+                + (f"; {p['excluded']} more in policyd's /metrics server, which the bench scrapes between "
+                   "repetitions, left out" if p.get("excluded") else "") + "), functions by own time:", "",
                 "```", *profile_lines(p, "self", 12), "```", "", "capillary's own functions by inclusive time:", "",
                 "```", *_own_lines(p), "```"]
     return out
