@@ -1,7 +1,8 @@
 """Control-plane latency: from a policy published on NATS to the first packet that gets the
 new verdict, on one node grown to 10, then 100, then 500 pods (--pods).
 
-At each size N the node holds a base set of RULES_PER_POD x N rules: one
+At each size N the node holds a base set of RULES_PER_POD x N rules (the previous size's
+set is removed before the node grows, then the new one installed): one
 CiliumNetworkPolicy per pod, each rule fromEndpoints one tier of up to 10 pods to one TCP
 port, so about 10 map entries per rule (about 100 x N entries). Then K repetitions: a prober
 in pod A (bench/synprobe.py, via nsenter) sends a fresh SYN to pod B's port P every 1 ms
@@ -188,8 +189,7 @@ def grow(node: Node, names: list[str], have: int) -> float:
 
 
 def size_column(node: Node, a: PodInfo, b: PodInfo, names: list[str], ports: list[int]) -> dict:
-    """The base set for len(NAMES) pods (replacing the previous one), then one repetition per
-    port of PORTS."""
+    """The base set for len(NAMES) pods, then one repetition per port of PORTS."""
     rules = RULES_PER_POD * len(names)
     policies = base_policies(names, rules)
     log(f"figure 1: {len(names)} pods, {rules} base rules in {len(policies)} policies")
@@ -225,6 +225,11 @@ def apply_latency(args: argparse.Namespace, workdir: Path) -> dict:
         node = bench_node(cleanup, workdir, CIDR, "a", sections={"maps": MAPS})
         have = 0
         for n in sizes:
+            if have:
+                # Pods join faster without rules in force (policyd recompiles what a new
+                # identity touches): the base set goes, the pods come, the next set follows.
+                log(f"figure 1: removing the {have}-pod base set")
+                timed_cli(node, "delete", "-f", "-", text=yaml_docs(base_policies(names[:have], RULES_PER_POD * have)))
             pods_s = grow(node, names[:n], have)
             if not have:
                 pods = node.pods()

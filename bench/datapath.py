@@ -16,7 +16,7 @@ CPUs takes ~27 us and on one CPU ~7 us, and unpinned runs flip between the two, 
 swamps any difference between datapaths. "split" (default) pins the client to CPU 0 and
 the server to CPU 1, "same" both to CPU 1, "none" leaves placement to the scheduler.
 
-    .venv/bin/python bench/datapath.py [--rounds 5] [--seconds 3] [--quick] [--cpus split|same|none]
+    .venv/bin/python bench/datapath.py [--rounds 5] [--seconds 2] [--quick] [--cpus split|same|none]
 
 Prints tables and writes bench/results/datapath.json. Everything it makes (two nodes on
 10.230.0.0/16 and 10.231.0.0/16, netns capb-<tag>-*, links vethb<tag>*, servers) is removed
@@ -237,7 +237,7 @@ def profile_variants(pairs: list[Pair], cpus: Placement, seconds: int) -> dict:
     for pair in pairs:
         if pair.variant in PROFILED:
             log(f"perf: iperf3 through {pair.variant}")
-            out[pair.variant] = perf_top(lambda: iperf(pair, cpus, seconds, 1), seconds + 1)
+            out[pair.variant] = perf_top(lambda: iperf(pair, cpus, seconds, 1), seconds + 1, "iperf3")
     return out
 
 
@@ -285,7 +285,7 @@ def report(summary: dict, variants: list[str]) -> str:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, help="rounds, every variant once per round (default 5; quick 1)")
-    parser.add_argument("--seconds", type=int, help="length of each iperf3/sockperf run (default 3; quick 1)")
+    parser.add_argument("--seconds", type=int, help="length of each iperf3/sockperf run (default 2; quick 1)")
     parser.add_argument("--quick", action="store_true", help="fewer, shorter rounds")
     parser.add_argument("--perf", action="store_true", help="then `perf record -a` during iperf3 (1 stream) through "
                                                             "redirect and through veth: the top kernel symbols")
@@ -293,7 +293,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="client/server CPUs: split 0/1 (default), same 1/1, none (unpinned)")
     args = parser.parse_args(argv)
     args.rounds = args.rounds or (1 if args.quick else 5)
-    args.seconds = args.seconds or (1 if args.quick else 3)
+    args.seconds = args.seconds or (1 if args.quick else 2)
     if args.rounds < 1 or args.seconds < 1:
         parser.error("--rounds and --seconds must be at least 1")
     return args

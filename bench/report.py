@@ -63,9 +63,12 @@ def header(run: dict, results: dict) -> list[str]:
             for s in run.get("steps", []) if s.get("skipped")]
     snaps = run.get("snapshots", [])
     if snaps:
-        out += ["", "Load on the machine while it ran (1/5/15-minute load averages; other busy processes):", ""]
-        out += [f"- {s['time']} {s['at']}: load {', '.join(f'{x:.2f}' for x in s['loadavg'])}"
-                + (f"; busy: {', '.join(s['busy'][:4])}" if s["busy"] else "") for s in snaps]
+        out += ["", "What else the machine was doing, between the steps: load averages (1/5/15 min) and the "
+                "processes not of this run that used 5% of a CPU or more over one second:", ""]
+        for s in snaps:
+            out.append(f"- {s['time']} {s['at']}: load {', '.join(f'{x:.2f}' for x in s['loadavg'])}"
+                       + ("" if s["busy"] else "; nothing else busy"))
+            out += [f"  - `{b}`" for b in s["busy"]]
     return out + [""]
 
 

@@ -53,18 +53,40 @@ def command(name: str, quick: bool) -> list[str]:
     return [PY, str(REPO / "bench" / script), *(quick_args if quick else full_args)]
 
 
-def others() -> list[str]:
-    """The busiest processes on the machine that are not this run's (what else was running)."""
-    out = subprocess.run(["ps", "-eo", "pid,ppid,pcpu,etimes,comm", "--sort=-pcpu", "--no-headers"],
-                         capture_output=True, text=True).stdout
-    mine = {os.getpid()}
-    rows = []
-    for line in out.splitlines():
-        pid, ppid, pcpu, etimes, comm = line.split(None, 4)
-        if int(pid) in mine or int(ppid) in mine or float(pcpu) < 1.0:
+def _cpu_times() -> dict[int, tuple[float, str, int]]:
+    """pid -> (utime + stime in ticks, command line, parent pid), for every process."""
+    out = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            head, _, rest = stat.read_text().rpartition(")")
+            fields = rest.split()
+            cmd = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:                          # gone meanwhile
             continue
-        rows.append(f"{comm} (pid {pid}, {pcpu}% CPU over its {int(etimes)} s)")
-    return rows[:8]
+        out[int(stat.parent.name)] = (int(fields[11]) + int(fields[12]), cmd or head.split("(", 1)[1], int(fields[1]))
+    return out
+
+
+def others(window: float = 1.0) -> list[str]:
+    """The processes, not this run's, that used at least 5% of a CPU over WINDOW seconds:
+    what else the machine was doing (other worktrees' tests, containers, ...)."""
+    before = _cpu_times()
+    time.sleep(window)
+    after = _cpu_times()
+    ticks = os.sysconf("SC_CLK_TCK") * window
+    busy = []
+    for pid, (cpu, cmd, _) in after.items():
+        if pid in before and not _mine(pid, after) and (cpu - before[pid][0]) / ticks >= 0.05:
+            busy.append(((cpu - before[pid][0]) / ticks, cmd))
+    return [f"{share * 100:.0f}% {cmd[:90]}" for share, cmd in sorted(busy, reverse=True)[:6]]
+
+
+def _mine(pid: int, table: dict[int, tuple[float, str, int]]) -> bool:
+    while pid > 1 and pid in table:
+        if pid == os.getpid():
+            return True
+        pid = table[pid][2]
+    return False
 
 
 def snapshot(label: str) -> dict:

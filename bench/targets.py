@@ -100,10 +100,11 @@ def _datapath_note(results: dict) -> list[str]:
     out = ["The datapath has no Python in it: the time is the kernel's. The BPF counters of the run show every "
            "redirect-mode packet took the redirect-peer path (none went to the host stack), so the remaining cost "
            "against the direct pair is the two tc programs per packet plus the host-side veth hops."]
-    if d and d.get("perf"):
-        p = d["perf"]
-        out += [f"`perf record -a -g` over {p['seconds']} s of iperf3 through redirect_peer (top self-time symbols):", "",
-                "```", *p["top"], "```"]
+    for variant, p in ((d or {}).get("perf") or {}).items():
+        if p.get("top"):
+            out += ["", f"`perf record -a` over {p['seconds']} s of one iperf3 run (1 stream) through **{variant}**, "
+                    f"samples in {p.get('comm', 'iperf3')} processes (the kernel's work for them included), top "
+                    "symbols by own share:", "", "```", *p["top"], "```"]
     spread = d["summary"]["redirect"]["ratio_to"]["veth"]["gbps_1"] if d else None
     if spread and spread["max"] >= 0.95:
         out.append(f"The per-round ratio ranged {spread['min']:.3f}–{spread['max']:.3f}: rounds at or above the target "
