@@ -307,7 +307,7 @@ def latency_report(fig: dict, summary: dict) -> str:
     if fig.get("profile"):
         p = fig["profile"]
         out += [f"\npy-spy on policyd over {p['repetitions']} extra repetitions ({p['samples']} samples, "
-                f"enforced {p['enforced_ms'].text('{:.1f}')} ms), inclusive:", *lines(p)]
+                f"enforced {p['enforced_ms'].text('{:.1f}')} ms), functions by own time:", *lines(p, "self")]
     return "\n".join(out)
 
 

@@ -6,7 +6,7 @@ time from the start of the apply until the last pod of the file answers a ping f
 made beforehand. The baseline of each size is the smallest size: pods/s at N against
 pods/s at the smallest N, repeat by repeat.
 
-    .venv/bin/python bench/pods.py [--pods 100,500] [--repeats 3]
+    .venv/bin/python bench/pods.py [--pods 100,500] [--repeats 3,2]
 
 Prints a table and writes bench/results/pods.json. Runs its own node (pod CIDR
 10.230.0.0/16) and purges it at the end, also on failure or Ctrl-C.
@@ -166,10 +166,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pods", type=sizes, default=[100, 500], help="pods per apply, comma-separated "
                                                                       "(default 100,500)")
-    parser.add_argument("--repeats", type=int, default=3, help="apply/delete cycles per size (default 3)")
+    parser.add_argument("--repeats", type=sizes, default=[3, 2],
+                        help="apply/delete cycles per size, comma-separated, the last one for every further "
+                             "size (default 3,2)")
     args = parser.parse_args(argv)
-    if args.repeats < 1:
-        parser.error("--repeats must be at least 1")
+    per_size = {n: args.repeats[min(i, len(args.repeats) - 1)] for i, n in enumerate(args.pods)}
     began = time.monotonic()
     by_size: dict[int, list[Repeat]] = {}
     with tempfile.TemporaryDirectory(prefix="capillary-bench-pods-") as tmp, cleaned_up() as cleanup:
@@ -177,8 +178,8 @@ def main(argv: list[str] | None = None) -> int:
         probe = prepare(node)
         for count in args.pods:
             by_size[count] = []
-            for i in range(args.repeats):
-                log(f"{count} pods, repeat {i + 1}/{args.repeats}")
+            for i in range(per_size[count]):
+                log(f"{count} pods, repeat {i + 1}/{per_size[count]}")
                 by_size[count].append(one_repeat(node, probe, count))
                 log(f"  {by_size[count][-1]}")
     results = {}
@@ -191,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         print(report(count, repeats, summary) + "\n")
     path = write_results("pods", {
         "benchmark": "pods", "environment": environment(),
-        "parameters": {"pods": args.pods, "repeats": args.repeats, "mode": "redirect", "pod_cidr": POD_CIDR},
+        "parameters": {"pods": args.pods, "repeats": per_size, "mode": "redirect", "pod_cidr": POD_CIDR},
         "sizes": results, "wall_seconds": round(time.monotonic() - began, 1)})
     print(f"wrote {path}")
     return 0

@@ -6,7 +6,7 @@ has the variants). Each measurement: iperf3 TCP, 1 stream, and sockperf TCP ping
 (request/response rate, p50/p99 latency). Every count is compared with its own kind at 0
 (median of per-round ratios), and capillary with iptables at the same count.
 
-    .venv/bin/python bench/policy.py [--entries 1000,10000,50000] [--rounds 5] [--seconds 2]
+    .venv/bin/python bench/policy.py [--entries 1000,10000,50000] [--rounds 4] [--seconds 2]
                                      [--latency-seconds 1] [--quick]
 
 Prints tables and writes bench/results/policy.json. Everything it makes (a node on
@@ -86,14 +86,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--entries", type=lambda t: [int(v) for v in t.split(",")],
                         help="entry / rule counts besides 0, comma-separated (default 1000,10000,50000; "
                              "quick 50000)")
-    parser.add_argument("--rounds", type=int, help="rounds, every variant once per round (default 5; quick 1)")
+    parser.add_argument("--rounds", type=int, help="rounds, every variant once per round (default 4; quick 1)")
     parser.add_argument("--seconds", type=int, help="length of each iperf3 run (default 2; quick 1)")
     parser.add_argument("--latency-seconds", type=int, help="length of each sockperf run (default 1; quick 1)")
     parser.add_argument("--cpus", choices=PLACEMENTS, default="split", help="client/server CPUs as datapath.py")
     parser.add_argument("--quick", action="store_true", help="fewer, shorter rounds")
     args = parser.parse_args(argv)
     args.entries = sorted(set(args.entries or ([50000] if args.quick else [1000, 10000, 50000])) - {0})
-    args.rounds = args.rounds or (1 if args.quick else 5)
+    args.rounds = args.rounds or (1 if args.quick else 4)
     args.seconds = args.seconds or (1 if args.quick else 2)
     args.latency_seconds = args.latency_seconds or 1
     if min(args.rounds, args.seconds, args.latency_seconds) < 1 or not args.entries or min(args.entries) < 3 \

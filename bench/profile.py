@@ -136,8 +136,9 @@ def perf_top(work, seconds: float, comm: str, count: int = TOP) -> dict:
             _, err = rec.communicate(timeout=seconds + 60)
         if rec.returncode != 0:
             return {"error": f"perf record exited {rec.returncode}: {err.strip()[-300:]}", "top": []}
+        # relative: shares of COMM's samples, not of every CPU's
         out = subprocess.run([exe, "report", "-i", str(data), "--stdio", "--no-children", "--comms", comm,
-                              "--sort", "dso,symbol"],
+                              "--percentage", "relative", "--sort", "dso,symbol"],
                              capture_output=True, text=True, timeout=120).stdout
     finally:
         data.unlink(missing_ok=True)

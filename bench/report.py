@@ -176,8 +176,10 @@ def pods_section(d: dict | None, plot_dir: str, out: Path) -> list[str]:
     lines = ["## 4. Pod churn", ""]
     if not d:
         return lines + ["Not run.", ""]
-    lines += [f"One `capillary apply -f -` of N pods, then one `capillary delete -f -`, {d['parameters']['repeats']} "
-              "times per size, on a node that already has a probe pod. First packet: from the start of the apply "
+    per_size = d["parameters"]["repeats"]
+    times = ", ".join(f"{n} pods {r}×" for n, r in per_size.items()) if isinstance(per_size, dict) else f"{per_size}×"
+    lines += [f"One `capillary apply -f -` of N pods, then one `capillary delete -f -` ({times}), "
+              "on a node that already has a probe pod. First packet: from the start of the apply "
               "to the first ping reply from the last pod of the file (pinged every 10 ms once it has an address).",
               ""]
     lines += image(plots.pods(d, out), plot_dir, "pod churn")

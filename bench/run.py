@@ -42,7 +42,7 @@ STEPS = {
     "datapath": ("datapath.py", ["--perf"], ["--quick"], (420, 150)),
     "policy": ("policy.py", [], ["--quick"], (420, 150)),
     "cplane": ("cplane.py", ["--profile"], ["--quick", "--profile"], (420, 150)),
-    "pods": ("pods.py", ["--pods", "100,500", "--repeats", "3"], ["--pods", "10,50", "--repeats", "1"], (420, 150)),
+    "pods": ("pods.py", ["--pods", "100,500", "--repeats", "3,2"], ["--pods", "10,50", "--repeats", "1"], (420, 150)),
     "footprint": ("footprint.py", ["--profile"], ["--quick"], (300, 150)),
     "flows": ("flows.py", [], ["--quick"], (300, 150)),
 }

@@ -97,9 +97,15 @@ def evaluate(results: dict) -> list[dict]:
 
 def _datapath_note(results: dict) -> list[str]:
     d = results["datapath"]
-    out = ["The datapath has no Python in it: the time is the kernel's. The BPF counters of the run show every "
-           "redirect-mode packet took the redirect-peer path (none went to the host stack), so the remaining cost "
-           "against the direct pair is the two tc programs per packet plus the host-side veth hops."]
+    counters = ((d or {}).get("bpf_counters") or {}).get("redirect", {})
+    peer = sum(n for k, n in counters.items() if "redirect-peer" in k)
+    other = {k: n for k, n in counters.items() if "redirect-peer" not in k}
+    out = ["The datapath has no Python in it: the time is the kernel's. Against the direct pair, a redirect-mode "
+           "packet also crosses the host side of the sender's veth, where capillary's tc program looks the "
+           "destination up and hands the packet to the receiver's eth0 with bpf_redirect_peer. "
+           f"The node's BPF counters for the rounds: {peer:,} packets redirected to the peer"
+           + (f"; also {', '.join(f'{k} {n:,}' for k, n in other.items())}." if other else
+              ", none through the host stack.")]
     for variant, p in ((d or {}).get("perf") or {}).items():
         if p.get("top"):
             out += ["", f"`perf record -a` over {p['seconds']} s of one iperf3 run (1 stream) through **{variant}**, "
@@ -107,6 +113,7 @@ def _datapath_note(results: dict) -> list[str]:
                     "symbols by own share:", "", "```", *p["top"], "```"]
     spread = d["summary"]["redirect"]["ratio_to"]["veth"]["gbps_1"] if d else None
     if spread and spread["max"] >= 0.95:
+        out.append("")
         out.append(f"The per-round ratio ranged {spread['min']:.3f}–{spread['max']:.3f}: rounds at or above the target "
                    "happen, the median is pulled by the machine's noise as much as by the datapath.")
     return out
@@ -134,7 +141,16 @@ def _cplane_note(results: dict) -> list[str]:
            f"entry lands in the map at p50 {s['map_ms']['p50']:.1f} / p99 {s['map_ms']['p99']:.1f} ms, and the first "
            "allowed SYN follows within about a millisecond (the prober's interval)."]
     p = d.get("profile")
-    if p:
+    if p and p.get("samples"):
+        per_change = p["seconds"] / (2 * p["repetitions"]) * 1000
+        plan = next((r["share"] for r in p["inclusive"] if r["function"].startswith("Enforcer.plan ")), 0.0)
+        out += ["", f"policyd spends about {per_change:.1f} ms of CPU on each change (py-spy's samples over the "
+                f"profiled applies and deletes), against a median handler time of {s['handler_ms']['p50']:.1f} ms: "
+                "the handler is mostly CPU. On this machine's two CPUs, shared with everything listed under \"How "
+                "this was run\", a handler that has to wait for a CPU makes the tail. "
+                f"{plan * 100:.0f}% of policyd's samples are in Enforcer.plan: compiling the selected endpoint's "
+                "entries against every identity, and reading the whole endpoint map, both of which grow with the "
+                "pods on the node."]
         out += ["", f"py-spy on policyd over {p['repetitions']} extra apply/delete repetitions at {100} pods "
                 f"({p['samples']} samples at 250 Hz, i.e. {p['seconds']:.2f} s on CPU"
                 + (f"; {p['excluded']} more in policyd's /metrics server, which the bench scrapes between "
@@ -145,15 +161,17 @@ def _cplane_note(results: dict) -> list[str]:
 
 
 def _own_lines(profile: dict) -> list[str]:
-    own = [r for r in profile.get("inclusive", []) if r["function"].split(" (")[-1].startswith("services/")]
+    scaffolding = ("services/runtime/app.py", "__main__.py")     # every sample is under these
+    own = [r for r in profile.get("inclusive", []) if r["function"].split(" (")[-1].startswith("services/")
+           and not r["function"].rstrip(")").endswith(scaffolding)]
     return [f"  {r['share'] * 100:5.1f}%  {r['function']}" for r in own[:12]] or ["  (none sampled)"]
 
 
 def _footprint_note(results: dict) -> list[str]:
     d = results["footprint"]
     at = next(s for s in d["sizes"] if s["pods"] == d["summary"]["target"]["pods"])
-    rows = [f"  {p:10} VmRSS {m['rss_mb']:6.1f} MB = file {m['file_mb']:6.1f} MB + anon {m['anon_mb']:6.1f} MB; "
-            f"Pss {m['pss_mb']:6.1f} MB" for p, m in at["load"].items()]
+    rows = [f"  {p:10} VmRSS, largest {m['rss_mb']:6.1f} MB; at the end file {m['file_mb']:6.1f} MB + anon "
+            f"{m['anon_mb']:6.1f} MB, Pss {m['pss_mb']:6.1f} MB" for p, m in at["load"].items()]
     return ["Memory is not time, so no py-spy here; the breakdown of each process at "
             f"{at['pods']} pods under load (/proc/<pid>/status and smaps_rollup):", "", "```", *rows, "```", "",
             "Every service imports bcc, which maps libLLVM and libclang (about 150 MB of code); the pages a compile "
