@@ -48,6 +48,7 @@ KERNEL_IPS = ("10.232.0.2", "10.232.0.3")        # /32s routed by the host
 VETH_IPS = ("10.232.1.2", "10.232.1.3")          # one /24 on the direct pair, never on the host
 GATEWAY = "169.254.1.1"
 IPERF_PORT, SOCKPERF_PORT = 5201, 11111
+VARIANTS = ("redirect", "host-stack", "kernel", "veth")
 BASELINES = ("veth", "kernel")
 PROFILED = ("redirect", "veth")
 TARGETS = {"gbps_1": 0.95, "gbps_4": 0.95, "p50_us": 1.05}   # ratio to `veth`: >= for Gbit/s, <= for us
@@ -291,7 +292,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                                             "redirect and through veth: the top kernel symbols")
     parser.add_argument("--cpus", choices=PLACEMENTS, default="split",
                         help="client/server CPUs: split 0/1 (default), same 1/1, none (unpinned)")
+    parser.add_argument("--variants", type=lambda t: t.split(","),
+                        help=f"comma-separated subset of {','.join(VARIANTS)} (default all; quick: all but "
+                             "host-stack, whose node start-up the smoke test cannot afford)")
     args = parser.parse_args(argv)
+    args.variants = args.variants or [v for v in VARIANTS if not (args.quick and v == "host-stack")]
+    if set(args.variants) - set(VARIANTS) or not set(BASELINES) <= set(args.variants):
+        parser.error(f"--variants: from {','.join(VARIANTS)}, with both baselines ({','.join(BASELINES)})")
     args.rounds = args.rounds or (1 if args.quick else 5)
     args.seconds = args.seconds or (1 if args.quick else 2)
     if args.rounds < 1 or args.seconds < 1:
@@ -299,11 +306,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def set_up(cleanup: Cleanup, tmp: Path, cpus: Placement) -> list[Pair]:
+def set_up(cleanup: Cleanup, tmp: Path, cpus: Placement, variants: list[str]) -> list[Pair]:
     tag = secrets.token_hex(2)
-    pairs = [node_pair(cleanup, tmp / "redirect", REDIRECT_CIDR, "r", "redirect"),
-             node_pair(cleanup, tmp / "host-stack", HOST_STACK_CIDR, "h", "host-stack"),
-             kernel_pair(cleanup, tag), veth_pair(cleanup, tag)]
+    make = {"redirect": lambda: node_pair(cleanup, tmp / "redirect", REDIRECT_CIDR, "r", "redirect"),
+            "host-stack": lambda: node_pair(cleanup, tmp / "host-stack", HOST_STACK_CIDR, "h", "host-stack"),
+            "kernel": lambda: kernel_pair(cleanup, tag), "veth": lambda: veth_pair(cleanup, tag)}
+    pairs = [make[v]() for v in VARIANTS if v in variants]
     for pair in pairs:
         start_servers(cleanup, pair, cpus)
     return pairs
@@ -314,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     cpus = Placement(*PLACEMENTS[args.cpus])
     began = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="capillary-bench-datapath-") as tmp, cleaned_up() as cleanup:
-        pairs = set_up(cleanup, Path(tmp), cpus)
+        pairs = set_up(cleanup, Path(tmp), cpus, args.variants)
         nodes = {p.variant: p.node for p in pairs if p.node}
         before = {variant: datapath_counters(node) for variant, node in nodes.items()}
         rounds = run_rounds(pairs, cpus, args.rounds, args.seconds)

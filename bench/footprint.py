@@ -241,16 +241,16 @@ def report(sizes: list[dict], summary: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pods", type=lambda t: [int(v) for v in t.split(",")], help="default 10,500; quick 10,30")
+    parser.add_argument("--pods", type=lambda t: [int(v) for v in t.split(",")], help="default 10,500; quick 10,20")
     parser.add_argument("--idle", type=float, help="idle window, s (default 5; quick 1)")
-    parser.add_argument("--load", type=float, help="load window, s (default 10; quick 3)")
+    parser.add_argument("--load", type=float, help="load window, s (default 10; quick 2)")
     parser.add_argument("--settle", type=float, help="wait after growing, s (default 2; quick 0.5)")
     parser.add_argument("--profile", action="store_true", help="py-spy on flowd and policyd, one more load window")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv)
-    args.pods = sorted(args.pods or ([10, 30] if args.quick else [10, 500]))
+    args.pods = sorted(args.pods or ([10, 20] if args.quick else [10, 500]))
     args.idle = args.idle or (1 if args.quick else 5)
-    args.load = args.load or (3 if args.quick else 10)
+    args.load = args.load or (2 if args.quick else 10)
     args.settle = args.settle if args.settle is not None else (0.5 if args.quick else 2.0)
     if min(args.pods) < 2:
         parser.error("at least 2 pods")

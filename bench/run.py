@@ -41,8 +41,8 @@ KILL_GRACE = 120           # seconds between SIGTERM and SIGKILL: a cleanup purg
 STEPS = {
     "datapath": ("datapath.py", ["--perf"], ["--quick"], (420, 150)),
     "policy": ("policy.py", [], ["--quick"], (420, 150)),
-    "cplane": ("cplane.py", ["--profile"], ["--quick", "--profile"], (420, 150)),
-    "pods": ("pods.py", ["--pods", "100,500", "--repeats", "3,2"], ["--pods", "10,50", "--repeats", "1"], (420, 150)),
+    "cplane": ("cplane.py", ["--profile"], ["--quick"], (420, 150)),
+    "pods": ("pods.py", ["--pods", "100,500", "--repeats", "3,2"], ["--pods", "10,30", "--repeats", "1"], (420, 150)),
     "footprint": ("footprint.py", ["--profile"], ["--quick"], (300, 150)),
     "flows": ("flows.py", [], ["--quick"], (300, 150)),
 }

@@ -16,7 +16,7 @@ def _verdict(key: str, figure: str, target: str, measured: str, ok: bool | None)
 
 
 def _datapath(d: dict | None) -> list[dict]:
-    if not d:
+    if not d or "redirect" not in d["summary"]:
         return [_verdict("datapath_gbps", "redirect_peer throughput vs direct veth", "≥ 0.95× (and ahead of kernel "
                          "routing)", "not run", None),
                 _verdict("datapath_p50", "redirect_peer p50 latency vs direct veth", "≤ 1.05×", "not run", None)]
