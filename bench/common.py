@@ -42,6 +42,7 @@ BENCH_PREFIX = "lxb"        # + one letter per node: lxbp (pods.py), lxbr, lxbh 
 # Bench node tags start with this letter (test nodes' tags are hex), so a bench node's netns
 # (cap-tx...), bpffs root (capillary-tx...) and router devices (ctx...) are known as ours.
 BENCH_TAG = "x"
+UP_TIMEOUT = 90             # seconds for a bench node to come up healthy
 
 
 def log(message: str) -> None:
@@ -205,7 +206,9 @@ def bench_node(cleanup: Cleanup, workdir: Path, pod_cidr: str, letter: str, mode
     cleanup.push(f"node {node.name} leftovers", lambda: _check_purged(node))
     cleanup.push(f"purge node {node.name}", node.purge)
     log(f"starting node {node.name} ({mode}, {pod_cidr})")
-    node.up()
+    # Node.up() allows the CLI's default 30 s until every service is healthy: on two CPUs
+    # shared with other work, four bcc compiles can take longer than that.
+    node.cli("up", "--detach", "--timeout", str(UP_TIMEOUT), timeout=UP_TIMEOUT + 30)
     return node
 
 
