@@ -19,6 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench import plots  # noqa: E402
+from bench.profile import lines as profile_lines  # noqa: E402
 from bench.targets import closing_note, evaluate  # noqa: E402
 
 NAMES = ("datapath", "policy", "cplane", "pods", "footprint", "flows")
@@ -258,6 +259,11 @@ def footprint_section(d: dict | None, plot_dir: str, out: Path) -> list[str]:
     last = str(d["sizes"][-1]["pods"])
     lines += [f"- VmRSS under load at {last} pods against {d['sizes'][0]['pods']} pods: " + ", ".join(
         f"{proc} {r:.2f}×" for proc, r in ratio[last].items()), ""]
+    for name, prof in (d.get("profiles") or {}).items():
+        if prof.get("samples"):
+            lines += [f"Where {name}'s CPU goes under this load at {last} pods (py-spy, one more load window, "
+                      f"{prof['samples']} samples at 250 Hz), functions by own time:", "", "```",
+                      *profile_lines(prof, "self", 8), "```", ""]
     return lines
 
 
