@@ -37,7 +37,7 @@ privileged: setup
 e2e: setup
 	$(PYTEST) tests/e2e -q -ra
 
-# Every benchmark, then docs/benchmarks.md with its plots (about 17 minutes). QUICK=1: the
+# Every benchmark, then docs/benchmarks.md with its plots (12-19 minutes). QUICK=1: the
 # smoke test (small sizes, short runs, under 4 minutes), results under bench/results/quick/.
 bench: bench-setup
 	$(PY) bench/run.py $(if $(QUICK),--quick,)

@@ -106,6 +106,12 @@ def _datapath_note(results: dict) -> list[str]:
            f"The node's BPF counters for the rounds: {peer:,} packets redirected to the peer"
            + (f"; also {', '.join(f'{k} {n:,}' for k, n in other.items())}." if other else
               ", none through the host stack.")]
+    ours = [float(line.split("%")[0]) for line in (((d or {}).get("perf") or {}).get("redirect") or {}).get("top", [])
+            if "bpf_prog_" in line]
+    if ours:
+        out.append(f"In the perf profile below, capillary's own BPF code (the bpf_prog_* symbols) has {sum(ours):.1f}% "
+                   "of iperf3's samples through redirect; the rest is the kernel's TCP and veth work, the same "
+                   "symbols as through the direct pair.")
     for variant, p in ((d or {}).get("perf") or {}).items():
         if p.get("top"):
             out += ["", f"`perf record -a` over {p['seconds']} s of one iperf3 run (1 stream) through **{variant}**, "
