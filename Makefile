@@ -7,7 +7,8 @@ PYTEST  := $(VENV)/bin/pytest
 CONFIG  ?=
 CONFIG_FLAG := $(if $(CONFIG),--config $(CONFIG),)
 
-.PHONY: setup up down purge status test unit privileged e2e compose-image compose-test bench clean
+.PHONY: setup up down purge status test unit privileged e2e compose-image compose-test bench bench-setup \
+	bench-report clean
 
 setup:
 	@bash scripts/setup.sh
@@ -47,9 +48,17 @@ compose-test: setup
 	@bash scripts/compose-host.sh --install
 	CAPILLARY_COMPOSE_TEST=1 $(PYTEST) tests/compose -v -ra --timeout 1800
 
-bench: setup
-	$(PY) bench/pods.py $(if $(QUICK),--repeats 1,)
-	$(PY) bench/datapath.py $(if $(QUICK),--quick,)
+# Every benchmark, then docs/benchmarks.md with its plots (12-19 minutes). QUICK=1: the
+# smoke test (small sizes, short runs, under 4 minutes), results under bench/results/quick/.
+bench: bench-setup
+	$(PY) bench/run.py $(if $(QUICK),--quick,)
+
+bench-setup:
+	@CAPILLARY_EXTRAS=test,bench bash scripts/setup.sh
+
+# docs/benchmarks.md again from the results of the last full run, without running anything.
+bench-report: bench-setup
+	$(PY) bench/run.py --report-only
 
 clean:
 	rm -rf $(VENV) build *.egg-info

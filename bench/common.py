@@ -7,8 +7,10 @@ Ctrl-C at any point removes exactly what was made so far.
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
+import secrets
 import signal
 import statistics
 import subprocess
@@ -25,15 +27,22 @@ import yaml
 from tests.support.node import Node
 
 REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "bench" / "results"
+# bench/run.py points this elsewhere for a quick run, so a smoke test never replaces the
+# results a full run left for the report.
+RESULTS_ENV = "CAPILLARY_BENCH_RESULTS"
+RESULTS = Path(os.environ.get(RESULTS_ENV) or REPO / "bench" / "results")
 
 # Every bench node gets its own pod interface prefix instead of the "lxt" that
 # tests.support.node gives all nodes: a node's start-up orphan sweep and `down --purge`
 # delete every 15-character link with the node's prefix, so two running nodes that share
 # a prefix delete each other's pods (seen here: the second node's start-up removed the
 # first node's pod veths). Each prefix must not be a prefix of another.
-BENCH_PREFIX = "lxb"        # + one letter per node: lxbp (pods.py), lxbr, lxbh (datapath.py), lxba, lxbt
-                            # (policy.py), lxbf (flows.py)
+BENCH_PREFIX = "lxb"        # + one letter per node: lxbp (pods.py), lxbr, lxbh (datapath.py), lxba (cplane.py),
+                            # lxbt (policy.py), lxbf (flows.py), lxbm (footprint.py)
+# Bench node tags start with this letter (test nodes' tags are hex), so a bench node's netns
+# (cap-tx...), bpffs root (capillary-tx...) and router devices (ctx...) are known as ours.
+BENCH_TAG = "x"
+UP_TIMEOUT = 90             # seconds for a bench node to come up healthy
 
 
 def log(message: str) -> None:
@@ -57,6 +66,12 @@ class Spread:
 
     def text(self, fmt: str = "{:.2f}") -> str:
         return f"{fmt.format(self.median)} [{fmt.format(self.min)}-{fmt.format(self.max)}]"
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile Q (0-100]: with fewer than 100/(100-Q) values, the largest."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
 
 
 def ratios(values: Sequence[float], baseline: Sequence[float]) -> list[float]:
@@ -177,11 +192,11 @@ def ping(netns: str | None, ip: str, count: int = 3) -> bool:
 
 def bench_node(cleanup: Cleanup, workdir: Path, pod_cidr: str, letter: str, mode: str = "redirect",
                sections: dict[str, dict] | None = None) -> Node:
-    """A running node of our own (tests.support.node.Node, pod interfaces BENCH_PREFIX+LETTER),
-    purged by CLEANUP, which then fails loudly if anything of it is left. SECTIONS: config
-    fields to set, by section (e.g. {"events": {"aggregation": "none"}})."""
+    """A running node of our own (tests.support.node.Node, pod interfaces BENCH_PREFIX+LETTER,
+    tag BENCH_TAG+3 hex digits), purged by CLEANUP, which then fails loudly if anything of it
+    is left. SECTIONS: config fields to set, by section (e.g. {"maps": {"policy": 131072}})."""
     workdir.mkdir(parents=True, exist_ok=True)
-    node = Node(workdir, pod_cidr=pod_cidr, mode=mode)
+    node = Node(workdir, pod_cidr=pod_cidr, mode=mode, tag=BENCH_TAG + secrets.token_hex(2)[:3])
     node.lxc_prefix = BENCH_PREFIX + letter
     config = yaml.safe_load(node.config_path.read_text())
     config["datapath"]["lxcPrefix"] = node.lxc_prefix
@@ -191,7 +206,9 @@ def bench_node(cleanup: Cleanup, workdir: Path, pod_cidr: str, letter: str, mode
     cleanup.push(f"node {node.name} leftovers", lambda: _check_purged(node))
     cleanup.push(f"purge node {node.name}", node.purge)
     log(f"starting node {node.name} ({mode}, {pod_cidr})")
-    node.up()
+    # Node.up() allows the CLI's default 30 s until every service is healthy: on two CPUs
+    # shared with other work, four bcc compiles can take longer than that.
+    node.cli("up", "--detach", "--timeout", str(UP_TIMEOUT), timeout=UP_TIMEOUT + 30)
     return node
 
 

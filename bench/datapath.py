@@ -6,8 +6,9 @@ Four variants, measured in the same run, in alternating rounds (the order rotate
   kernel      plain kernel routing, no BPF: two netns with a veth to the host each, /32 host
               routes, default via 169.254.1.1 onlink, proxy_arp on the host veths
   veth        one veth pair straight between two netns (no routing: the limit for veths)
-Metrics: iperf3 TCP with 1 and with 4 streams, sockperf TCP ping-pong latency (p50, p99;
-sockperf reports half the round trip). Each variant is compared with `veth` and `kernel`
+Metrics: iperf3 TCP with 1 and with 4 streams, sockperf TCP ping-pong: request/response rate
+(round trips per second, one message in flight) and latency (p50, p99; sockperf reports half
+the round trip). Each variant is compared with `veth` and `kernel`
 through the median over rounds of the per-round ratio.
 
 Client and server are pinned to CPUs (--cpus): on this 2-vCPU VM a ping-pong between two
@@ -15,7 +16,7 @@ CPUs takes ~27 us and on one CPU ~7 us, and unpinned runs flip between the two, 
 swamps any difference between datapaths. "split" (default) pins the client to CPU 0 and
 the server to CPU 1, "same" both to CPU 1, "none" leaves placement to the scheduler.
 
-    .venv/bin/python bench/datapath.py [--rounds 5] [--seconds 5] [--quick] [--cpus split|same|none]
+    .venv/bin/python bench/datapath.py [--rounds 5] [--seconds 2] [--quick] [--cpus split|same|none]
 
 Prints tables and writes bench/results/datapath.json. Everything it makes (two nodes on
 10.230.0.0/16 and 10.231.0.0/16, netns capb-<tag>-*, links vethb<tag>*, servers) is removed
@@ -37,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import (Cleanup, Node, Spread, add_netns, bench_node, cleaned_up, environment, log,  # noqa: E402
                           ping, ratios, run, start, table, wait_listening, write_results)
+from bench.profile import perf_top  # noqa: E402
 from services.datapath.maps.metrics import MetricsMap  # noqa: E402
 from services.datapath.numbers import METRIC_EGRESS, REASON_NAMES  # noqa: E402
 from tests.support.node import docs, namespace_doc, pod_doc  # noqa: E402
@@ -46,11 +48,13 @@ KERNEL_IPS = ("10.232.0.2", "10.232.0.3")        # /32s routed by the host
 VETH_IPS = ("10.232.1.2", "10.232.1.3")          # one /24 on the direct pair, never on the host
 GATEWAY = "169.254.1.1"
 IPERF_PORT, SOCKPERF_PORT = 5201, 11111
+VARIANTS = ("redirect", "host-stack", "kernel", "veth")
 BASELINES = ("veth", "kernel")
+PROFILED = ("redirect", "veth")
 TARGETS = {"gbps_1": 0.95, "gbps_4": 0.95, "p50_us": 1.05}   # ratio to `veth`: >= for Gbit/s, <= for us
 PLACEMENTS = {"split": ("0", "1"), "same": ("1", "1"), "none": (None, None)}   # (client CPU, server CPU)
 METRICS = {"gbps_1": "TCP 1 stream (Gbit/s)", "gbps_4": "TCP 4 streams (Gbit/s)",
-           "p50_us": "latency p50 (us)", "p99_us": "latency p99 (us)"}
+           "rr_per_s": "request/response (1/s)", "p50_us": "latency p50 (us)", "p99_us": "latency p99 (us)"}
 
 
 @dataclass(frozen=True)
@@ -84,6 +88,7 @@ def pinned(cpu: str | None, argv: list[str]) -> list[str]:
 class Sample:
     gbps_1: float
     gbps_4: float
+    rr_per_s: float
     p50_us: float
     p99_us: float
     avg_us: float
@@ -94,8 +99,9 @@ class Sample:
 
 # ---- the four variants -------------------------------------------------------------------
 
-def node_pair(cleanup: Cleanup, workdir: Path, cidr: str, letter: str, mode: str) -> Pair:
-    node = bench_node(cleanup, workdir, cidr, letter, mode)
+def node_pair(cleanup: Cleanup, workdir: Path, cidr: str, letter: str, mode: str,
+              sections: dict[str, dict] | None = None) -> Pair:
+    node = bench_node(cleanup, workdir, cidr, letter, mode, sections)
     node.apply(docs(namespace_doc("bench"), pod_doc("bench", "client"), pod_doc("bench", "server")))
     pods = node.pods()
     return Pair(mode, pods["bench/client"]["spec"]["netns"], pods["bench/server"]["spec"]["netns"],
@@ -167,7 +173,8 @@ ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def sockperf(pair: Pair, cpus: Placement, seconds: int) -> dict[str, float]:
-    """p50/p99/avg latency in usec and dropped messages of one sockperf TCP ping-pong run."""
+    """Round trips per second, p50/p99/avg latency in usec and dropped messages of one sockperf
+    TCP ping-pong run (the rate over sockperf's valid duration, warm-up excluded)."""
     argv = ["sockperf", "pp", "--tcp", "-i", pair.server_ip, "-p", str(SOCKPERF_PORT), "-t", str(seconds)]
     out = ANSI.sub("", run(cpus.client(argv), pair.client, timeout=seconds + 30).stdout)
 
@@ -177,7 +184,11 @@ def sockperf(pair: Pair, cpus: Placement, seconds: int) -> dict[str, float]:
             raise RuntimeError(f"sockperf output has no {pattern!r}:\n{out}")
         return float(match.group(1))
 
-    return {"p50_us": number(r"percentile 50\.000 =\s*([\d.]+)"), "p99_us": number(r"percentile 99\.000 =\s*([\d.]+)"),
+    valid = re.search(r"\[Valid Duration\] RunTime=([\d.]+) sec; SentMessages=\d+; ReceivedMessages=(\d+)", out)
+    if not valid:
+        raise RuntimeError(f"sockperf output has no valid-duration line:\n{out}")
+    return {"rr_per_s": int(valid.group(2)) / float(valid.group(1)),
+            "p50_us": number(r"percentile 50\.000 =\s*([\d.]+)"), "p99_us": number(r"percentile 99\.000 =\s*([\d.]+)"),
             "avg_us": number(r"avg-latency=([\d.]+)"), "dropped": number(r"# dropped messages = (\d+)")}
 
 
@@ -185,7 +196,7 @@ def measure(pair: Pair, cpus: Placement, seconds: int) -> Sample:
     gbps_1, retransmits_1 = iperf(pair, cpus, seconds, 1)
     gbps_4, retransmits_4 = iperf(pair, cpus, seconds, 4)
     lat = sockperf(pair, cpus, seconds)
-    return Sample(gbps_1, gbps_4, lat["p50_us"], lat["p99_us"], lat["avg_us"], retransmits_1, retransmits_4,
+    return Sample(gbps_1, gbps_4, lat["rr_per_s"], lat["p50_us"], lat["p99_us"], lat["avg_us"], retransmits_1, retransmits_4,
                   int(lat["dropped"]))
 
 
@@ -215,10 +226,20 @@ def run_rounds(pairs: list[Pair], cpus: Placement, rounds: int, seconds: int) ->
         for pair in order:
             samples[pair.variant] = measure(pair, cpus, seconds)
             s = samples[pair.variant]
-            log(f"  {pair.variant:10} {s.gbps_1:6.2f} / {s.gbps_4:6.2f} Gbit/s   "
+            log(f"  {pair.variant:10} {s.gbps_1:6.2f} / {s.gbps_4:6.2f} Gbit/s  {s.rr_per_s:7.0f} rr/s  "
                 f"p50 {s.p50_us:6.2f} us  p99 {s.p99_us:6.2f} us")
         done.append({"order": [p.variant for p in order], "samples": samples})
     return done
+
+
+def profile_variants(pairs: list[Pair], cpus: Placement, seconds: int) -> dict:
+    """Where the kernel's time goes in one iperf3 run per profiled variant (after the rounds)."""
+    out = {}
+    for pair in pairs:
+        if pair.variant in PROFILED:
+            log(f"perf: iperf3 through {pair.variant}")
+            out[pair.variant] = perf_top(lambda: iperf(pair, cpus, seconds, 1), seconds + 1, "iperf3")
+    return out
 
 
 # ---- summary -----------------------------------------------------------------------------
@@ -264,24 +285,33 @@ def report(summary: dict, variants: list[str]) -> str:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, help="rounds, every variant once per round (default 5; quick 2)")
-    parser.add_argument("--seconds", type=int, help="length of each iperf3/sockperf run (default 5; quick 2)")
+    parser.add_argument("--rounds", type=int, help="rounds, every variant once per round (default 5; quick 1)")
+    parser.add_argument("--seconds", type=int, help="length of each iperf3/sockperf run (default 2; quick 1)")
     parser.add_argument("--quick", action="store_true", help="fewer, shorter rounds")
+    parser.add_argument("--perf", action="store_true", help="then `perf record -a` during iperf3 (1 stream) through "
+                                                            "redirect and through veth: the top kernel symbols")
     parser.add_argument("--cpus", choices=PLACEMENTS, default="split",
                         help="client/server CPUs: split 0/1 (default), same 1/1, none (unpinned)")
+    parser.add_argument("--variants", type=lambda t: t.split(","),
+                        help=f"comma-separated subset of {','.join(VARIANTS)} (default all; quick: all but "
+                             "host-stack, whose node start-up the smoke test cannot afford)")
     args = parser.parse_args(argv)
-    args.rounds = args.rounds or (2 if args.quick else 5)
-    args.seconds = args.seconds or (2 if args.quick else 5)
+    args.variants = args.variants or [v for v in VARIANTS if not (args.quick and v == "host-stack")]
+    if set(args.variants) - set(VARIANTS) or not set(BASELINES) <= set(args.variants):
+        parser.error(f"--variants: from {','.join(VARIANTS)}, with both baselines ({','.join(BASELINES)})")
+    args.rounds = args.rounds or (1 if args.quick else 5)
+    args.seconds = args.seconds or (1 if args.quick else 2)
     if args.rounds < 1 or args.seconds < 1:
         parser.error("--rounds and --seconds must be at least 1")
     return args
 
 
-def set_up(cleanup: Cleanup, tmp: Path, cpus: Placement) -> list[Pair]:
+def set_up(cleanup: Cleanup, tmp: Path, cpus: Placement, variants: list[str]) -> list[Pair]:
     tag = secrets.token_hex(2)
-    pairs = [node_pair(cleanup, tmp / "redirect", REDIRECT_CIDR, "r", "redirect"),
-             node_pair(cleanup, tmp / "host-stack", HOST_STACK_CIDR, "h", "host-stack"),
-             kernel_pair(cleanup, tag), veth_pair(cleanup, tag)]
+    make = {"redirect": lambda: node_pair(cleanup, tmp / "redirect", REDIRECT_CIDR, "r", "redirect"),
+            "host-stack": lambda: node_pair(cleanup, tmp / "host-stack", HOST_STACK_CIDR, "h", "host-stack"),
+            "kernel": lambda: kernel_pair(cleanup, tag), "veth": lambda: veth_pair(cleanup, tag)}
+    pairs = [make[v]() for v in VARIANTS if v in variants]
     for pair in pairs:
         start_servers(cleanup, pair, cpus)
     return pairs
@@ -292,12 +322,13 @@ def main(argv: list[str] | None = None) -> int:
     cpus = Placement(*PLACEMENTS[args.cpus])
     began = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="capillary-bench-datapath-") as tmp, cleaned_up() as cleanup:
-        pairs = set_up(cleanup, Path(tmp), cpus)
+        pairs = set_up(cleanup, Path(tmp), cpus, args.variants)
         nodes = {p.variant: p.node for p in pairs if p.node}
         before = {variant: datapath_counters(node) for variant, node in nodes.items()}
         rounds = run_rounds(pairs, cpus, args.rounds, args.seconds)
         counters = {variant: counters_delta(before[variant], datapath_counters(node))
                     for variant, node in nodes.items()}
+        perf = profile_variants(pairs, cpus, args.seconds) if args.perf else None
     variants = [p.variant for p in pairs]
     summary = summarize(rounds, variants)
     print(f"{args.rounds} rounds of {args.seconds} s runs, CPUs {args.cpus} (client {cpus.client_cpu}, "
@@ -311,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         "parameters": {"rounds": args.rounds, "seconds": args.seconds, "variants": variants, "cpus": args.cpus,
                        "host_stack": "a second node running at the same time", "targets_vs_veth": TARGETS},
         "rounds": [{"order": r["order"], "samples": {v: asdict(s) for v, s in r["samples"].items()}} for r in rounds],
-        "summary": summary, "bpf_counters": counters, "wall_seconds": round(time.monotonic() - began, 1)})
+        "summary": summary, "bpf_counters": counters, "perf": perf, "wall_seconds": round(time.monotonic() - began, 1)})
     print(f"\nwrote {path}")
     return 0
 

@@ -1,10 +1,12 @@
-"""Pod churn on one node: create N pods in one apply, delete them in one delete, R times.
+"""Pod churn on one node: create N pods in one apply, delete them in one delete, R times,
+for each N of --pods (the sizes run one after the other on the same node).
 
 Times `capillary apply -f -` and `capillary delete -f -` (wall clock of the command), and the
 time from the start of the apply until the last pod of the file answers a ping from a pod
-made beforehand.
+made beforehand. The baseline of each size is the smallest size: pods/s at N against
+pods/s at the smallest N, repeat by repeat.
 
-    .venv/bin/python bench/pods.py [--pods 100] [--repeats 3]
+    .venv/bin/python bench/pods.py [--pods 100,500] [--repeats 3,2]
 
 Prints a table and writes bench/results/pods.json. Runs its own node (pod CIDR
 10.230.0.0/16) and purges it at the end, also on failure or Ctrl-C.
@@ -131,6 +133,11 @@ def summarize(repeats: list[Repeat]) -> dict[str, Spread]:
     return {field: Spread.of([getattr(r, field) for r in repeats]) for field in Repeat.__dataclass_fields__}
 
 
+def rates(count: int, repeats: list[Repeat]) -> dict[str, Spread]:
+    return {"create_per_s": Spread.of([count / r.apply_s for r in repeats]),
+            "delete_per_s": Spread.of([count / r.delete_s for r in repeats])}
+
+
 def report(count: int, repeats: list[Repeat], summary: dict[str, Spread]) -> str:
     rows = [
         (f"apply {count} pods (s)", "apply_s", "{:.2f}"),
@@ -140,36 +147,54 @@ def report(count: int, repeats: list[Repeat], summary: dict[str, Spread]) -> str
     ]
     lines = [[label, fmt.format(summary[key].median), fmt.format(summary[key].min), fmt.format(summary[key].max),
               " ".join(fmt.format(getattr(r, key)) for r in repeats)] for label, key, fmt in rows]
-    rate = Spread.of([count / r.apply_s for r in repeats])
-    lines.append(["pods created per second (apply)", f"{rate.median:.1f}", f"{rate.min:.1f}", f"{rate.max:.1f}",
-                  " ".join(f"{count / r.apply_s:.1f}" for r in repeats)])
-    return table(["metric", "median", "min", "max", "per repeat"], lines)
+    for label, key, seconds in (("pods created per second (apply)", "create_per_s", "apply_s"),
+                                ("pods deleted per second (delete)", "delete_per_s", "delete_s")):
+        rate = rates(count, repeats)[key]
+        lines.append([label, f"{rate.median:.1f}", f"{rate.min:.1f}", f"{rate.max:.1f}",
+                      " ".join(f"{count / getattr(r, seconds):.1f}" for r in repeats)])
+    return f"{count} pods, {len(repeats)} repeats\n" + table(["metric", "median", "min", "max", "per repeat"], lines)
+
+
+def sizes(text: str) -> list[int]:
+    values = [int(v) for v in text.split(",") if v.strip()]
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError("pod counts, comma-separated, each at least 1")
+    return values
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pods", type=int, default=100, help="pods per apply (default 100)")
-    parser.add_argument("--repeats", type=int, default=3, help="apply/delete cycles (default 3)")
+    parser.add_argument("--pods", type=sizes, default=[100, 500], help="pods per apply, comma-separated "
+                                                                      "(default 100,500)")
+    parser.add_argument("--repeats", type=sizes, default=[3, 2],
+                        help="apply/delete cycles per size, comma-separated, the last one for every further "
+                             "size (default 3,2)")
     args = parser.parse_args(argv)
-    if args.pods < 1 or args.repeats < 1:
-        parser.error("--pods and --repeats must be at least 1")
+    per_size = {n: args.repeats[min(i, len(args.repeats) - 1)] for i, n in enumerate(args.pods)}
     began = time.monotonic()
+    by_size: dict[int, list[Repeat]] = {}
     with tempfile.TemporaryDirectory(prefix="capillary-bench-pods-") as tmp, cleaned_up() as cleanup:
         node = bench_node(cleanup, Path(tmp) / "node", POD_CIDR, "p")
         probe = prepare(node)
-        repeats = []
-        for i in range(args.repeats):
-            log(f"repeat {i + 1}/{args.repeats}: {args.pods} pods")
-            repeats.append(one_repeat(node, probe, args.pods))
-            log(f"  {repeats[-1]}")
-    summary = summarize(repeats)
-    print(report(args.pods, repeats, summary))
+        for count in args.pods:
+            by_size[count] = []
+            for i in range(per_size[count]):
+                log(f"{count} pods, repeat {i + 1}/{per_size[count]}")
+                by_size[count].append(one_repeat(node, probe, count))
+                log(f"  {by_size[count][-1]}")
+    results = {}
+    base = min(args.pods)
+    for count, repeats in by_size.items():
+        summary = {**summarize(repeats), **rates(count, repeats)}
+        summary["create_per_s_ratio_to_smallest"] = Spread.of(
+            [(count / r.apply_s) / (base / b.apply_s) for r, b in zip(repeats, by_size[base])])
+        results[str(count)] = {"repeats": [asdict(r) for r in repeats], "summary": summary}
+        print(report(count, repeats, summary) + "\n")
     path = write_results("pods", {
         "benchmark": "pods", "environment": environment(),
-        "parameters": {"pods": args.pods, "repeats": args.repeats, "mode": "redirect", "pod_cidr": POD_CIDR},
-        "repeats": [asdict(r) for r in repeats], "summary": summary,
-        "wall_seconds": round(time.monotonic() - began, 1)})
-    print(f"\nwrote {path}")
+        "parameters": {"pods": args.pods, "repeats": per_size, "mode": "redirect", "pod_cidr": POD_CIDR},
+        "sizes": results, "wall_seconds": round(time.monotonic() - began, 1)})
+    print(f"wrote {path}")
     return 0
 
 

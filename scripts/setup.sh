@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Prepare this node for capillary. Idempotent: every step checks before it acts.
 #   apt packages, kernel headers bcc can find, bpffs, and .venv (which sees bcc).
+#   CAPILLARY_EXTRAS picks the optional dependencies installed into .venv (default: test;
+#   `make bench` asks for test,bench).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -55,11 +57,12 @@ make_venv() {
         rm -rf .venv
         /usr/bin/python3 -m venv --system-site-packages .venv
     fi
-    local stamp=.venv/.capillary-installed
+    local extras="${CAPILLARY_EXTRAS:-test}"
+    local stamp=".venv/.capillary-installed-${extras//,/-}"
     if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-        log "installing capillary into .venv"
+        log "installing capillary into .venv (extras: $extras)"
         # pip's notes about unreachable extra index locations are noise here, not errors.
-        .venv/bin/pip install -q --disable-pip-version-check -e '.[test]' 2> >(grep -v 'is ignored: it is neither' >&2)
+        .venv/bin/pip install -q --disable-pip-version-check -e ".[$extras]" 2> >(grep -v 'is ignored: it is neither' >&2)
         touch "$stamp"
     fi
 }

@@ -44,6 +44,16 @@ class IdentityAllocator:
         self.by_id: dict[int, Entry] = {}
         self._by_labels: dict[str, int] = {}
 
+    def copy(self) -> IdentityAllocator:
+        """An allocator that changes independently of this one: allocate() and release()
+        on it leave this one as it is. Labels are shared (nothing changes them after
+        allocate() made its own copy); only the owner sets, which both change, are copied.
+        The cheap form of copy.deepcopy for a trial run."""
+        out = IdentityAllocator()
+        out.by_id = {i: Entry(e.id, e.labels, set(e.owners)) for i, e in self.by_id.items()}
+        out._by_labels = dict(self._by_labels)
+        return out
+
     def restore(self, entry: Entry) -> None:
         self.by_id[entry.id] = entry
         self._by_labels[labels_key(entry.labels)] = entry.id

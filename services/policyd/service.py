@@ -9,7 +9,6 @@ carries an identity the policy entries do not know yet.
 from __future__ import annotations
 
 import asyncio
-import copy
 import ipaddress
 import re
 from pathlib import Path
@@ -189,7 +188,7 @@ class PolicyService(Service):
         """Make POLICIES the ones in force, or raise having changed nothing. CHANGED holds
         the old and new versions of what differs: only endpoints they select are
         recompiled, unless the set of CIDR identities changes (then every endpoint is)."""
-        trial = copy.deepcopy(self.identities)
+        trial = self.identities.copy()
         released, created = self._resolve_cidrs(trial, policies)
         universe = Universe({i: e.labels for i, e in trial.by_id.items()})
         try:

@@ -103,3 +103,19 @@ def test_exhaustion_raises():
 def test_labels_key_is_order_independent_and_distinguishes_values():
     assert labels_key({"a": "1", "b": "2"}) == labels_key({"b": "2", "a": "1"})
     assert labels_key({"a": "1"}) != labels_key({"a": "2"})
+
+
+def test_a_copy_allocates_and_releases_without_touching_the_original():
+    ids = IdentityAllocator()
+    web, _ = ids.allocate(WEB, "a")
+    trial = ids.copy()
+    trial.allocate(WEB, "b")                       # a second owner, in the copy only
+    trial.release(web.id, "a")
+    db, created = trial.allocate(DB, "a")
+    assert created
+    assert ids.by_id[web.id].owners == {"a"}
+    assert db.id not in ids.by_id
+    assert ids.allocate(DB, "c")[0].id == db.id    # the same number comes next in both
+    assert trial.by_id[web.id].owners == {"b"}
+    trial.release(web.id, "b")
+    assert web.id in ids.by_id and ids.allocate(WEB, "z")[0] is web

@@ -171,3 +171,15 @@ def test_encode_keeps_bytes_and_str_apart():
 def test_decode_rejects_what_is_not_a_msgpack_map(payload, message):
     with pytest.raises(DecodeError, match=message):
         decode(payload)
+
+
+def test_a_class_schema_is_worked_out_once(monkeypatch):
+    # get_type_hints re-evaluates every annotation on each call: decoding must not call it
+    # per message (a list of 500 pods is 1,500 messages).
+    m.Pod.from_wire(POD.to_wire())
+    calls = []
+    real = m.typing.get_type_hints
+    monkeypatch.setattr(m.typing, "get_type_hints", lambda cls: calls.append(cls) or real(cls))
+    for _ in range(3):
+        assert m.Pod.from_wire(POD.to_wire()) == POD
+    assert calls == []

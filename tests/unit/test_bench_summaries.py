@@ -1,0 +1,45 @@
+"""The benchmark suite's own arithmetic: percentiles, py-spy stack sums, target verdicts."""
+from bench.common import Spread, percentile
+from bench.profile import summarize
+from bench.targets import evaluate
+
+
+def test_nearest_rank_percentile():
+    values = list(range(1, 101))                   # 1..100
+    assert percentile(values, 50) == 50
+    assert percentile(values, 99) == 99
+    assert percentile(values[:40], 99) == 40       # under 100 samples: the largest
+    assert percentile([7.0], 99) == 7.0
+
+
+def test_py_spy_stacks_sum_into_self_and_inclusive_shares():
+    text = "\n".join([
+        "process 1:\"python\";main (/r/services/policyd/service.py:10);plan (/r/services/policyd/enforcer.py:60) 30",
+        "process 1:\"python\";main (/r/services/policyd/service.py:12);put (/x/site-packages/nats/js/kv.py:5) 10",
+        "main (/r/services/policyd/service.py:10) 10",
+        "garbage line",
+    ])
+    top = summarize(text)
+    assert top["samples"] == 50
+    assert top["self"][0] == {"function": "plan (services/policyd/enforcer.py)", "samples": 30, "share": 0.6}
+    inclusive = {row["function"]: row["samples"] for row in top["inclusive"]}
+    assert inclusive["main (services/policyd/service.py)"] == 50       # lines of one function add up
+    assert inclusive["put (nats/js/kv.py)"] == 10
+
+
+def _spread(median: float) -> dict:
+    return {"median": median, "min": median, "max": median, "n": 1}
+
+
+def test_targets_met_missed_and_not_measured():
+    ratio = {m: _spread(1.0) for m in ("gbps_1", "gbps_4", "rr_per_s", "p50_us", "p99_us")}
+    datapath = {"summary": {"redirect": {"ratio_to": {
+        "veth": {**ratio, "gbps_1": _spread(0.96), "p50_us": _spread(1.10)},
+        "kernel": {**ratio, "gbps_1": _spread(1.02)}}}}}
+    pods = {"sizes": {"100": {"summary": {"apply_s": _spread(3.0), "create_per_s": _spread(33.0),
+                                          "first_packet_s": _spread(2.9)}}}}
+    verdicts = {v["key"]: v["ok"] for v in evaluate(
+        {"datapath": datapath, "policy": None, "cplane": None, "pods": pods, "flows": None, "footprint": None})}
+    assert verdicts == {"datapath_gbps": True, "datapath_p50": False, "policy_10k": None, "cplane_p99": None,
+                        "pods_100": True, "flows": None, "footprint": None}
+    assert Spread.of([3, 1, 2]).median == 2
