@@ -14,6 +14,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from services.datapath import bpfsys
 from services.datapath.numbers import AGGREGATION_LEVELS
 from services.runtime.config import NodeConfig
 
@@ -122,16 +123,31 @@ def release_compiler_memory() -> bool:
         return False
 
 
+PROGRAMS_DIR = "progs"      # under datapath.bpfRoot: the tc programs endpointd attaches
+
+
 def pinned_maps(config: NodeConfig) -> list[str]:
     root = Path(config.datapath.bpfRoot)
-    return sorted(p.name for p in root.iterdir()) if root.is_dir() else []
+    return sorted(p.name for p in root.iterdir() if p.is_file()) if root.is_dir() else []
 
 
 def pin_maps(source: str, config: NodeConfig) -> None:
     """Create and pin SOURCE's maps in a child process, for a service that reads its maps
     through their pins and should not carry LLVM in its own memory (see bpfsys.py)."""
+    _run_child(source, config, [])
+
+
+def pin_programs(source: str, config: NodeConfig, names: tuple[str, ...]) -> dict[str, int]:
+    """Compile SOURCE in a child process, which pins its maps and its tc programs NAMES
+    (under bpfRoot/progs, replacing older ones); return an fd of each pinned program."""
+    _run_child(source, config, list(names))
+    root = Path(config.datapath.bpfRoot) / PROGRAMS_DIR
+    return {name: bpfsys.obj_get(str(root / name)) for name in names}
+
+
+def _run_child(source: str, config: NodeConfig, programs: list[str]) -> None:
     proc = subprocess.run([sys.executable, "-m", "services.datapath.loader", source, config.datapath.bpfRoot,
-                           *cflags(config)],
+                           ",".join(programs), *cflags(config)],
                           capture_output=True, text=True, env={**os.environ, BPF_DIR_ENV: str(bpf_dir())},
                           cwd=Path(__file__).resolve().parents[2])
     if proc.returncode != 0:
@@ -139,10 +155,19 @@ def pin_maps(source: str, config: NodeConfig) -> None:
 
 
 def _compile_main(argv: list[str]) -> int:
-    """`python -m services.datapath.loader SOURCE PIN_ROOT CFLAGS...`: compile SOURCE,
-    which pins its maps under PIN_ROOT, and exit."""
-    source, pin_root, *flags = argv
-    _compile(source, pin_root, flags)
+    """`python -m services.datapath.loader SOURCE PIN_ROOT PROGRAMS CFLAGS...`: compile
+    SOURCE, which pins its maps under PIN_ROOT, pin the tc programs named in PROGRAMS
+    (comma-separated, may be empty) under PIN_ROOT/progs, and exit."""
+    from bcc import BPF, libbcc
+    source, pin_root, programs, *flags = argv
+    bpf = _compile(source, pin_root, flags)
+    directory = Path(pin_root) / PROGRAMS_DIR
+    for name in filter(None, programs.split(",")):
+        directory.mkdir(exist_ok=True)
+        path = directory / name
+        path.unlink(missing_ok=True)            # attached copies stay attached until replaced
+        if libbcc.lib.bpf_obj_pin(bpf.load_func(name.encode(), BPF.SCHED_CLS).fd, str(path).encode()) != 0:
+            raise OSError(f"cannot pin program {name} at {path}")
     return 0
 
 

@@ -16,7 +16,8 @@ from services.datapath import loader
 from services.datapath.maps.endpoints import EndpointMap
 from services.datapath.netlink import Worker
 from services.endpointd.ipam import IPAM, PoolExhausted
-from services.endpointd.plumbing import NetnsInvalid, PodHasInterface, Plumber, Wiring
+from services.endpointd.plumbing import (FROM_CONTAINER, TO_CONTAINER, NetnsInvalid, PodHasInterface, Plumber,
+                                         Wiring)
 from services.runtime.app import Service, main
 from services.runtime.bus import RemoteError, ServiceError, kv_items
 from services.runtime.revert import RevertStack
@@ -49,10 +50,11 @@ class EndpointService(Service):
         # Their maps (ipcache; policy; the event ring) must be pinned before lxc.c compiles.
         for owner in ("routed", "policyd", "flowd"):
             await self._wait_for(owner)
-        self.program = await self.worker.run(loader.compile_source, "lxc.c", self.config)
+        # Compiled in a child process, which pins the programs: endpointd attaches them by
+        # fd and never loads LLVM itself (see services/datapath/bpfsys.py).
+        programs = await self.worker.run(loader.pin_programs, "lxc.c", self.config, (FROM_CONTAINER, TO_CONTAINER))
         self.endpoints = EndpointMap(Path(self.config.datapath.bpfRoot))
-        self.plumber = Plumber(self.config, self.endpoints, self.program.program_fd("from_container"),
-                               self.program.program_fd("to_container"))
+        self.plumber = Plumber(self.config, self.endpoints, programs[FROM_CONTAINER], programs[TO_CONTAINER])
 
         self.kv_ns = await self.bus.kv(subjects.BUCKET_NAMESPACES, create=True)
         self.kv_pods = await self.bus.kv(subjects.BUCKET_PODS, create=True)

@@ -75,7 +75,7 @@ class PolicyService(Service):
                 self.log.error("stored policy no longer parses; ignored", key=key, error=str(exc))
                 continue
             self.policies[policy.key] = policy
-        await asyncio.to_thread(loader.compile_source, "policyd_maps.c", self.config)
+        await asyncio.to_thread(loader.pin_maps, "policyd_maps.c", self.config)     # LLVM stays out
         self.enforcer = Enforcer(Path(self.config.datapath.bpfRoot), self.config.maps.policy,
                                  self.config.policy.enforcement)
         async with self._lock:

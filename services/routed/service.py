@@ -39,7 +39,7 @@ class RoutedService(Service):
         self.nl = Netlink()
         self.entries_gauge = Gauge("capillary_ipcache_entries", "Entries in the ipcache map",
                                    registry=self.registry)
-        await self.worker.run(loader.compile_source, "routed_maps.c", self.config)
+        await self.worker.run(loader.pin_maps, "routed_maps.c", self.config)       # LLVM stays out
         self.ipcache = IpcacheMap(Path(self.config.datapath.bpfRoot))
         await self.worker.run(ensure_router, self.nl, self.config)
         await self.worker.run(iptables.ensure, self.config.podCIDR,
