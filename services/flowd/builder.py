@@ -27,7 +27,9 @@ from services.flowd.metadata import Metadata
 from services.wire import subjects
 from services.wire.messages import SCHEMA_VERSION, FlowEvent
 
-CAPACITY = 8192
+# Templates kept. A template with its packed bytes is ~8 KB; traffic that makes a new shape
+# per connection (a new source port each) would fill a larger cache with templates used once.
+CAPACITY = 1024
 
 # struct flow_event: the header bytes a flow depends on (all but ktime, orig_len, cap_len).
 _KTIME = slice(0, 8)
