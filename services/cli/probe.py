@@ -30,22 +30,27 @@ def announce(sport: int) -> None:
     print(json.dumps({"sport": sport}), flush=True)
 
 
+def outcome(attempt) -> str:
+    """What the pod saw when it ran ATTEMPT (a callable that sends and waits for the answer)."""
+    try:
+        attempt()
+        return "answered"
+    except ConnectionRefusedError:
+        return "refused"
+    except TimeoutError:
+        return "timeout"
+    except OSError as exc:
+        return "unreachable" if exc.errno in UNREACHABLE else f"error: {exc.strerror}"
+
+
 def tcp(dst: str, port: int, timeout: float) -> dict:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("0.0.0.0", 0))
         sport = s.getsockname()[1]
         announce(sport)
         s.settimeout(timeout)
-        try:
-            s.connect((dst, port))
-            outcome = "answered"
-        except ConnectionRefusedError:
-            outcome = "refused"
-        except TimeoutError:
-            outcome = "timeout"
-        except OSError as exc:
-            outcome = "unreachable" if exc.errno in UNREACHABLE else f"error: {exc.strerror}"
-    return {"sport": sport, "outcome": outcome}
+        result = outcome(lambda: s.connect((dst, port)))
+    return {"sport": sport, "outcome": result}
 
 
 def udp(dst: str, port: int, timeout: float) -> dict:
@@ -55,17 +60,8 @@ def udp(dst: str, port: int, timeout: float) -> dict:
         announce(sport)
         s.connect((dst, port))               # connected: ICMP errors come back as errno
         s.settimeout(timeout)
-        try:
-            s.send(b"capillary walk probe\n")
-            s.recv(2048)
-            outcome = "answered"
-        except ConnectionRefusedError:
-            outcome = "refused"
-        except TimeoutError:
-            outcome = "timeout"
-        except OSError as exc:
-            outcome = "unreachable" if exc.errno in UNREACHABLE else f"error: {exc.strerror}"
-    return {"sport": sport, "outcome": outcome}
+        result = outcome(lambda: (s.send(b"capillary walk probe\n"), s.recv(2048)))
+    return {"sport": sport, "outcome": result}
 
 
 def checksum(data: bytes) -> int:
