@@ -176,6 +176,14 @@ def compile_endpoint(ep: Endpoint, policies: list[Policy], universe: Universe,
     return entries
 
 
+def compile_rules(policy: Policy, universe: Universe) -> None:
+    """Compile every rule of POLICY as for an endpoint it selects, and discard the result:
+    raises what putting POLICY in force would raise. A stored policy is checked with it."""
+    probe = Endpoint(0, 0)
+    for direction in DIRECTIONS:
+        _direction_entries(probe, direction == EGRESS, direction, [policy], universe, False)
+
+
 def _direction_entries(ep: Endpoint, egress: bool, direction: str, selecting: list[Policy],
                        universe: Universe, audit: bool) -> dict[Key, Value]:
     allows: dict[Key, Value] = {}

@@ -1,18 +1,27 @@
-"""Writes compiled policy into the pinned policy map, changing only what differs.
+"""Plans compiled policy for policyd's endpoints and writes it into a policy map, changing
+only what differs.
 
-The map itself is the record of what is enforced: at start-up it is read back once into
-``self.state`` and only the difference to the newly compiled state is written, so a
-policyd restart changes nothing in the kernel when nothing changed (fail closed: the old
-entries stay in force throughout). Invariant: ``self.state`` mirrors the map's keys and
-values; only apply() writes the map, and it updates the mirror as it goes.
+The Enforcer is a pure planner over two things it is given: the policy map object (PolicyMap
+in policyd, FakePolicyMap in unit tests) and ``endpoints``, policyd's own record of the
+endpoints on this node. That record is fed only by endpointd's sync and forget requests and
+persisted by policyd in its KV bucket; the Enforcer never reads another service's map. An
+endpoint nobody told policyd about is unknown, not gone: only a forget (or, at start-up, its
+absence from policyd's KV record) removes its entries.
+
+The map is the record of what is enforced: at start-up it is read back once into
+``self.state`` and only the difference to the newly planned state is written, so a policyd
+restart changes nothing in the kernel when nothing changed (fail closed: the old entries stay
+in force throughout). Invariant: ``self.state`` mirrors the map's keys and values; only
+apply() writes the map, and it updates the mirror as it goes.
+
+Locking: none here; policyd calls every method under its own lock.
 """
 from __future__ import annotations
 
-from pathlib import Path
+from typing import Protocol
 
-from services.datapath.maps.endpoints import FLAG_AUDIT, EndpointMap
-from services.datapath.maps.policy import Key, PolicyMap, Value
-from services.datapath.pinned import MapError, MapFull
+from services.datapath.maps.policy import Counted, Key, Value
+from services.datapath.pinned import MapFull
 from services.policyd.compiler import Diff, Endpoint, Universe, compile_endpoint, diff
 from services.policyd.model import Policy
 
@@ -21,56 +30,44 @@ class PolicyMapFull(Exception):
     pass
 
 
+class PolicyMapLike(Protocol):
+    def write(self, key: Key, value: Value) -> None: ...
+    def delete(self, key: Key) -> bool: ...
+    def all(self) -> dict[Key, Counted]: ...
+
+
 class Enforcer:
-    def __init__(self, bpf_root: Path, capacity: int, enforcement: str) -> None:
-        self.bpf_root = bpf_root
+    def __init__(self, policy_map: PolicyMapLike, capacity: int, enforcement: str,
+                 endpoints: dict[int, Endpoint] | None = None) -> None:
+        self.map = policy_map
         self.capacity = capacity
         self.enforcement = enforcement
-        self.map = PolicyMap(bpf_root)
+        self.endpoints: dict[int, Endpoint] = dict(endpoints or {})
         self.state: dict[int, dict[Key, Value]] = {}
-        for key, counted in self.map.all().items():
+        for key, counted in policy_map.all().items():
             self.state.setdefault(key.endpoint_id, {})[key] = counted.value
-        self.pending: dict[int, Endpoint] = {}  # announced by endpointd, maybe not in its map yet
-        self.forgotten: set[int] = set()        # endpoint ids endpointd has removed
-
-    def endpoints(self) -> dict[int, Endpoint]:
-        """Every endpoint that has (or is about to have) entries, by endpoint id."""
-        out = {}
-        try:
-            em = EndpointMap(self.bpf_root)
-        except MapError:
-            em = None                            # endpointd has not created it yet
-        if em is not None:
-            try:
-                for ep in em.all().values():
-                    out[ep.endpoint_id] = Endpoint(ep.endpoint_id, ep.identity, bool(ep.flags & FLAG_AUDIT))
-            finally:
-                em.close()
-        out.update(self.pending)
-        for ep_id in self.forgotten:
-            out.pop(ep_id, None)
-        return out
+        self.entry_count = sum(len(e) for e in self.state.values())     # entries in the map
 
     def plan(self, policies: list[Policy], universe: Universe,
              changed: list[Policy] | None = None, only: set[int] | None = None
              ) -> tuple[dict[int, Diff], int]:
         """Diffs per endpoint to reach POLICIES, and the total entries the map would hold.
-        Recompiled: the endpoints CHANGED policies select, or those in ONLY, or (both None)
-        every endpoint. Endpoints whose entries exist but which are gone are removed."""
-        current = self.state
-        endpoints = self.endpoints()
+        Recompiled: the endpoints CHANGED policies select, or those in ONLY (an id not in
+        the record loses its entries), or (both None) every endpoint, and then the entries
+        of endpoints not in the record are removed too. Costs O(recompiled endpoints)."""
+        current, endpoints = self.state, self.endpoints
         if changed is not None:
             only = {ep_id for ep_id, ep in endpoints.items()
                     if any(p.selects(universe.identities.get(ep.identity, {})) for p in changed)}
-        targets = set(endpoints) if only is None else only & set(endpoints)
-        targets |= set(current) - set(endpoints)
+        targets = set(endpoints) | set(current) if only is None else set(only)
         diffs: dict[int, Diff] = {}
-        total = sum(len(entries) for ep_id, entries in current.items() if ep_id not in targets)
+        total = self.entry_count
         for ep_id in targets:
             wanted = {} if ep_id not in endpoints else \
                 compile_endpoint(endpoints[ep_id], policies, universe, self.enforcement)
-            total += len(wanted)
-            d = diff(current.get(ep_id, {}), wanted)
+            have = current.get(ep_id, {})
+            total += len(wanted) - len(have)
+            d = diff(have, wanted)
             if not d.empty:
                 diffs[ep_id] = d
         return diffs, total
@@ -89,7 +86,9 @@ class Enforcer:
                 for d in diffs.values():
                     for key, value in getattr(d, phase).items():
                         self.map.write(key, value)
-                        self.state.setdefault(key.endpoint_id, {})[key] = value
+                        entries = self.state.setdefault(key.endpoint_id, {})
+                        self.entry_count += key not in entries
+                        entries[key] = value
                         written += 1
         except MapFull as exc:
             raise PolicyMapFull(f"{exc}: maps.policy is {self.capacity}") from None
@@ -97,10 +96,10 @@ class Enforcer:
             for key in d.removed:
                 removed += self.map.delete(key)
                 entries = self.state.get(key.endpoint_id, {})
-                entries.pop(key, None)
+                self.entry_count -= entries.pop(key, None) is not None
                 if not entries:
                     self.state.pop(key.endpoint_id, None)
         return written, removed
 
-    def entries(self, endpoint_id: int):
+    def entries(self, endpoint_id: int) -> dict[Key, Counted]:
         return {k: c for k, c in self.map.all().items() if k.endpoint_id == endpoint_id}

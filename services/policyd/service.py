@@ -1,28 +1,40 @@
-"""policyd: security identities, policies (KV) and the per-endpoint policy map.
+"""policyd: security identities, policies (KV), its record of endpoints (KV) and the
+per-endpoint policy map.
 
-Locking: self._lock serialises every change to identities, policies and the map, so one
-compile-diff-write cycle sees one consistent state. Order of effects for a policy change:
-compile and check capacity (nothing changed yet), store in KV, write map entries, then
-announce new CIDR identities in the ipcache (and the reverse on removal), so no packet
-carries an identity the policy entries do not know yet.
+Locking: self._lock serialises every change to identities, policies, endpoints and the map,
+so one compile-diff-write cycle sees one consistent state.
+
+KV is the truth and the map follows it, so a crash at any point converges at the next start
+(which plans from KV alone): every change is compiled and checked for capacity first
+(nothing changed yet), then stored in KV (policy put or delete; endpoint sync or forget),
+then written to the map. For a policy change, CIDR identities are persisted before the map
+write and announced in the ipcache after it (removed ones leave the ipcache before their
+entries go), so no packet carries an identity the policy entries do not know yet.
+
+policyd learns endpoints only from endpointd's sync and forget requests; it never reads
+endpointd's map. A KV bucket it cannot read stops the start-up (StateUnreadable): policyd
+never plans from state it could not read.
 """
 from __future__ import annotations
 
 import asyncio
 import ipaddress
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from prometheus_client import Counter, Gauge
 
 from services.datapath import loader
+from services.datapath.maps.policy import PolicyMap
 from services.policyd.compiler import CIDR_LABEL, Endpoint, Universe, rule_id, rule_table
 from services.policyd.enforcer import Enforcer, PolicyMapFull
 from services.policyd.identity import RESERVED, Entry, IdentitiesExhausted, IdentityAllocator
 from services.policyd.model import Policy
 from services.policyd.parse import PolicyError, parse_policy
 from services.runtime.app import Service
-from services.runtime.bus import ServiceError, kv_items
+from services.policyd.stored import load as load_stored
+from services.runtime.bus import ServiceError
 from services.wire import codec, subjects
 from services.wire.messages import (EXHAUSTED, INVALID, NOT_FOUND, Apply, EndpointPolicy, Identity,
                                     IdentityAllocate, IdentityRelease, IpcacheDelete, IpcacheUpsert,
@@ -58,26 +70,21 @@ class PolicyService(Service):
         self._lock = asyncio.Lock()
         self.identities = IdentityAllocator()
         self.policies: dict[str, Policy] = {}
+        self.broken: dict[str, tuple[str, str]] = {}   # policy key -> (KV key, problem)
         self.identity_gauge = Gauge("capillary_identities", "Allocated security identities",
                                     registry=self.registry)
         self.policy_gauge = Gauge("capillary_policies", "Policies in force", registry=self.registry)
+        self.broken_gauge = Gauge("capillary_policies_broken", "Stored policies that no longer "
+                                  "compile; their endpoints are held at default deny", registry=self.registry)
         self.writes = Counter("capillary_policy_map_writes", "Policy map entries written or removed",
                               ["op"], registry=self.registry)
         self.kv_ids = await self.bus.kv(subjects.BUCKET_IDENTITIES, create=True)
         self.kv_policies = await self.bus.kv(subjects.BUCKET_POLICIES, create=True, history=5)
-        for raw in (await kv_items(self.kv_ids)).values():
-            ident = Identity.from_wire(raw)
-            self.identities.restore(Entry(ident.id, ident.labels, set(ident.owners)))
-        for key, raw in (await kv_items(self.kv_policies)).items():
-            try:
-                policy = parse_policy(raw).policy
-            except PolicyError as exc:
-                self.log.error("stored policy no longer parses; ignored", key=key, error=str(exc))
-                continue
-            self.policies[policy.key] = policy
+        self.kv_endpoints = await self.bus.kv(subjects.BUCKET_POLICY_ENDPOINTS, create=True)
+        endpoints = await self._load()
         await asyncio.to_thread(loader.pin_maps, "policyd_maps.c", self.config)     # LLVM stays out
-        self.enforcer = Enforcer(Path(self.config.datapath.bpfRoot), self.config.maps.policy,
-                                 self.config.policy.enforcement)
+        self.enforcer = Enforcer(PolicyMap(Path(self.config.datapath.bpfRoot)), self.config.maps.policy,
+                                 self.config.policy.enforcement, endpoints)
         async with self._lock:
             await self._sync_cidr_identities()
             diffs, _total = self.enforcer.plan(list(self.policies.values()), self._universe())
@@ -96,13 +103,50 @@ class PolicyService(Service):
         await b.serve(subjects.POLICY_ENDPOINT_FORGET, EndpointPolicy, self.endpoint_forget)
         await b.serve(subjects.POLICY_RULES, ListRequest, self.list_rules)
 
+    async def _load(self) -> dict[int, Endpoint]:
+        """Identities, policies and the endpoint record from KV (raises StateUnreadable,
+        having changed nothing, when a bucket cannot be read). A stored policy that no
+        longer compiles is put in force as its fail-closed stand-in (policyd.stored)."""
+        identities = await self.bus.kv_items(self.kv_ids)
+        stored = await self.bus.kv_items(self.kv_policies)
+        endpoints = await self.bus.kv_items(self.kv_endpoints)
+        for raw in identities.values():
+            ident = Identity.from_wire(raw)
+            self.identities.restore(Entry(ident.id, ident.labels, set(ident.owners)))
+        universe = self._universe()
+        for key, raw in sorted(stored.items()):
+            loaded = load_stored(key, raw, universe)
+            self.policies[loaded.policy.key] = loaded.policy
+            if loaded.problem is not None:
+                self.broken[loaded.policy.key] = (key, loaded.problem)
+                self.log.error("stored policy no longer compiles: its endpoints are held at default deny",
+                               key=key, policy=loaded.policy.key, error=loaded.problem)
+        out = {}
+        for raw in endpoints.values():
+            ep = EndpointPolicy.from_wire(raw)
+            out[ep.endpoint_id] = Endpoint(ep.endpoint_id, ep.identity, ep.audit)
+        return out
+
+    @property
+    def detail(self) -> str:
+        if self._detail == "ok" and getattr(self, "broken", None):
+            return (f"{len(self.broken)} stored policies no longer compile, their endpoints held at "
+                    f"default deny: " + "; ".join(f"{k}: {p}" for k, (_, p) in sorted(self.broken.items())))
+        return self._detail
+
+    @detail.setter
+    def detail(self, value: str) -> None:
+        self._detail = value
+
     async def counters(self) -> dict[str, int]:
         return {"identities": len(self.identities.by_id), "policies": len(self.policies),
+                "policies_broken": len(self.broken), "endpoints": len(self.enforcer.endpoints),
                 "policy_entries": sum(len(e) for e in self.enforcer.state.values())}
 
     def _gauges(self) -> None:
         self.identity_gauge.set(len(self.identities.by_id))
         self.policy_gauge.set(len(self.policies))
+        self.broken_gauge.set(len(self.broken))
 
     def _universe(self) -> Universe:
         return Universe({i: e.labels for i, e in self.identities.by_id.items()})
@@ -184,8 +228,8 @@ class PolicyService(Service):
 
     # ---- policies -----------------------------------------------------------------------------
 
-    async def _enforce(self, policies: dict[str, Policy], changed: list[Policy]) -> tuple[int, int]:
-        """Make POLICIES the ones in force, or raise having changed nothing. CHANGED holds
+    def _stage(self, policies: dict[str, Policy], changed: list[Policy]) -> "_Staged":
+        """Plan making POLICIES the ones in force, or raise; changes nothing. CHANGED holds
         the old and new versions of what differs: only endpoints they select are
         recompiled, unless the set of CIDR identities changes (then every endpoint is)."""
         trial = self.identities.copy()
@@ -197,15 +241,19 @@ class PolicyService(Service):
             self.enforcer.check_capacity(total)
         except (PolicyMapFull, IdentitiesExhausted) as exc:
             raise ServiceError(EXHAUSTED, str(exc)) from None
+        return _Staged(policies, trial, released, created, diffs)
+
+    async def _commit(self, staged: "_Staged") -> tuple[int, int]:
+        """Put a staged change in force; the policy itself is already in KV."""
         # Removed CIDRs leave the ipcache before their entries go; new ones join it after.
-        for entry in released:
+        for entry in staged.released:
             await self.bus.request(subjects.IPCACHE_DELETE, IpcacheDelete(_cidr(entry), "cidr-policy"))
             await self._persist_identity(None, entry.id)
-        for entry in created:
+        for entry in staged.created:
             await self._persist_identity(entry, entry.id)
-        self.identities, self.policies = trial, policies
-        written, removed = self._write(diffs)
-        await self._announce(created)
+        self.identities, self.policies = staged.identities, staged.policies
+        written, removed = self._write(staged.diffs)
+        await self._announce(staged.created)
         return written, removed
 
     async def apply_policy(self, req: Apply) -> PolicyApplied:
@@ -223,8 +271,10 @@ class PolicyService(Service):
                 return PolicyApplied(policy.kind, policy.name, policy.namespace, "unchanged",
                                      entry.revision, parsed.warnings)
             changed = [policy] + ([current] if current is not None else [])
-            written, removed = await self._enforce({**self.policies, policy.key: policy}, changed)
+            staged = self._stage({**self.policies, policy.key: policy}, changed)
             revision = await self.kv_policies.put(kv_key(policy.key), codec.encode(policy.document))
+            self.broken.pop(policy.key, None)
+            written, removed = await self._commit(staged)
         self._gauges()
         self.log.info("policy applied", policy=policy.key, written=written, removed=removed)
         return PolicyApplied(policy.kind, policy.name, policy.namespace,
@@ -242,8 +292,11 @@ class PolicyService(Service):
         async with self._lock:
             policy = self._find(req)
             rest = {k: p for k, p in self.policies.items() if k != policy.key}
-            written, removed = await self._enforce(rest, [policy])
-            revision = await self.kv_policies.delete(kv_key(policy.key))
+            staged = self._stage(rest, [policy])
+            stored_at = self.broken.get(policy.key, (kv_key(policy.key), ""))[0]
+            revision = await self.kv_policies.delete(stored_at)
+            self.broken.pop(policy.key, None)
+            written, removed = await self._commit(staged)
         self._gauges()
         return PolicyApplied(policy.kind, policy.name, policy.namespace, "deleted", revision or 0, [],
                              written, removed)
@@ -259,28 +312,37 @@ class PolicyService(Service):
     # ---- endpoints ----------------------------------------------------------------------------
 
     async def endpoint_sync(self, req: EndpointPolicy) -> dict:
-        """endpointd announces an endpoint before its first packet: write its entries now."""
+        """endpointd announces an endpoint before its first packet (and again for every pod it
+        restores at its start): record it in KV, then write its entries."""
+        ep = Endpoint(req.endpoint_id, req.identity, req.audit)
         async with self._lock:
-            self.enforcer.forgotten.discard(req.endpoint_id)
-            self.enforcer.pending[req.endpoint_id] = Endpoint(req.endpoint_id, req.identity, req.audit)
-            diffs, total = self.enforcer.plan(list(self.policies.values()), self._universe(),
-                                              only={req.endpoint_id})
+            record = self.enforcer.endpoints
+            before = record.get(ep.endpoint_id)
+            record[ep.endpoint_id] = ep
             try:
+                diffs, total = self.enforcer.plan(list(self.policies.values()), self._universe(),
+                                                  only={ep.endpoint_id})
                 self.enforcer.check_capacity(total)
-            except PolicyMapFull as exc:
-                del self.enforcer.pending[req.endpoint_id]
-                raise ServiceError(EXHAUSTED, str(exc)) from None
+                if before != ep:
+                    await self.kv_endpoints.put(str(ep.endpoint_id), codec.encode(req.to_wire()))
+            except BaseException as exc:
+                _restore(record, ep.endpoint_id, before)
+                if isinstance(exc, PolicyMapFull):
+                    raise ServiceError(EXHAUSTED, str(exc)) from None
+                raise
             written, _ = self._write(diffs)
         return {"written": written}
 
     async def endpoint_forget(self, req: EndpointPolicy) -> dict:
+        """endpointd removed an endpoint: drop it from the record in KV, then its entries."""
         async with self._lock:
-            self.enforcer.pending.pop(req.endpoint_id, None)
-            self.enforcer.forgotten.add(req.endpoint_id)
+            record = self.enforcer.endpoints
+            if req.endpoint_id in record:
+                await self.kv_endpoints.delete(str(req.endpoint_id))
+                del record[req.endpoint_id]
             diffs, _ = self.enforcer.plan(list(self.policies.values()), self._universe(),
                                           only={req.endpoint_id})
             _, removed = self._write(diffs)
-            self.enforcer.forgotten.discard(req.endpoint_id)
         return {"removed": removed}
 
     async def endpoint_entries(self, req: EndpointPolicy) -> list[dict]:
@@ -300,3 +362,21 @@ class PolicyService(Service):
                                                            "deny": info.deny, "index": info.index}})
         return out
 
+
+
+def _restore(record: dict, key, before) -> None:
+    if before is None:
+        record.pop(key, None)
+    else:
+        record[key] = before
+
+
+@dataclass(frozen=True)
+class _Staged:
+    """A planned policy change, checked and not yet in force."""
+
+    policies: dict[str, Policy]
+    identities: IdentityAllocator
+    released: list[Entry]
+    created: list[Entry]
+    diffs: dict

@@ -17,7 +17,8 @@ from typing import Any
 import nats
 import structlog
 from nats.errors import NoRespondersError, TimeoutError as NatsTimeout
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NoKeysError
+from nats.errors import Error as NatsError
+from nats.js.errors import BucketNotFoundError, Error as JetStreamError, KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from services.runtime.metrics import BusMetrics
@@ -39,6 +40,15 @@ class ServiceError(Exception):
 
 class RemoteError(ServiceError):
     """An error reply received from another service (or no reply at all)."""
+
+
+class StateUnreadable(ServiceError):
+    """A KV bucket whose contents could not be read with certainty: its state is unknown,
+    never "empty". Callers must not act on it (delete, re-plan) and should try again later."""
+
+    def __init__(self, bucket: str, why: str) -> None:
+        super().__init__(UNAVAILABLE, f"cannot read KV bucket {bucket}: {why}")
+        self.bucket = bucket
 
 
 @dataclass(frozen=True)
@@ -209,6 +219,10 @@ class Bus:
                 raise ServiceError(UNAVAILABLE, f"KV bucket {bucket} does not exist yet") from None
         return await self.js.create_key_value(bucket=bucket, history=history)
 
+    async def kv_items(self, kv: KeyValue) -> dict[str, dict]:
+        """Every live key in KV's bucket (see kv_items below: raises StateUnreadable)."""
+        return await kv_items(self.js, kv)
+
     async def drain(self) -> None:
         """Stop taking requests, finish the ones in flight, then close."""
         if self.nc.is_closed:
@@ -228,15 +242,64 @@ async def kv_get(kv: KeyValue, key: str) -> dict | None:
     return codec.decode(entry.value) if entry.value else None
 
 
-async def kv_items(kv: KeyValue) -> dict[str, dict]:
-    """Every live key in the bucket, decoded."""
+class _Inconsistent(Exception):
+    """The bucket's stream and what was read from it disagree (a write raced the read)."""
+
+
+KV_READ_ATTEMPTS = 6
+DELETED = ("DEL", "PURGE")            # KV-Operation header of delete and purge markers
+
+
+async def kv_items(js, kv: KeyValue, attempts: int = KV_READ_ATTEMPTS) -> dict[str, dict]:
+    """Every live key in KV's bucket, decoded; raises StateUnreadable rather than guess.
+
+    The keys come from the bucket's stream itself (JetStream stream info with per-subject
+    message counts), never from KeyValue.keys(): its watcher may report "no keys" when its
+    initial-data marker overtakes the values, which happens under load. A bucket is empty
+    only when its stream holds no message, or when the last message of every subject is a
+    delete or purge marker. The per-subject counts must add up to the stream's message count
+    (a stream info answer lists at most 100,000 subjects); a read that disagrees is retried
+    and, ATTEMPTS times in a row, refused."""
+    status = await _bucket_status(kv)
+    why = ""
+    for attempt in range(attempts):
+        try:
+            return await _read_bucket(js, kv, status.bucket)
+        except _Inconsistent as exc:
+            why = str(exc)
+        except (NatsError, JetStreamError, asyncio.TimeoutError) as exc:
+            why = f"{type(exc).__name__}: {exc}"
+        log.warning("KV read failed, retrying", bucket=status.bucket, attempt=attempt + 1, error=why)
+        await asyncio.sleep(min(0.1 * 2 ** attempt, 2.0))
+    raise StateUnreadable(status.bucket, f"{why} ({attempts} attempts)")
+
+
+async def _bucket_status(kv: KeyValue):
     try:
-        keys = await kv.keys()
-    except NoKeysError:
+        return await kv.status()
+    except (NatsError, JetStreamError, asyncio.TimeoutError) as exc:
+        raise StateUnreadable(getattr(kv, "_name", "?"), f"{type(exc).__name__}: {exc}") from None
+
+
+async def _read_bucket(js, kv: KeyValue, bucket: str) -> dict[str, dict]:
+    prefix = f"$KV.{bucket}."
+    info = await js.stream_info(f"KV_{bucket}", subjects_filter=f"{prefix}>")
+    state = info.state
+    if not state.messages:
         return {}
+    counts = state.subjects or {}
+    if sum(counts.values()) != state.messages:
+        raise _Inconsistent(f"the stream holds {state.messages} messages but its subjects "
+                            f"account for {sum(counts.values())}")
     out = {}
-    for key in keys:
-        value = await kv_get(kv, key)
-        if value is not None:
-            out[key] = value
+    for subject in sorted(counts):
+        key = subject[len(prefix):]
+        try:
+            entry = await kv.get(key)
+        except KeyNotFoundError as exc:
+            if exc.op in DELETED:
+                continue
+            raise _Inconsistent(f"key {key} is in the stream but could not be read") from None
+        if entry.value:
+            out[key] = codec.decode(entry.value)
     return out

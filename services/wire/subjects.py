@@ -84,11 +84,14 @@ BUCKET_NAMESPACES = "capillary_namespaces"
 BUCKET_PODS = "capillary_pods"
 BUCKET_IDENTITIES = "capillary_identities"
 BUCKET_POLICIES = "capillary_policies"
+# policyd's own record of the endpoints endpointd announced (policy.endpoint.sync / forget)
+BUCKET_POLICY_ENDPOINTS = "capillary_policy_endpoints"
 BUCKETS = {
     BUCKET_NAMESPACES: "endpointd",
     BUCKET_PODS: "endpointd",
     BUCKET_IDENTITIES: "policyd",
     BUCKET_POLICIES: "policyd",
+    BUCKET_POLICY_ENDPOINTS: "policyd",
 }
 
 
@@ -119,7 +122,7 @@ GRANTS: dict[str, Grants] = {
                 POLICY_RULES, health("policyd")),
         calls=(IPCACHE_UPSERT, IPCACHE_DELETE),
         listens=(f"{ENDPOINT_EVENTS}.>",),
-        buckets=(BUCKET_IDENTITIES, BUCKET_POLICIES),
+        buckets=(BUCKET_IDENTITIES, BUCKET_POLICIES, BUCKET_POLICY_ENDPOINTS),
     ),
     "routed": Grants(
         serves=(IPCACHE_UPSERT, IPCACHE_DELETE, IPCACHE_LIST, health("routed")),

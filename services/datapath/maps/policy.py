@@ -99,3 +99,32 @@ class PolicyMap:
 
     def close(self) -> None:
         self.map.close()
+
+
+class FakePolicyMap:
+    """A dict-backed stand-in for PolicyMap in unit tests: the same operations, no kernel.
+    ``fail_after`` makes the Nth write from now raise, as a full or failing map would."""
+
+    def __init__(self, entries: dict[Key, Value] | None = None) -> None:
+        self.entries: dict[Key, Counted] = {k: Counted(v, 0, 0) for k, v in (entries or {}).items()}
+        self.ops: list[tuple[str, Key]] = []
+        self.fail_after: int | None = None
+
+    def write(self, key: Key, value: Value) -> None:
+        if self.fail_after is not None:
+            if self.fail_after == 0:
+                raise OSError("injected map write failure")
+            self.fail_after -= 1
+        current = self.entries.get(key)
+        self.entries[key] = Counted(value, current.packets if current else 0, current.bytes if current else 0)
+        self.ops.append(("write", key))
+
+    def delete(self, key: Key) -> bool:
+        self.ops.append(("delete", key))
+        return self.entries.pop(key, None) is not None
+
+    def all(self) -> dict[Key, Counted]:
+        return dict(self.entries)
+
+    def close(self) -> None:
+        pass
