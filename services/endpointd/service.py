@@ -4,6 +4,12 @@ from_container program on every host-side veth.
 Locking: every mutation (apply, delete, reconcile) holds self._lock, so the in-memory view
 (self.pods, self.namespaces, IPAM, endpoint ids) and KV change together. Kernel work runs
 on the netlink worker thread.
+
+Reconcile (at start and after every NATS reconnect) reads both KV buckets completely before
+it changes anything: a bucket it cannot read (StateUnreadable) is unknown, never "no pods",
+so nothing is removed and the reconcile is tried again. Every restored pod is announced to
+policyd again (policy.endpoint.sync) before its datapath is ensured: policyd's record of
+endpoints is its own, and a pod re-adopted after a reboot or a policyd restart needs entries.
 """
 from __future__ import annotations
 
@@ -19,7 +25,7 @@ from services.endpointd.ipam import IPAM, PoolExhausted
 from services.endpointd.plumbing import (FROM_CONTAINER, TO_CONTAINER, NetnsInvalid, PodHasInterface, Plumber,
                                          Wiring)
 from services.runtime.app import Service, main
-from services.runtime.bus import RemoteError, ServiceError, kv_items
+from services.runtime.bus import RemoteError, ServiceError, StateUnreadable
 from services.runtime.revert import RevertStack
 from services.wire import codec, subjects
 from services.wire.labels import identity_labels, namespace_labels
@@ -96,26 +102,16 @@ class EndpointService(Service):
     # ---- start-up and reconnect ------------------------------------------------------------
 
     async def _reconcile(self) -> None:
-        """Make the kernel match KV, keeping everything that is already right."""
-        for name, raw in (await kv_items(self.kv_ns)).items():
+        """Make the kernel match KV, keeping everything that is already right. Raises
+        StateUnreadable (having changed nothing) when KV cannot be read."""
+        namespaces = await self.bus.kv_items(self.kv_ns)
+        stored_pods = await self.bus.kv_items(self.kv_pods)
+        for name, raw in namespaces.items():
             self.namespaces[name] = NamespaceSpec.from_wire(raw)
         if DEFAULT_NAMESPACE not in self.namespaces:
             await self._store_namespace(NamespaceSpec(DEFAULT_NAMESPACE, namespace_labels(DEFAULT_NAMESPACE, {})))
-        for key, raw in (await kv_items(self.kv_pods)).items():
-            pod = Pod.from_wire(raw)
-            self.ipam.claim(pod.status.pod_ip)
-            try:
-                status = await self.worker.run(self.plumber.ensure, pod.spec, pod.status)
-            except (NetnsInvalid, OSError) as exc:
-                self.log.error("pod cannot be restored", pod=key, error=str(exc))
-                self.pods[key] = pod
-                continue
-            pod = Pod(pod.spec, status)
-            await self._call(subjects.IPCACHE_UPSERT,
-                             IpcacheUpsert(f"{status.pod_ip}/32", status.identity, "endpoint"))
-            if status != Pod.from_wire(raw).status:
-                await self.kv_pods.put(key, codec.encode(pod.to_wire()))
-            self.pods[key] = pod
+        for key, raw in stored_pods.items():
+            await self._restore_pod(key, Pod.from_wire(raw))
         removed = await self.worker.run(
             self.plumber.orphans,
             {p.status.host_ifname for p in self.pods.values()},
@@ -128,9 +124,41 @@ class EndpointService(Service):
         self.pods_gauge.set(len(self.pods))
         self.log.info("reconciled", namespaces=len(self.namespaces), pods=len(self.pods))
 
+    async def _restore_pod(self, key: str, pod: Pod) -> None:
+        known = self.pods.get(key)
+        if known is None or known.status.pod_ip != pod.status.pod_ip:    # a reconnect re-reads
+            self.ipam.claim(pod.status.pod_ip)
+        status = pod.status
+        # policyd's entries before the datapath: the pod's first packet after a reboot meets them.
+        await self._call(subjects.POLICY_ENDPOINT_SYNC,
+                         EndpointPolicy(status.endpoint_id, status.identity, pod.spec.audit))
+        try:
+            status = await self.worker.run(self.plumber.ensure, pod.spec, pod.status)
+        except (NetnsInvalid, OSError) as exc:
+            self.log.error("pod cannot be restored", pod=key, error=str(exc))
+            self.pods[key] = pod
+            return
+        await self._call(subjects.IPCACHE_UPSERT, IpcacheUpsert(f"{status.pod_ip}/32", status.identity, "endpoint"))
+        if status != pod.status:
+            pod = Pod(pod.spec, status)
+            await self.kv_pods.put(key, codec.encode(pod.to_wire()))
+        self.pods[key] = pod
+
     async def _resync(self) -> None:
-        async with self._lock:
-            await self._reconcile()
+        """After a NATS reconnect, in the background: reconcile until it succeeds."""
+        self._resyncing = asyncio.get_running_loop().create_task(self._resync_until_done())
+
+    async def _resync_until_done(self) -> None:
+        delay = 0.5
+        while True:
+            try:
+                async with self._lock:
+                    await self._reconcile()
+                return
+            except (StateUnreadable, RemoteError) as exc:
+                self.log.error("reconcile failed, nothing removed; retrying", error=exc.message, retry_in=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
 
     async def _call(self, subject: str, message, timeout: float = 5.0):
         """Call another service, retrying while it restarts; its own errors pass through."""
