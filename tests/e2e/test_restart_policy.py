@@ -87,17 +87,23 @@ def test_a_reboot_that_loses_the_pinned_maps_keeps_every_pods_policy(node, serve
         _cleanup(node, ns)
 
 
-async def _freeze_endpointd_at_sync(node, endpointd_pid: int, pod_yaml: str) -> subprocess.Popen:
-    """Create a pod and stop endpointd (SIGSTOP) the moment it asks policyd for the pod's
-    entries: the pod is policyd's and in no map of endpointd's yet."""
+async def _freeze_endpointd_after_sync(node, endpointd_pid: int, pod_yaml: str) -> subprocess.Popen:
+    """Create a pod and stop endpointd (SIGSTOP) the moment policyd's answer to its sync
+    reaches it: the pod has its entries but is in none of endpointd's maps yet, and no
+    request of endpointd's is left to time out while it is stopped."""
     bus = await Bus.connect(Credentials.load(node.state_dir / "nats" / "admin.context.json"), name="freezer")
     frozen = asyncio.Event()
+    replies: set[str] = set()
 
-    async def on_sync(_msg) -> None:
-        if not frozen.is_set():
+    async def on_sync(msg) -> None:
+        replies.add(msg.reply)
+
+    async def on_reply(msg) -> None:
+        if msg.subject in replies and not frozen.is_set():
             os.kill(endpointd_pid, signal.SIGSTOP)
             frozen.set()
     await bus.nc.subscribe(subjects.POLICY_ENDPOINT_SYNC, cb=on_sync)
+    await bus.nc.subscribe(f"{subjects.inbox_prefix('endpointd')}.>", cb=on_reply)
     await bus.nc.flush()
     proc = subprocess.Popen([sys.executable, "-m", "services.cli.main", "--config", str(node.config_path),
                              "apply", "-f", "-"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -117,12 +123,13 @@ def test_policyd_restarted_while_endpointd_creates_a_pod(node, servers):
     node.apply(yaml.safe_dump(b_80(ns)))
     endpointd = node.service_pid("endpointd")
     try:
-        apply = asyncio.run(_freeze_endpointd_at_sync(node, endpointd, pod_doc(ns, "b", {"app": "b"})))
+        apply = asyncio.run(_freeze_endpointd_after_sync(node, endpointd, pod_doc(ns, "b", {"app": "b"})))
         try:
             _kill_and_wait(node, "policyd")
         finally:
             os.kill(endpointd, signal.SIGCONT)
-        apply.communicate(timeout=120)
+        apply.stdout.read()                     # the CLI may time out; the pod is made regardless
+        apply.wait(timeout=120)
         wait_for(lambda: f"{ns}/b" in node.pods(), "pod b was not created")
         ingress = [e for e in entries(node, f"{ns}/b") if e["direction"] == "ingress"]
         assert any(e["port"] == 80 for e in ingress), f"b lost its policy entries: {ingress}"
