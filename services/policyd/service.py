@@ -139,9 +139,11 @@ class PolicyService(Service):
         self._detail = value
 
     async def counters(self) -> dict[str, int]:
-        return {"identities": len(self.identities.by_id), "policies": len(self.policies),
-                "policies_broken": len(self.broken), "endpoints": len(self.enforcer.endpoints),
-                "policy_entries": sum(len(e) for e in self.enforcer.state.values())}
+        out = {"identities": len(self.identities.by_id), "policies": len(self.policies),
+               "policy_entries": self.enforcer.entry_count}
+        if self.broken:                           # shown only when there is something to say
+            out["policies_broken"] = len(self.broken)
+        return out
 
     def _gauges(self) -> None:
         self.identity_gauge.set(len(self.identities.by_id))

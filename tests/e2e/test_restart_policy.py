@@ -174,6 +174,6 @@ def test_a_stored_policy_that_no_longer_compiles_holds_its_pods_at_default_deny(
 
         node.cli("delete", "cnp", "b-80", "-n", ns)                 # lifts it
         assert probe(node, ns, 80, 81) == {80: True, 81: True}
-        assert node.status()["services"]["policyd"]["counters"]["policies_broken"] == 0
+        assert "policies_broken" not in node.status()["services"]["policyd"]["counters"]
     finally:
         _cleanup(node, ns)
