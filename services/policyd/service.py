@@ -85,11 +85,7 @@ class PolicyService(Service):
         await asyncio.to_thread(loader.pin_maps, "policyd_maps.c", self.config)     # LLVM stays out
         self.enforcer = Enforcer(PolicyMap(Path(self.config.datapath.bpfRoot)), self.config.maps.policy,
                                  self.config.policy.enforcement, endpoints)
-        async with self._lock:
-            await self._sync_cidr_identities()
-            diffs, _total = self.enforcer.plan(list(self.policies.values()), self._universe())
-            self._write(diffs)
-            await self._announce(self._cidr_entries(self.identities).values())
+        await self._converge()
         self._gauges()
         b = self.bus
         await b.serve(subjects.IDENTITY_ALLOCATE, IdentityAllocate, self.allocate)
@@ -102,6 +98,21 @@ class PolicyService(Service):
         await b.serve(subjects.POLICY_ENDPOINT_SYNC, EndpointPolicy, self.endpoint_sync)
         await b.serve(subjects.POLICY_ENDPOINT_FORGET, EndpointPolicy, self.endpoint_forget)
         await b.serve(subjects.POLICY_RULES, ListRequest, self.list_rules)
+
+    async def _converge(self) -> None:
+        """At start: make the map what KV says. Entries of endpoints missing from the record
+        are removed, unless the record has never been written (a node upgraded from before
+        policyd kept one): then they stay until endpointd announces its pods again."""
+        async with self._lock:
+            await self._sync_cidr_identities()
+            only = None
+            if not self.enforcer.endpoints and (await self.kv_endpoints.status()).values == 0:
+                only = set()
+                self.log.warning("no endpoint record yet: entries kept until endpointd announces its pods",
+                                 endpoints_in_map=len(self.enforcer.state))
+            diffs, _total = self.enforcer.plan(list(self.policies.values()), self._universe(), only=only)
+            self._write(diffs)
+            await self._announce(self._cidr_entries(self.identities).values())
 
     async def _load(self) -> dict[int, Endpoint]:
         """Identities, policies and the endpoint record from KV (raises StateUnreadable,

@@ -46,8 +46,7 @@ async def policyd(url: str, fake: FakePolicyMap) -> PolicyService:
     svc.kv_endpoints = await svc.bus.kv(subjects.BUCKET_POLICY_ENDPOINTS, create=True)
     endpoints = await svc._load()
     svc.enforcer = Enforcer(fake, 1000, "default", endpoints)
-    diffs, _ = svc.enforcer.plan(list(svc.policies.values()), svc._universe())
-    svc._write(diffs)
+    await svc._converge()
     return svc
 
 
@@ -148,3 +147,25 @@ def test_a_sync_that_cannot_be_recorded_writes_nothing(nats_url):
             await svc.bus.drain()
     fake, svc = asyncio.run(body())
     assert fake.entries == {} and svc.enforcer.endpoints == {}
+
+
+def test_entries_are_kept_when_the_endpoint_record_has_never_been_written(nats_url):
+    """A node upgraded from before policyd kept its record: its pods' entries stay until
+    endpointd announces them again; once the record exists, unknown endpoints lose theirs."""
+    async def body():
+        fake = FakePolicyMap()
+        first = await with_web_endpoint(nats_url, fake)
+        await first.kv_endpoints.purge("1")                 # as if never written...
+        await first.bus.js.purge_stream(f"KV_{subjects.BUCKET_POLICY_ENDPOINTS}")
+        await first.bus.drain()
+        kept = dict(fake.entries)
+        upgraded = await policyd(nats_url, fake)
+        after_upgrade = dict(fake.entries)
+        await upgraded.endpoint_sync(EndpointPolicy(2, WEB))
+        await upgraded.bus.drain()
+        again = await policyd(nats_url, fake)              # endpoint 1 was never announced again
+        await again.bus.drain()
+        return kept, after_upgrade, fake
+    kept, after_upgrade, fake = asyncio.run(body())
+    assert kept and after_upgrade == kept
+    assert {k.endpoint_id for k in fake.entries} == {2}
