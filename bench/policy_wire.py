@@ -19,15 +19,15 @@ import yaml
 from bench.common import Node
 from services.datapath.maps.policy import PREFIX_PORT_BASE, Key, PolicyMap
 from services.datapath.numbers import POLICY_DEFAULT
-from services.policyd.compiler import Universe
+from services.policyd.compiler import Endpoint, Universe
 from services.policyd.enforcer import Enforcer
 from services.policyd.identity import RESERVED
 from services.policyd.parse import parse_policy
-from services.runtime.bus import Credentials
+from services.runtime.bus import Credentials, kv_items
 from services.runtime.config import load_config
 from services.runtime.natsserver import ADMIN
 from services.wire import codec, subjects
-from services.wire.messages import Apply, ListRequest, ObjectRef
+from services.wire.messages import Apply, EndpointPolicy, ListRequest, ObjectRef
 
 CNP = "CiliumNetworkPolicy"
 REQUEST_TIMEOUT = 60.0      # seconds; a 10,000-entry policy is written entry by entry
@@ -76,6 +76,16 @@ class PolicyBus:
 
     async def identities(self) -> list[dict]:
         return await self._request(subjects.IDENTITY_LIST, ListRequest().to_wire())
+
+    async def endpoints(self) -> dict[int, Endpoint]:
+        """policyd's own record of the node's endpoints, from its KV bucket."""
+        js = self.nc.jetstream()
+        kv = await js.key_value(subjects.BUCKET_POLICY_ENDPOINTS)
+        out = {}
+        for raw in (await kv_items(js, kv)).values():
+            ep = EndpointPolicy.from_wire(raw)
+            out[ep.endpoint_id] = Endpoint(ep.endpoint_id, ep.identity, ep.audit)
+        return out
 
 
 def yaml_docs(documents: list[dict]) -> str:
@@ -190,18 +200,19 @@ def replay_plan(node: Node, documents: list[dict], runs: int = 3) -> dict:
     for DOCUMENTS (the last one is the probe policy) and the node's identities: where an
     apply's time goes. policyd reads the map once at start-up; an apply recompiles only
     the endpoints the changed policy selects. Medians of RUNS, in ms."""
-    async def identities() -> list[dict]:
+    async def fetch() -> tuple[list[dict], dict[int, Endpoint]]:
         bus = await PolicyBus.connect(node)
         try:
-            return await bus.identities()
+            return await bus.identities(), await bus.endpoints()
         finally:
             await bus.close()
 
-    universe = Universe({i["id"]: i["labels"] for i in asyncio.run(identities()) if i["id"] not in RESERVED})
+    identities, endpoints = asyncio.run(fetch())
+    universe = Universe({i["id"]: i["labels"] for i in identities if i["id"] not in RESERVED})
     policies = [parse_policy(d).policy for d in documents]
     config = load_config(str(node.config_path))
     began = time.perf_counter()
-    enforcer = Enforcer(Path(node.bpf_root), config.maps.policy, config.policy.enforcement)
+    enforcer = Enforcer(PolicyMap(Path(node.bpf_root)), config.maps.policy, config.policy.enforcement, endpoints)
     read = (time.perf_counter() - began) * 1000
     applies, fulls = [], []
     try:
@@ -213,9 +224,8 @@ def replay_plan(node: Node, documents: list[dict], runs: int = 3) -> dict:
             began = time.perf_counter()
             enforcer.plan(policies, Universe(universe.identities))
             fulls.append((time.perf_counter() - began) * 1000)
-        endpoints = len(enforcer.endpoints())
     finally:
         enforcer.map.close()
-    return {"entries": entries, "endpoints": endpoints, "policies": len(policies),
+    return {"entries": entries, "endpoints": len(endpoints), "policies": len(policies),
             "map_read_ms": read, "apply_plan_ms": statistics.median(applies),
             "full_plan_ms": statistics.median(fulls)}
