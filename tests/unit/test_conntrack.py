@@ -4,7 +4,7 @@ import ipaddress
 
 import pytest
 
-from services.datapath.maps.conntrack import NS, CtEntry, CtKey, expired, orphaned
+from services.datapath.maps.conntrack import NS, CtEntry, CtKey, Orphans, expired
 from services.datapath.numbers import CT_CLOSING, CT_LIFETIME_CLOSING, CT_LIFETIME_OTHER, CT_LIFETIME_TCP
 
 PODS = ipaddress.IPv4Network("10.200.0.0/24")
@@ -27,9 +27,10 @@ def test_an_entry_expires_after_its_protocols_lifetime(proto, flags, lifetime):
 
 
 def test_an_orphan_names_a_pod_address_no_pod_holds():
-    live = {ipaddress.IPv4Address("10.200.0.2")}
-    assert not orphaned(key("10.200.0.2", "8.8.8.8"), PODS, ROUTER, live)
-    assert not orphaned(key("10.200.0.1", "10.200.0.2"), PODS, ROUTER, live)      # the router is the host
-    assert not orphaned(key("192.168.1.1", "8.8.8.8"), PODS, ROUTER, live)        # no pod address at all
-    assert orphaned(key("10.200.0.9", "8.8.8.8"), PODS, ROUTER, live)
-    assert orphaned(key("10.200.0.2", "10.200.0.9"), PODS, ROUTER, live)
+    orphaned = Orphans(PODS, ROUTER, {ipaddress.IPv4Address("10.200.0.2")})
+    assert not orphaned(key("10.200.0.2", "8.8.8.8"))
+    assert not orphaned(key("10.200.0.1", "10.200.0.2"))      # the router is the host
+    assert not orphaned(key("192.168.1.1", "8.8.8.8"))        # no pod address at all
+    assert not orphaned(key("10.201.0.9", "8.8.8.8"))         # outside the pod CIDR
+    assert orphaned(key("10.200.0.9", "8.8.8.8"))
+    assert orphaned(key("10.200.0.2", "10.200.0.9"))
