@@ -12,25 +12,18 @@ import pytest
 import yaml
 
 from services.datapath.maps.conntrack import ConntrackMap, CtEntry, CtKey
-from tests.support.node import Node, docs, namespace_doc, pod_doc
+from tests.support.node import docs, namespace_doc, pod_doc
 from tests.support.packets import Client, Sink, run
 from tests.support.traffic import Servers, ping, probe
+from tests.support.wait import wait_for
 
 CT_SIZE = 1024
 ECHO_PORT, SINK_PORT = 8080, 9090
 
 
 @pytest.fixture(scope="module")
-def node(tmp_path_factory):
-    # Sweeps only at start-up here, so what a test sees gone went by the path it tests.
-    n = Node(tmp_path_factory.mktemp("node"), maps={"conntrack": CT_SIZE}, datapath={"conntrackGCInterval": 86400})
-    try:
-        n.up()
-        yield n
-    finally:
-        n.purge()
-        left = n.leftovers()
-        assert not left, f"the node left things behind: {left}"
+def node(small_ct_node):
+    return small_ct_node
 
 
 @pytest.fixture(scope="module")
@@ -49,14 +42,6 @@ def pods(node):
 
 def entries_with(node, ip: str) -> list:
     return [c for c in ConntrackMap(Path(node.bpf_root)).all() if ip in (c.source, c.destination)]
-
-
-def wait_for(predicate, what: str, patience: float = 60) -> None:
-    deadline = time.monotonic() + patience
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {patience}s: {what}")
-        time.sleep(0.2)
 
 
 def test_a_deleted_pods_entries_go_with_it(node, pods):

@@ -7,7 +7,6 @@ on its own port and proves delivery (or not) by the order in which the sink rece
 was sent first and let through would arrive before the allowed control datagram from a."""
 import itertools
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,7 @@ from services.datapath.numbers import (DROP_INVALID_SIP, DROP_POLICY, DROP_UNKNO
 from tests.support.node import docs, namespace_doc, pod_doc
 from tests.support.packets import Sink, run
 from tests.support.traffic import ping
+from tests.support.wait import wait_for
 
 MARK_POLICY_DONE = 0x0ca90000      # the mark to_container once trusted
 
@@ -55,13 +55,6 @@ def sink(pods):
 def drops(node, direction: int, reason: int) -> int:
     return MetricsMap(Path(node.bpf_root)).read(direction, reason).packets
 
-
-def wait_for(predicate, what: str, patience: float = 30) -> None:
-    deadline = time.monotonic() + patience
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {patience}s: {what}")
-        time.sleep(0.1)
 
 
 def control(pods, sink) -> None:
@@ -196,3 +189,24 @@ def test_a_pod_address_from_outside_is_not_that_pod(node, pods, sink, outside):
 def test_capillary_devices_filter_reverse_paths(node, pods):
     for dev in (pods["a"]["lxc"], node.router_device, f"ct{node.tag}n"):
         assert Path(f"/proc/sys/net/ipv4/conf/{dev}/rp_filter").read_text().strip() == "1", dev
+
+
+def test_host_stack_mode_judges_each_packet_once_and_trusts_no_mark(host_stack_node):
+    """In host-stack mode pod-to-pod packets reach to_container through the kernel: the
+    connection from_container allowed is delivered, one it refused never gets there, and
+    a host-set mark is no pass."""
+    n = host_stack_node
+    n.apply(docs(namespace_doc("g"), pod_doc("g", "a"), pod_doc("g", "b"), pod_doc("g", "c")))
+    n.apply(netpol("b-from-a", "b", [{"from": [{"podSelector": {"matchLabels": {"app": "a"}}}]}]))
+    hs = {p: {"ip": n.pod_ip(f"g/{p}"), "netns": n.netns(f"g/{p}")} for p in ("a", "b", "c")}
+    s = Sink(hs["b"]["netns"], next(PORTS))
+    try:
+        before = drops(n, METRIC_INGRESS, DROP_POLICY) + drops(n, METRIC_EGRESS, DROP_POLICY)
+        run(hs["c"]["netns"], "send", hs["b"]["ip"], str(s.port), "from-c")
+        run(None, "send", hs["b"]["ip"], str(s.port), "marked", "--mark", hex(MARK_POLICY_DONE))
+        for i in range(3):                    # new, then established, through the kernel
+            run(hs["a"]["netns"], "send", hs["b"]["ip"], str(s.port), f"from-a-{i}", "--sport", "41000")
+            assert s.next_line() == f"{hs['a']['ip']} from-a-{i}"
+        assert drops(n, METRIC_INGRESS, DROP_POLICY) + drops(n, METRIC_EGRESS, DROP_POLICY) >= before + 2
+    finally:
+        s.close()

@@ -1,8 +1,8 @@
 """Single packets and flows for datapath tests, run inside a pod's (or any) netns.
 
     python packets.py sink PORT                  # print "ready", then "SRC PAYLOAD" per datagram
-    python packets.py send DST PORT PAYLOAD [--src IP] [--mark MARK]
-                                                 # one UDP datagram (from IP, with skb->mark)
+    python packets.py send DST PORT PAYLOAD [--src IP] [--sport PORT] [--mark MARK]
+                                                 # one UDP datagram (from IP:PORT, with skb->mark)
     python packets.py churn DST PORT FIRST_SPORT COUNT
                                                  # COUNT datagrams, each from its own source port
     python packets.py client DST PORT            # one TCP connection; per stdin line, send it
@@ -29,12 +29,12 @@ def sink(port: int) -> None:
         print(peer[0], data.decode(errors="replace"), flush=True)
 
 
-def send(dst: str, port: int, payload: str, src: str | None, mark: int | None) -> None:
+def send(dst: str, port: int, payload: str, src: str | None, mark: int | None, sport: int) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         if mark is not None:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
-        if src:
-            s.bind((src, 0))
+        if src or sport:
+            s.bind((src or "0.0.0.0", sport))
         s.sendto(payload.encode(), (dst, port))
 
 
@@ -71,7 +71,7 @@ def main(argv: list[str]) -> None:
     elif cmd == "send":
         opts = dict(zip(rest[3::2], rest[4::2]))
         send(rest[0], int(rest[1]), rest[2], opts.get("--src"),
-             int(opts["--mark"], 0) if "--mark" in opts else None)
+             int(opts["--mark"], 0) if "--mark" in opts else None, int(opts.get("--sport", 0)))
     elif cmd == "churn":
         churn(rest[0], int(rest[1]), int(rest[2]), int(rest[3]))
     elif cmd == "client":
