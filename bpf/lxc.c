@@ -7,6 +7,10 @@
  * to_container: tc egress of the lxc device, i.e. packets the host stack sends into the
  *   pod (from the host, the world, or another pod in host-stack mode). Checks the pod's
  *   ingress policy unless from_container already did.
+ * Only IPv4 and ARP are handled, as Cilium with IPv6 disabled: every other ethertype is
+ * dropped both ways (DROP_UNKNOWN_L3). A packet to an address of the pod CIDR that is no
+ * known endpoint is dropped (DROP_UNKNOWN_TARGET): a pod being deleted, or an endpoint
+ * entry removed by hand, gets nothing, with or without policy.
  * Both report to flowd (lib/events.h): a trace at each observation point a packet passes
  * (from-endpoint, to-endpoint, to-stack; aggregated per connection unless
  * events.aggregation is none), a policy-verdict event for every policy decision, and a
@@ -22,13 +26,6 @@
 #include "lib/l3.h"
 #include "lib/events.h"
 
-/* skb->mark set by from_container when the destination's ingress policy was already
- * applied (host-stack mode); to_container then skips it and clears the mark. The mark is
- * written whole: tc programs may not store part of it. */
-#define MARK_POLICY_DONE 0x0ca90000
-
-#define ICMP_ECHOREPLY 0
-#define ICMP_ECHO      8
 #define TCP_FLAGS_OFF  13
 
 /* event_meta.reason is the packet's conntrack state: the numbers are the same. */
@@ -107,14 +104,21 @@ static __always_inline int enforce(struct __sk_buff *skb, const struct event_met
 	return 0;
 }
 
-/* Drop a packet the pod sent before anything is known about it, reporting REASON. */
+/* Drop a packet before conntrack saw it, reporting REASON about what M knows. */
+static __always_inline int drop(struct __sk_buff *skb, struct event_meta *m, __u8 reason)
+{
+	m->reason = TRACE_REASON_UNKNOWN;
+	emit_drop(skb, m, reason, 0);
+	count(skb, m->direction, reason);
+	return TC_ACT_SHOT;
+}
+
+/* Drop a packet before anything is known about it, reporting REASON. */
 static __always_inline int drop_early(struct __sk_buff *skb, __u8 dir, __u8 reason)
 {
-	struct event_meta m = { .direction = dir, .reason = TRACE_REASON_UNKNOWN };
+	struct event_meta m = { .direction = dir };
 
-	emit_drop(skb, &m, reason, 0);
-	count(skb, dir, reason);
-	return TC_ACT_SHOT;
+	return drop(skb, &m, reason);
 }
 
 static __always_inline int handle_ipv4(struct __sk_buff *skb)
@@ -143,11 +147,13 @@ static __always_inline int handle_ipv4(struct __sk_buff *skb)
 	if (!src || src->ifindex != skb->ifindex)
 		return drop_early(skb, METRIC_EGRESS, DROP_INVALID_SIP);
 	count_endpoint(skb, src->endpoint_id, 0);
-	dst = lookup_endpoint(daddr);
-
-	state = ct_lookup(saddr, daddr, proto, &l4, skb->len, &ct);
 	m.endpoint_id = src->endpoint_id;
 	m.src_identity = src->identity;
+	dst = lookup_endpoint(daddr);
+	if (!dst && IN_POD_CIDR(daddr) && daddr != ROUTER_IP)
+		return drop(skb, &m, DROP_UNKNOWN_TARGET);
+
+	state = ct_lookup(saddr, daddr, proto, &l4, skb->len, &ct);
 	m.reason = state;
 	traced = state == CT_NEW ||
 		 trace_wanted(ct, CT_SLOT_FROM_CONTAINER | (state == CT_REPLY), &l4);
@@ -189,8 +195,6 @@ static __always_inline int handle_ipv4(struct __sk_buff *skb)
 		return bpf_redirect_peer(ifindex, 0);
 	}
 #endif
-	if (dst)
-		skb->mark = MARK_POLICY_DONE;
 	/* Host, router, world, or host-stack mode: the kernel routes it (/32 routes to lxc). */
 	count(skb, METRIC_EGRESS, REASON_FORWARDED);
 	if (traced)
@@ -204,7 +208,7 @@ int from_container(struct __sk_buff *skb)
 	struct ethhdr *eth = data;
 
 	if ((void *)(eth + 1) > data_end)
-		return TC_ACT_OK;
+		return drop_early(skb, METRIC_EGRESS, DROP_INVALID);
 
 	if (eth->h_proto == bpf_htons(ETH_P_IP))
 		return handle_ipv4(skb);
@@ -221,42 +225,61 @@ int from_container(struct __sk_buff *skb)
 		count(skb, METRIC_EGRESS, REASON_ARP_REPLY);
 		return arp_respond(skb, ep->host_mac);
 	}
-	/* IPv6 and other L3 protocols are not ours: the host stack decides. */
-	return TC_ACT_OK;
+	/* Other ARP (the pod answering the host's requests) goes to the host stack. */
+	if (eth->h_proto == bpf_htons(ETH_P_ARP))
+		return TC_ACT_OK;
+	return drop_early(skb, METRIC_EGRESS, DROP_UNKNOWN_L3);
 }
 
-/* A pod-to-pod packet entering its pod in host-stack mode: from_container already judged
- * it, so here it is only counted for its endpoint and traced (conntrack is only peeked at). */
-static __always_inline void trace_policy_done(struct __sk_buff *skb, struct iphdr *ip4)
+/* A packet from a local pod through the host stack (host-stack mode, or host NAT), entering
+ * another pod. from_container ran on the source's lxc device for it (the kernel sets
+ * skb->ingress_ifindex on receive; nothing on the host can make a packet enter through a
+ * pod's device but that pod). Whether from_container also judged the destination's ingress
+ * is read from conntrack, not from anything the host can set (such as skb->mark): a live
+ * entry for exactly this tuple exists only if the connection's first packet passed both
+ * policies (from_container checks the destination's ingress whenever the destination is a
+ * local endpoint, and drops what is addressed to an unknown one). Returns 1 when so: the
+ * packet is then only counted for its endpoint and traced. With no live entry (an address
+ * the host translated, a protocol without conntrack) the caller applies policy itself. */
+static __always_inline int judged_by_source(struct __sk_buff *skb, struct event_meta *m,
+					    struct iphdr *ip4, struct l4_tuple *l4)
 {
-	struct event_meta m = { .direction = METRIC_INGRESS };
-	struct endpoint_info *src, *dst;
-	struct l4_tuple l4 = {};
 	struct ct_entry *ct;
-	__be32 saddr = ip4->saddr, daddr = ip4->daddr;
-	__u8 proto = ip4->protocol;
 
-	if (parse_l4(skb, ip4, &l4) < 0)
-		return;
-	dst = lookup_endpoint(daddr);
-	if (!dst)
-		return;
-	count_endpoint(skb, dst->endpoint_id, 1);
-	m.reason = ct_peek(saddr, daddr, proto, &l4, &ct);
-	if (!trace_wanted(ct, CT_SLOT_TO_CONTAINER | (m.reason == CT_REPLY), &l4))
-		return;
-	src = lookup_endpoint(saddr);
-	m.src_identity = src ? src->identity : lookup_identity(saddr);
-	m.dst_identity = dst->identity;
-	m.endpoint_id = dst->endpoint_id;
-	emit_trace(skb, &m, TRACE_TO_LXC);
+	if (!l4->valid)
+		return 0;
+	m->reason = ct_peek(ip4->saddr, ip4->daddr, ip4->protocol, l4, &ct);
+	if (!ct)
+		return 0;
+	count(skb, METRIC_INGRESS, REASON_FORWARDED);
+	count_endpoint(skb, m->endpoint_id, 1);
+	if (trace_wanted(ct, CT_SLOT_TO_CONTAINER | (m->reason == CT_REPLY), l4))
+		emit_trace(skb, m, TRACE_TO_LXC);
+	return 1;
 }
 
-int to_container(struct __sk_buff *skb)
+/* Whether a packet entering the pod comes from a local pod: 1 (M's source identity set), or
+ * 0 for any source outside the pod CIDR and for the router address (the host's; the kernel
+ * drops a packet from outside that claims a local address). An address of the pod CIDR is
+ * only believed from that pod's own device: from anywhere else (a host on the L2 segment
+ * posing as a pod, a stale address) it is -1. */
+static __always_inline int local_source(struct __sk_buff *skb, __be32 saddr, struct event_meta *m)
+{
+	struct endpoint_info *src;
+
+	if (!IN_POD_CIDR(saddr) || saddr == ROUTER_IP)
+		return 0;
+	src = lookup_endpoint(saddr);
+	if (!src || src->ifindex != skb->ingress_ifindex)
+		return -1;
+	m->src_identity = src->identity;
+	return 1;
+}
+
+static __always_inline int to_container_ipv4(struct __sk_buff *skb)
 {
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
-	struct ethhdr *eth = data;
 	struct iphdr *ip4 = data + ETH_HLEN;
 	struct event_meta m = { .direction = METRIC_INGRESS };
 	struct endpoint_info *dst;
@@ -264,31 +287,29 @@ int to_container(struct __sk_buff *skb)
 	struct ct_entry *ct;
 	__be32 saddr, daddr;
 	__u8 proto;
-	int traced;
+	int local, traced;
 
-	if ((void *)(ip4 + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IP))
-		return TC_ACT_OK;
-	if (skb->mark == MARK_POLICY_DONE) {
-		skb->mark = 0;
-		count(skb, METRIC_INGRESS, REASON_FORWARDED);
-		trace_policy_done(skb, ip4);
-		return TC_ACT_OK;
-	}
-	if (ip4->ihl < 5 || parse_l4(skb, ip4, &l4) < 0)
+	if ((void *)(ip4 + 1) > data_end || ip4->ihl < 5 || parse_l4(skb, ip4, &l4) < 0)
 		return drop_early(skb, METRIC_INGRESS, DROP_INVALID);
 	saddr = ip4->saddr;
 	daddr = ip4->daddr;
 	proto = ip4->protocol;
+	/* Only the endpoint this device belongs to receives through it. */
 	dst = lookup_endpoint(daddr);
 	if (!dst || dst->ifindex != skb->ifindex)
+		return drop_early(skb, METRIC_INGRESS, DROP_UNKNOWN_TARGET);
+	m.endpoint_id = dst->endpoint_id;
+	m.dst_identity = dst->identity;
+	local = local_source(skb, saddr, &m);
+	if (local < 0)
+		return drop(skb, &m, DROP_INVALID_SIP);
+	if (local && judged_by_source(skb, &m, ip4, &l4))
 		return TC_ACT_OK;
 
 	m.reason = ct_lookup(saddr, daddr, proto, &l4, skb->len, &ct);
-	m.endpoint_id = dst->endpoint_id;
-	m.dst_identity = dst->identity;
 	traced = m.reason == CT_NEW ||
 		 trace_wanted(ct, CT_SLOT_TO_CONTAINER | (m.reason == CT_REPLY), &l4);
-	if (traced)
+	if (traced && !local)
 		m.src_identity = lookup_identity(saddr);
 	if (m.reason == CT_NEW) {
 		struct ct_new n = { .slot = CT_SLOT_TO_CONTAINER };
@@ -303,4 +324,19 @@ int to_container(struct __sk_buff *skb)
 	if (traced)
 		emit_trace(skb, &m, TRACE_TO_LXC);
 	return TC_ACT_OK;
+}
+
+int to_container(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+
+	if ((void *)(eth + 1) > data_end)
+		return drop_early(skb, METRIC_INGRESS, DROP_INVALID);
+	if (eth->h_proto == bpf_htons(ETH_P_IP))
+		return to_container_ipv4(skb);
+	if (eth->h_proto == bpf_htons(ETH_P_ARP))
+		return TC_ACT_OK;    /* the host resolving the pod's address */
+	return drop_early(skb, METRIC_INGRESS, DROP_UNKNOWN_L3);
 }

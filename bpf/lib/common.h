@@ -3,6 +3,8 @@
  * Build-time options (passed as -D by services/datapath/loader.py):
  *   PIN_ROOT        string, bpffs directory holding every pinned map
  *   ROUTER_IP       u32 in network byte order, the pods' gateway address
+ *   POD_CIDR_NET    u32 in network byte order, the node's pod CIDR (its network address)
+ *   POD_CIDR_MASK   u32 in network byte order, the pod CIDR's netmask
  *   HOST_STACK      defined: pod->pod traffic goes through the host stack (no redirect)
  *   *_MAP_SIZE      map sizes from the node config
  */
@@ -19,6 +21,9 @@
 #ifndef PIN_ROOT
 #error "PIN_ROOT must be defined"
 #endif
+#if !defined(POD_CIDR_NET) || !defined(POD_CIDR_MASK)
+#error "POD_CIDR_NET and POD_CIDR_MASK must be defined"
+#endif
 
 /* Forwarding and drop reasons. Shared with services/datapath/numbers.py (REASONS);
  * tests/unit/test_shared_numbers.py keeps the two equal. Values >= 130 are Cilium's
@@ -29,7 +34,12 @@
 #define DROP_INVALID_SIP        132 /* source IP is not the endpoint's own */
 #define DROP_POLICY             133 /* no policy entry allows it */
 #define DROP_INVALID            134 /* malformed packet */
+#define DROP_UNKNOWN_L3         139 /* not IPv4 or ARP: capillary handles no other L3 protocol */
+#define DROP_UNKNOWN_TARGET     150 /* to an address of the pod CIDR that is no known endpoint */
 #define DROP_POLICY_DENY        181 /* a deny rule matched */
+
+/* Whether IP (network byte order) is in this node's pod CIDR: one mask compare. */
+#define IN_POD_CIDR(ip) (((ip) & POD_CIDR_MASK) == POD_CIDR_NET)
 
 /* Metric directions, Cilium's numbering. Shared with services/datapath/numbers.py. */
 #define METRIC_INGRESS  1

@@ -77,6 +77,54 @@ static __always_inline int ct_expired(struct ct_entry *e, __u8 proto, __u64 now)
 	return now - e->last_seen > lifetime * 1000000000ULL;
 }
 
+/* ICMP types with a conntrack entry: an echo request makes one, its reply matches it. */
+#ifndef ICMP_ECHOREPLY
+#define ICMP_ECHOREPLY 0
+#endif
+#ifndef ICMP_ECHO
+#define ICMP_ECHO      8
+#endif
+
+/* Which of a packet's two keys may name its connection: its own (it was sent the way the
+ * connection was opened) and the reverse one (it is a reply). Both for TCP, UDP and SCTP.
+ * ICMP echo carries the identifier in both ports, so its keys alone cannot tell a request
+ * from a reply: a request only matches an entry of its own direction and a reply only the
+ * reverse one, so an echo request sent back the other way is never taken for a reply. */
+static __always_inline int ct_may_forward(__u8 proto, struct l4_tuple *l4)
+{
+	return proto != IPPROTO_ICMP || l4->policy_port == ICMP_ECHO;
+}
+
+static __always_inline int ct_may_reply(__u8 proto, struct l4_tuple *l4)
+{
+	return proto != IPPROTO_ICMP || l4->policy_port == ICMP_ECHOREPLY;
+}
+
+/* The live entry of the packet's connection and whether the packet is a reply; NULL (and
+ * CT_NEW) when there is none or it expired. Touches nothing. */
+static __always_inline enum ct_state ct_find(__be32 saddr, __be32 daddr, __u8 proto,
+					     struct l4_tuple *l4, __u64 now, struct ct_entry **entry)
+{
+	struct ct_key fwd = { .saddr = saddr, .daddr = daddr, .sport = l4->sport,
+			      .dport = l4->dport, .protocol = proto };
+	struct ct_key rev = { .saddr = daddr, .daddr = saddr, .sport = l4->dport,
+			      .dport = l4->sport, .protocol = proto };
+	enum ct_state state = CT_ESTABLISHED;
+	struct ct_entry *e = 0;
+
+	*entry = 0;
+	if (ct_may_forward(proto, l4))
+		e = cap_ct.lookup(&fwd);
+	if (!e && ct_may_reply(proto, l4)) {
+		e = cap_ct.lookup(&rev);
+		state = CT_REPLY;
+	}
+	if (!e || ct_expired(e, proto, now))
+		return CT_NEW;
+	*entry = e;
+	return state;
+}
+
 /* The connection's state for this packet, accounting it. *ENTRY: the entry (NULL if new).
  * Invariant: CT_ESTABLISHED and CT_REPLY are only returned for a live entry of a
  * connection whose first packet passed policy. A bare SYN always starts a new connection
@@ -85,22 +133,15 @@ static __always_inline enum ct_state ct_lookup(__be32 saddr, __be32 daddr, __u8 
 					       struct l4_tuple *l4, __u32 len,
 					       struct ct_entry **entry)
 {
-	struct ct_key fwd = { .saddr = saddr, .daddr = daddr, .sport = l4->sport,
-			      .dport = l4->dport, .protocol = proto };
-	struct ct_key rev = { .saddr = daddr, .daddr = saddr, .sport = l4->dport,
-			      .dport = l4->sport, .protocol = proto };
-	struct ct_entry *e = cap_ct.lookup(&fwd);
-	enum ct_state state = CT_ESTABLISHED;
 	__u64 now = bpf_ktime_get_ns();
+	enum ct_state state;
+	struct ct_entry *e;
 
 	*entry = 0;
 	if (proto == IPPROTO_TCP && (l4->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN)
 		return CT_NEW;
-	if (!e) {
-		e = cap_ct.lookup(&rev);
-		state = CT_REPLY;
-	}
-	if (!e || ct_expired(e, proto, now))
+	state = ct_find(saddr, daddr, proto, l4, now, &e);
+	if (!e)
 		return CT_NEW;
 	*entry = e;
 	e->last_seen = now;
@@ -117,16 +158,7 @@ static __always_inline enum ct_state ct_lookup(__be32 saddr, __be32 daddr, __u8 
 static __always_inline enum ct_state ct_peek(__be32 saddr, __be32 daddr, __u8 proto,
 					     struct l4_tuple *l4, struct ct_entry **entry)
 {
-	struct ct_key fwd = { .saddr = saddr, .daddr = daddr, .sport = l4->sport,
-			      .dport = l4->dport, .protocol = proto };
-	struct ct_key rev = { .saddr = daddr, .daddr = saddr, .sport = l4->dport,
-			      .dport = l4->sport, .protocol = proto };
-
-	*entry = cap_ct.lookup(&fwd);
-	if (*entry)
-		return CT_ESTABLISHED;
-	*entry = cap_ct.lookup(&rev);
-	return *entry ? CT_REPLY : CT_NEW;
+	return ct_find(saddr, daddr, proto, l4, bpf_ktime_get_ns(), entry);
 }
 
 /* The reported[] bits a packet in SLOT stands for. */
@@ -167,6 +199,8 @@ static __always_inline void ct_create(__be32 saddr, __be32 daddr, __u8 proto,
 	struct ct_entry e = { .created = now, .last_seen = now, .packets = 1, .bytes = len,
 			      .flags = n->flags, .rule_id = n->rule_id };
 
+	if (!ct_may_forward(proto, l4))
+		return;              /* an echo reply opens nothing: only a request has replies */
 	e.reported[n->slot & 3] = ct_report_bits(l4);
 	cap_ct.update(&key, &e);
 }

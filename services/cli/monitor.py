@@ -19,9 +19,8 @@ import secrets
 import time
 
 from services.cli.client import Client
-from services.datapath.numbers import (DROP_INVALID, DROP_INVALID_SIP, DROP_POLICY, DROP_POLICY_DENY, EVENT_DROP,
-                                       EVENT_POLICY_VERDICT, EVENT_TRACE, METRIC_INGRESS, POLICY_MATCH_NAMES,
-                                       TRACE_FROM_LXC, TRACE_REASON_CT_ESTABLISHED, TRACE_REASON_CT_REPLY,
+from services.datapath.numbers import (EVENT_DROP, EVENT_POLICY_VERDICT, EVENT_TRACE, METRIC_INGRESS, POLICY_MATCH_NAMES,
+                                       REASON_NAMES, TRACE_FROM_LXC, TRACE_REASON_CT_ESTABLISHED, TRACE_REASON_CT_REPLY,
                                        TRACE_REASON_POLICY, TRACE_TO_LXC, TRACE_TO_STACK, VERDICT_AUDIT,
                                        VERDICT_DROPPED)
 from services.flowd import packet
@@ -32,9 +31,6 @@ from services.wire.messages import INVALID, ListRequest, MonitorAttach, MonitorE
 
 LEASE = 10.0
 TYPES = {"drop": EVENT_DROP, "trace": EVENT_TRACE, "policy-verdict": EVENT_POLICY_VERDICT}
-# Cilium's drop reason texts (pkg/monitor/api) for the codes our datapath uses.
-DROP_TEXT = {DROP_INVALID_SIP: "Invalid source ip", DROP_POLICY: "Policy denied",
-             DROP_INVALID: "Invalid packet", DROP_POLICY_DENY: "Policy denied by denylist"}
 STATES = {TRACE_REASON_POLICY: "new", TRACE_REASON_CT_ESTABLISHED: "established", TRACE_REASON_CT_REPLY: "reply"}
 PROTOS = {packet.PROTO_TCP: "tcp", packet.PROTO_UDP: "udp", packet.PROTO_SCTP: "sctp", packet.PROTO_ICMP: "icmp"}
 
@@ -76,7 +72,7 @@ def format_text(raw: bytes, ifnames: dict[int, str]) -> str:
                  TRACE_FROM_LXC: f"<- endpoint {hdr.endpoint_id}"}.get(hdr.subtype, f"trace {hdr.subtype}")
         return f"{where}, {identities} state {state} ifindex {ifname}: {summary(data)}"
     if hdr.type == EVENT_DROP:
-        reason = DROP_TEXT.get(hdr.subtype, f"reason {hdr.subtype}")
+        reason = REASON_NAMES.get(hdr.subtype, f"reason {hdr.subtype}")
         return f"xx drop ({reason}) to endpoint {hdr.endpoint_id}, ifindex {ifname}, {identities}: " \
                f"{summary(data)}"
     action = "deny" if hdr.verdict == VERDICT_DROPPED else "audit" if hdr.verdict == VERDICT_AUDIT else "allow"

@@ -23,6 +23,7 @@ BPF_MAP_DELETE_ELEM = 3
 BPF_MAP_GET_NEXT_KEY = 4
 BPF_OBJ_GET = 7
 BPF_OBJ_GET_INFO_BY_FD = 15
+BPF_MAP_LOOKUP_BATCH = 24
 
 BPF_ANY = 0
 BPF_NOEXIST = 1
@@ -32,6 +33,13 @@ class _ElemAttr(ct.Structure):
     """union bpf_attr, for the BPF_MAP_*_ELEM and GET_NEXT_KEY commands."""
     _fields_ = [("map_fd", ct.c_uint32), ("pad", ct.c_uint32), ("key", ct.c_uint64),
                 ("value", ct.c_uint64), ("flags", ct.c_uint64)]
+
+
+class _BatchAttr(ct.Structure):
+    """union bpf_attr, for the BPF_MAP_*_BATCH commands."""
+    _fields_ = [("in_batch", ct.c_uint64), ("out_batch", ct.c_uint64), ("keys", ct.c_uint64),
+                ("values", ct.c_uint64), ("count", ct.c_uint32), ("map_fd", ct.c_uint32),
+                ("elem_flags", ct.c_uint64), ("flags", ct.c_uint64)]
 
 
 class _ObjAttr(ct.Structure):
@@ -106,6 +114,21 @@ def next_key(fd: int, key, out) -> bool:
             return False
         raise
     return True
+
+
+def lookup_batch(fd: int, token, next_token, keys, values, count: int, first: bool) -> tuple[int, bool]:
+    """Fill KEYS and VALUES (arrays of COUNT) with the entries after TOKEN (FIRST: from the
+    start); NEXT_TOKEN receives where to go on. (how many were filled, whether that was
+    the last of them). Hash maps' tokens are a u32 bucket number."""
+    attr = _BatchAttr(in_batch=0 if first else _addr(token), out_batch=_addr(next_token), keys=_addr(keys),
+                      values=_addr(values), count=count, map_fd=fd)
+    try:
+        _bpf(BPF_MAP_LOOKUP_BATCH, attr)
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:
+            return attr.count, True
+        raise
+    return attr.count, False
 
 
 def map_info(fd: int) -> MapInfo:

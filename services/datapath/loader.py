@@ -46,6 +46,8 @@ def cflags(config: NodeConfig) -> list[str]:
         f"-I{bpf_dir()}",
         f'-DPIN_ROOT="{config.datapath.bpfRoot}"',
         f"-DROUTER_IP={ip_to_be32(config.router_ip):#x}",
+        f"-DPOD_CIDR_NET={ip_to_be32(config.pod_network.network_address):#x}",
+        f"-DPOD_CIDR_MASK={ip_to_be32(config.pod_network.netmask):#x}",
         f"-DENDPOINTS_MAP_SIZE={config.maps.endpoints}",
         f"-DIPCACHE_MAP_SIZE={config.maps.ipcache}",
         f"-DPOLICY_MAP_SIZE={config.maps.policy}",

@@ -142,6 +142,22 @@ class _Links:
                            8: "prohibit"}.get(msg["type"], str(msg["type"])))
 
 
+RP_FILTER_STRICT = "1"
+
+
+def disable_ipv6(ifname: str) -> None:
+    """No IPv6 on IFNAME (in the calling thread's namespace), where the kernel has IPv6."""
+    conf = Path(f"/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6")
+    if conf.exists():
+        conf.write_text("1")
+
+
+def set_rp_filter(ifname: str) -> None:
+    """Strict reverse-path filtering on IFNAME: a packet is accepted only from a source whose
+    route leads back out of IFNAME (the kernel applies the stricter of this and conf/all)."""
+    Path(f"/proc/sys/net/ipv4/conf/{ifname}/rp_filter").write_text(RP_FILTER_STRICT)
+
+
 class Netlink(_Links):
     """Host-namespace netlink operations."""
 
@@ -190,10 +206,11 @@ class Netlink(_Links):
         return link
 
     def _tune_host_veth(self, link: Link) -> None:
-        # Host-side veths carry only pod traffic: no IPv6 autoconfiguration chatter on them.
-        conf = Path(f"/proc/sys/net/ipv6/conf/{link.name}/disable_ipv6")
-        if conf.exists():
-            conf.write_text("1")
+        # Host-side veths carry only pod traffic: no IPv6 autoconfiguration chatter on them
+        # (the datapath drops IPv6 anyway), and strict reverse-path filtering, so the kernel
+        # too refuses a source the device's own /32 route does not lead back to.
+        disable_ipv6(link.name)
+        set_rp_filter(link.name)
 
     def set_up(self, index: int) -> None:
         self.ipr.link("set", index=index, state="up")
@@ -304,6 +321,7 @@ class PodNetlink(_Links):
     """Netlink inside one pod's namespace. Use as a context manager on the worker thread."""
 
     def __init__(self, netns_path: Path | str) -> None:
+        self.netns_path = netns_path
         with netns.entered(netns_path):
             self.ipr = IPRoute()   # the socket stays bound to the pod's namespace
 
@@ -314,10 +332,13 @@ class PodNetlink(_Links):
         self.close()
 
     def configure(self, ifname: str, ip: str, router_ip: str) -> Link:
-        """lo up; IP/32 on IFNAME, up; ROUTER_IP on-link; default route via ROUTER_IP."""
+        """lo up; IP/32 on IFNAME, up, without IPv6 (the datapath drops it: the pod need
+        not send it); ROUTER_IP on-link; default route via ROUTER_IP."""
         lo = self.ipr.link_lookup(ifname="lo")[0]
         self.ipr.link("set", index=lo, state="up")
         link = self.link(ifname)
+        with netns.entered(self.netns_path):
+            disable_ipv6(ifname)
         try:
             self.ipr.addr("add", index=link.index, address=ip, prefixlen=32)
         except NetlinkError as exc:

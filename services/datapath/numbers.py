@@ -9,6 +9,8 @@ REASON_ARP_REPLY = 2
 DROP_INVALID_SIP = 132
 DROP_POLICY = 133
 DROP_INVALID = 134
+DROP_UNKNOWN_L3 = 139
+DROP_UNKNOWN_TARGET = 150
 DROP_POLICY_DENY = 181
 
 REASONS = {
@@ -18,9 +20,12 @@ REASONS = {
     "DROP_INVALID_SIP": DROP_INVALID_SIP,
     "DROP_POLICY": DROP_POLICY,
     "DROP_INVALID": DROP_INVALID,
+    "DROP_UNKNOWN_L3": DROP_UNKNOWN_L3,
+    "DROP_UNKNOWN_TARGET": DROP_UNKNOWN_TARGET,
     "DROP_POLICY_DENY": DROP_POLICY_DENY,
 }
 
+# Cilium's texts for them (pkg/monitor/api), as `cilium-dbg monitor` prints them
 REASON_NAMES = {
     REASON_FORWARDED: "to-stack",
     REASON_REDIRECT_PEER: "redirect-peer",
@@ -28,6 +33,8 @@ REASON_NAMES = {
     DROP_INVALID_SIP: "Invalid source ip",
     DROP_POLICY: "Policy denied",
     DROP_INVALID: "Invalid packet",
+    DROP_UNKNOWN_L3: "Unsupported L3 protocol",
+    DROP_UNKNOWN_TARGET: "Unknown L3 target address",
     DROP_POLICY_DENY: "Policy denied by denylist",
 }
 

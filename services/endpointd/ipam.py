@@ -56,5 +56,9 @@ class IPAM:
     def release(self, ip: str) -> None:
         self._used.discard(ipaddress.IPv4Address(ip))
 
+    def addresses(self) -> frozenset[ipaddress.IPv4Address]:
+        """Every address handed out and not released."""
+        return frozenset(self._used)
+
     def in_use(self, ip: str) -> bool:
         return ipaddress.IPv4Address(ip) in self._used

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from services.datapath import netns
+from services.datapath.maps.conntrack import ConntrackMap
 from services.datapath.maps.endpoints import FLAG_AUDIT, Endpoint, EndpointMap
 from services.datapath.maps.metrics import EndpointMetricsMap
 from services.datapath.netlink import (RT_SCOPE_LINK, TC_EGRESS, TC_INGRESS, InterfaceNotFound,
@@ -71,6 +72,7 @@ class Plumber:
         self.router_ip = str(config.router_ip)
         self.endpoints = endpoints
         self.ep_metrics = EndpointMetricsMap(Path(config.datapath.bpfRoot))
+        self.conntrack = ConntrackMap(Path(config.datapath.bpfRoot))
         self.from_fd = from_fd
         self.to_fd = to_fd
         self.nl = Netlink()
@@ -78,6 +80,7 @@ class Plumber:
     def close(self) -> None:
         self.nl.close()
         self.ep_metrics.close()
+        self.conntrack.close()
 
     def create(self, spec: PodSpec, wiring: Wiring) -> PodStatus:
         ifname = host_ifname(self.config, spec.namespace, spec.name)
@@ -156,6 +159,9 @@ class Plumber:
         self.endpoints.delete(pod_ip)
         self.ep_metrics.delete(endpoint_id)
         self.nl.delete_link(ifname)          # takes the peer and the /32 route with it
+        # Last: with no endpoint entry and no link, no new entry can name the address (the
+        # datapath drops what is sent to it), so a pod given it later starts with none.
+        self.conntrack.delete_address(pod_ip)
         if owned_netns is not None:
             netns.remove(owned_netns)
 

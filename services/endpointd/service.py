@@ -21,6 +21,7 @@ from prometheus_client import Gauge
 from services.datapath import loader
 from services.datapath.maps.endpoints import EndpointMap
 from services.datapath.netlink import Worker
+from services.endpointd.ctgc import ConntrackGC
 from services.endpointd.ipam import IPAM, PoolExhausted
 from services.endpointd.plumbing import (FROM_CONTAINER, TO_CONTAINER, NetnsInvalid, PodHasInterface, Plumber,
                                          Wiring)
@@ -61,11 +62,13 @@ class EndpointService(Service):
         programs = await self.worker.run(loader.pin_programs, "lxc.c", self.config, (FROM_CONTAINER, TO_CONTAINER))
         self.endpoints = EndpointMap(Path(self.config.datapath.bpfRoot))
         self.plumber = Plumber(self.config, self.endpoints, programs[FROM_CONTAINER], programs[TO_CONTAINER])
+        self.ct_gc = ConntrackGC(self.config, self.worker, self.ipam.addresses, self.registry, self.log)
 
         self.kv_ns = await self.bus.kv(subjects.BUCKET_NAMESPACES, create=True)
         self.kv_pods = await self.bus.kv(subjects.BUCKET_PODS, create=True)
         async with self._lock:
             await self._reconcile()
+        self.ct_gc.start()                  # only now are the pods' addresses known
         self.bus.on_reconnect(self._resync)
 
         b = self.bus
@@ -81,9 +84,11 @@ class EndpointService(Service):
             lambda: sum(self.plumber.attached(p.status.host_ifindex) for p in self.pods.values()))
         return {"pods": len(self.pods), "namespaces": len(self.namespaces),
                 "endpoint_entries": len(self.endpoints.all()), "programs_attached": attached,
-                "ips_in_use": self.ipam.used, "ips_capacity": self.ipam.capacity}
+                "ips_in_use": self.ipam.used, "ips_capacity": self.ipam.capacity, **self.ct_gc.counters()}
 
     async def stop(self) -> None:
+        if hasattr(self, "ct_gc"):
+            await self.ct_gc.stop()
         if hasattr(self, "worker"):
             self.worker.close()
 

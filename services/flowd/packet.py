@@ -1,6 +1,7 @@
 """The headers of a captured packet (Ethernet, IPv4, TCP/UDP/SCTP/ICMPv4) as Hubble's flow
 fields: ethernet, IP, l4, and the L4 part of its Summary. Pure; a truncated capture yields
-what it holds and nothing more.
+what it holds and nothing more. IPv6 appears only in drop events (the datapath drops it):
+its addresses are read, nothing past them.
 """
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import struct
 
 ETH_HLEN = 14
 ETH_P_IP = 0x0800
+ETH_P_IPV6 = 0x86DD
+IPV6_HLEN = 40
 PROTO_ICMP, PROTO_TCP, PROTO_UDP, PROTO_SCTP = 1, 6, 17, 132
 
 # Hubble's TCPFlags fields, in the order its Summary lists them.
@@ -32,7 +35,14 @@ def parse(data: bytes) -> dict:
     if len(data) < ETH_HLEN:
         return out
     out["ethernet"] = {"source": mac(data[6:12]), "destination": mac(data[0:6])}
-    if struct.unpack_from("!H", data, 12)[0] != ETH_P_IP or len(data) < ETH_HLEN + 20:
+    ethertype = struct.unpack_from("!H", data, 12)[0]
+    if ethertype == ETH_P_IPV6 and len(data) >= ETH_HLEN + IPV6_HLEN:
+        out["IP"] = {"source": str(ipaddress.IPv6Address(data[ETH_HLEN + 8:ETH_HLEN + 24])),
+                     "destination": str(ipaddress.IPv6Address(data[ETH_HLEN + 24:ETH_HLEN + 40])),
+                     "ipVersion": "IPv6"}
+        out["summary"] = "IPv6"
+        return out
+    if ethertype != ETH_P_IP or len(data) < ETH_HLEN + 20:
         return out
     ip = data[ETH_HLEN:]
     ihl = (ip[0] & 0x0F) * 4

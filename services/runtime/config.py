@@ -41,6 +41,7 @@ class DatapathConfig:
     routerDevice: str = "cap_host"
     routerPeer: str = "cap_net"
     lxcPrefix: str = "lxc"
+    conntrackGCInterval: int = 60        # seconds between sweeps of the conntrack map
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -52,6 +53,9 @@ class DatapathConfig:
                 raise ConfigError(f"datapath.{name}: not a valid interface name")
         if not re.fullmatch(r"[a-z]{1,4}", self.lxcPrefix):
             raise ConfigError("datapath.lxcPrefix: 1 to 4 lowercase letters")
+        gc = self.conntrackGCInterval
+        if isinstance(gc, bool) or not isinstance(gc, int) or not 1 <= gc <= 86400:
+            raise ConfigError(f"datapath.conntrackGCInterval: {gc!r} is not a number of seconds from 1 to 86400")
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,12 @@ def host_stack_node(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def small_ct_node(tmp_path_factory):
+    """A node whose conntrack map holds 1024 entries, swept only when endpointd starts."""
+    yield from _node(tmp_path_factory, maps={"conntrack": 1024}, datapath={"conntrackGCInterval": 86400})
+
+
+@pytest.fixture(scope="module")
 def tiny_ring_node(tmp_path_factory):
     """A node whose event ring holds a couple of dozen events and that traces every packet."""
     yield from _node(tmp_path_factory, events={"ringBytes": 4096, "aggregation": "none"})

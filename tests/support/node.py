@@ -30,6 +30,7 @@ class Node:
     mode: str = "redirect"
     maps: dict = field(default_factory=dict)
     events: dict = field(default_factory=dict)
+    datapath: dict = field(default_factory=dict)    # more datapath keys (e.g. conntrackGCInterval)
     tag: str = field(default_factory=lambda: secrets.token_hex(2))
 
     def __post_init__(self) -> None:
@@ -49,7 +50,7 @@ class Node:
             "podCIDR": self.pod_cidr,
             "datapath": {"mode": self.mode, "bpfRoot": self.bpf_root,
                          "routerDevice": self.router_device, "routerPeer": f"ct{self.tag}n",
-                         "lxcPrefix": self.lxc_prefix},
+                         "lxcPrefix": self.lxc_prefix, **self.datapath},
             "nats": {"port": self.nats_port},
             "maps": self.maps,
             "events": self.events,

@@ -101,6 +101,8 @@ def test_full_node_config_is_read():
     ("datapath: {routerPeer: 'a b'}", "datapath.routerPeer"),
     ("datapath: {routerPeer: 7}", "datapath.routerPeer"),
     ("datapath: {lxcPrefix: veths}", "datapath.lxcPrefix"),
+    ("datapath: {conntrackGCInterval: 0}", "datapath.conntrackGCInterval"),
+    ("datapath: {conntrackGCInterval: true}", "datapath.conntrackGCInterval"),
     ("datapath: {bogus: 1}", "datapath.bogus"),
     ("maps: {policy: 8}", "maps.policy"),
     ("maps: {conntrack: 4194305}", "maps.conntrack"),

@@ -1,16 +1,22 @@
 """flowd's decoder: raw datapath events -> Hubble flows, without root or a datapath."""
 from __future__ import annotations
 
+import ipaddress
+import struct
+
 import pytest
 
-from services.datapath.numbers import (DROP_INVALID_SIP, DROP_POLICY_DENY, EVENT_DROP, EVENT_POLICY_VERDICT,
+from services.datapath import numbers
+from services.datapath.numbers import (DROP_INVALID_SIP, DROP_POLICY_DENY, DROP_UNKNOWN_L3, DROP_UNKNOWN_TARGET,
+                                       EVENT_DROP, EVENT_POLICY_VERDICT,
                                        METRIC_EGRESS, METRIC_INGRESS, POLICY_MATCH_L3_L4, POLICY_MATCH_NONE,
                                        TRACE_FROM_LXC, TRACE_REASON_CT_ESTABLISHED, TRACE_REASON_CT_REPLY,
                                        TRACE_REASON_UNKNOWN, TRACE_TO_LXC, TRACE_TO_STACK, VERDICT_AUDIT,
                                        VERDICT_DROPPED, VERDICT_FORWARDED)
-from services.flowd.decode import EventError, decode, parse_event, rfc3339
+from services.flowd.decode import DROP_REASON_DESC, EventError, decode, parse_event, rfc3339
 from services.flowd.packet import icmp_name
-from tests.unit.flowdata import (A, B, ID_A, ID_B, WORLD_IP, event, icmp, metadata, packet, tcp, udp)
+from tests.unit.flowdata import (A, B, ID_A, ID_B, MAC_A, MAC_B, WORLD_IP, event, icmp, metadata, packet, tcp,
+                                 udp)
 
 META = metadata()
 SYN, ACK, PSH, FIN = 0x02, 0x10, 0x08, 0x01
@@ -58,6 +64,27 @@ def test_is_reply_is_absent_when_conntrack_was_not_consulted():
     f = flow(event(packet(A, B, 6, tcp(1, 2, SYN)), EVENT_DROP, DROP_INVALID_SIP, reason=TRACE_REASON_UNKNOWN))
     assert "is_reply" not in f
     assert (f["verdict"], f["drop_reason"], f["drop_reason_desc"]) == ("DROPPED", 132, "INVALID_SOURCE_IP")
+
+
+def test_every_drop_reason_of_the_datapath_has_its_hubble_name():
+    drops = {v for v in numbers.REASONS.values() if numbers.is_drop(v)}
+    assert drops <= set(DROP_REASON_DESC)
+
+
+def test_a_dropped_ipv6_packet_shows_its_addresses_and_reason():
+    ip6 = struct.pack("!IHBB", 6 << 28, 8, 58, 255) + ipaddress.IPv6Address("fe80::1").packed + \
+        ipaddress.IPv6Address("fe80::2").packed
+    raw = event(MAC_B + MAC_A + struct.pack("!H", 0x86DD) + ip6 + bytes(8), EVENT_DROP, DROP_UNKNOWN_L3,
+                dst_identity=0, reason=TRACE_REASON_UNKNOWN)
+    f = flow(raw)
+    assert (f["verdict"], f["drop_reason_desc"]) == ("DROPPED", "UNSUPPORTED_L3_PROTOCOL")
+    assert f["IP"] == {"source": "fe80::1", "destination": "fe80::2", "ipVersion": "IPv6"}
+    assert "l4" not in f
+
+
+def test_a_packet_to_an_unknown_pod_address_is_unknown_target():
+    raw = event(packet(A, B, 17, udp(4000, 53)), EVENT_DROP, DROP_UNKNOWN_TARGET, reason=TRACE_REASON_UNKNOWN)
+    assert flow(raw)["drop_reason_desc"] == "UNKNOWN_L3_TARGET_ADDRESS"
 
 
 def test_a_policy_drop_names_its_reason_and_rule():

@@ -93,6 +93,13 @@ def test_router_ip_is_in_the_byte_order_of_a_packet_on_this_host():
     assert flag(flags, "ROUTER_IP") == expected
 
 
+def test_pod_cidr_is_a_network_and_mask_in_packet_byte_order():
+    flags = loader.cflags(NodeConfig(podCIDR="10.200.0.0/16"))
+    net, mask = int(flag(flags, "POD_CIDR_NET"), 16), int(flag(flags, "POD_CIDR_MASK"), 16)
+    assert net.to_bytes(4, sys.byteorder) == bytes([10, 200, 0, 0])
+    assert mask.to_bytes(4, sys.byteorder) == bytes([255, 255, 0, 0])
+
+
 def test_ip_to_be32_reads_the_address_bytes_as_the_host_does():
     ip = ipaddress.IPv4Address("192.168.1.2")
     assert loader.ip_to_be32(ip).to_bytes(4, sys.byteorder) == bytes([192, 168, 1, 2])

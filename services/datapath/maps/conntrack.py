@@ -1,6 +1,13 @@
 """cap_ct: connection tracking (LRU). Owner: endpointd; read by the CLI and flowd.
 
 Must match struct ct_key / struct ct_entry in bpf/lib/conntrack.h.
+
+The map is an LRU hash, as Cilium's CT maps: when it is full, a new connection's entry
+takes the place of the least recently used one, so connections that carry packets keep
+theirs and idle ones go first. An entry that went (evicted, swept or deleted) only means
+the connection's next packet meets policy again. endpointd removes a pod's entries when the
+pod goes, and sweeps the map (sweep()) for expired entries and entries of pod addresses no
+pod holds, so a new pod given a reused address inherits no connection.
 """
 from __future__ import annotations
 
@@ -11,11 +18,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.datapath.numbers import CT_AUDIT, CT_SEEN_REPLY
+from services.datapath.numbers import (CT_AUDIT, CT_CLOSING, CT_LIFETIME_CLOSING, CT_LIFETIME_OTHER,
+                                       CT_LIFETIME_TCP, CT_SEEN_REPLY)
 from services.datapath.pinned import PinnedMap
 
 PIN_NAME = "ct"
 PROTOCOLS = {6: "TCP", 17: "UDP", 132: "SCTP", 1: "ICMP"}
+PROTO_TCP = 6
+NS = 1_000_000_000
 
 
 class CtKey(ct.Structure):
@@ -45,8 +55,43 @@ class Connection:
     rule_id: int
 
 
+@dataclass(frozen=True)
+class Sweep:
+    """What one sweep found: entries kept, and entries removed by cause."""
+
+    alive: int = 0
+    expired: int = 0
+    orphaned: int = 0
+
+
 def _monotonic_ns() -> int:
     return time.clock_gettime_ns(time.CLOCK_MONOTONIC)   # bpf_ktime_get_ns()'s clock
+
+
+def expired(protocol: int, entry: CtEntry, now_ns: int) -> bool:
+    """Whether the datapath would take ENTRY as gone at NOW_NS (ct_expired in conntrack.h)."""
+    lifetime = CT_LIFETIME_OTHER if protocol != PROTO_TCP else \
+        CT_LIFETIME_CLOSING if entry.flags & CT_CLOSING else CT_LIFETIME_TCP
+    return now_ns - entry.last_seen > lifetime * NS
+
+
+def _address(raw) -> ipaddress.IPv4Address:
+    return ipaddress.IPv4Address(bytes(raw))
+
+
+class Orphans:
+    """Whether a key names an address of the pod CIDR PODS that no live pod holds (the
+    router address is the host's, never an orphan). Compares raw bytes: a sweep asks this
+    of every entry."""
+
+    def __init__(self, pods: ipaddress.IPv4Network, router: ipaddress.IPv4Address,
+                 live: set[ipaddress.IPv4Address]) -> None:
+        self.net, self.mask = int(pods.network_address), int(pods.netmask)
+        self.known = {ip.packed for ip in live} | {router.packed}
+
+    def __call__(self, key: CtKey) -> bool:
+        return any(int.from_bytes(raw, "big") & self.mask == self.net and raw not in self.known
+                   for raw in (bytes(key.saddr), bytes(key.daddr)))
 
 
 class ConntrackMap:
@@ -65,6 +110,33 @@ class ConntrackMap:
                 idle_seconds=(now - v.last_seen) / 1e9, replied=bool(v.flags & CT_SEEN_REPLY),
                 audit=bool(v.flags & CT_AUDIT), rule_id=v.rule_id))
         return out
+
+    def delete_address(self, ip: str) -> int:
+        """Remove every entry with IP at either end; how many went."""
+        packed = ipaddress.IPv4Address(ip).packed
+        removed = 0
+        for keys, _values, n in self.map.batches():
+            for k in keys[:n]:
+                if packed in (bytes(k.saddr), bytes(k.daddr)):
+                    removed += self.map.delete(k)
+        return removed
+
+    def sweep(self, pods: ipaddress.IPv4Network, router: ipaddress.IPv4Address,
+              live: set[ipaddress.IPv4Address]) -> Sweep:
+        """Remove expired entries and entries of pod addresses not in LIVE (see orphaned()).
+        LIVE must be the complete set of pods' addresses: an address left out loses its
+        connections' entries (their next packets meet policy again)."""
+        now, orphaned = _monotonic_ns(), Orphans(pods, router, live)
+        alive = old = orphans = 0
+        for keys, values, n in self.map.batches():
+            for k, v in zip(keys[:n], values[:n]):
+                if orphaned(k):
+                    orphans += self.map.delete(k)
+                elif expired(k.protocol, v, now):
+                    old += self.map.delete(k)
+                else:
+                    alive += 1
+        return Sweep(alive=alive, expired=old, orphaned=orphans)
 
     def flush(self) -> int:
         keys = list(self.map.keys())
