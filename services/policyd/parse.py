@@ -25,6 +25,7 @@ from services.policyd.fields import (FieldError, boolean, cidr_peer, end_port, j
                                      selector, show, string)
 from services.policyd.model import EGRESS, ENTITIES, INGRESS, Peer, Policy, PortRule, Rule, Selector
 from services.wire.labels import AUDIT_ANNOTATION, POD_NAMESPACE, SOURCE
+from services.wire.limits import LimitError, check_tree
 from services.wire.manifests import DEFAULT_NAMESPACE, DNS_LABEL, DNS_SUBDOMAIN
 
 NETWORK_POLICY = "NetworkPolicy"
@@ -55,6 +56,9 @@ _CILIUM_UNSUPPORTED = {INGRESS: ("fromRequires", "fromGroups", "fromNodes", "aut
                        EGRESS: ("toRequires", "toGroups", "toNodes", "toServices", "toFQDNs",
                                 "authentication")}
 _L7_FIELDS = ("rules", "terminatingTLS", "originatingTLS", "serverNames", "listener")
+# Peers x ports over every rule of one policy: what policyd compiles for each endpoint the
+# policy selects, under its lock. A policy over it is refused as a whole (split it).
+MAX_POLICY_TERMS = 4096
 
 
 class PolicyError(ValueError):
@@ -74,6 +78,10 @@ def parse_policy(doc: dict) -> Parsed:
         raise PolicyError("policy", "document", f"expected a mapping, got {type(doc).__name__}")
     where = _where(doc)
     try:
+        check_tree(doc, "document")
+    except LimitError as exc:
+        raise PolicyError(where, "document", str(exc).removeprefix("document: ")) from None
+    try:
         return _parse(doc, where)
     except FieldError as exc:
         raise PolicyError(where, exc.path, exc.problem) from None
@@ -90,6 +98,10 @@ def _parse(doc: dict, where: str) -> Parsed:
         subject, enforces, rules = _network_policy(doc, namespace)
     else:
         subject, enforces, rules = _cilium_policy(doc, namespace or None)
+    terms = sum(max(1, len(rule.peers)) * max(1, len(rule.ports)) for rule in rules)
+    if terms > MAX_POLICY_TERMS:
+        raise FieldError("spec", f"{terms} peer and port combinations over all rules are over the "
+                                 f"limit of {MAX_POLICY_TERMS} for one policy (split it)")
     document = _canonical(doc, kind, meta)
     policy = Policy(kind=kind, name=name, namespace=namespace, subject=subject,
                     enforces=frozenset(enforces), rules=tuple(rules),
