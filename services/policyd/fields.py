@@ -233,7 +233,7 @@ def port_value(value: Any, path: str, *, cilium: bool) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise FieldError(path, f"{show(value)} is not a port number or name")
     if not lowest <= value <= 65535:
-        raise FieldError(path, f"{value} is not a port number ({lowest}-65535)")
+        raise FieldError(path, f"{show(value)} is not a port number ({lowest}-65535)")
     return value
 
 

@@ -437,7 +437,7 @@ def _normalize_cilium(doc: dict) -> tuple[dict, list[str]]:
             elif isinstance(entry, dict) and isinstance(entry.get("ports"), list):
                 for port in entry["ports"]:
                     # Cilium's CRD types port as a string; a YAML number is stored as one.
-                    if isinstance(port, dict) and type(port.get("port")) is int:
+                    if isinstance(port, dict) and type(port.get("port")) is int and 0 <= port["port"] <= 65535:
                         port["port"] = str(port["port"])
     if bare:
         notes.append('bare port numbers in toPorts (each means ports: [{port: "N", protocol: TCP}])')
@@ -445,7 +445,8 @@ def _normalize_cilium(doc: dict) -> tuple[dict, list[str]]:
 
 
 def _is_bare_port(entry: Any) -> bool:
-    return type(entry) is int or (isinstance(entry, str) and entry.isascii() and entry.isdigit())
+    return type(entry) is int or (isinstance(entry, str) and entry.isascii() and entry.isdigit()
+                                  and len(entry) <= 10)
 
 
 def _raw_rules(doc: dict) -> Iterator[tuple[str, dict]]:
