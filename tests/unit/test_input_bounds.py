@@ -42,7 +42,7 @@ def exact(exc_type, fn, *args):
     b"\x81\xa1a" + b"\x91" * 2000 + b"\x01",               # deeper than msgpack's own stack
     b"\x81\xa1a" + b"\x91" * (MAX_DEPTH + 1) + b"\x01",    # deeper than capillary's bound
     b"\xc1", b"", b"\x92\x01",
-])
+], ids=["list-key", "map-key", "ext", "deep-2000", "deep-65", "reserved-byte", "empty", "not-a-map"])
 def test_a_malformed_payload_is_a_decode_error(payload):
     exact(codec.DecodeError, codec.decode, payload)
 
