@@ -101,6 +101,25 @@ CONFUSED = [True, False, -1, 0, 65537, 2 ** 32, 2 ** 64 - 1, -(2 ** 63), 1.5, ma
             "a\n", "x" * 300, "/proc/1/ns/net", b"\x00\xff", [], [1, [2]], {}, {"a": {}}, _deep(70), {7: "int key"}]
 
 
+# Sent to every subject as they are, whatever the local validators say: the crashes and
+# truncations found (an unhashable map key, nesting deeper than the recursion limit, numbers
+# outside the datapath field they fill: endpoint 65537 was written as endpoint 1).
+OUT_OF_RANGE = {"endpoint_id": [65537, 0, -1], "identity": [-1, 2 ** 32, 2 ** 64 - 1],
+                "last": [-1, 2 ** 63], "lease": [math.nan, math.inf, -1.0]}
+
+
+def corpus(base: dict) -> list[bytes]:
+    out = [b"\x81\x91\x01\x01", codec.encode({**base, "deep": _deep(900)})]
+    if "document" in base:
+        out.append(codec.encode({**base, "document": {**base["document"], "spec": _deep(900)}}))
+    for key, values in OUT_OF_RANGE.items():
+        if key in base:
+            out += [codec.encode({**base, key: value}) for value in values]
+    if "filter" in base:
+        out.append(codec.encode({**base, "filter": {"port": [70000]}}))
+    return out
+
+
 def _nodes(obj, path=()):
     yield path
     if isinstance(obj, dict):
@@ -209,6 +228,11 @@ async def fuzz(node) -> tuple[collections.Counter, list[str]]:
         try:
             for subject in callable_subjects(user):
                 schema, base = REQUESTS[subject]
+                for payload in corpus(base) if base else [b"\x81\x91\x01\x01"]:
+                    counts[f"{user} {subject}"] += 1
+                    problem = await _one(nc, subject, payload)
+                    if problem:
+                        failures.append(f"{user} {subject} {payload[:80]!r}: {problem}")
                 sent = 0
                 for _ in range(PER_SUBJECT * 3):
                     if sent == PER_SUBJECT:
