@@ -20,6 +20,7 @@ from typing import Any, Iterator
 
 import yaml
 
+from services.policyd.compiler import keys_per_peer
 from services.policyd.fields import (FieldError, boolean, cidr_peer, end_port, join, label_key,
                                      labels, listing, mapping, network, port_value, required,
                                      selector, show, string)
@@ -56,8 +57,9 @@ _CILIUM_UNSUPPORTED = {INGRESS: ("fromRequires", "fromGroups", "fromNodes", "aut
                        EGRESS: ("toRequires", "toGroups", "toNodes", "toServices", "toFQDNs",
                                 "authentication")}
 _L7_FIELDS = ("rules", "terminatingTLS", "originatingTLS", "serverNames", "listener")
-# Peers x ports over every rule of one policy: what policyd compiles for each endpoint the
-# policy selects, under its lock. A policy over it is refused as a whole (split it).
+# Peers x map keys per peer (a port range is several keys) over every rule of one policy: what
+# policyd compiles for each endpoint the policy selects, under its lock. A policy over it is
+# refused as a whole (split it).
 MAX_POLICY_TERMS = 4096
 
 
@@ -98,7 +100,7 @@ def _parse(doc: dict, where: str) -> Parsed:
         subject, enforces, rules = _network_policy(doc, namespace)
     else:
         subject, enforces, rules = _cilium_policy(doc, namespace or None)
-    terms = sum(max(1, len(rule.peers)) * max(1, len(rule.ports)) for rule in rules)
+    terms = sum(max(1, len(rule.peers)) * keys_per_peer(rule.ports) for rule in rules)
     if terms > MAX_POLICY_TERMS:
         raise FieldError("spec", f"{terms} peer and port combinations over all rules are over the "
                                  f"limit of {MAX_POLICY_TERMS} for one policy (split it)")

@@ -180,6 +180,8 @@ def cnp(spec: dict, name: str = "p") -> dict:
     (cnp({"ingress": [{"fromEndpoints": [{"matchLabels": {"app": f"a{i}"}} for i in range(100)],
                        "toPorts": [{"ports": [{"port": str(p)} for p in range(1, 101)]}]}]}),
      "spec"),                                                                 # 10,000 terms
+    (cnp({"ingress": [{"fromEntities": ["cluster"],                          # 3 x 16 keys a port
+                       "toPorts": [{"ports": [{"port": "1", "endPort": 65535}] * 100}]}]}), "spec"),
     (cnp({"ingress": [{}]}, name="p\n"), "metadata.name"),
 ])
 def test_hostile_policies_are_policy_errors_naming_the_field(doc, path):
@@ -189,7 +191,7 @@ def test_hostile_policies_are_policy_errors_naming_the_field(doc, path):
 
 
 def test_a_policy_at_the_terms_limit_is_accepted():
-    ports = [{"port": str(p)} for p in range(1, 65)]
+    ports = [{"port": str(p), "protocol": "TCP"} for p in range(1, 65)]
     doc = cnp({"ingress": [{"fromEndpoints": [{"matchLabels": {"app": f"a{i}"}} for i in range(64)],
                             "toPorts": [{"ports": ports}]}]})
     assert 64 * 64 == MAX_POLICY_TERMS
@@ -200,3 +202,13 @@ def test_a_msgpack_map_key_that_is_not_a_string_reaches_the_parser_as_an_error()
     doc = msgpack.unpackb(msgpack.packb({"apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy",
                                          "metadata": {"name": "p", 7: "x"}}), strict_map_key=False)
     assert exact(PolicyError, parse_policy, doc).endswith("metadata.7: unknown field")
+
+
+def test_compiling_stops_at_the_limit_it_is_given():
+    from services.policyd.compiler import Endpoint, TooManyEntries, Universe, compile_endpoint
+    doc = cnp({"ingress": [{"fromEntities": ["cluster"], "toPorts": [{"ports": [{"port": "1", "endPort": 65535}]}]}]})
+    policy = parse_policy(doc).policy
+    universe = Universe({256 + i: {"k8s:app": f"a{i}", "k8s:io.kubernetes.pod.namespace": "x"} for i in range(100)})
+    with pytest.raises(TooManyEntries):
+        compile_endpoint(Endpoint(1, 256), [policy], universe, limit=1000)
+    assert len(compile_endpoint(Endpoint(1, 256), [policy], universe, limit=10_000)) == 2 + 101 * 3 * 16
