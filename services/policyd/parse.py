@@ -61,6 +61,7 @@ _L7_FIELDS = ("rules", "terminatingTLS", "originatingTLS", "serverNames", "liste
 # policyd compiles for each endpoint the policy selects, under its lock. A policy over it is
 # refused as a whole (split it).
 MAX_POLICY_TERMS = 4096
+MAX_POLICY_VALUES = 50_000               # maps, lists and scalars in one policy document
 
 
 class PolicyError(ValueError):
@@ -80,7 +81,7 @@ def parse_policy(doc: dict) -> Parsed:
         raise PolicyError("policy", "document", f"expected a mapping, got {type(doc).__name__}")
     where = _where(doc)
     try:
-        check_tree(doc, "document")
+        check_tree(doc, "document", max_nodes=MAX_POLICY_VALUES)
     except LimitError as exc:
         raise PolicyError(where, "document", str(exc).removeprefix("document: ")) from None
     try:

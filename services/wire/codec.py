@@ -38,7 +38,7 @@ def decode(data: bytes) -> dict:
     if not isinstance(obj, dict):
         raise DecodeError(f"payload must be a msgpack map, got {type(obj).__name__}")
     try:
-        check_tree(obj, "payload")
+        check_tree(obj, "payload", max_nodes=None)
     except LimitError as exc:
         raise DecodeError(str(exc)) from None
     return obj

@@ -27,16 +27,17 @@ class LimitError(ValueError):
     """An input over one of the bounds above; the message names the bound."""
 
 
-def check_tree(obj: Any, what: str = "document") -> None:
+def check_tree(obj: Any, what: str = "document", max_nodes: int | None = MAX_NODES) -> None:
     """Raise LimitError when OBJ nests deeper than MAX_DEPTH or holds more than MAX_NODES
-    nodes (a value reachable twice counts twice). Iterative: deep input cannot overflow."""
+    nodes (a value reachable twice counts twice; None: no count, as for msgpack, whose size
+    the bus's max_payload already bounds). Iterative: deep input cannot overflow."""
     stack = [(obj, 1)]
     nodes = 0
     while stack:
         value, depth = stack.pop()
         nodes += 1
-        if nodes > MAX_NODES:
-            raise LimitError(f"{what}: more than {MAX_NODES} values")
+        if max_nodes is not None and nodes > max_nodes:
+            raise LimitError(f"{what}: more than {max_nodes} values")
         if isinstance(value, dict):
             children = [*value.keys(), *value.values()]
         elif isinstance(value, (list, tuple)):

@@ -75,7 +75,7 @@ class Message:
             raise SchemaError(f"{path or cls.__name__}: expected a map, got {type(data).__name__}")
         if not path:
             try:
-                check_tree(data, cls.__name__)
+                check_tree(data, cls.__name__, max_nodes=None)
             except LimitError as exc:
                 raise SchemaError(str(exc)) from None
         data = dict(data)
