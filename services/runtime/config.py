@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from services.wire.limits import LimitError, load_yaml_all
+from services.wire.limits import LimitError, load_yaml_all, read_text
 
 DEFAULT_CONFIG_PATH = Path("/etc/capillary/config.yaml")
 CONFIG_ENV = "CAPILLARY_CONFIG"
@@ -173,7 +173,7 @@ class NodeConfig:
         state = self.stateDir.rstrip("/")
         if not _clean_path(state) or any(p.startswith(f"{state}/") or p == state
                                          for p in _SYSTEM_DIRS | {BPFFS.rstrip("/")}):
-            raise ConfigError(f"stateDir: {state!r} must be an absolute path without '.', '..' or "
+            raise ConfigError(f"stateDir: {self.stateDir!r} must be an absolute path without '.', '..' or "
                               "empty parts, and not a system directory (down --purge deletes it)")
 
     # Derived, never configured: the router owns the first address of the pod CIDR.
@@ -327,7 +327,10 @@ def load_config(path: str | os.PathLike | None = None) -> NodeConfig:
     if chosen is None:
         return NodeConfig()
     try:
-        text = Path(chosen).read_text()
+        with open(chosen, "rb") as stream:
+            text = read_text(stream, f"config {chosen}")
     except OSError as exc:
         raise ConfigError(f"cannot read config {chosen}: {exc.strerror}") from None
+    except LimitError as exc:
+        raise ConfigError(str(exc)) from None
     return parse_config(text)

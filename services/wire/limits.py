@@ -8,12 +8,15 @@ limit, never in a RecursionError, a hang or an exception the caller did not expe
   from Python's recursion limit;
 - size: MAX_NODES containers and scalars in one document, MAX_TEXT_BYTES of text in a file;
 - YAML: aliases (``*name``) are refused outright, so an anchor bomb cannot expand; integers
-  longer than MAX_INT_DIGITS are refused before Python converts them.
+  longer than MAX_INT_DIGITS are refused before Python converts them;
+- numbers in bus messages: the range of the datapath field they fill (U16, ENDPOINT_ID, ...,
+  used as annotations in services.wire.messages), so nothing is truncated on its way to a map.
 """
 from __future__ import annotations
 
 import json
-from typing import Any
+from dataclasses import dataclass
+from typing import Annotated, Any, BinaryIO
 
 import yaml
 
@@ -25,6 +28,27 @@ MAX_INT_DIGITS = 40                # a YAML/JSON integer literal (u64 needs 20)
 
 class LimitError(ValueError):
     """An input over one of the bounds above; the message names the bound."""
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a number field may hold: those of the datapath field or counter it fills."""
+
+    low: int | float
+    high: int | float
+
+
+# Number fields, by what they fill (bpf/lib/*.h and services/datapath/maps/*).
+U16 = Annotated[int, Range(0, 0xFFFF)]
+U32 = Annotated[int, Range(0, 0xFFFFFFFF)]
+COUNT = Annotated[int, Range(0, 0xFFFFFFFFFFFFFFFF)]      # a u64 counter
+INDEX = Annotated[int, Range(0, 0x7FFFFFFF)]              # a position or a request size
+ENDPOINT_ID = Annotated[int, Range(1, 0xFFFF)]            # struct endpoint_info.endpoint_id
+IDENTITY = U32                                            # struct policy_key.identity
+IFINDEX = Annotated[int, Range(1, 0x7FFFFFFF)]
+PORT = U16
+PID = Annotated[int, Range(0, 0x7FFFFFFF)]
+SECONDS = Annotated[float, Range(0.0, 1e11)]              # a unix time or a duration
 
 
 def check_tree(obj: Any, what: str = "document", max_nodes: int | None = MAX_NODES) -> None:
@@ -52,6 +76,17 @@ def check_tree(obj: Any, what: str = "document", max_nodes: int | None = MAX_NOD
 def check_text(text: str | bytes, what: str) -> None:
     if len(text) > MAX_TEXT_BYTES:
         raise LimitError(f"{what}: {len(text)} bytes is over the limit of {MAX_TEXT_BYTES}")
+
+
+def read_text(stream: BinaryIO, what: str) -> str:
+    """At most MAX_TEXT_BYTES of UTF-8 from STREAM (a file, or stdin's buffer): a larger
+    input, or an endless one such as /dev/zero, is a LimitError, not a hang."""
+    data = stream.read(MAX_TEXT_BYTES + 1)
+    check_text(data, what)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise LimitError(f"{what}: not UTF-8 text (byte {exc.start})") from None
 
 
 def _bounded_int(text: str) -> int:

@@ -17,7 +17,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar, TypeVar
 
-from services.wire.limits import LimitError, check_tree
+from services.wire.limits import (COUNT, ENDPOINT_ID, IDENTITY, IFINDEX, INDEX, PID, PORT, SECONDS, U32,
+                                  LimitError, check_tree)
 
 SCHEMA_VERSION = 1
 
@@ -27,26 +28,6 @@ M = TypeVar("M", bound="Message")
 class SchemaError(ValueError):
     """A payload that does not match its schema; the message names the field."""
 
-
-@dataclass(frozen=True)
-class Range:
-    """The values a number field may hold: those of the datapath field or counter it fills."""
-
-    low: int | float
-    high: int | float
-
-
-# Number fields, by what they fill (bpf/lib/*.h and services/datapath/maps/*).
-U16 = Annotated[int, Range(0, 0xFFFF)]
-U32 = Annotated[int, Range(0, 0xFFFFFFFF)]
-COUNT = Annotated[int, Range(0, 0xFFFFFFFFFFFFFFFF)]      # a u64 counter
-INDEX = Annotated[int, Range(0, 0x7FFFFFFF)]              # a position or a request size
-ENDPOINT_ID = Annotated[int, Range(1, 0xFFFF)]            # struct endpoint_info.endpoint_id
-IDENTITY = U32                                            # struct policy_key.identity
-IFINDEX = Annotated[int, Range(1, 0x7FFFFFFF)]
-PORT = U16
-PID = Annotated[int, Range(0, 0x7FFFFFFF)]
-SECONDS = Annotated[float, Range(0.0, 1e11)]              # a unix time or a duration
 
 
 # Error codes carried in error replies (and mapped to CLI exit messages).

@@ -13,7 +13,7 @@ from services.runtime.config import ConfigError, parse_config
 from services.wire import codec
 from services.wire.limits import MAX_DEPTH, LimitError, check_tree, load_yaml_all
 from services.wire.manifests import ManifestError, load_documents, parse_namespace, parse_pod
-from services.wire.messages import (Apply, EndpointPolicy, FlowFilter, FlowQuery, IdentityRelease,
+from services.wire.messages import (Apply, EndpointPolicy, FlowQuery, IdentityRelease,
                                     IpcacheUpsert, MonitorAttach, PodStatus, SchemaError)
 
 
@@ -212,3 +212,24 @@ def test_compiling_stops_at_the_limit_it_is_given():
     with pytest.raises(TooManyEntries):
         compile_endpoint(Endpoint(1, 256), [policy], universe, limit=1000)
     assert len(compile_endpoint(Endpoint(1, 256), [policy], universe, limit=10_000)) == 2 + 101 * 3 * 16
+
+
+# ---- files the CLI and the services read -----------------------------------------------------
+
+def test_manifest_files_are_read_within_the_limit_and_as_text(tmp_path):
+    from services.cli.objects import read_documents
+    from services.runtime.bus import ServiceError
+    binary = tmp_path / "binary"
+    binary.write_bytes(b"\xff\xfe" * 10)
+    for source, words in (("/dev/zero", "over the limit"), (str(binary), "not UTF-8 text")):
+        with pytest.raises(ServiceError) as info:
+            read_documents(source)              # /dev/zero was read until memory ran out
+        assert words in info.value.message
+
+
+def test_config_files_are_read_within_the_limit_and_as_text(tmp_path):
+    from services.runtime.config import load_config
+    binary = tmp_path / "binary"
+    binary.write_bytes(b"\xff\xfe" * 10)
+    assert "over the limit" in exact(ConfigError, load_config, "/dev/zero")
+    assert "not UTF-8 text" in exact(ConfigError, load_config, str(binary))   # UnicodeDecodeError before
