@@ -233,3 +233,23 @@ def test_config_files_are_read_within_the_limit_and_as_text(tmp_path):
     binary.write_bytes(b"\xff\xfe" * 10)
     assert "over the limit" in exact(ConfigError, load_config, "/dev/zero")
     assert "not UTF-8 text" in exact(ConfigError, load_config, str(binary))   # UnicodeDecodeError before
+
+
+# ---- map owners: the last line of defence ----------------------------------------------------
+
+@pytest.mark.parametrize("fields", [dict(endpoint_id=65537), dict(identity=1 << 32), dict(port=70000),
+                                    dict(endpoint_id=-1)])
+def test_a_policy_key_that_does_not_fit_its_struct_is_refused_not_truncated(fields):
+    from services.datapath.maps.policy import Key
+    key = Key(**{"endpoint_id": 1, "egress": False, "identity": 256, "protocol": 6, "port": 80,
+                 "prefixlen": 96, **fields})
+    with pytest.raises(ValueError, match="does not fit"):
+        key.raw()                               # endpoint 65537 was written as endpoint 1
+
+
+def test_an_endpoint_entry_that_does_not_fit_its_struct_is_refused_not_truncated():
+    from services.datapath.maps.endpoints import Endpoint
+    ep = Endpoint("10.0.0.2", ifindex=7, identity=256, endpoint_id=65537,
+                  host_mac="0a:00:00:00:00:01", pod_mac="0a:00:00:00:00:02")
+    with pytest.raises(ValueError, match="endpoint_id: 65537 does not fit in 16 bits"):
+        ep.value()
