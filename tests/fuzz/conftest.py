@@ -12,6 +12,8 @@ from __future__ import annotations
 import collections
 import os
 
+import pytest
+
 from hypothesis import HealthCheck, settings
 
 SOAK = os.environ.get("CAPILLARY_FUZZ") == "soak"
@@ -32,6 +34,14 @@ def budget(n: int) -> int:
 
 def count(target: str) -> None:
     CASES[target] += 1
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """A soak runs as long as its budget needs: no per-test timeout."""
+    if SOAK:
+        for item in items:
+            if "tests/fuzz/" in str(item.fspath):
+                item.add_marker(pytest.mark.timeout(0))
 
 
 def pytest_terminal_summary(terminalreporter) -> None:
