@@ -70,7 +70,8 @@ class Message:
         hints, known = _schema(cls)
         for name in data:
             if name not in known:
-                raise SchemaError(f"{_join(path, str(name))}: unknown field")
+                shown = name if isinstance(name, str) and name.isidentifier() else repr(name)
+                raise SchemaError(f"{_join(path, shown)}: unknown field")
         values = {}
         for name, f in known.items():
             if name not in data:

@@ -253,3 +253,8 @@ def test_an_endpoint_entry_that_does_not_fit_its_struct_is_refused_not_truncated
                   host_mac="0a:00:00:00:00:01", pod_mac="0a:00:00:00:00:02")
     with pytest.raises(ValueError, match="endpoint_id: 65537 does not fit in 16 bits"):
         ep.value()
+
+
+def test_an_unknown_field_without_a_name_is_still_named():
+    message = exact(SchemaError, EndpointPolicy.from_wire, {"v": 1, "kind": "policy.endpoint", "endpoint_id": 1, "": 2})
+    assert message == "'': unknown field"
