@@ -11,7 +11,7 @@ import pytest
 from services.policyd.parse import MAX_POLICY_TERMS, PolicyError, parse_policy
 from services.runtime.config import ConfigError, parse_config
 from services.wire import codec
-from services.wire.limits import MAX_DEPTH, LimitError, check_tree, load_yaml_all
+from services.wire.limits import MAX_DEPTH, MAX_TEXT_BYTES, LimitError, check_tree, load_yaml_all
 from services.wire.manifests import ManifestError, load_documents, parse_namespace, parse_pod
 from services.wire.messages import (Apply, EndpointPolicy, FlowQuery, IdentityRelease,
                                     IpcacheUpsert, MonitorAttach, PodStatus, SchemaError)
@@ -219,19 +219,21 @@ def test_compiling_stops_at_the_limit_it_is_given():
 def test_manifest_files_are_read_within_the_limit_and_as_text(tmp_path):
     from services.cli.objects import read_documents
     from services.runtime.bus import ServiceError
-    binary = tmp_path / "binary"
+    binary, big = tmp_path / "binary", tmp_path / "big"
     binary.write_bytes(b"\xff\xfe" * 10)
-    for source, words in (("/dev/zero", "over the limit"), (str(binary), "not UTF-8 text")):
+    big.write_bytes(b"#" * (MAX_TEXT_BYTES + 1))    # (/dev/zero was read until memory ran out)
+    for source, words in ((str(big), "over the limit"), (str(binary), "not UTF-8 text")):
         with pytest.raises(ServiceError) as info:
-            read_documents(source)              # /dev/zero was read until memory ran out
+            read_documents(source)
         assert words in info.value.message
 
 
 def test_config_files_are_read_within_the_limit_and_as_text(tmp_path):
     from services.runtime.config import load_config
-    binary = tmp_path / "binary"
+    binary, big = tmp_path / "binary", tmp_path / "big"
     binary.write_bytes(b"\xff\xfe" * 10)
-    assert "over the limit" in exact(ConfigError, load_config, "/dev/zero")
+    big.write_bytes(b"#" * (MAX_TEXT_BYTES + 1))
+    assert "over the limit" in exact(ConfigError, load_config, str(big))
     assert "not UTF-8 text" in exact(ConfigError, load_config, str(binary))   # UnicodeDecodeError before
 
 
