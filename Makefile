@@ -7,7 +7,7 @@ PYTEST  := $(VENV)/bin/pytest
 CONFIG  ?=
 CONFIG_FLAG := $(if $(CONFIG),--config $(CONFIG),)
 
-.PHONY: setup up down purge status test unit privileged e2e compose-image compose-test bench bench-setup \
+.PHONY: setup up down purge status test unit fuzz privileged e2e compose-image compose-test bench bench-setup \
 	bench-report clean
 
 setup:
@@ -31,6 +31,10 @@ test: setup
 
 unit: setup
 	$(PYTEST) tests/unit -q
+
+# Property-based fuzzing (in `make test` too). CAPILLARY_FUZZ=soak: 20x the cases, fresh ones.
+fuzz: setup
+	$(PYTEST) tests/fuzz -q
 
 privileged: setup
 	$(PYTEST) tests/privileged -q -ra

@@ -5,12 +5,12 @@ import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from services.cli.client import Client
 from services.cli.output import age, dump, labels_text, table
 from services.runtime.bus import ServiceError
 from services.wire import subjects
+from services.wire.limits import LimitError, read_text
 from services.wire.manifests import (DEFAULT_NAMESPACE, Document, ManifestError, load_documents,
                                      parse_namespace, parse_pod)
 from services.policyd.parse import POLICY_KINDS, parse_policy
@@ -40,11 +40,16 @@ POLICY_KIND_NAMES = sorted({kind for _, kind in POLICY_KINDS})
 
 def read_documents(source: str) -> list[Document]:
     try:
-        text = sys.stdin.read() if source == "-" else Path(source).read_text()
+        if source == "-":
+            text = read_text(sys.stdin.buffer, "stdin")
+        else:
+            with open(source, "rb") as stream:
+                text = read_text(stream, source)
+        docs = load_documents(text)
     except OSError as exc:
         raise ServiceError(INVALID, f"cannot read {source}: {exc.strerror}") from None
-    try:
-        docs = load_documents(text)
+    except LimitError as exc:
+        raise ServiceError(INVALID, str(exc)) from None
     except ManifestError as exc:
         raise ServiceError(INVALID, f"{source}: {exc}") from None
     seen = set()

@@ -29,6 +29,17 @@ class MapFull(MapError):
     """The map has no room for another entry (E2BIG from the kernel)."""
 
 
+def filled(struct: type[ct.Structure], **values: int) -> ct.Structure:
+    """STRUCT with VALUES, each checked against its field's width: ctypes would silently
+    keep the low bits (endpoint 65537 became endpoint 1), so a value that does not fit is
+    a ValueError naming the field."""
+    widths = {name: ct.sizeof(tp) * 8 for name, tp, *_ in struct._fields_}
+    for name, value in values.items():
+        if not 0 <= value < 1 << widths[name]:
+            raise ValueError(f"{struct.__name__}.{name}: {value} does not fit in {widths[name]} bits")
+    return struct(**values)
+
+
 def possible_cpus() -> int:
     text = Path("/sys/devices/system/cpu/possible").read_text().strip()
     count = 0

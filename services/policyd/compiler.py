@@ -139,6 +139,11 @@ def _l4_keys(ports: tuple[PortRule, ...]) -> list[tuple[int, int, int]]:
     return out
 
 
+def keys_per_peer(ports: tuple[PortRule, ...]) -> int:
+    """How many map entries a rule with PORTS makes for each peer identity it selects."""
+    return len(_l4_keys(ports))
+
+
 def _covers(deny: Key, allow: Key) -> bool:
     """True when DENY's prefix contains ALLOW (same endpoint, direction and identity)."""
     if deny.identity != allow.identity or deny.prefixlen > allow.prefixlen:
@@ -153,8 +158,14 @@ def _covers(deny: Key, allow: Key) -> bool:
     return deny.port >> shift == allow.port >> shift
 
 
+class TooManyEntries(Exception):
+    """An endpoint's entries would exceed the limit given to compile_endpoint."""
+
+
 def compile_endpoint(ep: Endpoint, policies: list[Policy], universe: Universe,
-                     enforcement: str = "default") -> dict[Key, Value]:
+                     enforcement: str = "default", limit: int | None = None) -> dict[Key, Value]:
+    """LIMIT (the policy map's capacity): raise TooManyEntries as soon as the endpoint's
+    entries pass it, instead of computing all of what can never be written."""
     labels = universe.identities.get(ep.identity, {})
     audit = ep.audit
     selecting = [p for p in policies if p.selects(labels)]
@@ -172,7 +183,8 @@ def compile_endpoint(ep: Endpoint, policies: list[Policy], universe: Universe,
             if audit or (enforcers and all(p.audit for p in enforcers)):
                 flags |= POLICY_AUDIT
         entries[Key(ep.endpoint_id, egress, 0, 0, 0, PREFIX_DEFAULT)] = Value(flags, DEFAULT_RULE)
-        entries.update(_direction_entries(ep, egress, direction, selecting, universe, audit))
+        left = None if limit is None else limit - len(entries)
+        entries.update(_direction_entries(ep, egress, direction, selecting, universe, audit, left))
     return entries
 
 
@@ -185,7 +197,7 @@ def compile_rules(policy: Policy, universe: Universe) -> None:
 
 
 def _direction_entries(ep: Endpoint, egress: bool, direction: str, selecting: list[Policy],
-                       universe: Universe, audit: bool) -> dict[Key, Value]:
+                       universe: Universe, audit: bool, limit: int | None) -> dict[Key, Value]:
     allows: dict[Key, Value] = {}
     denies: dict[Key, Value] = {}
     for policy in selecting:
@@ -200,13 +212,33 @@ def _direction_entries(ep: Endpoint, egress: bool, direction: str, selecting: li
                 for proto, port, plen in _l4_keys(rule.ports):
                     key = Key(ep.endpoint_id, egress, identity, proto, port, plen)
                     target.setdefault(key, Value(flags, rid, match_type(identity, plen)))
+                if limit is not None and len(allows) + len(denies) > limit:
+                    raise TooManyEntries(f"endpoint {ep.endpoint_id}: more than {limit} policy entries")
     out = dict(denies)
+    order = {key: i for i, key in enumerate(denies)}
     for key, value in allows.items():
         if key in denies:
             continue
-        cover = next((d for d in denies if _covers(d, key)), None)
-        out[key] = denies[cover] if cover is not None else value
+        # The first deny (in rule order) whose prefix contains KEY: at most 19 lookups per
+        # allow, where scanning every deny made a large policy quadratic under policyd's lock.
+        covers = [d for d in _covering(key) if d in order]
+        out[key] = denies[min(covers, key=order.__getitem__)] if covers else value
     return out
+
+
+def _covering(key: Key) -> list[Key]:
+    """Every key _l4_keys can make whose prefix contains KEY (same endpoint, direction and
+    identity), KEY itself included."""
+    def at(protocol: int, port: int, prefixlen: int) -> Key:
+        return Key(key.endpoint_id, key.egress, key.identity, protocol, port, prefixlen)
+
+    out = [at(0, 0, PREFIX_PEER)]
+    if key.prefixlen > PREFIX_PEER:
+        out.append(at(key.protocol, 0, PREFIX_PROTO))
+    for bits in range(0, key.prefixlen - PREFIX_PORT_BASE + 1):
+        shift = 16 - bits
+        out.append(at(key.protocol, key.port >> shift << shift, PREFIX_PORT_BASE + bits))
+    return [k for k in out if _covers(k, key)]
 
 
 @dataclass(frozen=True)

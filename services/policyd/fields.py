@@ -20,9 +20,9 @@ from services.wire.manifests import LABEL_VALUE, valid_label_key
 # enforcement and shows up in listings.
 NAMED_PORT = -1
 SELECTOR_SOURCES = ("k8s", "any")        # the label sources a Cilium selector key may name
-_PORT_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
-_DIGITS = re.compile(r"^[0-9]+$")
-_PREFIX = re.compile(r"^[^/]+/[0-9]{1,3}$")
+_PORT_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?\Z")
+_DIGITS = re.compile(r"^[0-9]+\Z")
+_PREFIX = re.compile(r"^[^/]+/[0-9]{1,3}\Z")
 
 
 class FieldError(ValueError):
@@ -32,11 +32,17 @@ class FieldError(ValueError):
         self.problem = problem
 
 
+MAX_LIST = 1024                          # items in any one list of a policy
+
+
 def show(value: Any) -> str:
+    if isinstance(value, int) and value.bit_length() > 128:
+        return f"(a number of {value.bit_length()} bits)"     # str() refuses over 4300 digits
     try:
-        return json.dumps(value)
+        text = json.dumps(value)
     except (TypeError, ValueError):
-        return repr(value)
+        text = repr(value)
+    return text if len(text) <= 320 else f"{text[:320]}..."
 
 
 def join(path: str, key: str) -> str:
@@ -62,10 +68,11 @@ def mapping(obj: Any, path: str, allowed: Iterable[str], unsupported: Iterable[s
         raise FieldError(path or "document", f"expected a mapping, got {_type_name(obj)}")
     allowed, unsupported = set(allowed), set(unsupported)
     for key in obj:
+        name = key if isinstance(key, str) else show(key)
         if key in unsupported:
-            raise FieldError(join(path, str(key)), "is not supported by capillary")
+            raise FieldError(join(path, name), "is not supported by capillary")
         if key not in allowed:
-            raise FieldError(join(path, str(key)), "unknown field")
+            raise FieldError(join(path, name), "unknown field")
     return obj
 
 
@@ -75,6 +82,8 @@ def listing(obj: Any, path: str) -> list:
         return []
     if not isinstance(obj, list):
         raise FieldError(path, f"expected a list, got {_type_name(obj)}")
+    if len(obj) > MAX_LIST:
+        raise FieldError(path, f"{len(obj)} items is over the limit of {MAX_LIST}")
     return obj
 
 
@@ -224,7 +233,7 @@ def port_value(value: Any, path: str, *, cilium: bool) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise FieldError(path, f"{show(value)} is not a port number or name")
     if not lowest <= value <= 65535:
-        raise FieldError(path, f"{value} is not a port number ({lowest}-65535)")
+        raise FieldError(path, f"{show(value)} is not a port number ({lowest}-65535)")
     return value
 
 

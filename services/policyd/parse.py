@@ -20,11 +20,13 @@ from typing import Any, Iterator
 
 import yaml
 
+from services.policyd.compiler import keys_per_peer
 from services.policyd.fields import (FieldError, boolean, cidr_peer, end_port, join, label_key,
                                      labels, listing, mapping, network, port_value, required,
                                      selector, show, string)
 from services.policyd.model import EGRESS, ENTITIES, INGRESS, Peer, Policy, PortRule, Rule, Selector
 from services.wire.labels import AUDIT_ANNOTATION, POD_NAMESPACE, SOURCE
+from services.wire.limits import LimitError, check_tree
 from services.wire.manifests import DEFAULT_NAMESPACE, DNS_LABEL, DNS_SUBDOMAIN
 
 NETWORK_POLICY = "NetworkPolicy"
@@ -55,6 +57,11 @@ _CILIUM_UNSUPPORTED = {INGRESS: ("fromRequires", "fromGroups", "fromNodes", "aut
                        EGRESS: ("toRequires", "toGroups", "toNodes", "toServices", "toFQDNs",
                                 "authentication")}
 _L7_FIELDS = ("rules", "terminatingTLS", "originatingTLS", "serverNames", "listener")
+# Peers x map keys per peer (a port range is several keys) over every rule of one policy: what
+# policyd compiles for each endpoint the policy selects, under its lock. A policy over it is
+# refused as a whole (split it).
+MAX_POLICY_TERMS = 4096
+MAX_POLICY_VALUES = 50_000               # maps, lists and scalars in one policy document
 
 
 class PolicyError(ValueError):
@@ -74,6 +81,10 @@ def parse_policy(doc: dict) -> Parsed:
         raise PolicyError("policy", "document", f"expected a mapping, got {type(doc).__name__}")
     where = _where(doc)
     try:
+        check_tree(doc, "document", max_nodes=MAX_POLICY_VALUES)
+    except LimitError as exc:
+        raise PolicyError(where, "document", str(exc).removeprefix("document: ")) from None
+    try:
         return _parse(doc, where)
     except FieldError as exc:
         raise PolicyError(where, exc.path, exc.problem) from None
@@ -90,6 +101,10 @@ def _parse(doc: dict, where: str) -> Parsed:
         subject, enforces, rules = _network_policy(doc, namespace)
     else:
         subject, enforces, rules = _cilium_policy(doc, namespace or None)
+    terms = sum(max(1, len(rule.peers)) * keys_per_peer(rule.ports) for rule in rules)
+    if terms > MAX_POLICY_TERMS:
+        raise FieldError("spec", f"{terms} peer and port combinations over all rules are over the "
+                                 f"limit of {MAX_POLICY_TERMS} for one policy (split it)")
     document = _canonical(doc, kind, meta)
     policy = Policy(kind=kind, name=name, namespace=namespace, subject=subject,
                     enforces=frozenset(enforces), rules=tuple(rules),
@@ -425,7 +440,7 @@ def _normalize_cilium(doc: dict) -> tuple[dict, list[str]]:
             elif isinstance(entry, dict) and isinstance(entry.get("ports"), list):
                 for port in entry["ports"]:
                     # Cilium's CRD types port as a string; a YAML number is stored as one.
-                    if isinstance(port, dict) and type(port.get("port")) is int:
+                    if isinstance(port, dict) and type(port.get("port")) is int and 0 <= port["port"] <= 65535:
                         port["port"] = str(port["port"])
     if bare:
         notes.append('bare port numbers in toPorts (each means ports: [{port: "N", protocol: TCP}])')
@@ -433,7 +448,8 @@ def _normalize_cilium(doc: dict) -> tuple[dict, list[str]]:
 
 
 def _is_bare_port(entry: Any) -> bool:
-    return type(entry) is int or (isinstance(entry, str) and entry.isascii() and entry.isdigit())
+    return type(entry) is int or (isinstance(entry, str) and entry.isascii() and entry.isdigit()
+                                  and len(entry) <= 10)
 
 
 def _raw_rules(doc: dict) -> Iterator[tuple[str, dict]]:

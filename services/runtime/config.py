@@ -23,11 +23,24 @@ from typing import Any
 
 import yaml
 
+from services.wire.limits import LimitError, load_yaml_all, read_text
+
 DEFAULT_CONFIG_PATH = Path("/etc/capillary/config.yaml")
 CONFIG_ENV = "CAPILLARY_CONFIG"
 MODES = ("redirect", "host-stack")
 ENFORCEMENT = ("default", "always", "never")
-_IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+_IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}\Z")
+_HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?\Z")
+BPFFS = "/sys/fs/bpf/"
+# Pod addresses come from private space only: a pod CIDR such as 0.0.0.0/1 or 224.0.0.0/4
+# would capture (or route into pods) addresses that belong to the world.
+PRIVATE_RANGES = tuple(ipaddress.IPv4Network(n) for n in
+                       ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10"))
+# `down --purge` deletes stateDir recursively: never one of these, nor anything above them.
+_SYSTEM_DIRS = frozenset({"/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib64", "/media",
+                          "/mnt", "/opt", "/proc", "/root", "/run", "/sbin", "/srv", "/sys",
+                          "/tmp", "/usr", "/var", "/var/lib", "/var/run", "/var/tmp", "/var/log",
+                          "/usr/lib", "/usr/local", "/usr/share", "/run/netns", "/sys/fs/bpf"})
 
 
 class ConfigError(ValueError):
@@ -46,8 +59,10 @@ class DatapathConfig:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ConfigError(f"datapath.mode: {self.mode!r} is not one of {', '.join(MODES)}")
-        if not self.bpfRoot.startswith("/sys/fs/bpf/"):
-            raise ConfigError(f"datapath.bpfRoot: {self.bpfRoot!r} must be under /sys/fs/bpf/")
+        root = self.bpfRoot
+        if not root.startswith(BPFFS) or root == BPFFS or not _clean_path(root):
+            raise ConfigError(f"datapath.bpfRoot: {root!r} must be a directory under {BPFFS} "
+                              "(an absolute path without '.', '..' or empty parts)")
         for name in ("routerDevice", "routerPeer"):
             if not _IFNAME.match(getattr(self, name)):
                 raise ConfigError(f"datapath.{name}: not a valid interface name")
@@ -84,8 +99,10 @@ class EventsConfig:
             raise ConfigError(f"events.ringBytes: {rb!r} must be a power of two >= 4096")
         if self.aggregation not in ("none", "low", "medium", "maximum"):
             raise ConfigError(f"events.aggregation: {self.aggregation!r} is not none|low|medium|maximum")
-        if not isinstance(self.history, int) or self.history < 1:
-            raise ConfigError(f"events.history: {self.history!r} must be a positive integer")
+        if rb > 1 << 30:
+            raise ConfigError(f"events.ringBytes: {rb!r} is over the limit of {1 << 30}")
+        if not isinstance(self.history, int) or not 1 <= self.history <= 1_000_000:
+            raise ConfigError(f"events.history: {self.history!r} must be an integer from 1 to 1000000")
 
 
 @dataclass(frozen=True)
@@ -108,8 +125,9 @@ class NatsConfig:
         return f"nats://{self.host}:{self.port}"
 
     def __post_init__(self) -> None:
-        if not isinstance(self.port, int) or not 1 <= self.port <= 65535:
+        if isinstance(self.port, bool) or not isinstance(self.port, int) or not 1 <= self.port <= 65535:
             raise ConfigError(f"nats.port: {self.port!r} is not a port number")
+        _check_host(self.host, "nats.host")
 
 
 @dataclass(frozen=True)
@@ -121,6 +139,7 @@ class MetricsConfig:
     flowd: int = 9965
 
     def __post_init__(self) -> None:
+        _check_host(self.host, "metrics.host")
         for name in ("endpointd", "policyd", "routed", "flowd"):
             port = getattr(self, name)
             if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
@@ -152,6 +171,14 @@ class NodeConfig:
             raise ConfigError(f"podCIDR: {exc}") from None
         if net.prefixlen > 29:
             raise ConfigError(f"podCIDR: {self.podCIDR} is too small (at most /29)")
+        if not any(net.subnet_of(r) for r in PRIVATE_RANGES):
+            raise ConfigError(f"podCIDR: {self.podCIDR} is not inside a private range "
+                              f"({', '.join(map(str, PRIVATE_RANGES))})")
+        state = self.stateDir.rstrip("/")
+        if not _clean_path(state) or any(p.startswith(f"{state}/") or p == state
+                                         for p in _SYSTEM_DIRS | {BPFFS.rstrip("/")}):
+            raise ConfigError(f"stateDir: {self.stateDir!r} must be an absolute path without '.', '..' or "
+                              "empty parts, and not a system directory (down --purge deletes it)")
 
     # Derived, never configured: the router owns the first address of the pod CIDR.
     @property
@@ -175,6 +202,20 @@ class NodeConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def _clean_path(path: str) -> bool:
+    """An absolute path in normal form, below the root, with no control characters."""
+    return (path.startswith("/") and path != "/" and os.path.normpath(path) == path.rstrip("/")
+            and path.isprintable())
+
+
+def _check_host(host: str, where: str) -> None:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if not _HOSTNAME.match(host):
+            raise ConfigError(f"{where}: {host!r} is not an IP address or a host name") from None
 
 
 _SECTIONS = {"datapath": DatapathConfig, "maps": MapSizes, "events": EventsConfig,
@@ -262,7 +303,9 @@ def _merge(base: dict, extra: dict) -> dict:
 
 def parse_config(text: str) -> NodeConfig:
     try:
-        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+        docs = [d for d in load_yaml_all(text, "config") if d is not None]
+    except LimitError as exc:
+        raise ConfigError(str(exc)) from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"config is not valid YAML: {exc}") from None
     node: dict = {}
@@ -288,7 +331,10 @@ def load_config(path: str | os.PathLike | None = None) -> NodeConfig:
     if chosen is None:
         return NodeConfig()
     try:
-        text = Path(chosen).read_text()
+        with open(chosen, "rb") as stream:
+            text = read_text(stream, f"config {chosen}")
     except OSError as exc:
         raise ConfigError(f"cannot read config {chosen}: {exc.strerror}") from None
+    except LimitError as exc:
+        raise ConfigError(str(exc)) from None
     return parse_config(text)

@@ -1,9 +1,15 @@
-"""The one msgpack codec every service and the CLI use on the bus."""
+"""The one msgpack codec every service and the CLI use on the bus.
+
+decode() is the bus's front door: whatever arrives, it returns a bounded map (limits.py)
+or raises DecodeError, never anything else.
+"""
 from __future__ import annotations
 
 from typing import Any
 
 import msgpack
+
+from services.wire.limits import LimitError, check_tree
 
 
 class DecodeError(ValueError):
@@ -14,11 +20,25 @@ def encode(obj: Any) -> bytes:
     return msgpack.packb(obj, use_bin_type=True)
 
 
+def _no_ext(code: int, _data: bytes) -> Any:
+    raise DecodeError(f"payload is not valid msgpack: extension type {code} is not used on this bus")
+
+
 def decode(data: bytes) -> dict:
     try:
-        obj = msgpack.unpackb(data, raw=False, strict_map_key=False)
-    except (msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, ValueError) as exc:
+        obj = msgpack.unpackb(data, raw=False, strict_map_key=False, ext_hook=_no_ext,
+                              timestamp=1)   # a msgpack timestamp reads as a float
+    except DecodeError:
+        raise
+    except msgpack.StackError:
+        raise DecodeError("payload is not valid msgpack: nested too deep") from None
+    except (msgpack.UnpackException, ValueError, TypeError) as exc:
+        # TypeError: a map key that Python cannot hash (a list or a map), as b"\x81\x91\x01\x01".
         raise DecodeError(f"payload is not valid msgpack: {exc}") from exc
     if not isinstance(obj, dict):
         raise DecodeError(f"payload must be a msgpack map, got {type(obj).__name__}")
+    try:
+        check_tree(obj, "payload", max_nodes=None)
+    except LimitError as exc:
+        raise DecodeError(str(exc)) from None
     return obj

@@ -6,7 +6,6 @@ Policy kinds are parsed by services.policyd; this module routes them by kind.
 """
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -14,12 +13,13 @@ from typing import Any
 import yaml
 
 from services.wire.labels import AUDIT_ANNOTATION
+from services.wire.limits import LimitError, load_json, load_yaml_all
 from services.wire.messages import NamespaceSpec, PodSpec
 
-DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-LABEL_NAME = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)$")
-LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?\Z")
+DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*\Z")
+LABEL_NAME = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)\Z")
+LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?\Z")
 DEFAULT_NAMESPACE = "default"
 
 # (apiVersion, kind) -> the service that owns objects of that kind
@@ -45,14 +45,12 @@ class Document:
 
 
 def load_documents(text: str) -> list[Document]:
-    """Every document in TEXT (YAML stream or JSON; `kind: List` is unpacked)."""
+    """Every document in TEXT (YAML stream or JSON; `kind: List` is unpacked), within the
+    bounds of services.wire.limits (YAML aliases are refused)."""
     try:
-        raw = [json.loads(text)]
-    except ValueError:
-        try:
-            raw = list(yaml.safe_load_all(text))   # YAML, which also reads JSON-style documents
-        except yaml.YAMLError as exc:
-            raise ManifestError(f"not valid YAML or JSON: {_one_line(exc)}") from None
+        raw = _load(text)
+    except LimitError as exc:
+        raise ManifestError(str(exc)) from None
     docs: list[Document] = []
     for i, item in enumerate(raw):
         if item is None:
@@ -65,6 +63,19 @@ def load_documents(text: str) -> list[Document]:
     if not docs:
         raise ManifestError("no documents found")
     return docs
+
+
+def _load(text: str) -> list[Any]:
+    try:
+        return [load_json(text, "manifest")]
+    except LimitError:
+        raise
+    except ValueError:
+        pass
+    try:
+        return load_yaml_all(text, "manifest")   # YAML, which also reads JSON-style documents
+    except yaml.YAMLError as exc:
+        raise ManifestError(f"not valid YAML or JSON: {_one_line(exc)}") from None
 
 
 def _document(obj: Any, where: str) -> Document:

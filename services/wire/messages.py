@@ -3,16 +3,22 @@
 A payload is a msgpack map. Requests and events carry ``v`` (schema version) and ``kind``
 (message type) next to their fields; replies are ``{"v", "ok": true, "result": ...}`` or
 ``{"v", "ok": false, "error": {"code", "message"}}``. Decoding rejects unknown fields, wrong
-types and a newer major version, naming the field.
+types, integers outside the field they fill (an endpoint id is a u16 in the datapath: 65537
+must be refused, not truncated to 1), non-finite floats, input over the bounds of
+services.wire.limits and a newer major version, naming the field.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, TypeVar
+from typing import Annotated, Any, ClassVar, TypeVar
+
+from services.wire.limits import (COUNT, ENDPOINT_ID, IDENTITY, IFINDEX, INDEX, PID, PORT, SECONDS, U32,
+                                  LimitError, check_tree)
 
 SCHEMA_VERSION = 1
 
@@ -21,6 +27,7 @@ M = TypeVar("M", bound="Message")
 
 class SchemaError(ValueError):
     """A payload that does not match its schema; the message names the field."""
+
 
 
 # Error codes carried in error replies (and mapped to CLI exit messages).
@@ -47,6 +54,11 @@ class Message:
     def from_wire(cls: type[M], data: Any, path: str = "") -> M:
         if not isinstance(data, dict):
             raise SchemaError(f"{path or cls.__name__}: expected a map, got {type(data).__name__}")
+        if not path:
+            try:
+                check_tree(data, cls.__name__, max_nodes=None)
+            except LimitError as exc:
+                raise SchemaError(str(exc)) from None
         data = dict(data)
         if cls.KIND:
             version = data.pop("v", None)
@@ -58,7 +70,8 @@ class Message:
         hints, known = _schema(cls)
         for name in data:
             if name not in known:
-                raise SchemaError(f"{_join(path, str(name))}: unknown field")
+                shown = name if isinstance(name, str) and name.isidentifier() else repr(name)
+                raise SchemaError(f"{_join(path, shown)}: unknown field")
         values = {}
         for name, f in known.items():
             if name not in data:
@@ -74,7 +87,7 @@ def _schema(cls: type) -> tuple[dict[str, Any], dict[str, dataclasses.Field]]:
     """CLS's field types and fields, worked out once per class: get_type_hints evaluates
     every (postponed, string) annotation again on each call, which made decoding a message
     cost ~100 us; a service decoding a list of 500 pods spent most of its time there."""
-    return typing.get_type_hints(cls), {f.name: f for f in dataclasses.fields(cls)}
+    return typing.get_type_hints(cls, include_extras=True), {f.name: f for f in dataclasses.fields(cls)}
 
 
 def _join(path: str, name: str) -> str:
@@ -93,6 +106,12 @@ def _to_plain(value: Any) -> Any:
 
 def _check(tp: Any, value: Any, path: str) -> Any:
     origin = typing.get_origin(tp)
+    if origin is Annotated:
+        base, bounds = typing.get_args(tp)[:2]
+        value = _check(base, value, path)
+        if not bounds.low <= value <= bounds.high:
+            raise SchemaError(f"{path}: {value} is out of range ({bounds.low}-{bounds.high})")
+        return value
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
         if value is None and type(None) in args:
@@ -114,9 +133,11 @@ def _check(tp: Any, value: Any, path: str) -> Any:
     if tp is Any:
         return value
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        value = float(value) if abs(value) < 2 ** 63 else math.inf
     if tp is int and isinstance(value, bool) or not isinstance(value, tp):
         raise SchemaError(f"{path}: expected {tp.__name__}, got {type(value).__name__}")
+    if tp is float and not math.isfinite(value):
+        raise SchemaError(f"{path}: {value} is not a finite number")
     return value
 
 
@@ -159,14 +180,14 @@ class PodSpec(Message):
 class PodStatus(Message):
     pod_ip: str
     host_ifname: str
-    host_ifindex: int
+    host_ifindex: IFINDEX
     host_mac: str
     pod_mac: str
     netns: str                        # path of the pod's network namespace
     netns_owned: bool                 # False when adopted via spec.netns
-    endpoint_id: int
-    identity: int
-    created: float
+    endpoint_id: ENDPOINT_ID
+    identity: IDENTITY
+    created: SECONDS
 
 
 @dataclass(frozen=True)
@@ -233,13 +254,13 @@ class IdentityAllocate(Message):
 @dataclass(frozen=True)
 class IdentityRelease(Message):
     KIND = "identity.release"
-    identity: int
+    identity: IDENTITY
     owner: str
 
 
 @dataclass(frozen=True)
 class Identity(Message):
-    id: int
+    id: IDENTITY
     labels: dict[str, str]
     owners: list[str] = field(default_factory=list)
 
@@ -253,8 +274,8 @@ class EndpointPolicy(Message):
     pod's first packet) or removes."""
 
     KIND = "policy.endpoint"
-    endpoint_id: int
-    identity: int = 0
+    endpoint_id: ENDPOINT_ID
+    identity: IDENTITY = 0
     audit: bool = False
 
 
@@ -262,13 +283,13 @@ class EndpointPolicy(Message):
 class PolicyRule(Message):
     """policy.rules: what a rule_id in the policy map (and in flows) stands for."""
 
-    rule_id: int
+    rule_id: U32
     kind: str
     name: str
     namespace: str
     direction: str                    # ingress | egress
     deny: bool
-    index: int                        # position in its list (ingress, ingressDeny, ...)
+    index: INDEX                      # position in its list (ingress, ingressDeny, ...)
 
 
 @dataclass(frozen=True)
@@ -277,10 +298,10 @@ class PolicyApplied(Message):
     name: str
     namespace: str
     action: str
-    revision: int
+    revision: COUNT
     warnings: list[str] = field(default_factory=list)
-    entries_written: int = 0
-    entries_removed: int = 0
+    entries_written: COUNT = 0
+    entries_removed: COUNT = 0
 
 
 # ---- ipcache (routed) --------------------------------------------------------------------
@@ -290,7 +311,7 @@ class PolicyApplied(Message):
 class IpcacheUpsert(Message):
     KIND = "ipcache.upsert"
     cidr: str
-    identity: int
+    identity: IDENTITY
     source: str                       # who put it there: "endpoint", "node", "cidr-policy"
 
 
@@ -304,7 +325,7 @@ class IpcacheDelete(Message):
 @dataclass(frozen=True)
 class IpcacheEntry(Message):
     cidr: str
-    identity: int
+    identity: IDENTITY
     source: str
 
 
@@ -314,12 +335,12 @@ class IpcacheEntry(Message):
 @dataclass(frozen=True)
 class Health(Message):
     service: str
-    pid: int
-    started: float
+    pid: PID
+    started: SECONDS
     ready: bool
     detail: str = ""
-    metrics_port: int = 0
-    counters: dict[str, int] = field(default_factory=dict)
+    metrics_port: PORT = 0
+    counters: dict[str, COUNT] = field(default_factory=dict)
 
 
 # ---- flows (flowd) -------------------------------------------------------------------------
@@ -337,11 +358,11 @@ class FlowFilter(Message):
     to_pod: list[str] = field(default_factory=list)
     pod: list[str] = field(default_factory=list)              # either side
     namespace: list[str] = field(default_factory=list)        # either side
-    port: list[int] = field(default_factory=list)             # either side
+    port: list[PORT] = field(default_factory=list)             # either side
     protocol: list[str] = field(default_factory=list)         # tcp | udp | icmp
     type: list[str] = field(default_factory=list)             # drop | trace[:point] | policy-verdict
     traffic_direction: list[str] = field(default_factory=list)  # ingress | egress
-    since: float = 0.0                                        # unix time; 0: any
+    since: SECONDS = 0.0                                        # unix time; 0: any
 
 
 @dataclass(frozen=True)
@@ -349,7 +370,7 @@ class FlowQuery(Message):
     """observer.flows: the LAST most recent flows in flowd's history that match FILTER."""
 
     KIND = "flow.query"
-    last: int = 0                     # 0: every match the history holds
+    last: INDEX = 0                     # 0: every match the history holds
     filter: FlowFilter = field(default_factory=FlowFilter)
 
 
@@ -361,7 +382,7 @@ class MonitorAttach(Message):
 
     KIND = "monitor.attach"
     monitor: str
-    lease: float = 10.0
+    lease: SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -372,7 +393,7 @@ class MonitorEvents(Message):
 
     KIND = "monitor.events"
     events: list[bytes]
-    lost: int = 0
+    lost: COUNT = 0
 
 
 @dataclass(frozen=True)

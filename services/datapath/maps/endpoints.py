@@ -9,7 +9,7 @@ import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.datapath.pinned import PinnedMap
+from services.datapath.pinned import PinnedMap, filled
 
 PIN_NAME = "endpoints"
 FLAG_AUDIT = 1          # endpoint_info.flags: policy audit mode for this endpoint
@@ -52,8 +52,8 @@ class Endpoint:
         return key_for(self.ip)
 
     def value(self) -> EndpointInfo:
-        v = EndpointInfo(ifindex=self.ifindex, identity=self.identity,
-                         endpoint_id=self.endpoint_id, flags=self.flags)
+        v = filled(EndpointInfo, ifindex=self.ifindex, identity=self.identity,
+                   endpoint_id=self.endpoint_id, flags=self.flags)
         ct.memmove(v.host_mac, mac_bytes(self.host_mac), 6)
         ct.memmove(v.pod_mac, mac_bytes(self.pod_mac), 6)
         return v

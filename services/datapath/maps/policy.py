@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from services.datapath.numbers import POLICY_EGRESS, POLICY_INGRESS
-from services.datapath.pinned import PinnedMap
+from services.datapath.pinned import PinnedMap, filled
 
 PIN_NAME = "policy"
 
@@ -48,9 +48,9 @@ class Key:
     def raw(self) -> PolicyKey:
         # The kernel's LPM trie keeps prefixlen in host byte order; everything after it is
         # compared bytewise, so it is stored big-endian.
-        k = PolicyKey(prefixlen=0, endpoint_id=self.endpoint_id,
-                      egress=POLICY_EGRESS if self.egress else POLICY_INGRESS,
-                      identity=self.identity, protocol=self.protocol, dport=self.port)
+        k = filled(PolicyKey, prefixlen=0, endpoint_id=self.endpoint_id,
+                   egress=POLICY_EGRESS if self.egress else POLICY_INGRESS,
+                   identity=self.identity, protocol=self.protocol, dport=self.port)
         raw = bytearray(bytes(k))
         raw[0:4] = self.prefixlen.to_bytes(4, "little")
         return PolicyKey.from_buffer_copy(bytes(raw))
