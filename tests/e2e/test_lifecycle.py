@@ -40,6 +40,14 @@ def test_context_file_is_private_nats_cli_json(node):
     assert ctx["user"] == "admin" and len(ctx["password"]) >= 20
 
 
+def test_logs_are_not_world_readable(node):
+    logs = Path(node.status()["context"]).parent.parent / "logs"
+    assert stat.S_IMODE(logs.stat().st_mode) == 0o750
+    files = sorted(p.name for p in logs.glob("*.log"))
+    assert {"endpointd.log", "policyd.log", "routed.log", "flowd.log", "supervisor.log"} <= set(files)
+    assert {f: oct(stat.S_IMODE((logs / f).stat().st_mode)) for f in files} == {f: "0o640" for f in files}
+
+
 def test_nats_listens_on_loopback_only(node):
     out = subprocess.run(["ss", "-Hltn", f"sport = :{node.nats_port}"], capture_output=True, text=True).stdout
     addrs = {line.split()[3] for line in out.splitlines() if line.strip()}
