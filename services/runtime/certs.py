@@ -24,6 +24,13 @@ from services.runtime.tls import TlsFiles
 VALID_DAYS = 3650
 
 
+def drop_empty_dir(path: Path) -> None:
+    """Docker makes a missing bind mount source a directory (a service container started
+    before nats made the files): an empty one where a file belongs is removed."""
+    if path.is_dir() and not path.is_symlink() and not any(path.iterdir()):
+        path.rmdir()
+
+
 def _write(path: Path, data: bytes, mode: int) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
@@ -74,6 +81,8 @@ def ensure(directory: Path, host: str, addresses: set[str]) -> TlsFiles:
     files = TlsFiles.under(directory)
     directory.mkdir(parents=True, exist_ok=True)
     os.chmod(directory, 0o755)
+    for path in (files.ca, files.client_cert, files.client_key):
+        drop_empty_dir(path)
     if not files.ca.exists():
         for path in (files.server_cert, files.client_cert):   # signed by a CA that is gone
             path.unlink(missing_ok=True)

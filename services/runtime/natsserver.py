@@ -63,6 +63,7 @@ def ensure_credentials(config: NodeConfig) -> dict[str, dict]:
     connection = _connection(config)
     for user in USERS:
         path = config.credentials_path(user)
+        certs.drop_empty_dir(path)
         if path.exists():
             data = json.loads(path.read_text())
         else:
