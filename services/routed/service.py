@@ -44,6 +44,8 @@ class RoutedService(Service):
         self.nl = Netlink()
         self.entries_gauge = Gauge("capillary_ipcache_entries", "Entries in the ipcache map",
                                    registry=self.registry)
+        Gauge("capillary_ipcache_capacity", "Entries the ipcache map can hold (maps.ipcache)",
+              registry=self.registry).set(self.config.maps.ipcache)
         await self.worker.run(loader.pin_maps, "routed_maps.c", self.config)       # LLVM stays out
         self.ipcache = IpcacheMap(Path(self.config.datapath.bpfRoot))
         await self.worker.run(ensure_router, self.nl, self.config)
@@ -67,7 +69,7 @@ class RoutedService(Service):
             self.worker.close()
 
     async def counters(self) -> dict[str, int]:
-        return {"ipcache_entries": len(self.ipcache.all())}
+        return {"ipcache_entries": len(self.ipcache.all()), "ipcache_capacity": self.config.maps.ipcache}
 
     # ---- claims: every source's, the highest in the map -----------------------------------------
 
