@@ -181,6 +181,16 @@ def test_nats_beyond_loopback_runs_with_tls_for_every_client(tmp_path):
         with pytest.raises(Exception):                     # a plain client gets nowhere
             asyncio.run(nats.connect(f"nats://127.0.0.1:{t.nats_port}", user="admin",
                                      password=ctx["password"], allow_reconnect=False, connect_timeout=3))
+        # the subscriber example, as the read-only flows user, over TLS
+        example = subprocess.Popen([sys.executable, str(REPO / "examples" / "subscribe_flows.py"),
+                                    str(t.state_dir / "nats" / "flows.context.json")],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            first = example.stdout.readline()
+            assert first.startswith("subscribed to capillary.flows.> on 127.0.0.1:"), example.stderr.read()
+        finally:
+            example.kill()
+            example.wait()
     finally:
         t.purge()
     assert not t.leftovers()
