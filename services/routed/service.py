@@ -87,6 +87,8 @@ class RoutedService(Service):
         try:
             shadowed = json.loads(self._shadowed_path.read_text()) if self._shadowed_path.exists() else []
             for cidr, source, identity in shadowed:
+                if source not in SOURCES:
+                    raise ValueError(f"unknown source {source!r}")
                 self.claims.claim(_cidr(cidr), source, int(identity))
         except (OSError, ValueError, TypeError, ServiceError) as exc:
             raise RuntimeError(f"cannot read the shadowed ipcache claims {self._shadowed_path}: {exc}") from None
