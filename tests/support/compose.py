@@ -152,7 +152,7 @@ class Deployment:
             out[service] = state.get("Health", {}).get("Status") if state["Running"] else state["Status"]
         return out
 
-    def up(self, timeout: float = 120) -> float:
+    def up(self, timeout: float = 300) -> float:
         """`up -d`, then wait until every service's healthcheck passes; the seconds it took."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
