@@ -3,13 +3,18 @@ reach its NATS server. Needs only nats-py and msgpack (`pip install nats-py msgp
 
     python subscribe_flows.py CONTEXT_FILE [NATS_URL] [SUBJECT]
 
-CONTEXT_FILE is a NATS context file of the node (the node's <stateDir>/nats/admin.context.json);
-NATS_URL overrides the url in it (e.g. nats://node1.example:4222 from another machine);
+CONTEXT_FILE is a NATS context file of the node: <stateDir>/nats/flows.context.json, the
+read-only `flows` user (it may subscribe to flows and do nothing else). When NATS listens
+beyond loopback it runs with TLS: the context names the node's CA and client certificate
+("ca", "cert", "key"; copy <stateDir>/nats/tls/ca.pem, client.pem and client-key.pem
+along with it and fix those paths). NATS_URL overrides the url in it (e.g.
+tls://192.0.2.2:4222 from another machine);
 SUBJECT defaults to every flow of every node: capillary.flows.> (capillary.flows.<node>.<VERDICT>).
 Each message is a msgpack map whose "flow" is a Hubble flow; one line per flow is printed.
 """
 import asyncio
 import json
+import ssl
 import sys
 
 import msgpack
@@ -38,7 +43,13 @@ def describe(flow: dict) -> str:
 async def main(context: str, url: str | None, subject: str) -> None:
     with open(context) as f:
         ctx = json.load(f)
-    nc = await nats.connect(url or ctx["url"], user=ctx["user"], password=ctx["password"])
+    tls = {}
+    if ctx.get("ca"):   # the server's certificate must chain to the node's CA
+        context = ssl.create_default_context(cafile=ctx["ca"])
+        if ctx.get("cert"):
+            context.load_cert_chain(ctx["cert"], ctx["key"])
+        tls = {"tls": context}
+    nc = await nats.connect(url or ctx["url"], user=ctx["user"], password=ctx["password"], **tls)
 
     async def show(msg) -> None:
         flow = msgpack.unpackb(msg.data, raw=False)["flow"]

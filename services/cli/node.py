@@ -15,7 +15,7 @@ from services.cli.output import age, table
 from services.datapath import loader
 from services.runtime.bus import RemoteError, ServiceError
 from services.runtime.config import NodeConfig
-from services.runtime.supervisor import Supervisor, read_pid
+from services.runtime.supervisor import Supervisor, open_log, read_pid
 from services.wire import subjects
 
 READY_TIMEOUT = 60.0      # seconds: three bcc compiles on a busy 2-core machine can take most of it
@@ -46,11 +46,10 @@ def up_detached(config: NodeConfig, config_path: str | None, timeout: float = RE
         print(f"node already running (pid {read_pid(config)})")
         return 0
     logs = config.state_path / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
     argv = [sys.executable, "-m", "services.cli.main"]
     if config_path:
         argv += ["--config", str(Path(config_path).resolve())]
-    with open(logs / "supervisor.log", "ab") as out:
+    with open_log(config, "supervisor") as out:
         proc = subprocess.Popen([*argv, "up"], stdout=out, stderr=out, stdin=subprocess.DEVNULL,
                                 start_new_session=True)
     deadline = time.monotonic() + timeout

@@ -17,10 +17,14 @@ import sys
 from pathlib import Path
 
 from services.container import env, headers, probe, procsys
+from services.runtime import tls
 from services.runtime.config import ConfigError, DEFAULT_CONFIG_PATH, NodeConfig
 from services.wire import subjects
 
 HEALTH_TIMEOUT = 3.0
+# The nats container makes (and its server.conf holds) every password; its healthcheck uses
+# the service user with the fewest rights, which may still ask JetStream's account info.
+NATS_CHECK_USER = "routed"
 
 
 def _write(path: Path, text: str) -> None:
@@ -57,16 +61,18 @@ def run_nats(config: NodeConfig) -> None:
 
 
 def _check(config: NodeConfig, target: str) -> str:
-    from services.runtime.natsserver import ADMIN
+    """Ask TARGET whether it is ready, as TARGET's own user (the only credentials its
+    container has). nats: JetStream's account info, asked as NATS_CHECK_USER."""
     from services.wire import codec
-    path = config.credentials_path(ADMIN)
+    path = config.credentials_path(NATS_CHECK_USER if target == "nats" else target)
     try:
         creds = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
+        context = tls.client_context(creds["ca"], creds.get("cert"), creds.get("key")) if creds.get("ca") else None
+    except (OSError, ValueError, KeyError) as exc:
         raise probe.ProbeError(f"no usable NATS credentials at {path}: {exc}") from None
     subject = "$JS.API.INFO" if target == "nats" else subjects.health(target)
     reply = probe.request(creds["url"], creds["user"], creds["password"], subject,
-                          subjects.inbox_prefix(creds["user"]), timeout=HEALTH_TIMEOUT)
+                          subjects.inbox_prefix(creds["user"]), timeout=HEALTH_TIMEOUT, tls=context)
     if target == "nats":
         info = json.loads(reply)
         if "error" in info:

@@ -33,6 +33,7 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "CAPILLARY_EVENTS_HISTORY": ("events", "history"),
     "CAPILLARY_NATS_HOST": ("nats", "host"),
     "CAPILLARY_NATS_PORT": ("nats", "port"),
+    "CAPILLARY_NATS_TLS": ("nats", "tls"),
     "CAPILLARY_METRICS_HOST": ("metrics", "host"),
     "CAPILLARY_METRICS_ENDPOINTD": ("metrics", "endpointd"),
     "CAPILLARY_METRICS_POLICYD": ("metrics", "policyd"),

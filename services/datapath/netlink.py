@@ -194,7 +194,7 @@ class Netlink(_Links):
 
     def create_veth_into(self, host: str, peer: str, netns_path: Path) -> Link:
         """Create HOST here with its PEER already inside the namespace at NETNS_PATH."""
-        fd = os.open(netns_path, os.O_RDONLY)
+        fd = os.open(netns_path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         try:
             self.ipr.link("add", ifname=host, kind="veth", peer={"ifname": peer, "net_ns_fd": fd})
         except NetlinkError as exc:

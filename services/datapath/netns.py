@@ -8,7 +8,9 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import fcntl
 import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +20,14 @@ MS_REC = 16384
 MS_SHARED = 1 << 20
 MNT_DETACH = 2
 NETNS_RUN_DIR = Path("/run/netns")
+NSFS_MAGIC = 0x6E736673          # statfs f_type of namespace files (linux/magic.h)
+NS_GET_NSTYPE = 0xB703           # _IO(0xb7, 0x3), linux/nsfs.h
+NS_TYPES = {0x00020000: "mount", 0x02000000: "cgroup", 0x04000000: "uts", 0x08000000: "ipc",
+            0x10000000: "user", 0x20000000: "pid", CLONE_NEWNET: "network", 0x00000080: "time"}
+# The namespaces that are the host's own: this process's (and thread's), which must be
+# readable, and pid 1's, where this process may see it (a sandbox may hide pid 1).
+OWN_NETNS = ("/proc/self/ns/net", "/proc/thread-self/ns/net")
+INIT_NETNS = "/proc/1/ns/net"
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -75,30 +85,74 @@ def remove(path: Path) -> None:
         path.unlink()
 
 
-def is_netns(path: Path) -> bool:
-    """True when PATH is a network namespace file (a bind mount or /proc/PID/ns/net)."""
+class NotAPodNetns(ValueError):
+    """A path that must not be a pod's network namespace; the message says why."""
+
+
+def _fs_type(fd: int) -> int:
+    buf = ctypes.create_string_buffer(256)        # struct statfs; f_type is its first field
+    _check(_libc.fstatfs(fd, buf), "statfs", f"fd {fd}")
+    return ctypes.c_long.from_buffer(buf).value
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISDIR, "a directory"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return name
+    return "a regular file"
+
+
+def _host_netns() -> set[tuple[int, int]]:
+    found = {(h.st_dev, h.st_ino) for h in map(os.stat, OWN_NETNS)}
+    with contextlib.suppress(PermissionError):
+        init = os.stat(INIT_NETNS)
+        found.add((init.st_dev, init.st_ino))
+    return found
+
+
+def check_pod_netns(path: Path | str) -> None:
+    """Raise NotAPodNetns unless PATH is a network namespace file (a bind mount of one, or
+    /proc/PID/ns/net) other than the host's. Never blocks: the path is opened with O_PATH,
+    which neither opens a FIFO nor a device, and reopened for reading only once statfs has
+    shown a namespace file."""
     try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return False
+        fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+    except OSError as exc:
+        raise NotAPodNetns(f"{path} is not a network namespace ({exc.strerror})") from None
     try:
-        home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+        st = os.fstat(fd)
+        if _fs_type(fd) != NSFS_MAGIC:
+            raise NotAPodNetns(f"{path} is not a network namespace ({_kind(st.st_mode)})")
+        ns = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         try:
-            if _libc.setns(fd, CLONE_NEWNET) != 0:
-                return False
-            setns(home)
-            return True
+            kind = fcntl.ioctl(ns, NS_GET_NSTYPE)
         finally:
-            os.close(home)
+            os.close(ns)
+        if kind != CLONE_NEWNET:
+            raise NotAPodNetns(f"{path} is not a network namespace (a {NS_TYPES.get(kind, hex(kind))} namespace)")
+        if (st.st_dev, st.st_ino) in _host_netns():
+            raise NotAPodNetns(f"{path} is the host's own network namespace")
+    except OSError as exc:
+        raise NotAPodNetns(f"{path} cannot be checked ({exc.strerror})") from None
     finally:
         os.close(fd)
+
+
+def is_netns(path: Path | str) -> bool:
+    """True when PATH may be a pod's network namespace (see check_pod_netns)."""
+    try:
+        check_pod_netns(path)
+    except NotAPodNetns:
+        return False
+    return True
 
 
 @contextlib.contextmanager
 def entered(path: Path | str) -> Iterator[None]:
     """Run the body with this thread inside the namespace at PATH."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
+    try:   # O_NONBLOCK: a FIFO put in a namespace's place must not hang the netlink thread
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
         raise NetnsError(exc.errno or errno.ENOENT, f"cannot open netns {path}: {exc.strerror}") from None
     home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)

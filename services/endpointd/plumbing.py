@@ -87,8 +87,10 @@ class Plumber:
         owned = spec.netns is None
         path = netns.NETNS_RUN_DIR / netns_name(self.config, spec.namespace, spec.name) if owned else Path(spec.netns)
         if not owned:
-            if not netns.is_netns(path):
-                raise NetnsInvalid(f"spec.netns: {spec.netns} is not a network namespace")
+            try:
+                netns.check_pod_netns(path)
+            except netns.NotAPodNetns as exc:
+                raise NetnsInvalid(f"spec.netns: {exc}") from None
             with PodNetlink(path) as pod:
                 if pod.has_link(POD_IFNAME):
                     raise PodHasInterface(f"spec.netns: {spec.netns} already has an {POD_IFNAME}")

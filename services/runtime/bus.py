@@ -53,11 +53,27 @@ class StateUnreadable(ServiceError):
 
 @dataclass(frozen=True)
 class Credentials:
-    """A NATS CLI context file: {"url", "user", "password"} (written mode 0600)."""
+    """A NATS CLI context file: {"url", "user", "password"} (written mode 0600), and with
+    TLS {"ca", "cert", "key"}: the CA the server's certificate must chain to, and ours."""
 
     url: str
     user: str
     password: str
+    ca: str | None = None
+    cert: str | None = None
+    key: str | None = None
+
+    def tls_context(self):
+        """The client's TLS context, or None for a plain connection (nats://, no CA)."""
+        if not self.ca and not self.url.startswith("tls://"):
+            return None
+        if not self.ca:
+            raise ServiceError(INVALID, f"{self.url} needs TLS, and the context file names no CA (\"ca\")")
+        from services.runtime.tls import client_context
+        try:
+            return client_context(self.ca, self.cert, self.key)
+        except (OSError, ValueError) as exc:
+            raise ServiceError(INVALID, f"cannot load the TLS files of the context: {exc}") from None
 
     @classmethod
     def load(cls, path: Path) -> "Credentials":
@@ -67,7 +83,8 @@ class Credentials:
             raise ServiceError(UNAVAILABLE, f"no NATS credentials at {path}: is the node up?") from None
         except (OSError, ValueError) as exc:
             raise ServiceError(INVALID, f"cannot read NATS credentials {path}: {exc}") from None
-        return cls(url=data["url"], user=data["user"], password=data["password"])
+        return cls(url=data["url"], user=data["user"], password=data["password"],
+                   ca=data.get("ca"), cert=data.get("cert"), key=data.get("key"))
 
 
 Handler = Callable[[Any], Awaitable[Any]]
@@ -105,9 +122,11 @@ class Bus:
         # Services reconnect forever and log it; a one-shot client (the CLI) fails fast, quietly.
         callbacks = dict(reconnected_cb=reconnected, disconnected_cb=disconnected, error_cb=error) \
             if retry else dict(error_cb=quiet)
+        tls_context = creds.tls_context()
         try:
             nc = await nats.connect(
                 creds.url, user=creds.user, password=creds.password, name=name,
+                **({"tls": tls_context} if tls_context else {}),
                 connect_timeout=connect_timeout, max_reconnect_attempts=-1 if retry else 1,
                 reconnect_time_wait=0.5, allow_reconnect=retry,
                 inbox_prefix=subjects.inbox_prefix(creds.user).encode(), **callbacks,

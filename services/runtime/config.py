@@ -119,10 +119,26 @@ class NatsConfig:
     host: str = "127.0.0.1"
     port: int = 4222
     external: bool = False              # True: a server we do not start (compose)
+    tls: bool = False                   # TLS on loopback too (beyond loopback it always is)
+
+    @property
+    def loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+    @property
+    def tls_enabled(self) -> bool:
+        return self.tls or not self.loopback
 
     @property
     def url(self) -> str:
-        return f"nats://{self.host}:{self.port}"
+        """Where this node's own clients connect (loopback when listening on every address)."""
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        return f"{'tls' if self.tls_enabled else 'nats'}://{host}:{self.port}"
 
     def __post_init__(self) -> None:
         if isinstance(self.port, bool) or not isinstance(self.port, int) or not 1 <= self.port <= 65535:

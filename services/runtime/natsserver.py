@@ -3,8 +3,13 @@
 Every service gets its own user whose permissions come from services.wire.subjects.GRANTS:
 it may subscribe only to what it serves or listens to (plus its own reply inbox), publish only
 what it calls or publishes (plus replies to requests it received), and touch only the
-JetStream KV buckets it owns. The admin user (CLI and people) may do everything; its
+JetStream KV buckets it owns. Readers (subjects.READERS: `flows`) may subscribe to what they
+read and publish nothing. The admin user (CLI and people) may do everything. Each user's
 credentials are a NATS CLI context file, mode 0600.
+
+Whenever NATS listens beyond loopback (or nats.tls is set) it runs with TLS (services.runtime.
+tls): the context files then name the CA and the client certificate, and every client
+checks the server against the CA.
 """
 from __future__ import annotations
 
@@ -17,11 +22,12 @@ import subprocess
 import time
 from pathlib import Path
 
+from services.runtime import certs, tls
 from services.runtime.config import NodeConfig
 from services.wire import subjects
 
 ADMIN = "admin"
-USERS = (ADMIN, *subjects.SERVICES)
+USERS = (ADMIN, *subjects.SERVICES, *subjects.READERS)
 
 
 def nats_server_binary() -> str:
@@ -36,23 +42,40 @@ def nats_server_binary() -> str:
     return found
 
 
+def tls_dir(config: NodeConfig) -> Path:
+    return config.nats_dir / "tls"
+
+
+def _connection(config: NodeConfig) -> dict:
+    """The context fields that say how to reach the server: url, and the TLS files if on."""
+    out = {"url": config.nats.url}
+    if config.nats.tls_enabled:
+        files = tls.TlsFiles.under(tls_dir(config))
+        out.update(ca=str(files.ca), cert=str(files.client_cert), key=str(files.client_key))
+    return out
+
+
 def ensure_credentials(config: NodeConfig) -> dict[str, dict]:
     """Create each user's context file once (mode 0600); later calls reuse them."""
     config.nats_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(config.nats_dir, 0o700)
     creds = {}
+    connection = _connection(config)
     for user in USERS:
         path = config.credentials_path(user)
+        certs.drop_empty_dir(path)
         if path.exists():
             data = json.loads(path.read_text())
         else:
-            data = {"description": f"capillary {user} on {config.node}", "url": config.nats.url,
+            data = {"description": f"capillary {user} on {config.node}", **connection,
                     "user": user, "password": secrets.token_urlsafe(24)}
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as f:
                 json.dump(data, f, indent=2)
-        if data.get("url") != config.nats.url:   # the port moved: keep the password, fix the url
-            data["url"] = config.nats.url
+        if {k: data.get(k) for k in ("url", "ca", "cert", "key")} != {k: connection.get(k) for k in
+                                                                     ("url", "ca", "cert", "key")}:
+            # the address, port or TLS moved: keep the password, fix how to connect
+            data = {**{k: v for k, v in data.items() if k not in ("ca", "cert", "key")}, **connection}
             path.write_text(json.dumps(data, indent=2))
             os.chmod(path, 0o600)
         creds[user] = data
@@ -71,6 +94,9 @@ def _kv_publish(bucket: str) -> list[str]:
 def permissions(user: str) -> dict:
     if user == ADMIN:
         return {}
+    if user in subjects.READERS:
+        return {"publish": {"deny": [">"]},
+                "subscribe": {"allow": list(subjects.READERS[user].listens)}}
     g = subjects.GRANTS[user]
     publish = [*g.calls, *g.publishes, "$JS.API.INFO"]
     for bucket in g.buckets:
@@ -94,10 +120,16 @@ def render_config(config: NodeConfig, creds: dict[str, dict]) -> str:
             entry["permissions"] = perms
         users.append(entry)
     js_dir = config.nats_dir / "jetstream"
+    lines = []
+    if config.nats.tls_enabled:
+        files = tls.TlsFiles.under(tls_dir(config))
+        lines.append(f"tls: {{ cert_file: {_quote(str(files.server_cert))}, key_file: {_quote(str(files.server_key))}, "
+                     f"ca_file: {_quote(str(files.ca))}, verify: true, timeout: 5 }}")
     return "\n".join([
         f"server_name: {_quote('capillary-' + config.node)}",
         f"listen: {_quote(f'{config.nats.host}:{config.nats.port}')}",
         "max_payload: 8MB",
+        *lines,
         # sync_interval always: an acknowledged KV write is on disk, so desired state survives
         # a crash of the machine, not only of the process.
         f"jetstream: {{ store_dir: {_quote(str(js_dir))}, sync_interval: always }}",
@@ -106,7 +138,22 @@ def render_config(config: NodeConfig, creds: dict[str, dict]) -> str:
     ])
 
 
+def _local_addresses() -> set[str]:
+    """This host's addresses, for the server certificate's names."""
+    try:
+        infos = socket.getaddrinfo(socket.gethostname(), None)
+    except OSError:
+        infos = []
+    out = {info[4][0] for info in infos}
+    try:
+        out |= set(subprocess.run(["hostname", "-I"], capture_output=True, text=True, timeout=5).stdout.split())
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    return {a for a in out if "%" not in a}
+
+
 def write_config(config: NodeConfig) -> Path:
+    certs.ensure(tls_dir(config), config.nats.host, _local_addresses())
     creds = ensure_credentials(config)
     path = config.nats_dir / "server.conf"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

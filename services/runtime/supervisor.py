@@ -2,7 +2,8 @@
 
 The supervisor holds an exclusive lock on {stateDir}/run/capillary.pid for its lifetime, so
 two nodes never run on one state directory. It answers capillary.node.status with its
-process table. Services log to {stateDir}/logs/<service>.log.
+process table. Services log to {stateDir}/logs/<service>.log, mode 0640 (logs name pods,
+addresses and policies: readable by root and the directory's group, not by everyone).
 """
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 30.0
 STABLE_AFTER = 60.0     # a process up this long gets its backoff reset
 STOP_GRACE = 10.0
+LOG_MODE = 0o640
+LOG_DIR_MODE = 0o750
 
 
 @dataclass
@@ -45,6 +48,16 @@ class Child:
         running = self.proc is not None and self.proc.returncode is None
         return {"pid": self.proc.pid if running else None, "running": running,
                 "started": self.started, "restarts": self.restarts, "last_exit": self.last_exit}
+
+
+def open_log(config: NodeConfig, name: str):
+    """{stateDir}/logs/NAME.log for appending, mode LOG_MODE even when an older file was looser."""
+    logs = config.state_path / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    os.chmod(logs, LOG_DIR_MODE)
+    fd = os.open(logs / f"{name}.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, LOG_MODE)
+    os.fchmod(fd, LOG_MODE)
+    return os.fdopen(fd, "ab")
 
 
 def pid_path(config: NodeConfig) -> Path:
@@ -95,9 +108,7 @@ class Supervisor:
         return env
 
     async def _spawn(self, child: Child) -> None:
-        logs = self.config.state_path / "logs"
-        logs.mkdir(parents=True, exist_ok=True)
-        out = open(logs / f"{child.name}.log", "ab")
+        out = open_log(self.config, child.name)
         try:
             child.proc = await asyncio.create_subprocess_exec(
                 *child.argv, stdout=out, stderr=out, stdin=asyncio.subprocess.DEVNULL, env=self._env())

@@ -106,13 +106,15 @@ class Grants:
     buckets: tuple[str, ...] = ()
 
 
+# Every service also calls its own health subject: its container's healthcheck asks it
+# with the service's own credentials.
 GRANTS: dict[str, Grants] = {
     "endpointd": Grants(
         serves=(NAMESPACE_APPLY, NAMESPACE_DELETE, NAMESPACE_LIST,
                 POD_APPLY, POD_DELETE, POD_LIST, health("endpointd")),
         calls=(IDENTITY_ALLOCATE, IDENTITY_RELEASE, IPCACHE_UPSERT, IPCACHE_DELETE,
                POLICY_ENDPOINT_SYNC, POLICY_ENDPOINT_FORGET, health("routed"), health("policyd"),
-               health("flowd")),
+               health("flowd"), health("endpointd")),
         publishes=(f"{ENDPOINT_EVENTS}.>",),
         buckets=(BUCKET_NAMESPACES, BUCKET_PODS),
     ),
@@ -120,17 +122,25 @@ GRANTS: dict[str, Grants] = {
         serves=(IDENTITY_ALLOCATE, IDENTITY_RELEASE, IDENTITY_LIST, POLICY_APPLY, POLICY_DELETE,
                 POLICY_LIST, POLICY_ENTRIES, POLICY_ENDPOINT_SYNC, POLICY_ENDPOINT_FORGET,
                 POLICY_RULES, health("policyd")),
-        calls=(IPCACHE_UPSERT, IPCACHE_DELETE),
+        calls=(IPCACHE_UPSERT, IPCACHE_DELETE, health("policyd")),
         listens=(f"{ENDPOINT_EVENTS}.>",),
         buckets=(BUCKET_IDENTITIES, BUCKET_POLICIES, BUCKET_POLICY_ENDPOINTS),
     ),
     "routed": Grants(
         serves=(IPCACHE_UPSERT, IPCACHE_DELETE, IPCACHE_LIST, health("routed")),
+        calls=(health("routed"),),
     ),
     "flowd": Grants(
         serves=(OBSERVER_FLOWS, OBSERVER_MONITOR, health("flowd")),
-        calls=(POD_LIST, IDENTITY_LIST, POLICY_RULES),
+        calls=(POD_LIST, IDENTITY_LIST, POLICY_RULES, health("flowd")),
         listens=(f"{ENDPOINT_EVENTS}.>",),
         publishes=(f"{FLOWS}.>", f"{MONITOR}.>"),
     ),
+}
+
+# Users that are not services. They only read: no publishing at all (hence no requests and
+# no inbox), and subscriptions to what is listed here.
+FLOWS_READER = "flows"      # subscribers to flows, e.g. examples/subscribe_flows.py
+READERS: dict[str, Grants] = {
+    FLOWS_READER: Grants(serves=(), listens=(f"{FLOWS}.>",)),
 }

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import stat
 
 import pytest
@@ -87,10 +88,34 @@ def test_five_containers_healthy_with_only_the_access_they_need(deployment):
         assert propagation["/sys/fs/bpf"] == propagation["/run/netns"] == "rshared", service
 
 
+def test_each_service_has_only_its_own_credentials_and_checks_health_with_them(deployment):
+    nats_dir = deployment.state_dir / "nats"
+    for c in deployment.containers().values():
+        service = c["Config"]["Labels"]["com.docker.compose.service"]
+        if service == "nats":
+            continue
+        assert c["Config"]["Healthcheck"]["Test"] == ["CMD", "capillary-container", "health", service]
+        seen = deployment.exec(service, "sh", "-c", f"cd {nats_dir} && ls -A . tls").stdout.split()
+        assert sorted(seen) == sorted([".:", f"{service}.context.json", "tls", "tls:",
+                                       "ca.pem", "client-key.pem", "client.pem"]), service
+        assert deployment.exec(service, "cat", str(nats_dir / "admin.context.json"), check=False).returncode != 0
+        check = deployment.exec(service, "capillary-container", "health", service)
+        assert check.stdout.startswith(f"{service}: ready"), check.stdout
+
+
+def test_nats_beyond_loopback_runs_with_tls(deployment):
+    admin = json.loads((deployment.state_dir / "nats" / "admin.context.json").read_text())
+    assert admin["url"] == f"tls://127.0.0.1:{deployment.nats_port}"
+    for key in ("ca-key.pem", "server-key.pem", "client-key.pem"):
+        assert stat.S_IMODE((deployment.state_dir / "nats" / "tls" / key).stat().st_mode) == 0o600
+    with socket.create_connection(("127.0.0.1", deployment.nats_port), timeout=10) as s:
+        assert json.loads(s.makefile("rb").readline()[5:])["tls_required"] is True
+
+
 def test_the_host_cli_reaches_the_node_with_credentials_made_on_first_up(deployment):
     admin = deployment.state_dir / "nats" / "admin.context.json"
     assert stat.S_IMODE(admin.stat().st_mode) == 0o600
-    assert json.loads(admin.read_text())["url"] == f"nats://127.0.0.1:{deployment.nats_port}"
+    assert json.loads(admin.read_text())["url"] == f"tls://127.0.0.1:{deployment.nats_port}"
     status = deployment.status()
     assert status["healthy"] and status["node"] == "compose-test"
     assert all(status["services"][s]["healthy"] for s in SERVICES)
@@ -98,11 +123,13 @@ def test_the_host_cli_reaches_the_node_with_credentials_made_on_first_up(deploym
     assert {"endpoints", "ipcache", "policy", "ct", "events"} <= set(status["datapath"]["pinned_maps"])
 
 
-def test_the_cli_runs_in_a_container_with_docker_compose_exec(deployment):
-    out = deployment.exec("endpointd", "capillary", "status", "-o", "json").stdout
+def test_the_cli_runs_in_a_container_of_the_cli_service(deployment):
+    out = deployment.run_cli("status", "-o", "json").stdout
     assert json.loads(out)["healthy"]
-    out = deployment.exec("policyd", "capillary", "get", "identities", "-o", "json").stdout
+    out = deployment.run_cli("get", "identities", "-o", "json").stdout
     assert {i["id"] for i in json.loads(out)} >= {1, 2}
+    # a service's container has only its own credentials: the CLI there gets nowhere
+    assert deployment.exec("policyd", "capillary", "status", check=False).returncode != 0
 
 
 def test_pods_connect_and_a_policy_denies_in_the_kernel(scene):

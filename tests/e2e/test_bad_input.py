@@ -2,6 +2,7 @@
 reply on NATS, and changes nothing: no pod, netns, veth, IP, map entry or identity."""
 import asyncio
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -62,6 +63,40 @@ CASES = {
     "netns not a netns": (pod_doc("ok", "b", netns="/etc/hostname"), "spec.netns", "is not a network namespace"),
     "netns relative": (pod_doc("ok", "b", netns="run/netns/x"), "spec.netns", "absolute path"),
 }
+
+
+def host_routes() -> str:
+    """The host's default route (other nodes on this machine add and remove pod routes)."""
+    return subprocess.run(["ip", "route", "show", "default"], capture_output=True, text=True).stdout
+
+
+@pytest.mark.parametrize("path, needle", [
+    ("/proc/1/ns/net", ""),          # the host's, or unreadable where pid 1 is hidden
+    ("/proc/self/ns/net", "is the host's own network namespace"),   # endpointd's own
+    ("BIND", "is the host's own network namespace"),                 # a bind mount of it
+    ("/proc/self/ns/uts", "is not a network namespace (a uts namespace)"),
+    ("/run", "is not a network namespace (a directory)"),
+    ("/dev/null", "is not a network namespace (a character device)"),
+    ("FIFO", "is not a network namespace (a FIFO)"),
+])
+def test_spec_netns_takes_only_a_pods_network_namespace(base, tmp_path, path, needle):
+    # Adopting the host's namespace would move eth0 and the default route into a "pod";
+    # opening a FIFO would block endpointd's netlink thread for good.
+    if path == "FIFO":
+        path = str(tmp_path / "fifo")
+        os.mkfifo(path)
+    elif path == "BIND":
+        path = str(tmp_path / "hostns")
+        Path(path).touch()
+        subprocess.run(["mount", "--bind", "/proc/self/ns/net", path], check=True)
+    routes = host_routes()
+    try:
+        expect_refused(base, pod_doc("ok", "b", netns=path), f"spec.netns: {path} {needle}".strip())
+    finally:
+        if path.endswith("hostns"):
+            subprocess.run(["umount", path])
+    assert host_routes() == routes
+    expect_refused(base, pod_doc("ok", "b", netns="/etc/hostname"), "spec.netns")   # still serving
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

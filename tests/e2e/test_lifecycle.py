@@ -3,6 +3,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from nats.errors import NoRespondersError
 
 from services.wire import codec, subjects
 from services.wire.subjects import SERVICES
-from tests.support.node import REPO, Node
+from tests.support.node import REPO, Node, pod_doc
 
 
 def test_status_reports_every_service_healthy(node):
@@ -38,6 +39,14 @@ def test_context_file_is_private_nats_cli_json(node):
     ctx = json.loads(open(path).read())
     assert ctx["url"] == f"nats://127.0.0.1:{node.nats_port}"
     assert ctx["user"] == "admin" and len(ctx["password"]) >= 20
+
+
+def test_logs_are_not_world_readable(node):
+    logs = Path(node.status()["context"]).parent.parent / "logs"
+    assert stat.S_IMODE(logs.stat().st_mode) == 0o750
+    files = sorted(p.name for p in logs.glob("*.log"))
+    assert {"endpointd.log", "policyd.log", "routed.log", "flowd.log", "supervisor.log"} <= set(files)
+    assert {f: oct(stat.S_IMODE((logs / f).stat().st_mode)) for f in files} == {f: "0o640" for f in files}
 
 
 def test_nats_listens_on_loopback_only(node):
@@ -151,6 +160,40 @@ def test_foreground_up_stops_cleanly_on_ctrl_c(tmp_path):
             proc.wait()
         fg.purge()
     assert not fg.leftovers()
+
+
+def test_nats_beyond_loopback_runs_with_tls_for_every_client(tmp_path):
+    t = Node(tmp_path, pod_cidr="10.216.0.0/24", nats={"host": "0.0.0.0"})
+    try:
+        t.up()
+        st = t.wait_healthy()                              # supervisor and services, over TLS
+        assert st["nats"]["url"] == f"tls://127.0.0.1:{t.nats_port}"
+        ctx = json.loads(Path(st["context"]).read_text())
+        tls_dir = t.state_dir / "nats" / "tls"
+        assert ctx["ca"] == str(tls_dir / "ca.pem")
+        for key in ("ca-key.pem", "server-key.pem", "client-key.pem"):
+            assert stat.S_IMODE((tls_dir / key).stat().st_mode) == 0o600, key
+        t.apply(pod_doc("default", "tls"))                 # endpointd -> policyd, routed
+        assert "tls" in t.pods().get("default/tls", {}).get("metadata", {}).get("name", "")
+        with socket.create_connection(("127.0.0.1", t.nats_port), timeout=10) as s:
+            info = json.loads(s.makefile("rb").readline()[5:])
+        assert info["tls_required"] is True
+        with pytest.raises(Exception):                     # a plain client gets nowhere
+            asyncio.run(nats.connect(f"nats://127.0.0.1:{t.nats_port}", user="admin",
+                                     password=ctx["password"], allow_reconnect=False, connect_timeout=3))
+        # the subscriber example, as the read-only flows user, over TLS
+        example = subprocess.Popen([sys.executable, str(REPO / "examples" / "subscribe_flows.py"),
+                                    str(t.state_dir / "nats" / "flows.context.json")],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            first = example.stdout.readline()
+            assert first.startswith("subscribed to capillary.flows.> on 127.0.0.1:"), example.stderr.read()
+        finally:
+            example.kill()
+            example.wait()
+    finally:
+        t.purge()
+    assert not t.leftovers()
 
 
 def test_masquerade_is_opt_in_and_removed_on_purge(tmp_path):

@@ -92,6 +92,8 @@ class Deployment:
             "CAPILLARY_ROUTER_DEVICE": self.router_device, "CAPILLARY_ROUTER_PEER": self.router_peer,
             "CAPILLARY_LXC_PREFIX": self.lxc_prefix, "CAPILLARY_NATS_PORT": str(self.nats_port),
             "CAPILLARY_HEALTH_INTERVAL": "2s",
+            # beyond loopback: NATS with TLS, which every container and the host's CLI use
+            "CAPILLARY_NATS_HOST": "0.0.0.0",
             **{f"CAPILLARY_METRICS_{s.upper()}": str(free_port()) for s in ("endpointd", "policyd", "routed", "flowd")},
             **settings,
         }
@@ -108,6 +110,10 @@ class Deployment:
 
     def exec(self, service: str, *argv: str, check: bool = True) -> subprocess.CompletedProcess:
         return self.compose("exec", "-T", service, *argv, check=check, timeout=60)
+
+    def run_cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        """The CLI in a one-off container of the `cli` service (admin's credentials)."""
+        return self.compose("run", "--rm", "-T", "cli", "capillary", *args, check=check, timeout=120)
 
     @property
     def config_path(self) -> Path:
@@ -146,7 +152,7 @@ class Deployment:
             out[service] = state.get("Health", {}).get("Status") if state["Running"] else state["Status"]
         return out
 
-    def up(self, timeout: float = 120) -> float:
+    def up(self, timeout: float = 300) -> float:
         """`up -d`, then wait until every service's healthcheck passes; the seconds it took."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
@@ -166,7 +172,7 @@ class Deployment:
         """Remove the node's pods, devices, rules, maps and state with the CLI in a one-off
         container (as a user would; if that cannot run, with the host's CLI), then the
         project's volume, which `run` creates."""
-        proc = self.compose("run", "--rm", "--no-deps", "-T", "endpointd", "capillary", "down", "--purge",
+        proc = self.compose("run", "--rm", "--no-deps", "-T", "cli", "capillary", "down", "--purge",
                             check=False, timeout=120)
         if proc.returncode != 0:
             print(f"purge in a container failed ({proc.returncode}): {proc.stderr}", file=sys.stderr)

@@ -29,7 +29,8 @@ class FlowCollector:
         self._loop.run_forever()
 
     async def _subscribe(self) -> None:
-        creds = Credentials.load(self.node.state_dir / "nats" / "admin.context.json")
+        # the read-only flows user: subscribing to flows is all it may do
+        creds = Credentials.load(self.node.state_dir / "nats" / f"{subjects.FLOWS_READER}.context.json")
         self.bus = await Bus.connect(creds, name="flow-collector")
 
         async def on_msg(msg) -> None:

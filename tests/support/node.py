@@ -31,6 +31,7 @@ class Node:
     maps: dict = field(default_factory=dict)
     events: dict = field(default_factory=dict)
     datapath: dict = field(default_factory=dict)    # more datapath keys (e.g. conntrackGCInterval)
+    nats: dict = field(default_factory=dict)
     tag: str = field(default_factory=lambda: secrets.token_hex(2))
 
     def __post_init__(self) -> None:
@@ -51,7 +52,7 @@ class Node:
             "datapath": {"mode": self.mode, "bpfRoot": self.bpf_root,
                          "routerDevice": self.router_device, "routerPeer": f"ct{self.tag}n",
                          "lxcPrefix": self.lxc_prefix, **self.datapath},
-            "nats": {"port": self.nats_port},
+            "nats": {"port": self.nats_port, **self.nats},
             "maps": self.maps,
             "events": self.events,
             "metrics": {s: free_port() for s in ("endpointd", "policyd", "routed", "flowd")},

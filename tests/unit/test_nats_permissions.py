@@ -41,9 +41,15 @@ def test_admin_has_no_restrictions():
     assert natsserver.permissions(natsserver.ADMIN) == {}
 
 
-def test_users_are_admin_and_every_service():
-    assert natsserver.USERS == ("admin", *SERVICES)
+def test_users_are_admin_every_service_and_the_readers():
+    assert natsserver.USERS == ("admin", *SERVICES, "flows")
     assert set(GRANTS) == set(SERVICES)
+    assert set(subjects.READERS) == {subjects.FLOWS_READER}
+
+
+def test_the_flows_reader_only_subscribes_to_flows():
+    assert natsserver.permissions("flows") == {"publish": {"deny": [">"]},
+                                               "subscribe": {"allow": [f"{subjects.FLOWS}.>"]}}
 
 
 @pytest.mark.parametrize("service", SERVICES)
@@ -95,6 +101,7 @@ def test_each_inbox_is_its_own(service):
     inboxes = [p for p in allowed(service, "subscribe") if p.startswith("_INBOX")]
     assert inboxes == [f"{subjects.inbox_prefix(service)}.>"]
     others = {subjects.inbox_prefix(u) for u in natsserver.USERS if u != service}
+    assert subjects.health(service) in allowed(service, "publish")   # its container's healthcheck
     assert subjects.inbox_prefix(service) not in others
 
 
