@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -39,3 +40,41 @@ class Client:
 
 def run(coro):
     return asyncio.run(coro)
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+STOP_GRACE = 5.0        # seconds a stopped command has to clean up (unsubscribe, close)
+
+
+def follow(coro, interrupted: int = 0) -> int:
+    """Run a command that goes on until stopped (observe -f, monitor, walk): SIGINT (Ctrl-C)
+    or SIGTERM ends it with status INTERRUPTED.
+
+    The handlers are the event loop's own (a wake-up fd), installed whatever the signal's
+    disposition was: a job a non-interactive shell starts in the background inherits SIGINT
+    ignored, and then neither Python nor asyncio.run would ever act on it. The command is
+    cancelled, again while it swallows the cancellation (nats-py's flush does, so a
+    cancellation landing in a publish is lost), until it ends or STOP_GRACE runs out."""
+
+    async def main() -> int:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in STOP_SIGNALS:
+            loop.add_signal_handler(sig, stop.set)
+        work = asyncio.ensure_future(coro)
+        stopping = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({work, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if work.done():
+                return work.result()
+            deadline = loop.time() + STOP_GRACE
+            while not work.done() and loop.time() < deadline:
+                work.cancel()
+                await asyncio.wait({work}, timeout=0.2)
+            return interrupted
+        finally:
+            stopping.cancel()
+            for sig in STOP_SIGNALS:
+                loop.remove_signal_handler(sig)
+
+    return asyncio.run(main())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -109,3 +110,47 @@ def test_bad_arguments(mon):
     assert proc.returncode == 2 and "invalid choice: 'capture'" in proc.stderr
     proc = mon.cli("monitor", "-n", "-1", check=False)
     assert proc.returncode == 1 and "--count: -1" in proc.stderr
+
+
+def _ignoring_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)     # as `cmd &` in a non-interactive shell
+
+
+@pytest.mark.parametrize("command", [["monitor"], ["observe", "-f"], ["observe", "-f", "--last", "3"], ["walk"]])
+def test_ctrl_c_ends_every_follow_mode_even_when_started_with_sigint_ignored(mon, command):
+    """A job a script starts in the background inherits SIGINT ignored; Ctrl-C (or kill
+    -INT) must still end the command, at once and cleanly."""
+    sink = None
+    if command == ["walk"]:     # a UDP probe nobody answers: the walk waits for its timeout
+        sink = subprocess.Popen(["nsenter", f"--net={mon.netns('mon/a')}", "--", sys.executable, "-c",
+                                 "import socket, time; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+                                 "s.bind(('0.0.0.0', 5353)); print('ready', flush=True); time.sleep(600)"],
+                                stdout=subprocess.PIPE, text=True)
+        assert sink.stdout.readline().strip() == "ready"
+        command = ["walk", "mon/b", "mon/a", "--protocol", "udp", "--port", "5353", "--timeout", "600"]
+    proc = subprocess.Popen([sys.executable, "-m", "services.cli.main", "--config", str(mon.config_path), *command],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                            preexec_fn=_ignoring_sigint)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not _has_nats_connection(proc.pid):
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.1)
+        if command[0] == "walk":
+            time.sleep(2)       # into the probe
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+        assert proc.returncode == (130 if command[0] == "walk" else 0), err
+        assert "Traceback" not in err
+    finally:
+        for p in (proc, sink):
+            if p is not None and p.poll() is None:
+                p.kill()
+            if p is not None:
+                p.wait()
+
+
+def _has_nats_connection(pid: int) -> bool:
+    """Whether PID has a TCP connection open (to NATS: the command is past its start)."""
+    out = subprocess.run(["ss", "-tnp"], capture_output=True, text=True).stdout
+    return f"pid={pid}," in out
