@@ -7,9 +7,10 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from services.runtime.bus import Bus, Credentials
+from services.runtime.bus import Bus, Credentials, ServiceError
 from services.runtime.config import NodeConfig
 from services.runtime.natsserver import ADMIN
+from services.wire.messages import UNAVAILABLE
 
 CONTEXT_ENV = "CAPILLARY_CONTEXT"
 
@@ -32,10 +33,27 @@ class Client:
 
     async def __aexit__(self, *exc) -> None:
         if self.bus:
-            await self.bus.nc.close()
+            await self.bus.close()
 
     async def call(self, subject: str, message=None, timeout: float = 10.0) -> Any:
         return await self.bus.request(subject, message, timeout=timeout)
+
+    async def next(self, queue: asyncio.Queue, timeout: float | None = None) -> Any:
+        """QUEUE's next item (None after TIMEOUT seconds); raises once the connection to NATS
+        is lost: a command that follows ends with an error, never waits on in silence."""
+        get = asyncio.ensure_future(queue.get())
+        lost = asyncio.ensure_future(self.bus.lost.wait())
+        try:
+            await asyncio.wait({get, lost}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            lost.cancel()
+            if not get.done():
+                get.cancel()
+        if get.done() and not get.cancelled():
+            return get.result()
+        if self.bus.lost.is_set():
+            raise ServiceError(UNAVAILABLE, "lost the connection to NATS: is the node up?")
+        return None
 
 
 def run(coro):

@@ -17,6 +17,7 @@ from services.datapath.numbers import EVENT_POLICY_VERDICT, EVENT_TRACE, METRIC_
 from services.runtime.bus import Bus, Credentials
 from services.wire import codec, subjects
 from services.wire.messages import MonitorAttach, MonitorEvents
+from tests.support import disruption
 from tests.support.node import REPO, docs, namespace_doc, pod_doc
 from tests.support.traffic import probe
 
@@ -132,10 +133,7 @@ def test_ctrl_c_ends_every_follow_mode_even_when_started_with_sigint_ignored(mon
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
                             preexec_fn=_ignoring_sigint)
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not _has_nats_connection(proc.pid):
-            assert proc.poll() is None, proc.communicate()
-            time.sleep(0.1)
+        disruption.wait_connected(proc)
         if command[0] == "walk":
             time.sleep(2)       # into the probe
         proc.send_signal(signal.SIGINT)
@@ -149,8 +147,3 @@ def test_ctrl_c_ends_every_follow_mode_even_when_started_with_sigint_ignored(mon
             if p is not None:
                 p.wait()
 
-
-def _has_nats_connection(pid: int) -> bool:
-    """Whether PID has a TCP connection open (to NATS: the command is past its start)."""
-    out = subprocess.run(["ss", "-tnp"], capture_output=True, text=True).stdout
-    return f"pid={pid}," in out

@@ -10,6 +10,8 @@ import asyncio
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -20,7 +22,7 @@ from services.wire import subjects
 from services.wire.messages import UNAVAILABLE, ListRequest
 from tests.support import disruption
 from tests.support.flows import FlowCollector
-from tests.support.node import docs, namespace_doc, pod_doc
+from tests.support.node import REPO, docs, namespace_doc, pod_doc
 from tests.support.traffic import Servers, ping, probe
 
 NS = "nr"
@@ -87,7 +89,15 @@ async def _request_in_outage(creds: Credentials, outage_started) -> RemoteError:
             return exc
         raise AssertionError("a request during the outage was answered")
     finally:
-        await bus.nc.close()
+        await bus.close()
+
+
+def _follow(node, *args: str) -> subprocess.Popen:
+    """A following command, started and connected (its first output line is out)."""
+    proc = subprocess.Popen([sys.executable, "-m", "services.cli.main", "--config", str(node.config_path), *args,
+                             "-o", "json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    disruption.wait_connected(proc)
+    return proc
 
 
 def test_requests_in_an_outage_fail_clearly_and_state_survives_a_restart(scene):
@@ -101,6 +111,7 @@ def test_requests_in_an_outage_fail_clearly_and_state_survives_a_restart(scene):
     async def outage_started() -> None:
         holder["outage"] = await asyncio.to_thread(Outage(node).__enter__)
 
+    followers = [_follow(node, "observe", "-f"), _follow(node, "monitor")]
     try:
         error = asyncio.run(_request_in_outage(creds, outage_started))
         assert error.code == UNAVAILABLE, error
@@ -108,10 +119,18 @@ def test_requests_in_an_outage_fail_clearly_and_state_survives_a_restart(scene):
             out = node.cli(*args, check=False, input=pod_doc(NS, "c"), timeout=60)
             assert out.returncode == 1 and "cannot connect to NATS" in out.stderr, (args, out.stderr)
             assert "Traceback" not in out.stderr
+        for proc in followers:       # a command that follows ends, saying why
+            _, err = proc.communicate(timeout=60)
+            assert proc.returncode == 1 and "lost the connection to NATS" in err, err
+            assert "Traceback" not in err
         # The datapath goes on without the bus: allowed, denied, pings.
         assert ping(b_ns, a_ip, count=3)
         assert probe(a_ns, "tcp", b_ip, 80) and not probe(a_ns, "tcp", b_ip, 81)
     finally:
+        for proc in followers:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
         if "outage" in holder:
             holder["outage"].__exit__(None, None, None)
     node.wait_healthy()

@@ -113,3 +113,15 @@ def delta(before: dict, after: dict) -> dict:
     out["pings_lost_seq"] = [s for s in after["pings_lost_seq"] if s not in before["pings_lost_seq"]]
     out["connections_held"] = after["connections"] - after["broken"]
     return out
+
+
+def wait_connected(proc: subprocess.Popen, timeout: float = 60) -> None:
+    """Until PROC has a TCP connection open (a CLI command: to NATS, so past its start)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"exited {proc.returncode}: {proc.communicate()}")
+        if f"pid={proc.pid}," in subprocess.run(["ss", "-tnp"], capture_output=True, text=True).stdout:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"process {proc.pid} did not connect within {timeout:g}s")
