@@ -98,11 +98,11 @@ class Pipeline:
         """Handle every batch offered so far (records that wait stay queued)."""
         while self._batches:
             batch, settled = self._batches.popleft()
-            waiting = len(self.waiting)
+            parked = self.waiting.parked
             try:
                 await self.handle(batch, settled)
             finally:
-                self.queued -= len(batch) - (len(self.waiting) - waiting)
+                self.queued -= len(batch) - (self.waiting.parked - parked)
 
     async def handle(self, batch: list[bytes], settled: bool = False) -> None:
         """Build, keep and publish BATCH's flows. Unless SETTLED (back from waiting), a
@@ -113,8 +113,14 @@ class Pipeline:
         offset = clock_offset_ns()
         lookup, build = self.builder.lookup, self.builder.flow
         out: list[tuple[str, bytes]] = []
+        waiting = self.waiting
         for raw in batch:
             try:
+                if settled:
+                    waiting.handled(raw)
+                elif waiting.holds(raw):
+                    waiting.park(raw, frozenset())
+                    continue
                 key, template = lookup(raw)
                 if template is None:
                     template = self._template(key, raw, settled)

@@ -28,7 +28,8 @@ from tests.unit.flowdata import A, B, ID_A, ID_B, event, packet, pod, udp
 
 RULE = {"rule_id": 77, "kind": "CiliumNetworkPolicy", "name": "only-a", "namespace": "x",
         "direction": "ingress", "deny": False, "index": 0}
-IDENTITIES = [{"id": ID_A, "labels": {"k8s:app": "a"}}, {"id": ID_B, "labels": {"k8s:app": "b"}}]
+IDENTITIES = [{"id": 2, "labels": {"reserved:world": ""}}, {"id": ID_A, "labels": {"k8s:app": "a"}},
+              {"id": ID_B, "labels": {"k8s:app": "b"}}]
 DEADLINE = 30.0
 
 
@@ -92,6 +93,11 @@ def trace(sport: int) -> bytes:
     return event(packet(A, B, 17, udp(sport, 80)))
 
 
+def other_pair(sport: int) -> bytes:
+    """A trace from pod b to an address outside (the world)."""
+    return event(packet(B, "10.200.0.9", 17, udp(sport, 80)), endpoint_id=2, src_identity=ID_B, dst_identity=2)
+
+
 async def next_flow(flows: asyncio.Queue) -> dict:
     return await asyncio.wait_for(flows.get(), DEADLINE)
 
@@ -117,10 +123,10 @@ async def test_only_the_event_that_names_an_unknown_rule_waits_for_its_fetch(flo
     node.rules.append(RULE)
     node.hold.clear()                               # policyd is slow to answer
     pipe.offer([verdict(40002, 77)])
-    pipe.offer([trace(40003)])
+    pipe.offer([other_pair(40003)])
     first = await next_flow(flows)                  # the known one goes out meanwhile
     assert first["l4"]["UDP"]["source_port"] == 40003
-    assert pipe.queued == 1 and len(pipe.waiting) == 0      # the other is in its fetch
+    assert pipe.queued == 1 and len(pipe.waiting) == 1      # the other is in its fetch
     node.hold.set()
     second = await next_flow(flows)
     assert second["l4"]["UDP"]["source_port"] == 40002
@@ -141,3 +147,17 @@ async def test_a_rule_that_stays_unknown_goes_out_once_fetched_and_is_counted(fl
     await next_flow(flows)
     assert pipe.waiting.fetches == fetches + 1 and metrics.unattributed._value.get() == 2
     assert pipe.queued == 0 and pipe.acct.published == 2
+
+
+async def test_events_between_the_same_pods_keep_their_order_behind_a_waiting_one(flowd):
+    pipe, node, flows, _ = flowd
+    assert await pipe.enricher.refresh()
+    node.rules.append(RULE)
+    node.hold.clear()
+    pipe.offer([verdict(40005, 77), trace(40006)])  # the trace comes after the verdict
+    pipe.offer([other_pair(40007)])                 # another pair of addresses: goes on
+    first = await next_flow(flows)
+    assert first["l4"]["UDP"]["source_port"] == 40007
+    node.hold.set()
+    assert [(await next_flow(flows))["l4"]["UDP"]["source_port"] for _ in range(2)] == [40005, 40006]
+    assert pipe.queued == 0 and len(pipe.waiting) == 0
