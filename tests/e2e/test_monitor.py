@@ -79,31 +79,40 @@ def test_every_type_as_json(mon):
 
 
 def test_raw_events_flow_only_while_a_lease_is_held(mon):
+    """Held, given back (lease 0) and run out: events only in the first case. No probe races
+    a lease: each starts after the lease was taken, or after it ended."""
     node = mon
     b_ip = node.pods()["mon/b"]["status"]["podIP"]
 
-    async def scenario() -> tuple[int, int]:
+    async def scenario() -> tuple[int, int, int]:
         bus = await Bus.connect(Credentials.load(node.state_dir / "nats" / "admin.context.json"), name="lease-test")
         got: list[int] = []
 
         async def on_batch(msg) -> None:
             got.append(len(MonitorEvents.from_wire(codec.decode(msg.data)).events))
 
+        async def events_of_a_probe(sport: int) -> int:
+            before = sum(got)
+            await asyncio.to_thread(probe, node.netns("mon/a"), "tcp", b_ip, 80, sport)
+            await bus.nc.flush()
+            await asyncio.sleep(1.0)                  # the probe's events reach NATS, if they go
+            return sum(got) - before
+
         try:
             await bus.nc.subscribe(subjects.monitor(node.name), cb=on_batch)
-            await bus.request(subjects.OBSERVER_MONITOR, MonitorAttach(monitor="lease-test", lease=1.0))
-            await asyncio.to_thread(probe, node.netns("mon/a"), "tcp", b_ip, 80, 42003)
-            await asyncio.sleep(0.5)
-            during = sum(got)
+            await bus.request(subjects.OBSERVER_MONITOR, MonitorAttach(monitor="lease-test", lease=60.0))
+            held = await events_of_a_probe(42003)
+            await bus.request(subjects.OBSERVER_MONITOR, MonitorAttach(monitor="lease-test", lease=0))
+            given_back = await events_of_a_probe(42004)
+            await bus.request(subjects.OBSERVER_MONITOR, MonitorAttach(monitor="lease-test", lease=0.5))
             await asyncio.sleep(1.0)                  # the lease runs out
-            await asyncio.to_thread(probe, node.netns("mon/a"), "tcp", b_ip, 80, 42004)
-            await asyncio.sleep(0.5)
-            return during, sum(got) - during
+            run_out = await events_of_a_probe(42005)
+            return held, given_back, run_out
         finally:
-            await bus.nc.close()
+            await bus.close()
 
-    during, after = asyncio.run(scenario())
-    assert during >= 4 and after == 0        # the monitors of the tests before gave theirs back
+    held, given_back, run_out = asyncio.run(scenario())
+    assert held >= 4 and given_back == 0 and run_out == 0   # the monitors before gave theirs back
 
 
 def test_bad_arguments(mon):
