@@ -7,7 +7,7 @@ PYTEST  := $(VENV)/bin/pytest
 CONFIG  ?=
 CONFIG_FLAG := $(if $(CONFIG),--config $(CONFIG),)
 
-.PHONY: setup up down purge status test unit fuzz privileged e2e compose-image compose-test bench bench-setup \
+.PHONY: setup up down purge status test unit fuzz privileged e2e soak compose-image compose-test bench bench-setup \
 	bench-report clean
 
 setup:
@@ -41,6 +41,13 @@ privileged: setup
 
 e2e: setup
 	$(PYTEST) tests/e2e -q -ra
+
+# The disruption suite for longer (not in CI): each disruption ROUNDS times (default 10)
+# under one set of long-lived connections, then the NATS restart; figures per disruption.
+ROUNDS ?= 10
+soak: setup
+	CAPILLARY_DISRUPTION_ROUNDS=$(ROUNDS) $(PYTEST) tests/e2e/test_disruption.py tests/e2e/test_nats_restart.py \
+		-v -s -ra --timeout $$(( 600 + 300 * $(ROUNDS) ))
 
 # capillary with Docker Compose (compose.yaml): the image, then a deployment on a real
 # engine (started for the test when none runs). Caches in /var/cache/capillary.

@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 from pathlib import Path
 from typing import Any
 
-from services.runtime.bus import Bus, Credentials
+from services.runtime.bus import Bus, Credentials, ServiceError
 from services.runtime.config import NodeConfig
 from services.runtime.natsserver import ADMIN
+from services.wire.messages import UNAVAILABLE
 
 CONTEXT_ENV = "CAPILLARY_CONTEXT"
 
@@ -31,11 +33,66 @@ class Client:
 
     async def __aexit__(self, *exc) -> None:
         if self.bus:
-            await self.bus.nc.close()
+            await self.bus.close()
 
     async def call(self, subject: str, message=None, timeout: float = 10.0) -> Any:
         return await self.bus.request(subject, message, timeout=timeout)
 
+    async def next(self, queue: asyncio.Queue, timeout: float | None = None) -> Any:
+        """QUEUE's next item (None after TIMEOUT seconds); raises once the connection to NATS
+        is lost: a command that follows ends with an error, never waits on in silence."""
+        get = asyncio.ensure_future(queue.get())
+        lost = asyncio.ensure_future(self.bus.lost.wait())
+        try:
+            await asyncio.wait({get, lost}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            lost.cancel()
+            if not get.done():
+                get.cancel()
+        if get.done() and not get.cancelled():
+            return get.result()
+        if self.bus.lost.is_set():
+            raise ServiceError(UNAVAILABLE, "lost the connection to NATS: is the node up?")
+        return None
+
 
 def run(coro):
     return asyncio.run(coro)
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+STOP_GRACE = 5.0        # seconds a stopped command has to clean up (unsubscribe, close)
+
+
+def follow(coro, interrupted: int = 0) -> int:
+    """Run a command that goes on until stopped (observe -f, monitor, walk): SIGINT (Ctrl-C)
+    or SIGTERM ends it with status INTERRUPTED.
+
+    The handlers are the event loop's own (a wake-up fd), installed whatever the signal's
+    disposition was: a job a non-interactive shell starts in the background inherits SIGINT
+    ignored, and then neither Python nor asyncio.run would ever act on it. The command is
+    cancelled, again while it swallows the cancellation (nats-py's flush does, so a
+    cancellation landing in a publish is lost), until it ends or STOP_GRACE runs out."""
+
+    async def main() -> int:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in STOP_SIGNALS:
+            loop.add_signal_handler(sig, stop.set)
+        work = asyncio.ensure_future(coro)
+        stopping = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({work, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if work.done():
+                return work.result()
+            deadline = loop.time() + STOP_GRACE
+            while not work.done() and loop.time() < deadline:
+                work.cancel()
+                await asyncio.wait({work}, timeout=0.2)
+            return interrupted
+        finally:
+            stopping.cancel()
+            for sig in STOP_SIGNALS:
+                loop.remove_signal_handler(sig)
+
+    return asyncio.run(main())

@@ -5,7 +5,7 @@ import argparse
 import sys
 
 from services.cli import bpf, debuginfo, monitor, node, objects, observe, walk
-from services.cli.client import Client, run
+from services.cli.client import Client, follow, run
 from services.cli.output import error
 from services.runtime.bus import ServiceError
 from services.runtime.config import ConfigError, load_config
@@ -16,6 +16,9 @@ DELETE_KINDS = {"pod": "Pod", "pods": "Pod", "po": "Pod", "namespace": "Namespac
                 "ciliumnetworkpolicy": "CiliumNetworkPolicy", "cnp": "CiliumNetworkPolicy",
                 "ciliumclusterwidenetworkpolicy": "CiliumClusterwideNetworkPolicy",
                 "ccnp": "CiliumClusterwideNetworkPolicy"}
+
+
+INTERRUPTED = 130        # as a shell reports a command ended by SIGINT
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -120,20 +123,14 @@ def dispatch(args) -> int:
         if args.bpf_command == "ct":
             return bpf.ct_list(config, args.output)
         return bpf.endpoint_list(config, args.output)
-    if cmd == "observe":
-        try:
-            return run(_with_client(config, observe.observe, args))
-        except KeyboardInterrupt:          # the way to stop -f
-            return 0
+    if cmd == "observe":                   # Ctrl-C is the way to stop -f
+        return follow(_with_client(config, observe.observe, args))
     if cmd == "monitor":
-        try:
-            return run(_with_client(config, monitor.monitor, args))
-        except KeyboardInterrupt:          # the way to stop it
-            return 0
+        return follow(_with_client(config, monitor.monitor, args))
     if cmd == "debuginfo":
         return run(debuginfo.debuginfo(config, args.file))
     if cmd == "walk":
-        return run(_with_client(config, walk.walk, args))
+        return follow(_with_client(config, walk.walk, args), interrupted=INTERRUPTED)
     if cmd == "exec":
         argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
         path = run(_with_client(config, objects.netns_of, args.pod))
@@ -149,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         error(exc.message if isinstance(exc, ServiceError) else str(exc))
         return 1
     except KeyboardInterrupt:
-        return 130
+        return INTERRUPTED
 
 
 if __name__ == "__main__":

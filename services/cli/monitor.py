@@ -116,10 +116,7 @@ async def monitor(client: Client, args: argparse.Namespace) -> int:
     shown, lost = 0, None
     try:
         while not args.count or shown < args.count:
-            try:
-                batch = await asyncio.wait_for(queue.get(), timeout=max(renew - time.monotonic(), 0.01))
-            except asyncio.TimeoutError:
-                batch = None
+            batch = await client.next(queue, timeout=max(renew - time.monotonic(), 0.01))
             if time.monotonic() >= renew:
                 await client.call(subjects.OBSERVER_MONITOR, MonitorAttach(monitor=me, lease=LEASE))
                 renew = time.monotonic() + LEASE / 2
@@ -139,6 +136,7 @@ async def monitor(client: Client, args: argparse.Namespace) -> int:
                 if args.count and shown >= args.count:
                     break
     finally:
-        await sub.unsubscribe()
-        await client.call(subjects.OBSERVER_MONITOR, MonitorAttach(monitor=me, lease=0))
+        if not client.bus.lost.is_set():
+            await sub.unsubscribe()
+            await client.call(subjects.OBSERVER_MONITOR, MonitorAttach(monitor=me, lease=0))
     return 0

@@ -99,7 +99,7 @@ async def observe(client: Client, args: argparse.Namespace) -> int:
             seen.add(flow.get("uuid", ""))
             show(flow)
     while args.follow:
-        flow = await live.get()
+        flow = await client.next(live)
         if flow.get("uuid") not in seen:
             show(flow)
     return 0

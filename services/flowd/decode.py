@@ -25,7 +25,7 @@ from services.datapath.numbers import (DROP_INVALID, DROP_INVALID_SIP, DROP_POLI
                                        TRACE_REASON_POLICY, VERDICT_AUDIT, VERDICT_DROPPED,
                                        VERDICT_FORWARDED)
 from services.flowd import packet
-from services.flowd.metadata import Metadata, policy_labels
+from services.flowd.metadata import UNKNOWN_RULE_KIND, Metadata, policy_labels
 
 # Hubble's DropReason names for Cilium's drop codes.
 DROP_REASON_DESC = {DROP_INVALID_SIP: "INVALID_SOURCE_IP", DROP_POLICY: "POLICY_DENIED",
@@ -143,7 +143,7 @@ def attribution(hdr: FlowEvent, verdict: str, meta: Metadata) -> dict[str, list[
         return {key: [dict(DEFAULT_ALLOW if allowed else DEFAULT_DENY)]}
     rule = meta.rules.get(hdr.rule_id)
     if rule is None:
-        return {key: [{"kind": "Unknown", "name": f"rule-{hdr.rule_id}", "namespace": "",
+        return {key: [{"kind": UNKNOWN_RULE_KIND, "name": f"rule-{hdr.rule_id}", "namespace": "",
                        "labels": [], "rule_index": 0}]}
     return {key: [{"name": rule.name, "namespace": rule.namespace, "kind": rule.kind,
                    "labels": policy_labels(rule), "rule_index": rule.index}]}

@@ -1,21 +1,23 @@
 """Keeps flowd's Metadata fresh from endpointd (pod.list) and policyd (identity.list,
 policy.rules): a full load at start (retried until both answer: endpointd itself waits for
 flowd, so flowd must not wait for it), on every endpoint event, every REFRESH_SECONDS, and
-when an event names something unknown (at most every MIN_INTERVAL seconds).
+on demand for the tables an event finds lacking (services/flowd/waiting.py).
 """
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterable
 
-from services.flowd.metadata import Metadata
+from services.flowd.metadata import IDENTITIES, PODS, RULES, TABLES, Metadata
 from services.runtime.bus import Bus, RemoteError
 from services.wire import subjects
 from services.wire.messages import ListRequest, SchemaError
 
 REFRESH_SECONDS = 30.0
 RETRY_SECONDS = 0.5
-MIN_INTERVAL = 1.0
+REQUEST_TIMEOUT = 2.0
+SOURCES = {PODS: subjects.POD_LIST, IDENTITIES: subjects.IDENTITY_LIST, RULES: subjects.POLICY_RULES}
 
 
 class Enricher:
@@ -24,31 +26,28 @@ class Enricher:
         self.meta = meta
         self.log = log
         self.loaded = False                 # every table answered at least once
-        self._last = 0.0
+        self.last = 0.0                     # monotonic time the last refresh started
         self._poke = asyncio.Event()
         self._lock = asyncio.Lock()
+        self._setters = {PODS: meta.set_pods, IDENTITIES: meta.set_identities, RULES: meta.set_rules}
 
-    async def refresh(self) -> bool:
-        """Reload every table; True when all three answered (a failed one keeps its data)."""
+    async def refresh(self, tables: Iterable[str] = TABLES) -> bool:
+        """Reload TABLES (default: all); True when each answered (a failed one keeps its
+        data: unknown is not empty)."""
         async with self._lock:
-            self._last = time.monotonic()
+            self.last = time.monotonic()
             ok = True
-            for subject, setter in ((subjects.POD_LIST, self.meta.set_pods),
-                                    (subjects.IDENTITY_LIST, self.meta.set_identities),
-                                    (subjects.POLICY_RULES, self.meta.set_rules)):
+            for table in TABLES:
+                if table not in tables:
+                    continue
                 try:
-                    setter(await self.bus.request(subject, ListRequest(), timeout=2.0))
+                    self._setters[table](await self.bus.request(SOURCES[table], ListRequest(),
+                                                                timeout=REQUEST_TIMEOUT))
                 except (RemoteError, SchemaError) as exc:
                     ok = False
-                    self.log.debug("metadata refresh failed", subject=subject, error=str(exc))
-            self.loaded = self.loaded or ok
+                    self.log.debug("metadata refresh failed", table=table, error=str(exc))
+            self.loaded = self.loaded or (ok and set(tables) >= set(TABLES))
             return ok
-
-    async def ensure(self, identities: tuple[int, ...], endpoint_id: int, rule_id: int) -> None:
-        """Refresh first if the event names something unknown and we did not just refresh."""
-        if self.meta.missing(identities, endpoint_id, rule_id) and \
-                time.monotonic() - self._last >= MIN_INTERVAL:
-            await self.refresh()
 
     def poke(self) -> None:
         """Something changed (an endpoint event): refresh soon."""

@@ -9,6 +9,9 @@ from dataclasses import dataclass, field
 from services.wire.messages import Identity, Pod, PolicyRule
 
 POLICY_LABEL = "k8s:io.cilium.k8s.policy"
+PODS, IDENTITIES, RULES = "pods", "identities", "rules"       # the tables, by name
+TABLES = (PODS, IDENTITIES, RULES)
+UNKNOWN_RULE_KIND = "Unknown"       # a flow's rule whose rule_id the rule table lacks
 
 
 @dataclass(frozen=True)
@@ -38,8 +41,9 @@ def policy_labels(rule: PolicyRule) -> list[str]:
 @dataclass
 class Metadata:
     """Lookups the decoder uses. Invariant: every table is replaced whole, never edited, so
-    a reader on the event loop never sees half of a refresh; `version` counts replacements,
-    so whatever was derived from the tables knows when it is stale."""
+    a reader on the event loop never sees half of a refresh; `version` counts the
+    replacements that changed something, so whatever was derived from the tables knows when
+    it is stale (and a refresh that found nothing new keeps it fresh)."""
 
     pods_by_ip: dict[str, PodInfo] = field(default_factory=dict)
     pods_by_ifindex: dict[int, PodInfo] = field(default_factory=dict)
@@ -55,6 +59,8 @@ class Metadata:
             st = pod.status
             table[st.pod_ip] = PodInfo(pod.spec.namespace, pod.spec.name, st.pod_ip, st.endpoint_id,
                                        st.identity, st.host_ifindex, st.host_ifname)
+        if table == self.pods_by_ip:
+            return
         self.pods_by_ip = table
         self.pods_by_ifindex = {p.ifindex: p for p in table.values()}
         self.endpoint_ids = frozenset(p.endpoint_id for p in table.values())
@@ -65,16 +71,24 @@ class Metadata:
         for raw in identities:
             ident = Identity.from_wire(raw)
             table[ident.id] = cilium_labels(ident.labels)
-        self.identities = table
-        self.version += 1
+        if table != self.identities:
+            self.identities = table
+            self.version += 1
 
     def set_rules(self, rules: list[dict]) -> None:
-        self.rules = {r.rule_id: r for r in (PolicyRule.from_wire(raw) for raw in rules)}
-        self.version += 1
+        table = {r.rule_id: r for r in (PolicyRule.from_wire(raw) for raw in rules)}
+        if table != self.rules:
+            self.rules = table
+            self.version += 1
 
-    def missing(self, identities: tuple[int, ...], endpoint_id: int, rule_id: int) -> bool:
-        """Whether an event names something not known here (a refresh may find it): an
-        identity, a local endpoint or a policy rule (0 stands for none of them)."""
-        return (any(i and i not in self.identities for i in identities) or
-                (endpoint_id != 0 and endpoint_id not in self.endpoint_ids) or
-                (rule_id != 0 and rule_id not in self.rules))
+    def unknown(self, identities: tuple[int, ...], endpoint_id: int, rule_id: int) -> frozenset[str]:
+        """The tables (TABLES) that do not know something an event names, and a fetch might:
+        an identity, a local endpoint or a policy rule (0 stands for none of them)."""
+        out = set()
+        if any(i and i not in self.identities for i in identities):
+            out.add(IDENTITIES)
+        if endpoint_id != 0 and endpoint_id not in self.endpoint_ids:
+            out.add(PODS)
+        if rule_id != 0 and rule_id not in self.rules:
+            out.add(RULES)
+        return frozenset(out)

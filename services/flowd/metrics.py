@@ -12,9 +12,11 @@ from prometheus_client.core import CounterMetricFamily
 
 from services.datapath.numbers import EVENT_DROP, EVENT_POLICY_VERDICT, EVENT_TRACE, POLICY_MATCH_NAMES, TRACE_NAMES
 from services.flowd.filters import protocol
+from services.flowd.metadata import UNKNOWN_RULE_KIND
 
 TYPE_NAMES = {EVENT_DROP: "Drop", EVENT_TRACE: "Trace", EVENT_POLICY_VERDICT: "PolicyVerdict"}
 PROTOCOL_LABELS = {"tcp": "TCP", "udp": "UDP", "icmp": "ICMPv4", "sctp": "SCTP"}
+ATTRIBUTION_KEYS = tuple(f"{d}_{a}_by" for d in ("ingress", "egress") for a in ("allowed", "denied"))
 DELAY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
@@ -24,6 +26,7 @@ class FlowMetrics:
     drops: Counter
     verdicts: Counter
     delay: Histogram
+    unattributed: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> "FlowMetrics":
@@ -36,6 +39,9 @@ class FlowMetrics:
             delay=Histogram("capillary_flow_export_delay_seconds", "From a datapath event to its flow "
                             "published on NATS (the oldest event of each batch)", buckets=DELAY_BUCKETS,
                             registry=registry),
+            unattributed=Counter("capillary_flows_unattributed", "Flows published with a policy rule "
+                                 "flowd could not resolve, even after fetching the rules (kind Unknown)",
+                                 registry=registry),
         )
 
     def children(self, flow: dict) -> tuple:
@@ -51,6 +57,8 @@ class FlowMetrics:
         elif kind == EVENT_POLICY_VERDICT:
             match = POLICY_MATCH_NAMES.get(flow.get("policy_match_type"), "unknown").lower()
             out.append(self.verdicts.labels(flow["traffic_direction"].lower(), match, flow["verdict"].lower()))
+        if any(rule.get("kind") == UNKNOWN_RULE_KIND for key in ATTRIBUTION_KEYS for rule in flow.get(key, ())):
+            out.append(self.unattributed)
         return tuple(out)
 
     def observe(self, flow: dict) -> None:

@@ -101,6 +101,15 @@ _L4_READS = {PROTO_TCP: ((0, 4), (12, 14)), PROTO_UDP: ((0, 4),), PROTO_SCTP: ((
              PROTO_ICMP: ((0, 2),)}
 
 
+def peers(data: bytes) -> bytes:
+    """The packet's two IPv4 addresses, lower first (both directions alike); b"" for
+    anything else."""
+    if len(data) < ETH_HLEN + 20 or data[12:14] != b"\x08\x00":
+        return b""
+    a, b = data[26:30], data[30:34]
+    return a + b if a <= b else b + a
+
+
 def shape(data: bytes) -> bytes:
     """The bytes of DATA that parse() depends on: two packets with the same shape parse the
     same. Headers are picked out for the common case (complete IPv4 without options);

@@ -2,7 +2,9 @@
 records at a time.
 
 Invariant: every record handed to offer() is counted exactly once in Accounting: queue_full,
-undecodable, publish_failed or published.
+undecodable, publish_failed or published. A record that names something the metadata lacks
+waits for one fetch (services/flowd/waiting.py), still counted in `queued`, and comes back
+settled: built then with whatever is known.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from services.flowd.decode import EventError, parse_event
 from services.flowd.enrich import Enricher
 from services.flowd.history import History
 from services.flowd.metrics import FlowMetrics
+from services.flowd.waiting import Waiting
 from services.runtime.bus import Bus
 from services.wire import codec, subjects
 from services.wire.messages import MonitorEvents
@@ -48,8 +51,9 @@ class Pipeline:
         self.metrics = metrics
         self.builder = FlowBuilder(enricher.meta, node, metrics.children)
         self.queue_size = queue_size
-        self.queued = 0                         # records offered and not yet handled
-        self._batches: deque[list[bytes]] = deque()
+        self.queued = 0                         # records offered and not yet handled (waiting included)
+        self._batches: deque[tuple[list[bytes], bool]] = deque()    # (records, settled)
+        self.waiting = Waiting(enricher, self._settle, enricher.log)
         self._ready = asyncio.Event()
         self.monitor_until = 0.0                # monotonic time the last monitor lease runs out
         self._leases: dict[str, float] = {}     # monitor -> when its lease runs out
@@ -71,37 +75,57 @@ class Pipeline:
             self.acct.queue_full += len(batch) - room
             batch = batch[:room]
         if batch:
-            self._batches.append(batch)
+            self._batches.append((batch, False))
             self.queued += len(batch)
             self._ready.set()
 
+    def _settle(self, batch: list[bytes]) -> None:
+        """Records back from waiting (still counted in `queued`): handled as they are now."""
+        self._batches.append((batch, True))
+        self._ready.set()
+
     async def run(self) -> None:
-        while True:
-            await self._ready.wait()
-            self._ready.clear()
-            await self.drain()
+        waiter = asyncio.create_task(self.waiting.run())
+        try:
+            while True:
+                await self._ready.wait()
+                self._ready.clear()
+                await self.drain()
+        finally:
+            waiter.cancel()
 
     async def drain(self) -> None:
-        """Handle every batch offered so far."""
+        """Handle every batch offered so far (records that wait stay queued)."""
         while self._batches:
-            batch = self._batches.popleft()
+            batch, settled = self._batches.popleft()
+            parked = self.waiting.parked
             try:
-                await self.handle(batch)
+                await self.handle(batch, settled)
             finally:
-                self.queued -= len(batch)
+                self.queued -= len(batch) - (self.waiting.parked - parked)
 
-    async def handle(self, batch: list[bytes]) -> None:
-        if self.monitor_until > time.monotonic():
+    async def handle(self, batch: list[bytes], settled: bool = False) -> None:
+        """Build, keep and publish BATCH's flows. Unless SETTLED (back from waiting), a
+        record naming something unknown is parked to wait for a fetch instead."""
+        if not settled and self.monitor_until > time.monotonic():
             await self._to_monitor(batch)
         counts: dict[tuple, int] = {}
         offset = clock_offset_ns()
         lookup, build = self.builder.lookup, self.builder.flow
         out: list[tuple[str, bytes]] = []
+        waiting = self.waiting
         for raw in batch:
             try:
+                if settled:
+                    waiting.handled(raw)
+                elif waiting.holds(raw):
+                    waiting.park(raw, frozenset())
+                    continue
                 key, template = lookup(raw)
                 if template is None:
-                    template = await self._template(key, raw)
+                    template = self._template(key, raw, settled)
+                    if template is None:
+                        continue
                 flow, payload = build(raw, template, offset)
             except DECODE_ERRORS:
                 self.acct.undecodable += 1
@@ -151,8 +175,11 @@ class Pipeline:
             except PUBLISH_ERRORS:
                 return
 
-    async def _template(self, key: bytes, raw: bytes) -> Template:
-        """A new shape: refresh the metadata first if the event names something unknown."""
+    def _template(self, key: bytes, raw: bytes, settled: bool) -> Template | None:
+        """A new shape's template, or None when RAW has gone to wait for metadata."""
         hdr, _ = parse_event(raw)
-        await self.enricher.ensure((hdr.src_identity, hdr.dst_identity), hdr.endpoint_id, hdr.rule_id)
+        lacking = self.enricher.meta.unknown((hdr.src_identity, hdr.dst_identity), hdr.endpoint_id, hdr.rule_id)
+        if lacking and not settled:
+            self.waiting.park(raw, lacking)
+            return None
         return self.builder.add(key, raw)

@@ -75,7 +75,8 @@ class FlowService(Service):
 
     async def counters(self) -> dict[str, int]:
         return {**self.accounting.counters(self.history.overwritten),
-                "flows_queued": self.pipeline.queued, "history": len(self.history)}
+                "flows_queued": self.pipeline.queued, "flows_waiting": len(self.pipeline.waiting),
+                "history": len(self.history)}
 
     async def query(self, req: FlowQuery) -> dict:
         """observer.flows: the most recent flows in the history that match the filter."""

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import nats
+import nats.errors
 import structlog
 from nats.errors import NoRespondersError, TimeoutError as NatsTimeout
 from nats.errors import Error as NatsError
@@ -97,6 +98,7 @@ class Bus:
         self.metrics = metrics
         self._subs: list = []
         self._on_reconnect: list[Callable[[], Awaitable[None]]] = []
+        self.lost = asyncio.Event()     # a one-shot client (retry=False) lost its connection
 
     @classmethod
     async def connect(cls, creds: Credentials, name: str, metrics: BusMetrics | None = None,
@@ -119,9 +121,13 @@ class Bus:
         async def quiet(_exc: Exception) -> None:
             pass
 
-        # Services reconnect forever and log it; a one-shot client (the CLI) fails fast, quietly.
+        async def gone() -> None:
+            holder["bus"].lost.set()
+
+        # Services reconnect forever and log it; a one-shot client (the CLI) fails fast, quietly,
+        # and a command that follows learns from `lost` that nothing more will come.
         callbacks = dict(reconnected_cb=reconnected, disconnected_cb=disconnected, error_cb=error) \
-            if retry else dict(error_cb=quiet)
+            if retry else dict(error_cb=quiet, disconnected_cb=gone)
         tls_context = creds.tls_context()
         try:
             nc = await nats.connect(
@@ -220,6 +226,9 @@ class Bus:
             raise RemoteError(UNAVAILABLE, f"nothing answers {subject}: is its service running?") from None
         except NatsTimeout:
             raise RemoteError(UNAVAILABLE, f"no answer on {subject} within {timeout:g}s") from None
+        except (nats.errors.Error, OSError) as exc:     # the connection is closed or lost
+            raise RemoteError(UNAVAILABLE, f"no connection to NATS for {subject}: "
+                                           f"{exc or type(exc).__name__}") from None
         reply = codec.decode(msg.data)
         if reply.get("ok"):
             return reply.get("result")
@@ -249,7 +258,15 @@ class Bus:
         try:
             await asyncio.wait_for(self.nc.drain(), timeout=5)
         except Exception:
+            await self.close()
+
+    async def close(self) -> None:
+        """Close at once. A connection lost with writes pending makes nats-py's close raise
+        its socket's error: closed is closed all the same."""
+        try:
             await self.nc.close()
+        except (OSError, nats.errors.Error):
+            pass
 
 
 async def kv_get(kv: KeyValue, key: str) -> dict | None:
