@@ -193,7 +193,7 @@ def compile_rules(policy: Policy, universe: Universe) -> None:
     raises what putting POLICY in force would raise. A stored policy is checked with it."""
     probe = Endpoint(0, 0)
     for direction in DIRECTIONS:
-        _direction_entries(probe, direction == EGRESS, direction, [policy], universe, False)
+        _direction_entries(probe, direction == EGRESS, direction, [policy], universe, False, None)
 
 
 def _direction_entries(ep: Endpoint, egress: bool, direction: str, selecting: list[Policy],
