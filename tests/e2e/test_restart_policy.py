@@ -93,16 +93,14 @@ async def _freeze_endpointd_after_sync(node, endpointd_pid: int, pod_yaml: str) 
     request of endpointd's is left to time out while it is stopped."""
     bus = await Bus.connect(Credentials.load(node.state_dir / "nats" / "admin.context.json"), name="freezer")
     frozen = asyncio.Event()
-    replies: set[str] = set()
-
-    async def on_sync(msg) -> None:
-        replies.add(msg.reply)
 
     async def on_reply(msg) -> None:
-        if msg.subject in replies and not frozen.is_set():
+        # Only policy.endpoint.sync answers endpointd with {"written": N}. (One subscription:
+        # nats-py runs each subscription's callbacks in a task of its own, unordered.)
+        reply = codec.decode(msg.data)
+        if isinstance(reply.get("result"), dict) and set(reply["result"]) == {"written"} and not frozen.is_set():
             os.kill(endpointd_pid, signal.SIGSTOP)
             frozen.set()
-    await bus.nc.subscribe(subjects.POLICY_ENDPOINT_SYNC, cb=on_sync)
     await bus.nc.subscribe(f"{subjects.inbox_prefix('endpointd')}.>", cb=on_reply)
     await bus.nc.flush()
     proc = subprocess.Popen([sys.executable, "-m", "services.cli.main", "--config", str(node.config_path),
