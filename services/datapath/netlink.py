@@ -122,6 +122,14 @@ class _Links:
     def has_link(self, name: str) -> bool:
         return bool(self.ipr.link_lookup(ifname=name))
 
+    def addresses(self, index: int) -> set[str]:
+        """The IPv4 addresses on the link at INDEX, as ADDRESS/PREFIXLEN."""
+        msgs = _dump(lambda: tuple(self.ipr.get_addr(family=2, index=index)))
+        return {f"{m.get_attr('IFA_ADDRESS')}/{m['prefixlen']}" for m in msgs}
+
+    def is_up(self, index: int) -> bool:
+        return bool(self.ipr.get_links(index)[0]["flags"] & 1)   # IFF_UP
+
     def route_get(self, dst: str, src: str | None = None, iif: int | None = None) -> Route:
         """The route the kernel picks for DST (as `ip route get DST [from SRC iif IIF]`):
         with IIF, the forwarding decision for a packet that arrived on IIF from SRC."""
@@ -195,7 +203,10 @@ class Netlink(_Links):
         if conf.exists():
             conf.write_text("1")
 
-    def set_up(self, index: int) -> None:
+    def set_up(self, index: int, mtu: int = 0) -> None:
+        """Bring the link at INDEX up (with MTU first, when not 0)."""
+        if mtu:
+            self.ipr.link("set", index=index, mtu=mtu)
         self.ipr.link("set", index=index, state="up")
 
     def ensure_veth_pair(self, name: str, peer: str) -> tuple[Link, Link]:
@@ -313,11 +324,14 @@ class PodNetlink(_Links):
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def configure(self, ifname: str, ip: str, router_ip: str) -> Link:
-        """lo up; IP/32 on IFNAME, up; ROUTER_IP on-link; default route via ROUTER_IP."""
+    def configure(self, ifname: str, ip: str, router_ip: str, mtu: int = 0) -> Link:
+        """lo up; IP/32 on IFNAME, up; ROUTER_IP on-link; default route via ROUTER_IP.
+        MTU (when not 0) is set on IFNAME."""
         lo = self.ipr.link_lookup(ifname="lo")[0]
         self.ipr.link("set", index=lo, state="up")
         link = self.link(ifname)
+        if mtu:
+            self.ipr.link("set", index=link.index, mtu=mtu)
         try:
             self.ipr.addr("add", index=link.index, address=ip, prefixlen=32)
         except NetlinkError as exc:

@@ -20,7 +20,6 @@ from services.datapath.netlink import (RT_SCOPE_LINK, TC_EGRESS, TC_INGRESS, Int
 from services.runtime.config import NodeConfig
 from services.wire.messages import PodSpec, PodStatus
 
-POD_IFNAME = "eth0"
 FROM_CONTAINER = "from_container"     # tc ingress of the lxc device: what the pod sends
 TO_CONTAINER = "to_container"         # tc egress of the lxc device: what the host sends in
 
@@ -87,8 +86,8 @@ class Plumber:
             if not netns.is_netns(path):
                 raise NetnsInvalid(f"spec.netns: {spec.netns} is not a network namespace")
             with PodNetlink(path) as pod:
-                if pod.has_link(POD_IFNAME):
-                    raise PodHasInterface(f"spec.netns: {spec.netns} already has an {POD_IFNAME}")
+                if pod.has_link(spec.interface):
+                    raise PodHasInterface(f"spec.netns: {spec.netns} already has an {spec.interface}")
         made_netns = False
         try:
             if owned:
@@ -101,9 +100,9 @@ class Plumber:
         return status
 
     def _wire(self, spec: PodSpec, wiring: Wiring, ifname: str, path: Path, owned: bool) -> PodStatus:
-        host = self.nl.create_veth_into(ifname, POD_IFNAME, path)
+        host = self.nl.create_veth_into(ifname, spec.interface, path)
         with PodNetlink(path) as pod:
-            eth0 = pod.configure(POD_IFNAME, wiring.pod_ip, self.router_ip)
+            eth0 = pod.configure(spec.interface, wiring.pod_ip, self.router_ip, spec.mtu)
         status = PodStatus(pod_ip=wiring.pod_ip, host_ifname=ifname, host_ifindex=host.index,
                            host_mac=host.mac, pod_mac=eth0.mac, netns=str(path), netns_owned=owned,
                            endpoint_id=wiring.endpoint_id, identity=wiring.identity, created=time.time())
@@ -120,7 +119,7 @@ class Plumber:
         self.ep_metrics.create(status.endpoint_id)
         self.nl.attach_bpf(status.host_ifindex, self.to_fd, TO_CONTAINER, TC_EGRESS)
         self.nl.attach_bpf(status.host_ifindex, self.from_fd, FROM_CONTAINER, TC_INGRESS)
-        self.nl.set_up(status.host_ifindex)
+        self.nl.set_up(status.host_ifindex, spec.mtu)
         self.nl.replace_route(f"{status.pod_ip}/32", status.host_ifindex, prefsrc=self.router_ip,
                               scope=RT_SCOPE_LINK)
 
@@ -142,7 +141,7 @@ class Plumber:
             fresh = self._wire(spec, wiring, status.host_ifname, path, status.netns_owned)
             return PodStatus(**{**fresh.__dict__, "created": status.created})
         with PodNetlink(path) as pod:
-            eth0 = pod.configure(POD_IFNAME, status.pod_ip, self.router_ip)
+            eth0 = pod.configure(spec.interface, status.pod_ip, self.router_ip, spec.mtu)
         current = PodStatus(**{**status.__dict__, "host_ifindex": host.index, "host_mac": host.mac,
                                "pod_mac": eth0.mac})
         self._install(current, spec)

@@ -15,6 +15,7 @@ from prometheus_client import Gauge
 from services.datapath import loader
 from services.datapath.maps.endpoints import EndpointMap
 from services.datapath.netlink import Worker
+from services.endpointd import check
 from services.endpointd.ipam import IPAM, PoolExhausted
 from services.endpointd.plumbing import (FROM_CONTAINER, TO_CONTAINER, NetnsInvalid, PodHasInterface, Plumber,
                                          Wiring)
@@ -27,7 +28,7 @@ from services.wire.manifests import DEFAULT_NAMESPACE, Document, ManifestError, 
 from services.wire.messages import (EXHAUSTED, EXISTS, INVALID, NOT_FOUND, Applied, Apply,
                                     EndpointEvent, EndpointPolicy, IdentityAllocate, IdentityRelease,
                                     IpcacheDelete, IpcacheUpsert, ListRequest, NamespaceSpec,
-                                    ObjectRef, Pod, PodSpec)
+                                    ObjectRef, Pod, PodCheck, PodSpec)
 
 MAX_ENDPOINT_ID = 0xFFFF
 
@@ -69,6 +70,7 @@ class EndpointService(Service):
         await b.serve(subjects.POD_APPLY, Apply, self.apply_pod)
         await b.serve(subjects.POD_DELETE, ObjectRef, self.delete_pod)
         await b.serve(subjects.POD_LIST, ListRequest, self.list_pods)
+        await b.serve(subjects.POD_CHECK, ObjectRef, self.check_pod)
 
     async def counters(self) -> dict[str, int]:
         attached = await self.worker.run(
@@ -273,6 +275,14 @@ class EndpointService(Service):
     async def list_pods(self, req: ListRequest) -> list[Pod]:
         pods = [p for p in self.pods.values() if not req.namespace or p.spec.namespace == req.namespace]
         return sorted(pods, key=lambda p: (p.spec.namespace, p.spec.name))
+
+    async def check_pod(self, req: ObjectRef) -> PodCheck:
+        key = pod_key(req.namespace or DEFAULT_NAMESPACE, req.name)
+        async with self._lock:
+            if key not in self.pods:
+                raise ServiceError(NOT_FOUND, f'pod "{key}" not found')
+            problems = await self.worker.run(check.verify, self.plumber, self.pods[key])
+        return PodCheck(key, problems)
 
 
 def _parse(parser, document: dict):
