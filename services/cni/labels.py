@@ -10,6 +10,11 @@
   are read instead from podman's own state database (libpod's bolt_state.db under the
   storage's graphroot, as configured by $CONTAINERS_STORAGE_CONF / $CONTAINERS_CONF, which
   podman passes on to the plugin), where `podman create` stored its config.
+- containerd 1.6's `ctr run --cni` passes no CNI_ARGS, CNI_CONTAINERID = "<namespace>-<id>"
+  and CNI_NETNS = /proc/<pid>/ns/net. The container exists in containerd's metadata by then,
+  so its labels come from containerd's API (`ctr containers info`, at $CONTAINERD_ADDRESS,
+  which ctr passes on, else containerd's default socket); containerd's own io.containerd.*
+  labels are left out.
 Labels that are not valid Kubernetes labels (e.g. a `maintainer` with spaces in its value)
 are left out: a pod's labels follow Kubernetes' rules.
 """
@@ -17,6 +22,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
 import tomllib
 from pathlib import Path
 
@@ -27,6 +34,8 @@ from services.wire.manifests import LABEL_VALUE, valid_label_key
 STORAGE_CONF = Path("/etc/containers/storage.conf")
 CONTAINERS_CONF = Path("/usr/share/containers/containers.conf"), Path("/etc/containers/containers.conf")
 DEFAULT_GRAPHROOT = "/var/lib/containers/storage"
+CONTAINERD_SOCKET = "/run/containerd/containerd.sock"
+CTR_TIMEOUT = 10.0
 
 
 def _toml(path: Path) -> dict:
@@ -65,11 +74,48 @@ def podman_labels(container_id: str, db: Path) -> dict[str, str] | None:
     except (OSError, BoltError, ValueError, AttributeError) as exc:
         # Unknown is not "no labels": a pod with the wrong labels would get the wrong policy.
         raise CniError(IO_FAILURE, f"cannot read container {container_id}'s labels from {db}: {exc}") from None
+    return _valid(labels)
+
+
+def _valid(labels: dict) -> dict[str, str]:
     return {k: v for k, v in labels.items() if isinstance(k, str) and isinstance(v, str)
-            and valid_label_key(k) and len(v) <= 63 and LABEL_VALUE.match(v)}
+            and valid_label_key(k) and len(v) <= 63 and LABEL_VALUE.match(v)
+            and not k.startswith("io.containerd.")}
+
+
+def _ctr(address: str, *args: str) -> str:
+    try:
+        proc = subprocess.run(["ctr", "--address", address, *args], capture_output=True, text=True,
+                              timeout=CTR_TIMEOUT)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise CniError(IO_FAILURE, f"ctr {' '.join(args)}: {exc}") from None
+    if proc.returncode != 0:
+        raise CniError(IO_FAILURE, f"ctr {' '.join(args)}: {proc.stderr.strip()}")
+    return proc.stdout
+
+
+def containerd_labels(container_id: str, environ: dict[str, str]) -> dict[str, str] | None:
+    """The labels of containerd container <namespace>-<id>, or None when it is not one."""
+    address = environ.get("CONTAINERD_ADDRESS") or CONTAINERD_SOCKET
+    if "-" not in container_id or not os.path.exists(address) or shutil.which("ctr") is None:
+        return None
+    for namespace in _ctr(address, "namespaces", "ls", "-q").split():
+        if container_id.startswith(f"{namespace}-"):
+            name = container_id[len(namespace) + 1:]
+            if name not in _ctr(address, "-n", namespace, "containers", "ls", "-q").split():
+                continue
+            try:
+                info = json.loads(_ctr(address, "-n", namespace, "containers", "info", name))
+            except ValueError as exc:
+                raise CniError(IO_FAILURE, f"ctr containers info {name}: {exc}") from None
+            return _valid(info.get("Labels") or {})
+    return None
 
 
 def runtime_labels(env: Environment, environ: dict[str, str] | None = None) -> dict[str, str]:
     """Labels the runtime holds for the container, where its state is reachable."""
-    found = podman_labels(env.container_id, podman_db(dict(os.environ) if environ is None else environ))
+    environ = dict(os.environ) if environ is None else environ
+    found = podman_labels(env.container_id, podman_db(environ))
+    if found is None:
+        found = containerd_labels(env.container_id, environ)
     return found or {}

@@ -32,6 +32,7 @@ NOT_AVAILABLE = 50
 CHECK_FAILED = 100
 NODE_REFUSED = 101
 
+HEX_ID = re.compile(r"^[0-9a-fA-F]{64}$")
 CONTAINER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 ATTACHMENT_PREFIX = "cni/"
 VALID_ATTACHMENTS = "cni.dev/valid-attachments"
@@ -211,9 +212,12 @@ def split_attachment(handle: str) -> tuple[str, str, str] | None:
 
 def pod_name(env: Environment) -> str:
     """K8S_POD_NAME made a DNS label (podman passes the container's name, which may hold '_'),
-    else ``c-`` and the first 12 characters of the container id."""
-    raw = env.args.get("K8S_POD_NAME", "").lower()
-    name = re.sub(r"[^a-z0-9-]+", "-", raw)[:63].strip("-")
+    else the container id made one (ctr passes "<namespace>-<id>"), with a 64-digit hex id
+    shortened to ``c-`` and its first 12 digits."""
+    raw = env.args.get("K8S_POD_NAME", "") or env.container_id
+    if HEX_ID.match(raw):
+        return f"c-{raw[:12].lower()}"
+    name = re.sub(r"[^a-z0-9-]+", "-", raw.lower())[:63].strip("-")
     return name or f"c-{env.container_id[:12].lower()}"
 
 

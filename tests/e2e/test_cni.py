@@ -7,13 +7,15 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 
 import pytest
 import yaml
 
 from tests.support.flows import FlowCollector
 from tests.support.node import docs, namespace_doc, pod_doc
-from tests.support.podman import Podman
+from tests.support.containerd import Containerd
+from tests.support.podman import IMAGE, Podman
 from tests.support.traffic import Servers, probe
 
 pytestmark = [pytest.mark.e2e]
@@ -169,7 +171,7 @@ def test_an_old_config_version_gets_an_old_result_and_del_is_idempotent(node, tm
         subprocess.run(["ip", "netns", "del", ns])
     assert cni("DEL", conf, **env) == (0, None)      # the netns is already gone
     assert cni("DEL", conf, **env) == (0, None)      # and so is the pod
-    assert "default/c-old0001" not in node.pods()
+    assert "default/old0001" not in node.pods()
 
 
 def test_errors_follow_the_spec_and_leave_nothing(node, tmp_path):
@@ -215,3 +217,43 @@ def test_podman_rm_leaves_nothing(node, podman, scene):
     endpoints = node.cli("bpf", "endpoint", "list", "-o", "json").stdout
     assert pod_ip not in endpoints
     assert pod_ip not in node.cli("get", "ipcache").stdout
+
+
+@pytest.fixture
+def containerd(node, podman, tmp_path_factory):
+    ctrd = Containerd(tmp_path_factory.mktemp("containerd"))
+    try:
+        archive = ctrd.dir / "busybox.tar"
+        podman("save", "--format", "oci-archive", "-o", str(archive), IMAGE)
+        ctrd.ctr("images", "import", "--base-name", IMAGE.rsplit(":", 1)[0], str(archive))
+        ctrd.install_network(f"capillary-test-{node.tag}", json.dumps(
+            {"cniVersion": "1.0.0", "name": f"ctrnet-{node.tag}",
+             "plugins": [{"type": "capillary", "config": str(node.config_path)}]}))
+        yield ctrd
+    finally:
+        ctrd.close()
+
+
+def test_ctr_run_cni_puts_a_containerd_container_on_capillary(node, containerd, scene):
+    """`ctr run --rm --cni`: ADD with CNI_CONTAINERID <namespace>-<id> and /proc/PID/ns/net,
+    labels from containerd's API; the container reaches a podman one; DEL when it ends."""
+    name = f"ctr{node.tag}"
+    run = subprocess.Popen(["ctr", "run", "--rm", "--cni", "--runc-binary", "/usr/sbin/runc", "--label", "app=ctr",
+                            IMAGE, name, "sleep", "600"], env=containerd.env,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    ref = f"default/default-{name}"
+    try:
+        deadline = time.monotonic() + 60
+        while ref not in node.pods():
+            assert time.monotonic() < deadline and run.poll() is None, f"no pod for the container: {run.stderr}"
+            time.sleep(0.3)
+        pod = node.pods()[ref]
+        assert pod["metadata"]["labels"] == {"app": "ctr"}
+        assert pod["spec"]["netns"].startswith("/proc/") and pod["spec"]["attachment"].startswith("cni/ctrnet-")
+        web = ip(scene, "default/web1")
+        exec_ = containerd.ctr("task", "exec", "--exec-id", "p1", name, "ping", "-c", "1", "-W", "2", web, check=False)
+        assert exec_.returncode == 0, exec_.stdout + exec_.stderr
+    finally:
+        containerd.ctr("task", "kill", "-s", "KILL", name, check=False)
+        run.wait(timeout=60)
+    assert ref not in node.pods()

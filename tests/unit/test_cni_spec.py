@@ -75,7 +75,8 @@ def test_labels_from_the_args_convention():
 def test_pod_names_from_cni_args_or_the_container_id():
     env = parse_environment({**ADD_ENV, "CNI_ARGS": "IgnoreUnknown=1;K8S_POD_NAME=happy_Turing"})
     assert pod_name(env) == "happy-turing"
-    assert pod_name(parse_environment(ADD_ENV)) == "c-abc123"
+    assert pod_name(parse_environment(ADD_ENV)) == "abc123"
+    assert pod_name(parse_environment({**ADD_ENV, "CNI_CONTAINERID": "ab" * 32})) == "c-" + "ab" * 6
     assert pod_namespace(env, parse_config(conf(namespace="apps"), "ADD")) == "apps"
     k8s = parse_environment({**ADD_ENV, "CNI_ARGS": "K8S_POD_NAMESPACE=prod;K8S_POD_NAME=web-0"})
     assert (pod_namespace(k8s, parse_config(conf(namespace="apps"), "ADD")), pod_name(k8s)) == ("prod", "web-0")
