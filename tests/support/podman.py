@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 
 IMAGE = "localhost/capillary-busybox:test"
-APPLETS = ("sh", "ping", "ip", "nc", "sleep", "cat", "wget", "httpd", "echo", "ls", "mkdir")
+APPLETS = ("sh", "ping", "ip", "nc", "sleep", "cat", "wget", "httpd", "echo", "ls", "mkdir", "timeout")
 
 
 class Podman:
