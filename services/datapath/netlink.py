@@ -197,6 +197,16 @@ class Netlink(_Links):
         self._tune_host_veth(link)
         return link
 
+    def create_veth(self, host: str, peer: str) -> tuple[Link, Link]:
+        """Create HOST with its PEER, both in this namespace (PEER down, to be moved away)."""
+        try:
+            self.ipr.link("add", ifname=host, kind="veth", peer={"ifname": peer})
+        except NetlinkError as exc:
+            raise _kernel(f"create veth {host}", exc) from None
+        link = self.link(host)
+        self._tune_host_veth(link)
+        return link, self.link(peer)
+
     def _tune_host_veth(self, link: Link) -> None:
         # Host-side veths carry only pod traffic: no IPv6 autoconfiguration chatter on them.
         conf = Path(f"/proc/sys/net/ipv6/conf/{link.name}/disable_ipv6")

@@ -62,6 +62,8 @@ class Wiring:
     pod_ip: str
     endpoint_id: int
     identity: int
+    peer: str = ""          # set: the pod side stays here under this name, for a runtime
+                            # that moves it into the netns itself (Docker's libnetwork)
 
 
 class Plumber:
@@ -82,7 +84,8 @@ class Plumber:
         ifname = host_ifname(self.config, spec.namespace, spec.name)
         owned = spec.netns is None
         path = netns.NETNS_RUN_DIR / netns_name(self.config, spec.namespace, spec.name) if owned else Path(spec.netns)
-        if not owned:
+        # With a peer left here, the runtime makes the netns and moves the peer in later.
+        if not owned and not wiring.peer:
             if not netns.is_netns(path):
                 raise NetnsInvalid(f"spec.netns: {spec.netns} is not a network namespace")
             with PodNetlink(path) as pod:
@@ -100,9 +103,12 @@ class Plumber:
         return status
 
     def _wire(self, spec: PodSpec, wiring: Wiring, ifname: str, path: Path, owned: bool) -> PodStatus:
-        host = self.nl.create_veth_into(ifname, spec.interface, path)
-        with PodNetlink(path) as pod:
-            eth0 = pod.configure(spec.interface, wiring.pod_ip, self.router_ip, spec.mtu)
+        if wiring.peer:
+            host, eth0 = self.nl.create_veth(ifname, wiring.peer)
+        else:
+            host = self.nl.create_veth_into(ifname, spec.interface, path)
+            with PodNetlink(path) as pod:
+                eth0 = pod.configure(spec.interface, wiring.pod_ip, self.router_ip, spec.mtu)
         status = PodStatus(pod_ip=wiring.pod_ip, host_ifname=ifname, host_ifindex=host.index,
                            host_mac=host.mac, pod_mac=eth0.mac, netns=str(path), netns_owned=owned,
                            endpoint_id=wiring.endpoint_id, identity=wiring.identity, created=time.time())

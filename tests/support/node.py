@@ -30,6 +30,7 @@ class Node:
     mode: str = "redirect"
     maps: dict = field(default_factory=dict)
     events: dict = field(default_factory=dict)
+    docker: dict = field(default_factory=dict)
     tag: str = field(default_factory=lambda: secrets.token_hex(2))
 
     def __post_init__(self) -> None:
@@ -53,6 +54,7 @@ class Node:
             "nats": {"port": self.nats_port},
             "maps": self.maps,
             "events": self.events,
+            **({"docker": self.docker} if self.docker else {}),
             "metrics": {s: free_port() for s in ("endpointd", "policyd", "routed", "flowd")},
         }
         self.config_path.write_text(yaml.safe_dump(config))
