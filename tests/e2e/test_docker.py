@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import secrets
 import subprocess
+from pathlib import Path
 
 import pytest
 import yaml
@@ -28,7 +29,7 @@ def docker_node(tmp_path_factory):
         yield node
     finally:
         node.purge()
-        left = node.leftovers()
+        left = node.leftovers() + [p for p in [node.docker["plugin"]] if Path(p).exists()]
         assert not left, f"the node left things behind: {left}"
 
 
