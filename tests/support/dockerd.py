@@ -42,7 +42,7 @@ class Dockerd:
         (rootfs / "bin").mkdir(parents=True, exist_ok=True)
         (rootfs / "tmp").mkdir(exist_ok=True)
         shutil.copy("/bin/busybox", rootfs / "bin" / "busybox")
-        for applet in ("sh", "ping", "ip", "sleep", "timeout", "wget", "cat"):
+        for applet in ("sh", "ping", "ip", "sleep", "timeout", "wget", "cat", "echo", "httpd"):
             link = rootfs / "bin" / applet
             if not link.is_symlink():
                 link.symlink_to("busybox")
