@@ -118,3 +118,35 @@ def test_a_compose_app_on_capillary_with_a_policy_on_its_services(docker_node, d
         node.cli("delete", "cnp", "web-from-client", "-n", project, check=False)
         dockerd(*compose, "down", program="docker-compose", timeout=300, check=False)
     assert not [ref for ref in node.pods() if ref.startswith(f"{project}/")]
+
+
+def test_a_killed_container_and_a_node_restart_leave_nothing_orphaned(docker_node, dockerd, capnet):
+    """`docker kill` removes the container's pod; a node restart keeps a running container's
+    pod, connectivity and policy, and Docker can still take it down afterwards."""
+    node = docker_node
+    for name, app in (("k-web", "web"), ("k-client", "client"), ("k-other", "other"), ("k-gone", "gone")):
+        dockerd("run", "-d", "--name", name, "--network", capnet, "--label", f"app={app}", IMAGE, "sleep", "600")
+    policy = {"apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy",
+              "metadata": {"name": "k-web", "namespace": "docker"},
+              "spec": {"endpointSelector": {"matchLabels": {"app": "web"}},
+                       "ingress": [{"fromEndpoints": [{"matchLabels": {"app": "client"}}]}]}}
+    servers = Servers()
+    try:
+        dockerd("kill", "k-gone")
+        assert "docker/k-gone" not in node.pods()
+        dockerd("rm", "k-gone")
+        node.apply(yaml.safe_dump(policy))
+        node.down()
+        node.up()
+        node.wait_healthy()
+        pods = node.pods()
+        web = pods["docker/k-web"]
+        servers.start(web["spec"]["netns"], PORT)
+        assert probe(pods["docker/k-client"]["spec"]["netns"], "tcp", web["status"]["podIP"], PORT)
+        assert not probe(pods["docker/k-other"]["spec"]["netns"], "tcp", web["status"]["podIP"], PORT)
+        dockerd("rm", "-f", "k-web", "k-client", "k-other")
+        assert not {"docker/k-web", "docker/k-client", "docker/k-other"} & set(node.pods())
+    finally:
+        servers.close()
+        dockerd("rm", "-f", "k-web", "k-client", "k-other", "k-gone", check=False)
+        node.cli("delete", "cnp", "k-web", "-n", "docker", check=False)
