@@ -92,8 +92,13 @@ def _gateway(netns: str) -> str:
 async def add(bus: Bus, env: Environment, conf: NetConf, labels: dict[str, str]) -> dict:
     doc = _document(env, conf, labels)
     namespace = doc["metadata"]["namespace"]
-    await _ensure_namespace(bus, namespace)
-    await call(bus, subjects.POD_APPLY, Apply(doc))
+    created = await _ensure_namespace(bus, namespace)
+    try:
+        await call(bus, subjects.POD_APPLY, Apply(doc))
+    except CniError:
+        if created:       # nothing half-made: the namespace was made for this pod only
+            await bus.request(subjects.NAMESPACE_DELETE, ObjectRef(namespace), timeout=REQUEST_TIMEOUT)
+        raise
     pod = await find(bus, doc["spec"]["attachment"])
     if pod is None:
         raise CniError(NODE_REFUSED, f"pod {namespace}/{doc['metadata']['name']} vanished right after ADD")
@@ -105,11 +110,14 @@ async def add(bus: Bus, env: Environment, conf: NetConf, labels: dict[str, str])
     return result(conf.cni_version, pod.to_wire(), env.ifname, gateway, conf.mtu)
 
 
-async def _ensure_namespace(bus: Bus, namespace: str) -> None:
+async def _ensure_namespace(bus: Bus, namespace: str) -> bool:
+    """Make NAMESPACE unless it exists; whether it was made."""
     names = {raw["name"] for raw in await call(bus, subjects.NAMESPACE_LIST, ListRequest())}
-    if namespace not in names:
-        await call(bus, subjects.NAMESPACE_APPLY,
-                   Apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}))
+    if namespace in names:
+        return False
+    await call(bus, subjects.NAMESPACE_APPLY,
+               Apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}))
+    return True
 
 
 async def delete(bus: Bus, env: Environment, conf: NetConf) -> None:

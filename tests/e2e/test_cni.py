@@ -184,6 +184,9 @@ def test_errors_follow_the_spec_and_leave_nothing(node, tmp_path):
     try:
         rc, err = cni("ADD", conf, **env)          # the netns already has an eth0
         assert rc == 1 and err["code"] == 101 and "already has an eth0" in err["msg"]
+        rc, err = cni("ADD", conf, **{**env, "CNI_ARGS": "K8S_POD_NAMESPACE=fresh;K8S_POD_NAME=x"})
+        assert rc == 1 and err["code"] == 101
+        assert "fresh" not in node.cli("get", "namespaces").stdout.split()
         rc, err = cni("ADD", {**conf, "mtu": 70000}, **env)
         assert (rc, err["code"]) == (1, 7) and err["msg"].startswith("mtu:")
         rc, err = cni("ADD", {**conf, "type": "bridge"}, **env)
