@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -75,6 +76,7 @@ def main() -> None:
     args = parser.parse_args()
     with cleaned_up() as cleanup:
         work = Path(tempfile.mkdtemp(prefix="capillary-bench-cni-"))
+        cleanup.push(f"remove {work}", lambda: shutil.rmtree(work, ignore_errors=True))
         node = bench_node(cleanup, work / "node", POD_CIDR, "c")
         pm = Podman(work / "podman")
         cleanup.push("podman", pm.close)
