@@ -177,11 +177,11 @@ def test_an_old_config_version_gets_an_old_result_and_del_is_idempotent(node, tm
 def test_errors_follow_the_spec_and_leave_nothing(node, tmp_path):
     ns = f"cnierr-{node.tag}"
     subprocess.run(["ip", "netns", "add", ns], check=True)
-    subprocess.run(["ip", "-n", ns, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p"], check=True)
     conf = {"cniVersion": "1.0.0", "name": "errnet", "type": "capillary", "config": str(node.config_path)}
     env = {"CNI_CONTAINERID": "err0001", "CNI_NETNS": f"/run/netns/{ns}", "CNI_IFNAME": "eth0"}
     before = node.pods()
     try:
+        subprocess.run(["ip", "-n", ns, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p"], check=True)
         rc, err = cni("ADD", conf, **env)          # the netns already has an eth0
         assert rc == 1 and err["code"] == 101 and "already has an eth0" in err["msg"]
         rc, err = cni("ADD", conf, **{**env, "CNI_ARGS": "K8S_POD_NAMESPACE=fresh;K8S_POD_NAME=x"})
