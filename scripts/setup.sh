@@ -7,7 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(python3-bpfcc python3-venv python3-pip iproute2 iptables iputils-ping
-              netcat-openbsd iperf3 sockperf tcpdump util-linux procps git)
+              netcat-openbsd iperf3 sockperf tcpdump util-linux procps git
+              podman runc containernetworking-plugins containerd busybox-static docker.io docker-compose)
 
 log() { printf 'setup: %s\n' "$*"; }
 
@@ -67,8 +68,25 @@ make_venv() {
     fi
 }
 
+# Where CNI runtimes look for plugins: a wrapper that runs this checkout's entry point.
+install_cni_plugin() {
+    local wrapper dir
+    wrapper=$(printf '#!/bin/sh\n# capillary CNI plugin (installed by scripts/setup.sh)\nexec %s "$@"\n' \
+              "$PWD/.venv/bin/capillary-cni")
+    for dir in /opt/cni/bin /usr/lib/cni; do
+        if [ "$(cat "$dir/capillary" 2>/dev/null)" != "$wrapper" ]; then
+            log "installing the CNI plugin as $dir/capillary"
+            mkdir -p "$dir"
+            printf '%s\n' "$wrapper" > "$dir/.capillary.$$"
+            chmod 0755 "$dir/.capillary.$$"
+            mv -f "$dir/.capillary.$$" "$dir/capillary"
+        fi
+    done
+}
+
 install_packages
 link_kernel_headers
 mount_bpffs
 make_venv
+install_cni_plugin
 log "ok"

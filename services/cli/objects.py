@@ -112,11 +112,19 @@ def split_ref(ref: str) -> tuple[str, str]:
     return (namespace, name) if sep else (DEFAULT_NAMESPACE, namespace)
 
 
+def _runtime_fields(spec: dict) -> dict:
+    """spec.interface, attachment and mtu, where a container runtime set them."""
+    out = {k: spec[k] for k in ("attachment", "mtu") if spec.get(k)}
+    if spec.get("interface", "eth0") != "eth0":
+        out["interface"] = spec["interface"]
+    return out
+
+
 def pod_document(pod: dict) -> dict:
     spec, status = pod["spec"], pod["status"]
     doc = {"apiVersion": "v1", "kind": "Pod",
            "metadata": {"name": spec["name"], "namespace": spec["namespace"], "labels": spec["labels"]},
-           "spec": {"netns": status["netns"]},
+           "spec": {"netns": status["netns"], **_runtime_fields(spec)},
            "status": {"podIP": status["pod_ip"], "podIPs": [{"ip": status["pod_ip"]}],
                       "hostInterface": status["host_ifname"], "hostIfindex": status["host_ifindex"],
                       "endpointID": status["endpoint_id"], "identity": status["identity"],

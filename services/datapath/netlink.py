@@ -122,6 +122,14 @@ class _Links:
     def has_link(self, name: str) -> bool:
         return bool(self.ipr.link_lookup(ifname=name))
 
+    def addresses(self, index: int) -> set[str]:
+        """The IPv4 addresses on the link at INDEX, as ADDRESS/PREFIXLEN."""
+        msgs = _dump(lambda: tuple(self.ipr.get_addr(family=2, index=index)))
+        return {f"{m.get_attr('IFA_ADDRESS')}/{m['prefixlen']}" for m in msgs}
+
+    def is_up(self, index: int) -> bool:
+        return bool(self.ipr.get_links(index)[0]["flags"] & 1)   # IFF_UP
+
     def route_get(self, dst: str, src: str | None = None, iif: int | None = None) -> Route:
         """The route the kernel picks for DST (as `ip route get DST [from SRC iif IIF]`):
         with IIF, the forwarding decision for a packet that arrived on IIF from SRC."""
@@ -205,6 +213,16 @@ class Netlink(_Links):
         self._tune_host_veth(link)
         return link
 
+    def create_veth(self, host: str, peer: str) -> tuple[Link, Link]:
+        """Create HOST with its PEER, both in this namespace (PEER down, to be moved away)."""
+        try:
+            self.ipr.link("add", ifname=host, kind="veth", peer={"ifname": peer})
+        except NetlinkError as exc:
+            raise _kernel(f"create veth {host}", exc) from None
+        link = self.link(host)
+        self._tune_host_veth(link)
+        return link, self.link(peer)
+
     def _tune_host_veth(self, link: Link) -> None:
         # Host-side veths carry only pod traffic: no IPv6 autoconfiguration chatter on them
         # (the datapath drops IPv6 anyway), and strict reverse-path filtering, so the kernel
@@ -212,7 +230,10 @@ class Netlink(_Links):
         disable_ipv6(link.name)
         set_rp_filter(link.name)
 
-    def set_up(self, index: int) -> None:
+    def set_up(self, index: int, mtu: int = 0) -> None:
+        """Bring the link at INDEX up (with MTU first, when not 0)."""
+        if mtu:
+            self.ipr.link("set", index=index, mtu=mtu)
         self.ipr.link("set", index=index, state="up")
 
     def ensure_veth_pair(self, name: str, peer: str) -> tuple[Link, Link]:
@@ -331,12 +352,15 @@ class PodNetlink(_Links):
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def configure(self, ifname: str, ip: str, router_ip: str) -> Link:
+    def configure(self, ifname: str, ip: str, router_ip: str, mtu: int = 0) -> Link:
         """lo up; IP/32 on IFNAME, up, without IPv6 (the datapath drops it: the pod need
-        not send it); ROUTER_IP on-link; default route via ROUTER_IP."""
+        not send it); ROUTER_IP on-link; default route via ROUTER_IP. MTU (when not 0) is
+        set on IFNAME."""
         lo = self.ipr.link_lookup(ifname="lo")[0]
         self.ipr.link("set", index=lo, state="up")
         link = self.link(ifname)
+        if mtu:
+            self.ipr.link("set", index=link.index, mtu=mtu)
         with netns.entered(self.netns_path):
             disable_ipv6(ifname)
         try:

@@ -21,7 +21,6 @@ from services.datapath.netlink import (RT_SCOPE_LINK, TC_EGRESS, TC_INGRESS, Int
 from services.runtime.config import NodeConfig
 from services.wire.messages import PodSpec, PodStatus
 
-POD_IFNAME = "eth0"
 FROM_CONTAINER = "from_container"     # tc ingress of the lxc device: what the pod sends
 TO_CONTAINER = "to_container"         # tc egress of the lxc device: what the host sends in
 
@@ -64,6 +63,8 @@ class Wiring:
     pod_ip: str
     endpoint_id: int
     identity: int
+    peer: str = ""          # set: the pod side stays here under this name, for a runtime
+                            # that moves it into the netns itself (Docker's libnetwork)
 
 
 class Plumber:
@@ -86,14 +87,15 @@ class Plumber:
         ifname = host_ifname(self.config, spec.namespace, spec.name)
         owned = spec.netns is None
         path = netns.NETNS_RUN_DIR / netns_name(self.config, spec.namespace, spec.name) if owned else Path(spec.netns)
-        if not owned:
+        # With a peer left here, the runtime makes the netns and moves the peer in later.
+        if not owned and not wiring.peer:
             try:
                 netns.check_pod_netns(path)
             except netns.NotAPodNetns as exc:
                 raise NetnsInvalid(f"spec.netns: {exc}") from None
             with PodNetlink(path) as pod:
-                if pod.has_link(POD_IFNAME):
-                    raise PodHasInterface(f"spec.netns: {spec.netns} already has an {POD_IFNAME}")
+                if pod.has_link(spec.interface):
+                    raise PodHasInterface(f"spec.netns: {spec.netns} already has an {spec.interface}")
         made_netns = False
         try:
             if owned:
@@ -106,9 +108,12 @@ class Plumber:
         return status
 
     def _wire(self, spec: PodSpec, wiring: Wiring, ifname: str, path: Path, owned: bool) -> PodStatus:
-        host = self.nl.create_veth_into(ifname, POD_IFNAME, path)
-        with PodNetlink(path) as pod:
-            eth0 = pod.configure(POD_IFNAME, wiring.pod_ip, self.router_ip)
+        if wiring.peer:
+            host, eth0 = self.nl.create_veth(ifname, wiring.peer)
+        else:
+            host = self.nl.create_veth_into(ifname, spec.interface, path)
+            with PodNetlink(path) as pod:
+                eth0 = pod.configure(spec.interface, wiring.pod_ip, self.router_ip, spec.mtu)
         status = PodStatus(pod_ip=wiring.pod_ip, host_ifname=ifname, host_ifindex=host.index,
                            host_mac=host.mac, pod_mac=eth0.mac, netns=str(path), netns_owned=owned,
                            endpoint_id=wiring.endpoint_id, identity=wiring.identity, created=time.time())
@@ -125,7 +130,7 @@ class Plumber:
         self.ep_metrics.create(status.endpoint_id)
         self.nl.attach_bpf(status.host_ifindex, self.to_fd, TO_CONTAINER, TC_EGRESS)
         self.nl.attach_bpf(status.host_ifindex, self.from_fd, FROM_CONTAINER, TC_INGRESS)
-        self.nl.set_up(status.host_ifindex)
+        self.nl.set_up(status.host_ifindex, spec.mtu)
         self.nl.replace_route(f"{status.pod_ip}/32", status.host_ifindex, prefsrc=self.router_ip,
                               scope=RT_SCOPE_LINK)
 
@@ -147,7 +152,7 @@ class Plumber:
             fresh = self._wire(spec, wiring, status.host_ifname, path, status.netns_owned)
             return PodStatus(**{**fresh.__dict__, "created": status.created})
         with PodNetlink(path) as pod:
-            eth0 = pod.configure(POD_IFNAME, status.pod_ip, self.router_ip)
+            eth0 = pod.configure(spec.interface, status.pod_ip, self.router_ip, spec.mtu)
         current = PodStatus(**{**status.__dict__, "host_ifindex": host.index, "host_mac": host.mac,
                                "pod_mac": eth0.mac})
         self._install(current, spec)

@@ -21,7 +21,9 @@ from prometheus_client import Gauge
 from services.datapath import loader
 from services.datapath.maps.endpoints import EndpointMap
 from services.datapath.netlink import Worker
+from services.endpointd import check
 from services.endpointd.ctgc import ConntrackGC
+from services.endpointd.docker import DockerDriver
 from services.endpointd.ipam import IPAM, PoolExhausted
 from services.endpointd.plumbing import (FROM_CONTAINER, TO_CONTAINER, NetnsInvalid, PodHasInterface, Plumber,
                                          Wiring)
@@ -34,7 +36,7 @@ from services.wire.manifests import DEFAULT_NAMESPACE, Document, ManifestError, 
 from services.wire.messages import (EXHAUSTED, EXISTS, INVALID, NOT_FOUND, Applied, Apply,
                                     EndpointEvent, EndpointPolicy, IdentityAllocate, IdentityRelease,
                                     IpcacheDelete, IpcacheUpsert, ListRequest, NamespaceSpec,
-                                    ObjectRef, Pod, PodSpec)
+                                    ObjectRef, Pod, PodCheck, PodSpec)
 
 MAX_ENDPOINT_ID = 0xFFFF
 
@@ -78,6 +80,10 @@ class EndpointService(Service):
         await b.serve(subjects.POD_APPLY, Apply, self.apply_pod)
         await b.serve(subjects.POD_DELETE, ObjectRef, self.delete_pod)
         await b.serve(subjects.POD_LIST, ListRequest, self.list_pods)
+        await b.serve(subjects.POD_CHECK, ObjectRef, self.check_pod)
+        if self.config.docker.plugin:
+            self.docker = DockerDriver(self)
+            await self.docker.start()
 
     async def counters(self) -> dict[str, int]:
         attached = await self.worker.run(
@@ -89,6 +95,8 @@ class EndpointService(Service):
     async def stop(self) -> None:
         if hasattr(self, "ct_gc"):
             await self.ct_gc.stop()
+        if getattr(self, "docker", None) is not None:
+            await self.docker.stop()
         if hasattr(self, "worker"):
             self.worker.close()
 
@@ -214,12 +222,17 @@ class EndpointService(Service):
     # ---- pods ----------------------------------------------------------------------------------
 
     async def apply_pod(self, req: Apply) -> Applied:
-        spec = _parse(parse_pod, req.document)
+        return await self.add_pod(_parse(parse_pod, req.document), req.create_only)
+
+    async def add_pod(self, spec: PodSpec, create_only: bool = False, ip: str | None = None,
+                      peer: str = "") -> Applied:
+        """Create SPEC's pod. IP: an address already claimed for it (the Docker IPAM driver's);
+        PEER: leave the pod side in this netns under that name (libnetwork moves it)."""
         key = pod_key(spec.namespace, spec.name)
         async with self._lock:
             current = self.pods.get(key)
             if current is not None:
-                if req.create_only:
+                if create_only:
                     raise ServiceError(EXISTS, f'pod "{key}" already exists')
                 if current.spec == spec:
                     return Applied("Pod", spec.name, spec.namespace, "unchanged")
@@ -227,21 +240,22 @@ class EndpointService(Service):
                                             "pods are immutable here: delete it first")
             if spec.namespace not in self.namespaces:
                 raise ServiceError(NOT_FOUND, f'metadata.namespace: namespace "{spec.namespace}" not found')
-            pod = await self._create_pod(spec)
+            pod = await self._create_pod(spec, ip, peer)
             self.pods[key] = pod
             self.pods_gauge.set(len(self.pods))
         await self.bus.publish(subjects.endpoint_event("created"), EndpointEvent(pod))
         self.log.info("pod created", pod=key, ip=pod.status.pod_ip, ifname=pod.status.host_ifname)
         return Applied("Pod", spec.name, spec.namespace, "created")
 
-    async def _create_pod(self, spec: PodSpec) -> Pod:
+    async def _create_pod(self, spec: PodSpec, ip: str | None = None, peer: str = "") -> Pod:
         revert = RevertStack()
         try:
-            try:
-                ip = self.ipam.allocate()
-            except PoolExhausted as exc:
-                raise ServiceError(EXHAUSTED, str(exc)) from None
-            revert.push("release ip", lambda: self.ipam.release(ip))
+            if ip is None:
+                try:
+                    ip = self.ipam.allocate()
+                except PoolExhausted as exc:
+                    raise ServiceError(EXHAUSTED, str(exc)) from None
+                revert.push("release ip", lambda: self.ipam.release(ip))
             owner = f"pod:{pod_key(spec.namespace, spec.name)}"
             ns = self.namespaces[spec.namespace]
             ident = await self._call(subjects.IDENTITY_ALLOCATE, IdentityAllocate(
@@ -249,7 +263,7 @@ class EndpointService(Service):
             identity = ident["id"]
             revert.push("release identity",
                         lambda: self._call(subjects.IDENTITY_RELEASE, IdentityRelease(identity, owner)))
-            wiring = Wiring(ip, self._endpoint_id(), identity)
+            wiring = Wiring(ip, self._endpoint_id(), identity, peer)
             # Policy is in the map before the pod exists, so its first packet meets it.
             await self._call(subjects.POLICY_ENDPOINT_SYNC,
                              EndpointPolicy(wiring.endpoint_id, identity, spec.audit))
@@ -306,6 +320,14 @@ class EndpointService(Service):
     async def list_pods(self, req: ListRequest) -> list[Pod]:
         pods = [p for p in self.pods.values() if not req.namespace or p.spec.namespace == req.namespace]
         return sorted(pods, key=lambda p: (p.spec.namespace, p.spec.name))
+
+    async def check_pod(self, req: ObjectRef) -> PodCheck:
+        key = pod_key(req.namespace or DEFAULT_NAMESPACE, req.name)
+        async with self._lock:
+            if key not in self.pods:
+                raise ServiceError(NOT_FOUND, f'pod "{key}" not found')
+            problems = await self.worker.run(check.verify, self.plumber, self.pods[key])
+        return PodCheck(key, problems)
 
 
 def _parse(parser, document: dict):

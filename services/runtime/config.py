@@ -166,6 +166,29 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class DockerConfig:
+    """endpointd as Docker's network and IPAM driver (libnetwork's remote driver protocol).
+
+    plugin: the socket to serve, /run/docker/plugins/<driver name>.sock ("": off).
+    host: the Docker Engine API endpointd asks for a container's name and labels."""
+
+    plugin: str = ""
+    host: str = "unix:///var/run/docker.sock"
+
+    def __post_init__(self) -> None:
+        if self.plugin and (not self.plugin.startswith("/") or not self.plugin.endswith(".sock")):
+            raise ConfigError(f"docker.plugin: {self.plugin!r} must be an absolute path ending in .sock, "
+                              "e.g. /run/docker/plugins/capillary.sock")
+        if not self.host.startswith(("unix://", "tcp://")):
+            raise ConfigError(f"docker.host: {self.host!r} must be unix://PATH or tcp://HOST:PORT")
+
+    @property
+    def driver(self) -> str:
+        """The driver's name in `docker network create -d NAME`: the socket's file name."""
+        return Path(self.plugin).stem
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     node: str = "node1"
     stateDir: str = "/var/lib/capillary"
@@ -177,6 +200,7 @@ class NodeConfig:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     nats: NatsConfig = field(default_factory=NatsConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    docker: DockerConfig = field(default_factory=DockerConfig)
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", self.node):
@@ -235,7 +259,7 @@ def _check_host(host: str, where: str) -> None:
 
 
 _SECTIONS = {"datapath": DatapathConfig, "maps": MapSizes, "events": EventsConfig,
-             "policy": PolicyConfig, "nats": NatsConfig, "metrics": MetricsConfig}
+             "policy": PolicyConfig, "nats": NatsConfig, "metrics": MetricsConfig, "docker": DockerConfig}
 
 
 _SCALARS = {"str": str, "int": int, "bool": bool}

@@ -21,6 +21,8 @@ DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]
 LABEL_NAME = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)\Z")
 LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?\Z")
 DEFAULT_NAMESPACE = "default"
+MAX_ATTACHMENT = 256
+MIN_MTU, MAX_MTU = 576, 65535      # IPv4's minimum datagram; veth's maximum
 
 # (apiVersion, kind) -> the service that owns objects of that kind
 POD_KINDS = {("v1", "Namespace"), ("v1", "Pod")}
@@ -161,11 +163,12 @@ def parse_pod(doc: Document) -> PodSpec:
     namespace = meta.get("namespace", DEFAULT_NAMESPACE)
     if not isinstance(namespace, str) or not DNS_LABEL.match(namespace) or len(namespace) > 63:
         raise ManifestError(f"{where}: metadata.namespace: {namespace!r} is not a valid namespace name")
-    spec = _fields(doc.body.get("spec"), "spec", {"netns"}, where)
+    spec = _fields(doc.body.get("spec"), "spec", {"netns", "interface", "attachment", "mtu"}, where)
     netns = spec.get("netns")
     if netns is not None and (not isinstance(netns, str) or not netns.startswith("/")):
         raise ManifestError(f"{where}: spec.netns: {netns!r} must be an absolute path "
                             "such as /proc/PID/ns/net or /run/netns/NAME")
+    attach = _attachment_fields(spec, where)
     labels = check_labels(meta.get("labels"), "metadata.labels", where)
     annotations = meta.get("annotations") or {}
     if not isinstance(annotations, dict):
@@ -173,7 +176,38 @@ def parse_pod(doc: Document) -> PodSpec:
     audit = annotations.get(AUDIT_ANNOTATION, "false")
     if audit not in ("true", "false"):
         raise ManifestError(f'{where}: metadata.annotations.{AUDIT_ANNOTATION}: {audit!r} must be "true" or "false"')
-    return PodSpec(name=name, namespace=namespace, labels=labels, netns=netns, audit=audit == "true")
+    return PodSpec(name=name, namespace=namespace, labels=labels, netns=netns, audit=audit == "true",
+                   **attach)
+
+
+def valid_ifname(name: str) -> bool:
+    """The kernel's rule for an interface name (dev_valid_name): 1-15 bytes, no '/', ':'
+    or whitespace, not '.' or '..'."""
+    return (0 < len(name.encode()) < 16 and name not in (".", "..")
+            and not any(c in "/:" or c.isspace() for c in name))
+
+
+def _attachment_fields(spec: dict, where: str) -> dict:
+    """spec.interface, spec.attachment and spec.mtu: how a container runtime wires the pod."""
+    out: dict = {}
+    if "interface" in spec:
+        ifname = spec["interface"]
+        if not isinstance(ifname, str) or not valid_ifname(ifname):
+            raise ManifestError(f"{where}: spec.interface: {ifname!r} is not a valid interface name "
+                                "(1-15 characters, no '/', ':' or spaces)")
+        out["interface"] = ifname
+    if "attachment" in spec:
+        handle = spec["attachment"]
+        if not isinstance(handle, str) or not 0 < len(handle) <= MAX_ATTACHMENT or not handle.isprintable():
+            raise ManifestError(f"{where}: spec.attachment: must be a printable string of 1-{MAX_ATTACHMENT} "
+                                "characters")
+        out["attachment"] = handle
+    if "mtu" in spec:
+        mtu = spec["mtu"]
+        if type(mtu) is not int or not MIN_MTU <= mtu <= MAX_MTU:
+            raise ManifestError(f"{where}: spec.mtu: {mtu!r} must be an integer from {MIN_MTU} to {MAX_MTU}")
+        out["mtu"] = mtu
+    return out
 
 
 def document_from_spec(spec: NamespaceSpec | PodSpec) -> dict:
@@ -185,6 +219,8 @@ def document_from_spec(spec: NamespaceSpec | PodSpec) -> dict:
                  "metadata": {"name": spec.name, "namespace": spec.namespace, "labels": dict(spec.labels)}}
     if spec.audit:
         doc["metadata"]["annotations"] = {AUDIT_ANNOTATION: "true"}
-    if spec.netns:
-        doc["spec"] = {"netns": spec.netns}
+    body = {"netns": spec.netns, "interface": spec.interface if spec.interface != "eth0" else None,
+            "attachment": spec.attachment or None, "mtu": spec.mtu or None}
+    if any(v is not None for v in body.values()):
+        doc["spec"] = {k: v for k, v in body.items() if v is not None}
     return doc

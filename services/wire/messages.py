@@ -174,6 +174,9 @@ class PodSpec(Message):
     labels: dict[str, str] = field(default_factory=dict)
     netns: str | None = None          # adopt this namespace instead of creating one
     audit: bool = False               # policy audit mode for this endpoint (an annotation)
+    interface: str = "eth0"           # the pod-side interface name (a CNI runtime's CNI_IFNAME)
+    attachment: str = ""              # the runtime's handle, e.g. "cni/<container id>/<ifname>"
+    mtu: int = 0                      # 0: the kernel's default
 
 
 @dataclass(frozen=True)
@@ -194,6 +197,14 @@ class PodStatus(Message):
 class Pod(Message):
     spec: PodSpec
     status: PodStatus
+
+
+@dataclass(frozen=True)
+class PodCheck(Message):
+    """The reply to pod.check: every piece of the pod's plumbing that is missing or wrong."""
+
+    pod: str                          # namespace/name
+    problems: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ NAMESPACE_LIST = f"{ROOT}.namespace.list"
 POD_APPLY = f"{ROOT}.pod.apply"
 POD_DELETE = f"{ROOT}.pod.delete"
 POD_LIST = f"{ROOT}.pod.list"
+POD_CHECK = f"{ROOT}.pod.check"               # is a pod's kernel plumbing complete (CNI CHECK)
 ENDPOINT_EVENTS = f"{ROOT}.endpoint.events"   # + .created / .deleted
 
 # policyd: identities (policies arrive with the policy issue)
@@ -111,7 +112,7 @@ class Grants:
 GRANTS: dict[str, Grants] = {
     "endpointd": Grants(
         serves=(NAMESPACE_APPLY, NAMESPACE_DELETE, NAMESPACE_LIST,
-                POD_APPLY, POD_DELETE, POD_LIST, health("endpointd")),
+                POD_APPLY, POD_DELETE, POD_LIST, POD_CHECK, health("endpointd")),
         calls=(IDENTITY_ALLOCATE, IDENTITY_RELEASE, IPCACHE_UPSERT, IPCACHE_DELETE,
                POLICY_ENDPOINT_SYNC, POLICY_ENDPOINT_FORGET, health("routed"), health("policyd"),
                health("flowd"), health("endpointd")),

@@ -32,6 +32,7 @@ class Node:
     events: dict = field(default_factory=dict)
     datapath: dict = field(default_factory=dict)    # more datapath keys (e.g. conntrackGCInterval)
     nats: dict = field(default_factory=dict)
+    docker: dict = field(default_factory=dict)
     tag: str = field(default_factory=lambda: secrets.token_hex(2))
 
     def __post_init__(self) -> None:
@@ -55,6 +56,7 @@ class Node:
             "nats": {"port": self.nats_port, **self.nats},
             "maps": self.maps,
             "events": self.events,
+            **({"docker": self.docker} if self.docker else {}),
             "metrics": {s: free_port() for s in ("endpointd", "policyd", "routed", "flowd")},
         }
         self.config_path.write_text(yaml.safe_dump(config))

@@ -218,3 +218,17 @@ def test_shorthand_rejects_unknown_fields_and_wrong_types(spec, field):
     with pytest.raises(ConfigError) as err:
         cilium(spec)
     assert str(err.value).startswith(f"{field}: ")
+
+
+def test_the_docker_driver_is_off_by_default_and_named_after_its_socket():
+    assert parse_config("").docker.plugin == ""
+    config = parse_config("docker: {plugin: /run/docker/plugins/capillary.sock}")
+    assert config.docker.driver == "capillary" and config.docker.host == "unix:///var/run/docker.sock"
+
+
+@pytest.mark.parametrize("text, field", [("docker: {plugin: capillary.sock}", "docker.plugin"),
+                                         ("docker: {plugin: /run/docker/plugins/x}", "docker.plugin"),
+                                         ("docker: {host: /var/run/docker.sock}", "docker.host")])
+def test_bad_docker_settings_are_named(text, field):
+    with pytest.raises(ConfigError, match=field):
+        parse_config(text)

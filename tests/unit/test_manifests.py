@@ -177,3 +177,20 @@ def test_label_errors_name_the_label(labels, message):
 @pytest.mark.parametrize("value", ["", "a", "a" * 63, "v1.2_3-x", "A9"])
 def test_valid_label_values(value):
     assert parse_one(pod(metadata={"name": "web", "labels": {"k": value}})).labels == {"k": value}
+
+
+def test_a_runtime_pod_carries_its_interface_attachment_and_mtu():
+    doc = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "c1"},
+           "spec": {"netns": "/run/netns/c1", "interface": "net1", "attachment": "cni/capnet/abc/net1",
+                    "mtu": 1400}}
+    spec = parse_pod(load_documents(json.dumps(doc))[0])
+    assert (spec.interface, spec.attachment, spec.mtu) == ("net1", "cni/capnet/abc/net1", 1400)
+    assert document_from_spec(spec)["spec"] == doc["spec"]
+
+
+@pytest.mark.parametrize("field, value", [("interface", "a/b"), ("interface", "x" * 16), ("mtu", 100),
+                                          ("mtu", "1400"), ("attachment", "")])
+def test_bad_runtime_fields_are_named(field, value):
+    doc = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "c1"}, "spec": {field: value}}
+    with pytest.raises(ManifestError, match=f"spec.{field}:"):
+        parse_pod(load_documents(json.dumps(doc))[0])

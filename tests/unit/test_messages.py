@@ -22,6 +22,9 @@ SAMPLES = [
     m.NamespaceSpec(name="shop", labels={"team": "a"}),
     SPEC,
     m.PodSpec(name="db", namespace="default"),
+    m.PodSpec(name="c1", namespace="default", netns="/run/netns/c1", interface="net1",
+              attachment="cni/capnet/abc/net1", mtu=1400),
+    m.PodCheck(pod="default/c1", problems=["interface net1 is missing in /run/netns/c1"]),
     STATUS,
     POD,
     m.Apply(document={"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web"}}, create_only=True),
@@ -72,7 +75,8 @@ def test_requests_and_events_carry_version_and_kind(msg):
 def test_nested_messages_become_plain_maps():
     wire = m.EndpointEvent(pod=POD).to_wire()
     assert wire["pod"]["spec"] == {"name": "web", "namespace": "shop",
-                                   "labels": {"app": "web"}, "netns": "/run/netns/web", "audit": False}
+                                   "labels": {"app": "web"}, "netns": "/run/netns/web", "audit": False,
+                                   "interface": "eth0", "attachment": "", "mtu": 0}
     assert "kind" not in wire["pod"]
 
 

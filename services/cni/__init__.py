@@ -1,0 +1,1 @@
+"""capillary's CNI plugin: container runtimes put containers on capillary through it."""

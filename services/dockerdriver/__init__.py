@@ -1,0 +1,1 @@
+"""Docker's side of capillary: libnetwork's remote driver protocol and the Engine API."""
