@@ -60,6 +60,7 @@ REQUESTS = {
     subjects.POD_APPLY: (messages.Apply, _apply(POD)),
     subjects.POD_DELETE: (messages.ObjectRef, {"v": 1, "kind": "ref", "name": "a", "namespace": "fuzz"}),
     subjects.POD_LIST: (messages.ListRequest, {"v": 1, "kind": "list", "namespace": "fuzz"}),
+    subjects.POD_CHECK: (messages.ObjectRef, {"v": 1, "kind": "ref", "name": "a", "namespace": "fuzz"}),
     subjects.IDENTITY_ALLOCATE: (messages.IdentityAllocate, {"v": 1, "kind": "identity.allocate",
                                                             "labels": {"k8s:app": "z"}, "owner": "fuzz"}),
     subjects.IDENTITY_RELEASE: (messages.IdentityRelease, {"v": 1, "kind": "identity.release",
