@@ -10,7 +10,9 @@ import ctypes
 import errno
 import fcntl
 import os
+import socket
 import stat
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +22,7 @@ MS_REC = 16384
 MS_SHARED = 1 << 20
 MNT_DETACH = 2
 NETNS_RUN_DIR = Path("/run/netns")
+RTF_UP, RTF_GATEWAY = 0x1, 0x2           # route flags (linux/route.h)
 NSFS_MAGIC = 0x6E736673          # statfs f_type of namespace files (linux/magic.h)
 NS_GET_NSTYPE = 0xB703           # _IO(0xb7, 0x3), linux/nsfs.h
 NS_TYPES = {0x00020000: "mount", 0x02000000: "cgroup", 0x04000000: "uts", 0x08000000: "ipc",
@@ -165,3 +168,20 @@ def entered(path: Path | str) -> Iterator[None]:
     finally:
         os.close(fd)
         os.close(home)
+
+
+ROUTE_TABLE = "/proc/thread-self/net/route"     # the IPv4 main table of this thread's netns
+
+
+def default_gateway(path: Path | str, ifname: str) -> str | None:
+    """The gateway of the IPv4 default route through IFNAME in the namespace at PATH, or
+    None when it has none. Read from the kernel's route table in /proc, not over netlink,
+    so a short-lived process (the CNI plugin) needs no netlink library to ask."""
+    with entered(path):
+        with open(ROUTE_TABLE) as table:
+            rows = [line.split() for line in table.readlines()[1:]]
+    for row in rows:      # Iface Destination Gateway Flags RefCnt Use Metric Mask ...
+        iface, (dst, gateway, flags, mask) = row[0], (int(row[i], 16) for i in (1, 2, 3, 7))
+        if iface == ifname and dst == 0 and mask == 0 and flags & RTF_UP and flags & RTF_GATEWAY:
+            return socket.inet_ntoa(gateway.to_bytes(4, sys.byteorder))   # stored in network order
+    return None
