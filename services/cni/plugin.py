@@ -14,7 +14,7 @@ from typing import Any
 from services.cni.spec import (CHECK_FAILED, CONTAINER_UNKNOWN, INVALID_CONFIG, IO_FAILURE, NODE_REFUSED,
                                NOT_AVAILABLE, TRY_AGAIN_LATER, CniError, Environment, NetConf, attachment,
                                pod_name, pod_namespace, result, split_attachment)
-from services.datapath.netlink import KernelError, PodNetlink
+from services.datapath.netns import default_gateway
 from services.runtime.bus import Bus, Credentials, RemoteError, ServiceError
 from services.runtime.config import ConfigError, load_config
 from services.runtime.natsserver import ADMIN
@@ -24,7 +24,6 @@ from services.wire.messages import NOT_FOUND, UNAVAILABLE, Apply, ListRequest, O
 CONNECT_TIMEOUT = 2.0
 REQUEST_TIMEOUT = 30.0         # a pod create waits for policyd and a program attach on a busy node
 START_HINT = "start the node with `capillary up` (or `make up`), then retry"
-PROBE_DST = "192.0.2.1"
 
 
 def context_file(conf: NetConf) -> Path:
@@ -80,13 +79,15 @@ def _document(env: Environment, conf: NetConf, labels: dict[str, str]) -> dict:
             "spec": spec}
 
 
-def _gateway(netns: str) -> str:
-    """The container's default gateway, read from its netns (the node's router address)."""
+def _gateway(netns: str, ifname: str) -> str:
+    """The container's default gateway through IFNAME, read from its netns (the node's router)."""
     try:
-        with PodNetlink(netns) as nl:
-            return nl.route_get(PROBE_DST).gateway
-    except (OSError, KernelError) as exc:
+        gateway = default_gateway(netns, ifname)
+    except OSError as exc:
         raise CniError(IO_FAILURE, f"cannot read the routes in {netns}: {exc}") from None
+    if gateway is None:
+        raise CniError(IO_FAILURE, f"no default route through {ifname} in {netns}")
+    return gateway
 
 
 async def add(bus: Bus, env: Environment, conf: NetConf, labels: dict[str, str]) -> dict:
@@ -103,7 +104,7 @@ async def add(bus: Bus, env: Environment, conf: NetConf, labels: dict[str, str])
     if pod is None:
         raise CniError(NODE_REFUSED, f"pod {namespace}/{doc['metadata']['name']} vanished right after ADD")
     try:
-        gateway = _gateway(pod.status.netns)
+        gateway = _gateway(pod.status.netns, env.ifname)
     except CniError:
         await call(bus, subjects.POD_DELETE, ObjectRef(pod.spec.name, pod.spec.namespace))
         raise
