@@ -8,8 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from services.runtime.bus import Bus, Credentials, ServiceError
-from services.runtime.config import NodeConfig
-from services.runtime.natsserver import ADMIN
+from services.runtime.config import ADMIN, NodeConfig
 from services.wire.messages import UNAVAILABLE
 
 CONTEXT_ENV = "CAPILLARY_CONTEXT"

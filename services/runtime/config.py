@@ -25,6 +25,8 @@ import yaml
 
 from services.wire.limits import LimitError, load_yaml_all, read_text
 
+ADMIN = "admin"       # the NATS user with every permission: operators (the CLI) and the CNI plugin
+
 DEFAULT_CONFIG_PATH = Path("/etc/capillary/config.yaml")
 CONFIG_ENV = "CAPILLARY_CONFIG"
 MODES = ("redirect", "host-stack")
@@ -238,6 +240,7 @@ class NodeConfig:
         return self.state_path / "nats"
 
     def credentials_path(self, user: str) -> Path:
+        """The NATS context file of USER (e.g. ADMIN), written by services.runtime.natsserver."""
         return self.nats_dir / f"{user}.context.json"
 
     def to_dict(self) -> dict:

@@ -23,10 +23,9 @@ import time
 from pathlib import Path
 
 from services.runtime import certs, tls
-from services.runtime.config import NodeConfig
+from services.runtime.config import ADMIN, NodeConfig
 from services.wire import subjects
 
-ADMIN = "admin"
 USERS = (ADMIN, *subjects.SERVICES, *subjects.READERS)
 
 
