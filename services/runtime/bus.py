@@ -12,7 +12,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import nats
 import nats.errors
@@ -22,10 +22,12 @@ from nats.errors import Error as NatsError
 from nats.js.errors import BucketNotFoundError, Error as JetStreamError, KeyNotFoundError
 from nats.js.kv import KeyValue
 
-from services.runtime.metrics import BusMetrics
 from services.wire import codec, subjects
 from services.wire.messages import (INTERNAL, INVALID, UNAVAILABLE, Message, SchemaError,
                                     error_reply, ok_reply)
+
+if TYPE_CHECKING:       # services pass their metrics in; a client (the CNI plugin) need not import prometheus
+    from services.runtime.metrics import BusMetrics
 
 log = structlog.get_logger()
 
