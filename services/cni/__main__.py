@@ -1,49 +1,21 @@
 """`capillary-cni`: the CNI plugin (``type: capillary``), run by container runtimes.
 
-The runtime sets CNI_COMMAND (ADD, DEL, CHECK, VERSION, STATUS, GC) and the other CNI_*
+The runtime sets CNI_COMMAND (ADD, DEL, CHECK, VERSION, STATUS and GC) and the other CNI_*
 variables and writes the network config on stdin; the result or the spec's error JSON goes
 to stdout. Errors exit 1; a failed ADD leaves nothing behind (endpointd undoes a half-made
 pod, and the plugin deletes a pod it cannot report).
+
+A runtime starts the plugin once per command, so its start-up is part of every ADD: this
+module imports only the spec's side (pure), and the node's client (services.cni.plugin:
+asyncio, NATS) only for the commands that talk to the node.
 """
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import sys
 
-from services.cni import plugin
-from services.cni.labels import runtime_labels
-from services.cni.spec import (NOT_AVAILABLE, SPEC_VERSION, TRY_AGAIN_LATER, CniError, Environment, NetConf,
-                               parse_config, parse_environment, version_result)
-
-
-async def run(env: Environment, conf: NetConf) -> dict | None:
-    if env.command == "VERSION":
-        return version_result()
-    try:
-        bus = await plugin.connect(conf)
-    except CniError as exc:
-        if env.command == "DEL" and exc.code == TRY_AGAIN_LATER and not os.path.exists(plugin.context_file(conf)):
-            return None        # no node was ever set up here: nothing of ours can exist
-        if env.command == "STATUS":
-            raise CniError(NOT_AVAILABLE, exc.msg, exc.details) from None
-        raise
-    try:
-        if env.command == "ADD":
-            labels = {**runtime_labels(env), **conf.labels}
-            return await plugin.add(bus, env, conf, labels)
-        if env.command == "DEL":
-            await plugin.delete(bus, env, conf)
-        elif env.command == "CHECK":
-            await plugin.check(bus, env, conf)
-        elif env.command == "GC":
-            await plugin.gc(bus, conf)
-        elif env.command == "STATUS":
-            await plugin.status(bus)
-        return None
-    finally:
-        await bus.nc.close()
+from services.cni.spec import SPEC_VERSION, CniError, parse_config, parse_environment, version_result
 
 
 def main() -> int:
@@ -52,7 +24,11 @@ def main() -> int:
         env = parse_environment(dict(os.environ))
         conf = parse_config(sys.stdin.buffer.read(), env.command)
         version = conf.cni_version
-        out = asyncio.run(run(env, conf))
+        if env.command == "VERSION":
+            out = version_result()
+        else:
+            from services.cni import plugin      # the node's client: only where a command needs it
+            out = plugin.execute(env, conf)
     except CniError as exc:
         json.dump(exc.to_json(version), sys.stdout)
         sys.stdout.write("\n")

@@ -7,23 +7,54 @@ plugin itself only reads the container's netns for the gateway it reports.
 """
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 from typing import Any
 
+from services.cni.labels import runtime_labels
 from services.cni.spec import (CHECK_FAILED, CONTAINER_UNKNOWN, INVALID_CONFIG, IO_FAILURE, NODE_REFUSED,
                                NOT_AVAILABLE, TRY_AGAIN_LATER, CniError, Environment, NetConf, attachment,
                                pod_name, pod_namespace, result, split_attachment)
 from services.datapath.netns import default_gateway
 from services.runtime.bus import Bus, Credentials, RemoteError, ServiceError
-from services.runtime.config import ConfigError, load_config
-from services.runtime.natsserver import ADMIN
+from services.runtime.config import ADMIN, ConfigError, load_config
 from services.wire import subjects
 from services.wire.messages import NOT_FOUND, UNAVAILABLE, Apply, ListRequest, ObjectRef, Pod, PodCheck
 
 CONNECT_TIMEOUT = 2.0
 REQUEST_TIMEOUT = 30.0         # a pod create waits for policyd and a program attach on a busy node
 START_HINT = "start the node with `capillary up` (or `make up`), then retry"
+
+
+def execute(env: Environment, conf: NetConf) -> dict | None:
+    """Run command ENV.command (anything but VERSION) against the node; its result, if any."""
+    return asyncio.run(_run(env, conf))
+
+
+async def _run(env: Environment, conf: NetConf) -> dict | None:
+    try:
+        bus = await connect(conf)
+    except CniError as exc:
+        if env.command == "DEL" and exc.code == TRY_AGAIN_LATER and not os.path.exists(context_file(conf)):
+            return None        # no node was ever set up here: nothing of ours can exist
+        if env.command == "STATUS":
+            raise CniError(NOT_AVAILABLE, exc.msg, exc.details) from None
+        raise
+    try:
+        if env.command == "ADD":
+            return await add(bus, env, conf, {**runtime_labels(env), **conf.labels})
+        if env.command == "DEL":
+            await delete(bus, env, conf)
+        elif env.command == "CHECK":
+            await check(bus, env, conf)
+        elif env.command == "GC":
+            await gc(bus, conf)
+        elif env.command == "STATUS":
+            await status(bus)
+        return None
+    finally:
+        await bus.nc.close()
 
 
 def context_file(conf: NetConf) -> Path:
