@@ -104,18 +104,26 @@ def main() -> None:
         log(f"{args.containers} containers up; removing them")
         pm("rm", "-a", "-f", "-t", "0")
         startup, total = add_times(cleanup, node, args.adds)
-        work_s = [t - s for t, s in zip(total, startup)]
-        cap, ref = Spread.of(times["capnet"]), Spread.of(times["bridgenet"])
-        pairs = min(len(times["capnet"]), len(times["bridgenet"]))
-        rows = [["create -> first packet, capillary (s)", cap.text()],
-                ["create -> first packet, bridge (s)", ref.text()],
-                ["ratio capillary / bridge (p50 of pairs)", Spread.of(ratios(times["capnet"][:pairs], times["bridgenet"][:pairs])).text()],
-                ["ADD total (ms)", Spread.of([t * 1000 for t in total]).text("{:.0f}")],
-                ["ADD start-up (ms)", Spread.of([s * 1000 for s in startup]).text("{:.0f}")],
-                ["ADD work (ms)", Spread.of([w * 1000 for w in work_s]).text("{:.0f}")]]
+        s = summary(times, startup, total)
+        rows = [["create -> first packet, capillary (s)", s["first_packet_s"]["capillary"].text()],
+                ["create -> first packet, bridge (s)", s["first_packet_s"]["bridge"].text()],
+                ["ratio capillary / bridge (p50 of pairs)", s["ratio_to_bridge"].text()],
+                ["ADD total (ms)", s["add_total_ms"].text("{:.0f}")],
+                ["ADD start-up (ms)", s["add_startup_ms"].text("{:.0f}")],
+                ["ADD work (ms)", s["add_work_ms"].text("{:.0f}")]]
         print(table(["measure", "p50 [min..max]"], rows))
-        write_results("cni", {"environment": environment(), "containers": args.containers,
+        write_results("cni", {"benchmark": "cni", "environment": environment(),
+                              "parameters": {"containers": args.containers, "adds": args.adds}, "summary": s,
                               "first_packet_s": times, "add_total_s": total, "add_startup_s": startup})
+
+
+def summary(times: dict[str, list[float]], startup: list[float], total: list[float]) -> dict:
+    pairs = min(len(times["capnet"]), len(times["bridgenet"]))
+    return {"first_packet_s": {"capillary": Spread.of(times["capnet"]), "bridge": Spread.of(times["bridgenet"])},
+            "ratio_to_bridge": Spread.of(ratios(times["capnet"][:pairs], times["bridgenet"][:pairs])),
+            "add_total_ms": Spread.of([t * 1000 for t in total]),
+            "add_startup_ms": Spread.of([s * 1000 for s in startup]),
+            "add_work_ms": Spread.of([(t - s) * 1000 for t, s in zip(total, startup)])}
 
 
 if __name__ == "__main__":

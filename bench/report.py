@@ -22,7 +22,7 @@ from bench import plots  # noqa: E402
 from bench.profile import lines as profile_lines  # noqa: E402
 from bench.targets import closing_note, evaluate  # noqa: E402
 
-NAMES = ("datapath", "policy", "cplane", "pods", "footprint", "flows")
+NAMES = ("datapath", "policy", "cplane", "pods", "footprint", "flows", "cni")
 README_BEGIN, README_END = "<!-- bench:begin (written by bench/report.py) -->", "<!-- bench:end -->"
 
 
@@ -267,6 +267,25 @@ def footprint_section(d: dict | None, plot_dir: str, out: Path) -> list[str]:
     return lines
 
 
+def cni_section(d: dict | None) -> list[str]:
+    lines = ["## 7. Containers through the CNI plugin", ""]
+    if not d or "summary" not in d:
+        return lines + ["Not run.", ""]
+    s, p = d["summary"], d["parameters"]
+    lines += [f"{p['containers']} `podman run -d` containers, alternating between a network of `type: capillary` and "
+              "one of the reference `bridge` plugin (host-local IPAM, no masquerade): the time from `podman run` to "
+              "the container's first answer to a ping from the host. Then the plugin alone: "
+              f"{p['adds']} ADDs with the spec's environment into fresh netns, each split into start-up (the "
+              "plugin's interpreter importing what ADD imports) and work (the rest: NATS, endpointd, the kernel).", ""]
+    rows = [["create → first packet, capillary (s)", spread(s["first_packet_s"]["capillary"])],
+            ["create → first packet, bridge (s)", spread(s["first_packet_s"]["bridge"])],
+            ["ratio capillary / bridge", spread(s["ratio_to_bridge"])],
+            ["ADD total (ms)", spread(s["add_total_ms"], "{:.0f}")],
+            ["ADD start-up (ms)", spread(s["add_startup_ms"], "{:.0f}")],
+            ["ADD work (ms)", spread(s["add_work_ms"], "{:.0f}")]]
+    return lines + [md_table(["figure", "median [min–max]"], rows), ""]
+
+
 def update_readme(path: Path, doc: Path, run: dict, verdicts: list[dict]) -> None:
     text = path.read_text()
     if README_BEGIN not in text or README_END not in text:
@@ -308,6 +327,7 @@ def main(argv: list[str] | None = None) -> int:
              *datapath_section(results["datapath"], rel, plot_dir), *policy_section(results["policy"], rel, plot_dir),
              *cplane_section(results["cplane"], rel, plot_dir), *pods_section(results["pods"], rel, plot_dir),
              *flows_section(results["flows"], rel, plot_dir), *footprint_section(results["footprint"], rel, plot_dir),
+             *cni_section(results["cni"]),
              *closing_note(verdicts, results)]
     args.out.write_text("\n".join(lines).rstrip() + "\n")
     if args.readme:

@@ -96,9 +96,22 @@ def _footprint(d: dict | None) -> dict:
                     t["ok"])
 
 
+def _cni(d: dict | None) -> list[dict]:
+    add, first = "CNI plugin ADD, p50", "podman container create → first packet, capillary vs bridge plugin"
+    s = (d or {}).get("summary")
+    if not s:
+        return [_verdict("cni_add", add, "≤ 150 ms", "not run", None),
+                _verdict("cni_ratio", first, "≤ 1.5×", "not run", None)]
+    total, up, work, ratio = s["add_total_ms"], s["add_startup_ms"], s["add_work_ms"], s["ratio_to_bridge"]
+    return [_verdict("cni_add", add, "≤ 150 ms", f"{total['median']:.0f} ms [{total['min']:.0f}–{total['max']:.0f}]: "
+                     f"start-up {up['median']:.0f} ms, work {work['median']:.0f} ms", total["median"] <= 150),
+            _verdict("cni_ratio", first, "≤ 1.5×", _ratio(ratio), ratio["median"] <= 1.5)]
+
+
 def evaluate(results: dict) -> list[dict]:
     return [*_datapath(results["datapath"]), _policy(results["policy"]), _cplane(results["cplane"]),
-            _pods(results["pods"]), _flows(results["flows"]), _footprint(results["footprint"])]
+            _pods(results["pods"]), _flows(results["flows"]), _footprint(results["footprint"]),
+            *_cni(results["cni"])]
 
 
 # ---- where the time goes, for a miss -----------------------------------------------------------

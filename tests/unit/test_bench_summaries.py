@@ -38,8 +38,13 @@ def test_targets_met_missed_and_not_measured():
         "kernel": {**ratio, "gbps_1": _spread(1.02)}}}}}
     pods = {"sizes": {"100": {"summary": {"apply_s": _spread(3.0), "create_per_s": _spread(33.0),
                                           "first_packet_s": _spread(2.9)}}}}
+    cni = {"summary": {"add_total_ms": _spread(120.0), "add_startup_ms": _spread(90.0), "add_work_ms": _spread(30.0),
+                       "ratio_to_bridge": _spread(1.7)}}
     verdicts = {v["key"]: v["ok"] for v in evaluate(
-        {"datapath": datapath, "policy": None, "cplane": None, "pods": pods, "flows": None, "footprint": None})}
+        {"datapath": datapath, "policy": None, "cplane": None, "pods": pods, "flows": None, "footprint": None,
+         "cni": cni})}
     assert verdicts == {"datapath_gbps": True, "datapath_p50": False, "policy_10k": None, "cplane_p99": None,
-                        "pods_100": True, "flows": None, "footprint": None}
+                        "pods_100": True, "flows": None, "footprint": None, "cni_add": True, "cni_ratio": False}
+    nothing = dict.fromkeys(("datapath", "policy", "cplane", "pods", "flows", "footprint", "cni"))
+    assert {v["key"]: v["ok"] for v in evaluate(nothing)}["cni_add"] is None
     assert Spread.of([3, 1, 2]).median == 2
