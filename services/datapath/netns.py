@@ -179,8 +179,13 @@ def default_gateway(path: Path | str, ifname: str) -> str | None:
     so a short-lived process (the CNI plugin) needs no netlink library to ask."""
     with entered(path):
         with open(ROUTE_TABLE) as table:
-            rows = [line.split() for line in table.readlines()[1:]]
-    for row in rows:      # Iface Destination Gateway Flags RefCnt Use Metric Mask ...
+            return gateway_in_table(table.read(), ifname)
+
+
+def gateway_in_table(text: str, ifname: str) -> str | None:
+    """The default route's gateway through IFNAME in TEXT, a /proc/net/route table."""
+    for row in (line.split() for line in text.splitlines()[1:]):
+        # Iface Destination Gateway Flags RefCnt Use Metric Mask MTU Window IRTT
         iface, (dst, gateway, flags, mask) = row[0], (int(row[i], 16) for i in (1, 2, 3, 7))
         if iface == ifname and dst == 0 and mask == 0 and flags & RTF_UP and flags & RTF_GATEWAY:
             return socket.inet_ntoa(gateway.to_bytes(4, sys.byteorder))   # stored in network order
