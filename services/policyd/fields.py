@@ -32,7 +32,7 @@ class FieldError(ValueError):
         self.problem = problem
 
 
-MAX_LIST = 1024                          # items in any one list of a policy
+MAX_LIST = 100_000                       # items in any one list of a policy (an allow-list of CIDRs)
 
 
 def show(value: Any) -> str:

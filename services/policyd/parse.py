@@ -59,9 +59,11 @@ _CILIUM_UNSUPPORTED = {INGRESS: ("fromRequires", "fromGroups", "fromNodes", "aut
 _L7_FIELDS = ("rules", "terminatingTLS", "originatingTLS", "serverNames", "listener")
 # Peers x map keys per peer (a port range is several keys) over every rule of one policy: what
 # policyd compiles for each endpoint the policy selects, under its lock. A policy over it is
-# refused as a whole (split it).
-MAX_POLICY_TERMS = 4096
-MAX_POLICY_VALUES = 50_000               # maps, lists and scalars in one policy document
+# refused as a whole (split it). Real allow-lists run to tens of thousands of CIDRs (and the
+# policy map to millions of entries), so the bound is on cost, not on ordinary use: at this
+# size one endpoint's compile is still well under a second.
+MAX_POLICY_TERMS = 262_144
+MAX_POLICY_VALUES = 1_000_000            # maps, lists and scalars in one policy document
 
 
 class PolicyError(ValueError):

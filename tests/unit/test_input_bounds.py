@@ -8,6 +8,7 @@ import json
 import msgpack
 import pytest
 
+from services.policyd.fields import MAX_LIST
 from services.policyd.parse import MAX_POLICY_TERMS, PolicyError, parse_policy
 from services.runtime.config import ConfigError, parse_config
 from services.wire import codec
@@ -173,15 +174,15 @@ def cnp(spec: dict, name: str = "p") -> dict:
 
 @pytest.mark.parametrize("doc, path", [
     (cnp({"ingress": [{}], "description": deep(3000)}), "document"),          # RecursionError before
-    (cnp({"ingress": [{"fromCIDR": [f"10.{i // 250}.{i % 250}.0/24" for i in range(2000)]}]}),
+    (cnp({"ingress": [{"fromCIDR": ["10.0.0.0/24"] * (MAX_LIST + 1)}]}),
      "spec.ingress[0].fromCIDR"),
     (cnp({"ingress": [{"toPorts": [{"ports": [{"port": 10 ** 5000}]}]}]}),
      "spec.ingress[0].toPorts[0].ports[0].port"),                             # ValueError before
-    (cnp({"ingress": [{"fromEndpoints": [{"matchLabels": {"app": f"a{i}"}} for i in range(100)],
-                       "toPorts": [{"ports": [{"port": str(p)} for p in range(1, 101)]}]}]}),
-     "spec"),                                                                 # 10,000 terms
+    (cnp({"ingress": [{"fromEndpoints": [{"matchLabels": {"app": f"a{i}"}} for i in range(600)],
+                       "toPorts": [{"ports": [{"port": str(p)} for p in range(1, 501)]}]}]}),
+     "spec"),                                                                 # 300,000 terms
     (cnp({"ingress": [{"fromEntities": ["cluster"],                          # 3 x 16 keys a port
-                       "toPorts": [{"ports": [{"port": "1", "endPort": 65535}] * 100}]}]}), "spec"),
+                       "toPorts": [{"ports": [{"port": "1", "endPort": 65535}] * 6000}]}]}), "spec"),
     (cnp({"ingress": [{}]}, name="p\n"), "metadata.name"),
 ])
 def test_hostile_policies_are_policy_errors_naming_the_field(doc, path):
@@ -191,10 +192,10 @@ def test_hostile_policies_are_policy_errors_naming_the_field(doc, path):
 
 
 def test_a_policy_at_the_terms_limit_is_accepted():
-    ports = [{"port": str(p), "protocol": "TCP"} for p in range(1, 65)]
-    doc = cnp({"ingress": [{"fromEndpoints": [{"matchLabels": {"app": f"a{i}"}} for i in range(64)],
+    ports = [{"port": str(p), "protocol": "TCP"} for p in range(1, 513)]
+    doc = cnp({"ingress": [{"fromEndpoints": [{"matchLabels": {"app": f"a{i}"}} for i in range(512)],
                             "toPorts": [{"ports": ports}]}]})
-    assert 64 * 64 == MAX_POLICY_TERMS
+    assert 512 * 512 == MAX_POLICY_TERMS
     assert len(parse_policy(doc).policy.rules) == 1
 
 
