@@ -7,6 +7,10 @@
  * to_container: tc egress of the lxc device, i.e. packets the host stack sends into the
  *   pod (from the host, the world, or another pod in host-stack mode). Checks the pod's
  *   ingress policy unless from_container already did.
+ * from_overlay: tc ingress of the node's VXLAN device (tunnel mode), i.e. every packet
+ *   another node's pods sent here through the overlay. Takes the source identity from the
+ *   VNI, checks the destination pod's ingress policy as to_container does, and delivers
+ *   the packet straight into the pod. (The sending side is lib/overlay.h.)
  * Only IPv4 and ARP are handled, as Cilium with IPv6 disabled: every other ethertype is
  * dropped both ways (DROP_UNKNOWN_L3). A packet to an address of the pod CIDR that is no
  * known endpoint is dropped (DROP_UNKNOWN_TARGET): a pod being deleted, or an endpoint
@@ -25,6 +29,7 @@
 #include "lib/arp.h"
 #include "lib/l3.h"
 #include "lib/events.h"
+#include "lib/overlay.h"
 
 #define TCP_FLAGS_OFF  13
 
@@ -176,6 +181,12 @@ static __always_inline int handle_ipv4(struct __sk_buff *skb)
 			ct_create(saddr, daddr, proto, &l4, skb->len, &n);
 	}
 
+	if (!dst) {
+		int sent = overlay_send(skb, &m, daddr, traced);
+
+		if (sent != OVERLAY_PASS)
+			return sent;
+	}
 #ifndef HOST_STACK
 	if (dst && ttl > 1) {
 		__u8 host_mac[ETH_ALEN], pod_mac[ETH_ALEN];
@@ -339,4 +350,80 @@ int to_container(struct __sk_buff *skb)
 	if (eth->h_proto == bpf_htons(ETH_P_ARP))
 		return TC_ACT_OK;    /* the host resolving the pod's address */
 	return drop_early(skb, METRIC_INGRESS, DROP_UNKNOWN_L3);
+}
+
+/* A packet from a pod on another node, decapsulated: SRC_IDENTITY is the sender's, from the
+ * VNI. Only a local endpoint receives; a source inside this node's pod CIDR cannot come
+ * from another node. The destination's ingress policy is applied for a new connection (the
+ * sending node judged only egress), then the packet goes straight into the pod. */
+static __always_inline int overlay_ipv4(struct __sk_buff *skb, __u32 src_identity)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct iphdr *ip4 = data + ETH_HLEN;
+	struct event_meta m = { .direction = METRIC_INGRESS, .src_identity = src_identity };
+	struct endpoint_info *dst;
+	struct l4_tuple l4 = {};
+	struct ct_entry *ct;
+	__be32 saddr, daddr;
+	__u8 ttl, proto;
+	int traced;
+
+	if ((void *)(ip4 + 1) > data_end || ip4->ihl < 5 || parse_l4(skb, ip4, &l4) < 0)
+		return drop(skb, &m, DROP_INVALID);
+	saddr = ip4->saddr;
+	daddr = ip4->daddr;
+	ttl = ip4->ttl;
+	proto = ip4->protocol;
+	dst = lookup_endpoint(daddr);
+	if (!dst)
+		return drop(skb, &m, DROP_UNKNOWN_TARGET);
+	m.endpoint_id = dst->endpoint_id;
+	m.dst_identity = dst->identity;
+	if (IN_POD_CIDR(saddr) || ttl <= 1)
+		return drop(skb, &m, IN_POD_CIDR(saddr) ? DROP_INVALID_SIP : DROP_INVALID);
+
+	m.reason = ct_lookup(saddr, daddr, proto, &l4, skb->len, &ct);
+	traced = m.reason == CT_NEW ||
+		 trace_wanted(ct, CT_SLOT_TO_CONTAINER | (m.reason == CT_REPLY), &l4);
+	if (traced)
+		emit_trace(skb, &m, TRACE_FROM_OVERLAY);
+	if (m.reason == CT_NEW) {
+		struct ct_new n = { .slot = CT_SLOT_TO_CONTAINER };
+
+		if (enforce(skb, &m, proto, &l4, &n))
+			return TC_ACT_SHOT;
+		if (l4.valid)
+			ct_create(saddr, daddr, proto, &l4, skb->len, &n);
+	}
+	{
+		__u8 host_mac[ETH_ALEN], pod_mac[ETH_ALEN];
+		__u32 ifindex = dst->ifindex;
+
+		__builtin_memcpy(host_mac, dst->host_mac, ETH_ALEN);
+		__builtin_memcpy(pod_mac, dst->pod_mac, ETH_ALEN);
+		if (ipv4_dec_ttl(skb, ttl) < 0 || rewrite_macs(skb, host_mac, pod_mac) < 0)
+			return drop(skb, &m, DROP_INVALID);
+		count(skb, METRIC_INGRESS, REASON_REDIRECT_PEER);
+		count_endpoint(skb, m.endpoint_id, 1);
+		if (traced)
+			emit_trace(skb, &m, TRACE_TO_LXC);
+		return bpf_redirect_peer(ifindex, 0);
+	}
+}
+
+int from_overlay(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct bpf_tunnel_key key = {};
+
+	if ((void *)(eth + 1) > data_end)
+		return drop_early(skb, METRIC_INGRESS, DROP_INVALID);
+	if (eth->h_proto != bpf_htons(ETH_P_IP))
+		return drop_early(skb, METRIC_INGRESS, DROP_UNKNOWN_L3);
+	if (bpf_skb_get_tunnel_key(skb, &key, sizeof(key), 0) < 0)
+		return drop_early(skb, METRIC_INGRESS, DROP_INVALID);
+	return overlay_ipv4(skb, key.tunnel_id);
 }

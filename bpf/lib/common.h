@@ -35,7 +35,9 @@
 #define DROP_POLICY             133 /* no policy entry allows it */
 #define DROP_INVALID            134 /* malformed packet */
 #define DROP_UNKNOWN_L3         139 /* not IPv4 or ARP: capillary handles no other L3 protocol */
+#define DROP_WRITE_ERROR        141 /* the packet could not be rewritten (e.g. its tunnel key set) */
 #define DROP_UNKNOWN_TARGET     150 /* to an address of the pod CIDR that is no known endpoint */
+#define DROP_NO_TUNNEL_ENDPOINT 160 /* for another node through the overlay, but no overlay device */
 #define DROP_POLICY_DENY        181 /* a deny rule matched */
 
 /* Whether IP (network byte order) is in this node's pod CIDR: one mask compare. */

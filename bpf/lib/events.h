@@ -29,7 +29,9 @@
 /* Trace observation points (a trace event's subtype): Cilium's numbering. */
 #define TRACE_TO_LXC      0   /* delivered into a pod (Hubble: TO_ENDPOINT) */
 #define TRACE_TO_STACK    3   /* handed to the host stack */
+#define TRACE_TO_OVERLAY  4   /* encapsulated for another node (Hubble: TO_OVERLAY) */
 #define TRACE_FROM_LXC    5   /* sent by a pod (Hubble: FROM_ENDPOINT) */
+#define TRACE_FROM_OVERLAY 9  /* decapsulated from another node (Hubble: FROM_OVERLAY) */
 
 /* Why a packet was traced: its connection tracking state, Cilium's trace reasons. */
 #define TRACE_REASON_POLICY          0   /* a new connection */

@@ -1,4 +1,5 @@
-/* The ipcache: IPv4 prefix -> security identity, longest prefix wins. Owner: routed
+/* The ipcache: IPv4 prefix -> security identity (and, for a pod on another node reached
+ * through the overlay, that node's underlay address), longest prefix wins. Owner: routed
  * (services/datapath/maps/ipcache.py mirrors these structs; a test compares them). */
 #ifndef CAPILLARY_IPCACHE_H
 #define CAPILLARY_IPCACHE_H
@@ -20,17 +21,23 @@ struct ipcache_key {
 };
 
 struct ipcache_info {
-	__u32 identity;
-	__u32 flags;
+	__u32  identity;
+	__u32  flags;
+	__be32 tunnel_endpoint;   /* the remote node's underlay IPv4; 0: local, or not tunnelled */
 };
 
 BPF_TABLE_PINNED("lpm_trie", struct ipcache_key, struct ipcache_info, cap_ipcache,
 		 IPCACHE_MAP_SIZE, PIN_ROOT "/ipcache", BPF_F_NO_PREALLOC);
 
-static __always_inline __u32 lookup_identity(__be32 ip)
+static __always_inline struct ipcache_info *lookup_ipcache(__be32 ip)
 {
 	struct ipcache_key key = { .prefixlen = 32, .ip = ip };
-	struct ipcache_info *info = cap_ipcache.lookup(&key);
+	return cap_ipcache.lookup(&key);
+}
+
+static __always_inline __u32 lookup_identity(__be32 ip)
+{
+	struct ipcache_info *info = lookup_ipcache(ip);
 	return info ? info->identity : IDENTITY_WORLD;
 }
 

@@ -254,6 +254,35 @@ class Netlink(_Links):
         self.set_up(b.index)
         return a, b
 
+    def ensure_vxlan(self, name: str, port: int) -> Link:
+        """A collect-metadata (external) VXLAN device NAME on UDP PORT, up: which node a
+        packet goes to, and its VNI, come with each packet (bpf_skb_set_tunnel_key), not
+        from the device. A device of that name with other settings is made again."""
+        if self.has_link(name):
+            existing = self.link(name)
+            if existing.kind != "vxlan":
+                raise KernelError(errno.EEXIST, f"{name} exists and is a {existing.kind or 'non-vxlan'} "
+                                                "device, not our VXLAN device")
+            if not self._is_external_vxlan(existing.index, port):
+                self.delete_link(name)
+        if not self.has_link(name):
+            try:
+                self.ipr.link("add", ifname=name, kind="vxlan", vxlan_collect_metadata=1, vxlan_port=port,
+                              vxlan_learning=0)
+            except NetlinkError as exc:
+                raise _kernel(f"create vxlan {name}", exc) from None
+        link = self.link(name)
+        disable_ipv6(name)
+        self.set_up(link.index)
+        return link
+
+    def _is_external_vxlan(self, index: int, port: int) -> bool:
+        data = self.ipr.get_links(index)[0].get_attr("IFLA_LINKINFO").get_attr("IFLA_INFO_DATA")
+        return bool(data.get_attr("IFLA_VXLAN_COLLECT_METADATA")) and data.get_attr("IFLA_VXLAN_PORT") == port
+
+    def mtu(self, index: int) -> int:
+        return self.ipr.get_links(index)[0].get_attr("IFLA_MTU")
+
     # ---- addresses and routes ---------------------------------------------------------
 
     def ensure_address(self, index: int, ip: str, prefixlen: int) -> None:

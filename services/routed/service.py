@@ -17,11 +17,12 @@ from pathlib import Path
 from prometheus_client import Gauge
 
 from services.datapath import loader
+from services.datapath.maps import ipcache
 from services.datapath.maps.ipcache import IpcacheMap
 from services.datapath.netlink import Netlink, Worker
 from services.datapath.numbers import IDENTITY_HOST, IDENTITY_WORLD
 from services.datapath.pinned import MapFull
-from services.routed import iptables
+from services.routed import iptables, tunnel
 from services.routed.claims import Claim, Claims
 from services.routed.router import ensure_router
 from services.runtime.app import Service
@@ -31,7 +32,7 @@ from services.wire.messages import (EXHAUSTED, INVALID, IpcacheDelete, IpcacheEn
                                     IpcacheUpsert, ListRequest)
 
 # Sources, stored in ipcache_info.flags.
-SOURCES = {"reserved": 1, "node": 2, "endpoint": 3, "cidr-policy": 4}
+SOURCES = {"reserved": 1, "node": 2, "endpoint": 3, "cidr-policy": 4, "remote": 5}
 SOURCE_NAMES = {v: k for k, v in SOURCES.items()}
 HOST_REFRESH_SECONDS = 10
 
@@ -46,8 +47,13 @@ class RoutedService(Service):
                                    registry=self.registry)
         Gauge("capillary_ipcache_capacity", "Entries the ipcache map can hold (maps.ipcache)",
               registry=self.registry).set(self.config.maps.ipcache)
+        root = Path(self.config.datapath.bpfRoot)
+        upgrading = await self.worker.run(ipcache.set_aside_old_layout, root)
         await self.worker.run(loader.pin_maps, "routed_maps.c", self.config)       # LLVM stays out
-        self.ipcache = IpcacheMap(Path(self.config.datapath.bpfRoot))
+        if upgrading:
+            copied = await self.worker.run(ipcache.restore_old_layout, root)
+            self.log.info("ipcache upgraded to the tunnel_endpoint layout", entries=copied)
+        self.ipcache = IpcacheMap(root)
         await self.worker.run(ensure_router, self.nl, self.config)
         await self.worker.run(iptables.ensure, self.config.podCIDR,
                               self.config.datapath.routerDevice, self.config.masquerade)
@@ -82,19 +88,18 @@ class RoutedService(Service):
         then brought in line (a shadowed claim whose map entry went missing is in force)."""
         self.claims = Claims()
         in_map = self._entries()
-        for cidr, (identity, source) in in_map.items():
-            self.claims.claim(cidr, source, identity)
+        for cidr, claim in in_map.items():
+            self.claims.claim(cidr, claim.source, claim.identity, claim.tunnel_endpoint)
         try:
             shadowed = json.loads(self._shadowed_path.read_text()) if self._shadowed_path.exists() else []
-            for cidr, source, identity in shadowed:
-                if source not in SOURCES:
-                    raise ValueError(f"unknown source {source!r}")
-                self.claims.claim(_cidr(cidr), source, int(identity))
+            for cidr, source, identity, *tunnel in shadowed:
+                if source not in SOURCES or len(tunnel) > 1:
+                    raise ValueError(f"bad entry for {cidr}")
+                self.claims.claim(_cidr(cidr), source, int(identity), *map(str, tunnel))
         except (OSError, ValueError, TypeError, ServiceError) as exc:
             raise RuntimeError(f"cannot read the shadowed ipcache claims {self._shadowed_path}: {exc}") from None
-        for cidr in {c for c, _s, _i in shadowed}:
-            before = in_map.get(cidr)
-            self._write(cidr, before and Claim(before[1], before[0]), self.claims.winner(cidr))
+        for cidr in {c for c, *_ in shadowed}:
+            self._write(cidr, in_map.get(cidr), self.claims.winner(cidr))
         self._saved = self.claims.shadowed()
 
     def _save_shadowed(self) -> None:
@@ -116,21 +121,22 @@ class RoutedService(Service):
         if after is None:
             self.ipcache.delete(cidr)
         elif after != before:
-            self.ipcache.upsert(cidr, after.identity, SOURCES[after.source])
+            self.ipcache.upsert(cidr, after.identity, SOURCES[after.source], after.tunnel_endpoint)
 
-    def _set(self, cidr: str, source: str, identity: int | None) -> Claim | None:
-        """SOURCE claims CIDR as IDENTITY (None: releases it); the map follows the winner.
-        On a map error the claims are as they were."""
+    def _set(self, cidr: str, source: str, identity: int | None, tunnel_endpoint: str = "") -> Claim | None:
+        """SOURCE claims CIDR as IDENTITY (None: releases it), behind TUNNEL_ENDPOINT when
+        set; the map follows the winner. On a map error the claims are as they were."""
         before = self.claims.winner(cidr)
-        old = self.claims.sources(cidr).get(source)
-        after = self.claims.release(cidr, source) if identity is None else self.claims.claim(cidr, source, identity)
+        old = self.claims.get(cidr, source)
+        after = (self.claims.release(cidr, source) if identity is None else
+                 self.claims.claim(cidr, source, identity, tunnel_endpoint))
         try:
             self._write(cidr, before, after)
         except BaseException:
             if old is None:
                 self.claims.release(cidr, source)
             else:
-                self.claims.claim(cidr, source, old)
+                self.claims.claim(cidr, source, old.identity, old.tunnel_endpoint)
             raise
         return after
 
@@ -156,12 +162,41 @@ class RoutedService(Service):
                 except Exception:
                     self.log.exception("host address refresh failed")
 
-    def _entries(self) -> dict[str, tuple[int, str]]:
-        out = {}
-        for k, v in self.ipcache.map.items():
-            cidr = f"{ipaddress.IPv4Address(bytes(k.ip))}/{k.prefixlen}"
-            out[cidr] = (v.identity, SOURCE_NAMES.get(v.flags, "unknown"))
-        return out
+    def _entries(self) -> dict[str, Claim]:
+        return {ipcache.cidr_of(k): Claim(SOURCE_NAMES.get(v.flags, "unknown"), v.identity,
+                                          ipcache.tunnel_endpoint_of(v))
+                for k, v in self.ipcache.map.items()}
+
+    # ---- pods on other nodes (tunnel and native routing) -------------------------------------
+
+    async def upsert_remote(self, pod_ip: str, identity: int, node_ip: str) -> Claim:
+        """A pod on another node: POD_IP (an address or a /32) is IDENTITY, reached through
+        the overlay at NODE_IP (its node's underlay address; "" in native routing, where
+        the kernel's routes carry it). Returns the claim now in force (a local claim on the
+        same address outranks it). ServiceError INVALID / EXHAUSTED on bad input or a full map."""
+        cidr, identity, node_ip = tunnel.remote_entry(pod_ip, identity, node_ip)
+        async with self._lock:
+            try:
+                now = self._set(cidr, tunnel.REMOTE_SOURCE, identity, node_ip)
+            except MapFull:
+                raise ServiceError(EXHAUSTED, f"ipcache map is full ({self.config.maps.ipcache} entries, "
+                                              "maps.ipcache in the node config)") from None
+            self._save_shadowed()
+        return now
+
+    async def delete_remote(self, pod_ip: str) -> bool:
+        """Forget a pod on another node; True when there was a claim to release."""
+        cidr = tunnel.remote_cidr(pod_ip)
+        async with self._lock:
+            if self.claims.get(cidr, tunnel.REMOTE_SOURCE) is None:
+                return False
+            self._set(cidr, tunnel.REMOTE_SOURCE, None)
+            self._save_shadowed()
+        return True
+
+    def remote_pods(self) -> dict[str, Claim]:
+        """Every remote claim, by /32 (in force or shadowed): what a resync compares with."""
+        return {c: self.claims.get(c, tunnel.REMOTE_SOURCE) for c in self.claims.of_source(tunnel.REMOTE_SOURCE)}
 
     async def upsert(self, req: IpcacheUpsert) -> IpcacheEntry:
         cidr = _cidr(req.cidr)
@@ -194,7 +229,7 @@ class RoutedService(Service):
         return {"removed": req.source in claims}
 
     async def list(self, _req: ListRequest) -> list[IpcacheEntry]:
-        return [IpcacheEntry(cidr, ident, src) for cidr, (ident, src) in sorted(self._entries().items())]
+        return [IpcacheEntry(cidr, c.identity, c.source) for cidr, c in sorted(self._entries().items())]
 
 
 def _cidr(text: str) -> str:

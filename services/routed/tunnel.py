@@ -1,0 +1,97 @@
+"""Tunnel mode: the node's VXLAN device, its program, and pods on other nodes behind it.
+
+One collect-metadata VXLAN device per node (cap_vxlan, UDP 8472 as Cilium's vxlan tunnel):
+from_container encapsulates a packet for a pod whose ipcache entry names a tunnel endpoint
+(bpf/lib/overlay.h) and redirects it here; from_overlay, at this device's tc ingress,
+enforces the receiving pod's policy and delivers it (bpf/lxc.c). The device's ifindex is
+handed to the datapath through cap_tunnel (services/datapath/maps/tunnel.py).
+
+Everything here is synchronous netlink or map work, for the netlink worker thread of
+whichever namespace is the node's (services/datapath/netlink.py). Setting up is undone on
+failure; removing treats already-gone pieces as success.
+"""
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+from services.datapath import loader
+from services.datapath.maps.tunnel import TunnelMap
+from services.datapath.netlink import TC_INGRESS, Netlink
+from services.runtime.bus import ServiceError
+from services.runtime.config import NodeConfig
+from services.wire.messages import INVALID
+
+DEVICE = "cap_vxlan"
+PORT = 8472                  # Linux's and Cilium's VXLAN port (IANA's is 4789)
+OVERHEAD = 50                # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
+FROM_OVERLAY = "from_overlay"
+REMOTE_SOURCE = "remote"     # the ipcache claim source of a pod on another node
+MAX_VNI = (1 << 24) - 1      # the VNI carries the source identity
+
+
+def pod_mtu(underlay_mtu: int) -> int:
+    """The MTU a pod's eth0 needs so that its packets, encapsulated, fit the underlay."""
+    if underlay_mtu - OVERHEAD < 576:
+        raise ValueError(f"underlay MTU {underlay_mtu} leaves no room for {OVERHEAD} bytes of VXLAN")
+    return underlay_mtu - OVERHEAD
+
+
+def overlay_program(config: NodeConfig) -> int:
+    """Compile lxc.c (in a child process) and pin from_overlay; an fd of the program."""
+    return loader.pin_programs("lxc.c", config, (FROM_OVERLAY,))[FROM_OVERLAY]
+
+
+def ensure_device(nl: Netlink, config: NodeConfig, program_fd: int, name: str = DEVICE) -> int:
+    """The VXLAN device NAME up, from_overlay (PROGRAM_FD) at its ingress, and the datapath
+    told its ifindex; returns the ifindex. On failure the device is removed again."""
+    link = nl.ensure_vxlan(name, PORT)
+    tunnels = TunnelMap(Path(config.datapath.bpfRoot))
+    try:
+        nl.attach_bpf(link.index, program_fd, FROM_OVERLAY, TC_INGRESS)
+        tunnels.set_device(link.index)
+    except BaseException:
+        nl.delete_link(name)
+        raise
+    finally:
+        tunnels.close()
+    return link.index
+
+
+def remove_device(nl: Netlink, config: NodeConfig, name: str = DEVICE) -> None:
+    """The datapath told there is no overlay (what it would encapsulate is dropped, with
+    DROP_NO_TUNNEL_ENDPOINT), then the device deleted."""
+    tunnels = TunnelMap(Path(config.datapath.bpfRoot))
+    try:
+        tunnels.set_device(0)
+    finally:
+        tunnels.close()
+    nl.delete_link(name)
+
+
+def remote_cidr(pod_ip: str) -> str:
+    """POD_IP (an IPv4 address or /32) as the ipcache prefix of a remote pod."""
+    try:
+        net = ipaddress.IPv4Network(pod_ip, strict=True)
+    except ValueError as exc:
+        raise ServiceError(INVALID, f"pod_ip: {exc}") from None
+    if net.prefixlen != 32:
+        raise ServiceError(INVALID, f"pod_ip: {pod_ip} is not one address")
+    return str(net)
+
+
+def remote_entry(pod_ip: str, identity: int, node_ip: str) -> tuple[str, int, str]:
+    """A remote pod's ipcache claim, checked: (prefix, identity, tunnel endpoint). NODE_IP is
+    its node's underlay address in tunnel mode, "" in native routing."""
+    cidr = remote_cidr(pod_ip)
+    if isinstance(identity, bool) or not isinstance(identity, int) or not 0 < identity <= MAX_VNI:
+        raise ServiceError(INVALID, f"identity: {identity!r} is not a pod identity (1..{MAX_VNI})")
+    if node_ip:
+        try:
+            addr = ipaddress.IPv4Address(node_ip)
+        except ValueError as exc:
+            raise ServiceError(INVALID, f"node_ip: {exc}") from None
+        if addr.is_unspecified or addr.is_multicast or addr.is_loopback:
+            raise ServiceError(INVALID, f"node_ip: {node_ip} is not a node's underlay address")
+        node_ip = str(addr)
+    return cidr, identity, node_ip
