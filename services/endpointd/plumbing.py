@@ -68,8 +68,12 @@ class Wiring:
 
 
 class Plumber:
-    def __init__(self, config: NodeConfig, endpoints: EndpointMap, from_fd: int, to_fd: int) -> None:
+    def __init__(self, config: NodeConfig, endpoints: EndpointMap, from_fd: int, to_fd: int,
+                 default_mtu: int = 0) -> None:
         self.config = config
+        # A pod without spec.mtu gets this (0: the kernel's); in tunnel mode the underlay's
+        # less the encapsulation (services.routed.tunnel.pod_mtu).
+        self.default_mtu = default_mtu
         self.router_ip = str(config.router_ip)
         self.endpoints = endpoints
         self.ep_metrics = EndpointMetricsMap(Path(config.datapath.bpfRoot))
@@ -113,7 +117,7 @@ class Plumber:
         else:
             host = self.nl.create_veth_into(ifname, spec.interface, path)
             with PodNetlink(path) as pod:
-                eth0 = pod.configure(spec.interface, wiring.pod_ip, self.router_ip, spec.mtu)
+                eth0 = pod.configure(spec.interface, wiring.pod_ip, self.router_ip, self._mtu(spec))
         status = PodStatus(pod_ip=wiring.pod_ip, host_ifname=ifname, host_ifindex=host.index,
                            host_mac=host.mac, pod_mac=eth0.mac, netns=str(path), netns_owned=owned,
                            endpoint_id=wiring.endpoint_id, identity=wiring.identity, created=time.time())
@@ -130,7 +134,7 @@ class Plumber:
         self.ep_metrics.create(status.endpoint_id)
         self.nl.attach_bpf(status.host_ifindex, self.to_fd, TO_CONTAINER, TC_EGRESS)
         self.nl.attach_bpf(status.host_ifindex, self.from_fd, FROM_CONTAINER, TC_INGRESS)
-        self.nl.set_up(status.host_ifindex, spec.mtu)
+        self.nl.set_up(status.host_ifindex, self._mtu(spec))
         self.nl.replace_route(f"{status.pod_ip}/32", status.host_ifindex, prefsrc=self.router_ip,
                               scope=RT_SCOPE_LINK)
 
@@ -152,11 +156,14 @@ class Plumber:
             fresh = self._wire(spec, wiring, status.host_ifname, path, status.netns_owned)
             return PodStatus(**{**fresh.__dict__, "created": status.created})
         with PodNetlink(path) as pod:
-            eth0 = pod.configure(spec.interface, status.pod_ip, self.router_ip, spec.mtu)
+            eth0 = pod.configure(spec.interface, status.pod_ip, self.router_ip, self._mtu(spec))
         current = PodStatus(**{**status.__dict__, "host_ifindex": host.index, "host_mac": host.mac,
                                "pod_mac": eth0.mac})
         self._install(current, spec)
         return current
+
+    def _mtu(self, spec: PodSpec) -> int:
+        return spec.mtu or self.default_mtu
 
     def delete(self, status: PodStatus) -> None:
         self._remove(status.host_ifname, status.pod_ip, status.endpoint_id,

@@ -1,0 +1,146 @@
+"""Tunnel mode against the real kernel: two node namespaces on an underlay bridge, capillary's
+datapath in each (tests/support/twonodes.py), a pod on each, remote pods learnt into each
+ipcache with their node's underlay address. Pod a reaches pod b through VXLAN, with the
+source identity carried in the VNI, and pod b's label policy decides on it."""
+from __future__ import annotations
+
+import contextlib
+import ctypes as ct
+import os
+import time
+
+import pytest
+
+from services.datapath import bpfsys, loader
+from services.datapath.maps.events import FlowEvent
+from services.datapath.netlink import Netlink
+from services.datapath.numbers import (DROP_NO_TUNNEL_ENDPOINT, DROP_POLICY_DENY, EVENT_DROP, EVENT_TRACE, METRIC_INGRESS,
+                                       TRACE_FROM_OVERLAY, TRACE_TO_OVERLAY)
+from services.datapath.ringbuf import RingBuffer
+from services.routed import tunnel
+from tests.support.twonodes import UNDERLAY_MTU, TwoNodes, pod_labels
+
+ID_A, ID_B = 1001, 1002
+IDENTITIES = {ID_A: pod_labels("default", {"app": "a"}), ID_B: pod_labels("default", {"app": "b"})}
+
+
+def cnp(name: str, spec: dict) -> dict:
+    return {"apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"endpointSelector": {"matchLabels": {"app": "b"}}, **spec}}
+
+
+ALLOW_A = cnp("allow-a", {"ingress": [{"fromEndpoints": [{"matchLabels": {"app": "a"}}]}]})
+DENY_A = cnp("deny-a", {"ingressDeny": [{"fromEndpoints": [{"matchLabels": {"app": "a"}}]}]})
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    with TwoNodes(tmp_path_factory.mktemp("overlay"), tunnel_mode=True) as two:
+        pa = two.a.add_pod("pa", "10.77.1.10", ID_A, endpoint_id=11)
+        pb = two.b.add_pod("pb", "10.77.2.10", ID_B, endpoint_id=12)
+        two.a.learn_remote(pb, two.b.underlay_ip)
+        two.b.learn_remote(pa, two.a.underlay_ip)
+        yield two, pa, pb
+
+
+class Events:
+    """The flow events one node's datapath reported since this was opened."""
+
+    def __init__(self, node) -> None:
+        self.ring = RingBuffer(node.root / "events")
+        self.ring.drain(1 << 20)             # what came before is not ours
+
+    def close(self) -> None:
+        self.ring.close()
+
+    def wait_for(self, match, deadline: float = 30.0) -> FlowEvent:
+        seen = []
+        end = time.monotonic() + deadline
+        while time.monotonic() < end:
+            for record in self.ring.poll(0.5, 1024):
+                event = FlowEvent.from_buffer_copy(record[:ct.sizeof(FlowEvent)])
+                seen.append((event.type, event.subtype, event.src_identity))
+                if match(event):
+                    return event
+        raise AssertionError(f"no such event; seen (type, subtype, source identity): {seen[-20:]}")
+
+
+def ping(pod, dst: str, size: int = 56) -> bool:
+    return pod.run("ping", "-c", "1", "-W", "3", "-M", "do", "-s", str(size), dst).returncode == 0
+
+
+def until(predicate, deadline: float = 30.0) -> bool:
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_pod_reaches_a_pod_on_another_node_through_vxlan(cluster):
+    two, pa, pb = cluster
+    two.b.apply_policies([ALLOW_A], IDENTITIES)
+    two.a.apply_policies([], IDENTITIES)
+    sent, got = Events(two.a), Events(two.b)
+    try:
+        assert until(lambda: ping(pa, pb.ip)), "pod a cannot reach pod b across nodes"
+        out = sent.wait_for(lambda e: e.type == EVENT_TRACE and e.subtype == TRACE_TO_OVERLAY)
+        assert out.src_identity == ID_A and out.dst_identity == ID_B
+        into = got.wait_for(lambda e: e.type == EVENT_TRACE and e.subtype == TRACE_FROM_OVERLAY)
+        assert (into.src_identity, into.dst_identity, into.direction) == (ID_A, ID_B, METRIC_INGRESS)
+    finally:
+        sent.close()
+        got.close()
+    # It went through the VXLAN devices: no route between the pod CIDRs exists in tunnel mode.
+    for node in two.nodes:
+        details = node.run("ip", "-d", "link", "show", tunnel.DEVICE, check=True).stdout
+        assert "vxlan external" in details and f"dstport {tunnel.PORT}" in details
+        for way in ("rx", "tx"):
+            stat = node.run("cat", f"/sys/class/net/{tunnel.DEVICE}/statistics/{way}_packets", check=True)
+            assert int(stat.stdout) > 0, (node.name, way)
+    assert "10.77.1." not in two.b.run("ip", "route", check=True).stdout
+
+
+def test_pod_mtu_leaves_room_for_the_encapsulation(cluster):
+    two, pa, pb = cluster
+    two.b.apply_policies([ALLOW_A], IDENTITIES)
+    mtu = int(pa.run("cat", "/sys/class/net/eth0/mtu", check=True).stdout)
+    assert mtu == UNDERLAY_MTU - tunnel.OVERHEAD
+    assert until(lambda: ping(pa, pb.ip, size=mtu - 28)), "a full-size packet (DF) does not cross"
+    assert not ping(pa, pb.ip, size=mtu - 27), "the pod sent more than its MTU"
+
+
+def test_a_label_policy_denying_the_source_identity_drops_with_it(cluster):
+    two, pa, pb = cluster
+    two.b.apply_policies([DENY_A], IDENTITIES)
+    got = Events(two.b)
+    try:
+        assert not ping(pa, pb.ip)
+        drop = got.wait_for(lambda e: e.type == EVENT_DROP and e.subtype == DROP_POLICY_DENY)
+        assert drop.src_identity == ID_A       # from the VNI: node b has no endpoint for pod a
+        assert drop.dst_identity == ID_B and drop.endpoint_id == pb.endpoint_id
+    finally:
+        got.close()
+    two.b.apply_policies([ALLOW_A], IDENTITIES)
+    assert until(lambda: ping(pa, pb.ip))
+
+
+def test_without_the_device_nothing_is_sent_in_the_clear(cluster):
+    two, pa, pb = cluster
+    two.b.apply_policies([ALLOW_A], IDENTITIES)
+    sent = Events(two.a)
+    with two.a.entered(), contextlib.closing(Netlink()) as nl:
+        tunnel.remove_device(nl, two.a.config)
+    try:
+        assert not ping(pa, pb.ip)
+        drop = sent.wait_for(lambda e: e.type == EVENT_DROP and e.subtype == DROP_NO_TUNNEL_ENDPOINT)
+        assert (drop.src_identity, drop.endpoint_id) == (ID_A, pa.endpoint_id)
+    finally:
+        sent.close()
+        pinned = bpfsys.obj_get(str(two.a.root / loader.PROGRAMS_DIR / tunnel.FROM_OVERLAY))
+        with two.a.entered(), contextlib.closing(Netlink()) as nl:
+            tunnel.ensure_device(nl, two.a.config, pinned)
+        os.close(pinned)
+    assert until(lambda: ping(pa, pb.ip))

@@ -1,0 +1,224 @@
+"""Two capillary nodes' datapaths on one machine, without services or NATS.
+
+Each node's "host" is a network namespace with its underlay interface on a bridge (in a
+third namespace, so nothing touches the machine's own network), capillary's maps and
+programs compiled for it and pinned on a bpffs mount of its own, its router device, and
+pods made with endpointd's Plumber. The caller writes policy and remote ipcache entries.
+Used by tests/privileged/test_overlay.py and bench/encap.py. Everything made is removed on
+exit, also when setting up failed half-way.
+
+Node namespaces are entered with setns on the calling thread (services.datapath.netns),
+never with `ip netns exec`, which would remount /sys and hide the bpffs mounts.
+"""
+from __future__ import annotations
+
+import contextlib
+import secrets
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from services.datapath import loader, netns
+from services.datapath.maps.endpoints import EndpointMap
+from services.datapath.maps.ipcache import IpcacheMap
+from services.datapath.maps.policy import PolicyMap
+from services.datapath.netlink import Netlink
+from services.datapath.numbers import IDENTITY_WORLD
+from services.endpointd.plumbing import FROM_CONTAINER, TO_CONTAINER, Plumber, Wiring
+from services.policyd.compiler import Endpoint, Universe, compile_endpoint
+from services.policyd.model import POD_NAMESPACE, SOURCE
+from services.policyd.parse import parse_policy
+from services.routed import tunnel
+from services.routed.router import ensure_router
+from services.runtime.config import DatapathConfig, NodeConfig
+from services.wire.messages import PodSpec, PodStatus
+
+UNDERLAY_MTU = 1500
+RESERVED_FLAG = 1            # routed's source flag for the world entry (services.routed.service)
+REMOTE_FLAG = 5              # ... and for a pod on another node
+
+
+def ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, text=True)
+
+
+def pod_labels(namespace: str, labels: dict[str, str]) -> dict[str, str]:
+    """A pod identity's labels, as policyd keys them."""
+    return {f"{SOURCE}:{k}": v for k, v in labels.items()} | {f"{SOURCE}:{POD_NAMESPACE}": namespace}
+
+
+@dataclass
+class Pod:
+    name: str
+    identity: int
+    endpoint_id: int
+    status: PodStatus
+    netns_name: str           # for `ip netns exec` (a pod needs no bpffs)
+
+    @property
+    def ip(self) -> str:
+        return self.status.pod_ip
+
+    def run(self, *argv: str, timeout: float = 60, check: bool = False) -> subprocess.CompletedProcess:
+        return subprocess.run(["ip", "netns", "exec", self.netns_name, *argv], capture_output=True, text=True,
+                              timeout=timeout, check=check)
+
+    def popen(self, *argv: str) -> subprocess.Popen:
+        return subprocess.Popen(["ip", "netns", "exec", self.netns_name, *argv],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@dataclass
+class DatapathNode:
+    name: str
+    netns: Path
+    underlay_ip: str
+    config: NodeConfig
+    mount: Path
+    pods: list[Pod] = field(default_factory=list)
+    plumber: Plumber | None = None
+
+    @property
+    def root(self) -> Path:
+        return Path(self.config.datapath.bpfRoot)
+
+    def entered(self):
+        return netns.entered(self.netns)
+
+    def run(self, *argv: str, timeout: float = 60, check: bool = False) -> subprocess.CompletedProcess:
+        """A command in the node's host namespace (the bpffs mount is not needed by it)."""
+        return subprocess.run(["ip", "netns", "exec", self.netns.name, *argv], capture_output=True, text=True,
+                              timeout=timeout, check=check)
+
+    def start(self, tunnel_mode: bool) -> None:
+        """Router device, maps, programs, the world entry; in tunnel mode the VXLAN device."""
+        with self.entered():
+            nl = Netlink()
+            try:
+                ensure_router(nl, self.config)
+                for source in ("routed_maps.c", "policyd_maps.c", "flowd_maps.c"):
+                    loader.pin_maps(source, self.config)
+                names = (FROM_CONTAINER, TO_CONTAINER, tunnel.FROM_OVERLAY)
+                fds = loader.pin_programs("lxc.c", self.config, names)
+                with contextlib.closing(IpcacheMap(self.root)) as ipcache:
+                    ipcache.upsert("0.0.0.0/0", IDENTITY_WORLD, RESERVED_FLAG)
+                mtu = tunnel.pod_mtu(UNDERLAY_MTU) if tunnel_mode else 0
+                self.plumber = Plumber(self.config, EndpointMap(self.root), fds[FROM_CONTAINER],
+                                       fds[TO_CONTAINER], default_mtu=mtu)
+                if tunnel_mode:
+                    tunnel.ensure_device(nl, self.config, fds[tunnel.FROM_OVERLAY])
+            finally:
+                nl.close()
+
+    def add_pod(self, name: str, ip_addr: str, identity: int, endpoint_id: int) -> Pod:
+        with self.entered():
+            status = self.plumber.create(PodSpec(name=name, namespace="default"),
+                                         Wiring(pod_ip=ip_addr, endpoint_id=endpoint_id, identity=identity))
+        pod = Pod(name, identity, endpoint_id, status, Path(status.netns).name)
+        self.pods.append(pod)
+        return pod
+
+    def learn_remote(self, pod: Pod, node_ip: str) -> None:
+        """POD (on another node) into this node's ipcache, behind NODE_IP ("": native routing),
+        checked as routed checks it (services.routed.tunnel.remote_entry)."""
+        cidr, identity, endpoint = tunnel.remote_entry(pod.ip, pod.identity, node_ip)
+        with contextlib.closing(IpcacheMap(self.root)) as ipcache:
+            ipcache.upsert(cidr, identity, REMOTE_FLAG, endpoint)
+
+    def apply_policies(self, docs: list[dict], identities: dict[int, dict[str, str]]) -> None:
+        """Compile DOCS (policy documents) for every pod here, as policyd does, and write the
+        entries (replacing the pods' earlier ones)."""
+        policies = [parse_policy(d).policy for d in docs]
+        universe = Universe(identities)
+        with contextlib.closing(PolicyMap(self.root)) as pmap:
+            for key in pmap.all():
+                pmap.delete(key)
+            for pod in self.pods:
+                for key, value in compile_endpoint(Endpoint(pod.endpoint_id, pod.identity), policies,
+                                                   universe).items():
+                    pmap.write(key, value)
+
+    def stop(self) -> None:
+        if self.plumber is not None:
+            with self.entered():
+                for pod in self.pods:
+                    with contextlib.suppress(Exception):
+                        self.plumber.delete(pod.status)
+                self.plumber.close()
+            self.plumber = None
+
+
+class TwoNodes:
+    """Nodes a and b (tunnel or native routing), built on __enter__, removed on __exit__."""
+
+    def __init__(self, workdir: Path, tunnel_mode: bool) -> None:
+        self.tag = secrets.token_hex(3)
+        self.workdir = workdir
+        self.tunnel_mode = tunnel_mode
+        self.underlay = netns.NETNS_RUN_DIR / f"capu-{self.tag}"
+        self.nodes: list[DatapathNode] = []
+
+    def __enter__(self) -> "TwoNodes":
+        try:
+            self._build()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def a(self) -> DatapathNode:
+        return self.nodes[0]
+
+    @property
+    def b(self) -> DatapathNode:
+        return self.nodes[1]
+
+    def _build(self) -> None:
+        netns.create(self.underlay.name)
+        ip("-n", self.underlay.name, "link", "add", "br0", "type", "bridge")
+        ip("-n", self.underlay.name, "link", "set", "br0", "up")
+        for i, letter in enumerate("ab", start=1):
+            self._add_node(letter, i)
+        for node in self.nodes:
+            node.start(self.tunnel_mode)
+        if not self.tunnel_mode:     # native routing: each pod CIDR via its node's underlay address
+            for here, there in ((self.a, self.b), (self.b, self.a)):
+                ip("-n", here.netns.name, "route", "replace", there.config.podCIDR, "via", there.underlay_ip)
+
+    def _add_node(self, letter: str, i: int) -> None:
+        name = f"o{self.tag}{letter}"
+        path = netns.create(f"capn-{self.tag}-{letter}")
+        mount = Path(f"/sys/fs/bpf/capillary-{name}")
+        node = DatapathNode(name, path, f"192.168.77.{i}", NodeConfig(
+            node=name, stateDir=str(self.workdir / name), podCIDR=f"10.77.{i}.0/24",
+            datapath=DatapathConfig(bpfRoot=str(mount))), mount)
+        self.nodes.append(node)            # removed by close() from here on, whatever fails next
+        mount.mkdir()
+        subprocess.run(["mount", "-t", "bpf", "bpf", str(mount)], check=True, capture_output=True)
+        u = self.underlay.name
+        ip("-n", u, "link", "add", f"u{letter}", "type", "veth", "peer", "name", "eth0", "netns", path.name)
+        ip("-n", u, "link", "set", f"u{letter}", "master", "br0", "up")
+        ip("-n", path.name, "addr", "add", f"{node.underlay_ip}/24", "dev", "eth0")
+        ip("-n", path.name, "link", "set", "eth0", "up", "mtu", str(UNDERLAY_MTU))
+        ip("-n", path.name, "link", "set", "lo", "up")
+
+    def close(self) -> None:
+        for node in self.nodes:
+            with contextlib.suppress(Exception):
+                node.stop()
+        for node in self.nodes:
+            for pod_ns in netns.NETNS_RUN_DIR.glob(f"cap-{node.name}_*"):
+                netns.remove(pod_ns)
+            netns.remove(node.netns)
+            if node.mount.exists():
+                subprocess.run(["umount", str(node.mount)], capture_output=True)
+                with contextlib.suppress(OSError):
+                    node.mount.rmdir()
+            shutil.rmtree(node.config.stateDir, ignore_errors=True)
+        netns.remove(self.underlay)
+        self.nodes = []
