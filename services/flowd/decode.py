@@ -18,7 +18,8 @@ from collections.abc import Callable
 
 from services.datapath.maps.events import HEADER_SIZE, FlowEvent
 from services.datapath.numbers import (DROP_INVALID, DROP_INVALID_SIP, DROP_POLICY, DROP_POLICY_DENY,
-                                       DROP_UNKNOWN_L3, DROP_UNKNOWN_TARGET,
+                                       DROP_NO_TUNNEL_ENDPOINT, DROP_UNKNOWN_L3, DROP_UNKNOWN_TARGET,
+                                       DROP_WRITE_ERROR,
                                        EVENT_DROP, EVENT_POLICY_VERDICT, EVENT_TRACE, METRIC_EGRESS,
                                        METRIC_INGRESS, TRACE_POINTS,
                                        TRACE_REASON_CT_ESTABLISHED, TRACE_REASON_CT_REPLY,
@@ -30,7 +31,9 @@ from services.flowd.metadata import UNKNOWN_RULE_KIND, Metadata, policy_labels
 # Hubble's DropReason names for Cilium's drop codes.
 DROP_REASON_DESC = {DROP_INVALID_SIP: "INVALID_SOURCE_IP", DROP_POLICY: "POLICY_DENIED",
                     DROP_INVALID: "INVALID_PACKET_DROPPED", DROP_POLICY_DENY: "POLICY_DENY",
-                    DROP_UNKNOWN_L3: "UNSUPPORTED_L3_PROTOCOL", DROP_UNKNOWN_TARGET: "UNKNOWN_L3_TARGET_ADDRESS"}
+                    DROP_UNKNOWN_L3: "UNSUPPORTED_L3_PROTOCOL", DROP_UNKNOWN_TARGET: "UNKNOWN_L3_TARGET_ADDRESS",
+                    DROP_WRITE_ERROR: "ERROR_WRITING_TO_PACKET",
+                    DROP_NO_TUNNEL_ENDPOINT: "NO_TUNNEL_OR_ENCAPSULATION_ENDPOINT"}
 POLICY_DROPS = (DROP_POLICY, DROP_POLICY_DENY)
 VERDICTS = {VERDICT_FORWARDED: "FORWARDED", VERDICT_DROPPED: "DROPPED", VERDICT_AUDIT: "AUDIT"}
 DIRECTIONS = {METRIC_INGRESS: "INGRESS", METRIC_EGRESS: "EGRESS"}

@@ -14,6 +14,7 @@ from services.datapath.maps.conntrack import CtEntry, CtKey
 from services.datapath.maps.events import EventStats, FlowEvent
 from services.datapath.maps.metrics import EndpointMetricsValue, MetricsValue
 from services.datapath.maps.policy import PolicyEntry, PolicyKey
+from services.datapath.maps.tunnel import TunnelInfo
 from services.runtime.config import DatapathConfig, NodeConfig
 
 
@@ -41,6 +42,8 @@ def compiled(tmp_path_factory):
     ("lxc.c", "cap_endpoints", EndpointKey, EndpointInfo),
     ("lxc.c", "cap_ipcache", IpcacheKey, IpcacheInfo),
     ("routed_maps.c", "cap_ipcache", IpcacheKey, IpcacheInfo),
+    ("routed_maps.c", "cap_tunnel", None, TunnelInfo),
+    ("lxc.c", "cap_tunnel", None, TunnelInfo),
     ("lxc.c", "cap_metrics", None, MetricsValue),
     ("lxc.c", "cap_ep_metrics", None, EndpointMetricsValue),
     ("policyd_maps.c", "cap_policy", PolicyKey, PolicyEntry),

@@ -20,7 +20,7 @@ from services.datapath import bpfsys
 from services.datapath.pinned import MapError, PinnedMap
 
 PIN_NAME = "ipcache"
-OLD_LAYOUT_PIN = "ipcache.v1"     # an older map, moved aside until its entries are copied
+OLD_LAYOUT_PIN = "ipcache_v1"     # an older map, moved aside until its entries are copied (bpffs refuses dots)
 
 
 class IpcacheKey(ct.Structure):
