@@ -111,9 +111,10 @@ class DatapathNode:
             finally:
                 nl.close()
 
-    def add_pod(self, name: str, ip_addr: str, identity: int, endpoint_id: int) -> Pod:
+    def add_pod(self, name: str, ip_addr: str, identity: int, endpoint_id: int, mtu: int = 0) -> Pod:
+        """A pod; MTU 0: the node's default (the underlay's less VXLAN in tunnel mode)."""
         with self.entered():
-            status = self.plumber.create(PodSpec(name=name, namespace="default"),
+            status = self.plumber.create(PodSpec(name=name, namespace="default", mtu=mtu),
                                          Wiring(pod_ip=ip_addr, endpoint_id=endpoint_id, identity=identity))
         pod = Pod(name, identity, endpoint_id, status, Path(status.netns).name)
         self.pods.append(pod)
@@ -150,12 +151,17 @@ class DatapathNode:
 
 
 class TwoNodes:
-    """Nodes a and b (tunnel or native routing), built on __enter__, removed on __exit__."""
+    """Nodes a and b, built on __enter__, removed on __exit__. TUNNEL_MODE: each has its VXLAN
+    device (pods whose ipcache entry names a tunnel endpoint go through it) and pods get
+    the tunnel MTU by default; ROUTES: each pod CIDR is routed via its node's underlay
+    address (native routing, for pods learnt without a tunnel endpoint). Both may be on.
+    TAG_PREFIX starts the tag every name made here carries (bench runs use their own)."""
 
-    def __init__(self, workdir: Path, tunnel_mode: bool) -> None:
-        self.tag = secrets.token_hex(3)
+    def __init__(self, workdir: Path, tunnel_mode: bool, routes: bool = False, tag_prefix: str = "") -> None:
+        self.tag = (tag_prefix + secrets.token_hex(3))[:6]
         self.workdir = workdir
         self.tunnel_mode = tunnel_mode
+        self.routes = routes
         self.underlay = netns.NETNS_RUN_DIR / f"capu-{self.tag}"
         self.nodes: list[DatapathNode] = []
 
@@ -186,7 +192,7 @@ class TwoNodes:
             self._add_node(letter, i)
         for node in self.nodes:
             node.start(self.tunnel_mode)
-        if not self.tunnel_mode:     # native routing: each pod CIDR via its node's underlay address
+        if self.routes:
             for here, there in ((self.a, self.b), (self.b, self.a)):
                 ip("-n", here.netns.name, "route", "replace", there.config.podCIDR, "via", there.underlay_ip)
 

@@ -1,0 +1,150 @@
+"""The encapsulation tax: pod to pod across two nodes, natively routed and through VXLAN,
+against the underlay itself.
+
+Two node namespaces on one underlay bridge (tests/support/twonodes.py: capillary's maps and
+programs compiled for each, on a bpffs mount of its own), each with the VXLAN device and a
+route to the other's pod CIDR via its underlay address. Three variants, in alternating
+rounds (the order rotates each round):
+  native    a pod on node a to a pod on node b, learnt without a tunnel endpoint: the
+            kernel routes it over the underlay; node b's to_container checks its policy
+            with the source identity from its ipcache (pod MTU 1500)
+  tunnel    another pair of pods, learnt with the other node's underlay address:
+            from_container encapsulates (VNI = the source identity), node b's from_overlay
+            checks policy and delivers (pod MTU 1450: the underlay's less 50 bytes of VXLAN)
+  underlay  node a's host namespace to node b's over the same bridge: the limit
+Metrics as bench/datapath.py: iperf3 TCP with 1 and with 4 streams, sockperf TCP ping-pong
+(p50, p99). Each variant is compared with `underlay` through the median over rounds of the
+per-round ratio. Targets: native >= 0.95x and tunnel >= 0.85x in throughput, p50 native
+<= 1.10x and tunnel <= 1.20x.
+
+    .venv/bin/python bench/encap.py [--rounds 5] [--seconds 2] [--quick] [--cpus split|same|none]
+
+Prints tables and writes bench/results/encap.json. Everything it makes (namespaces capu-x*,
+capn-x*, cap-ox*, bpffs mounts /sys/fs/bpf/capillary-ox*, servers) is removed at the end,
+also on failure or Ctrl-C.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import BENCH_TAG, Spread, cleaned_up, environment, log, ratios, table, write_results  # noqa: E402
+from bench.datapath import (METRICS, PLACEMENTS, Pair, Placement, Sample, run_rounds, series,  # noqa: E402
+                            start_servers)
+from services.routed import tunnel  # noqa: E402
+from tests.support.twonodes import UNDERLAY_MTU, TwoNodes  # noqa: E402
+
+VARIANTS = ("native", "tunnel", "underlay")
+BASELINE = "underlay"
+# ratio to the underlay: >= for throughput, <= for latency
+TARGETS = {"native": {"gbps_1": 0.95, "gbps_4": 0.95, "p50_us": 1.10},
+           "tunnel": {"gbps_1": 0.85, "gbps_4": 0.85, "p50_us": 1.20}}
+
+
+def set_up(cleanup, workdir: Path, cpus: Placement) -> list[Pair]:
+    two = TwoNodes(workdir, tunnel_mode=True, routes=True, tag_prefix=BENCH_TAG)
+    cleanup.push("two nodes", two.close)
+    log(f"building nodes {two.tag}a and {two.tag}b (4 bcc compiles)")
+    two.__enter__()
+    native = (two.a.add_pod("na", "10.77.1.10", 1001, 11, mtu=UNDERLAY_MTU),
+              two.b.add_pod("nb", "10.77.2.10", 1002, 12, mtu=UNDERLAY_MTU))
+    tunnelled = (two.a.add_pod("ta", "10.77.1.20", 1003, 13), two.b.add_pod("tb", "10.77.2.20", 1004, 14))
+    for client, server in (native, tunnelled):
+        node_ip = two.b.underlay_ip if client is tunnelled[0] else ""
+        two.a.learn_remote(server, node_ip)
+        two.b.learn_remote(client, two.a.underlay_ip if node_ip else "")
+    for node in two.nodes:
+        node.apply_policies([], {})        # no policy selects the pods: allowed both ways
+    pairs = [Pair("native", f"/run/netns/{native[0].netns_name}", f"/run/netns/{native[1].netns_name}", native[1].ip),
+             Pair("tunnel", f"/run/netns/{tunnelled[0].netns_name}", f"/run/netns/{tunnelled[1].netns_name}",
+                  tunnelled[1].ip),
+             Pair("underlay", str(two.a.netns), str(two.b.netns), two.b.underlay_ip)]
+    for pair in pairs:
+        start_servers(cleanup, pair, cpus)
+    return pairs, two
+
+
+def vxlan_packets(two: TwoNodes) -> dict[str, int]:
+    """Packets node a's VXLAN device sent: proof the tunnel variant went through it."""
+    out = two.a.run("cat", f"/sys/class/net/{tunnel.DEVICE}/statistics/tx_packets", check=True).stdout
+    return {"node a vxlan tx_packets": int(out)}
+
+
+def summarize(rounds: list[dict]) -> dict:
+    summary = {}
+    for variant in VARIANTS:
+        metrics = {m: Spread.of(series(rounds, variant, m)) for m in Sample.__dataclass_fields__}
+        versus = {m: Spread.of(ratios(series(rounds, variant, m), series(rounds, BASELINE, m))) for m in METRICS}
+        summary[variant] = {"metrics": metrics, "ratio_to_underlay": versus}
+    return summary
+
+
+def verdict(ratio: float, metric: str, target: float) -> str:
+    ok = ratio >= target if metric.startswith("gbps") else ratio <= target
+    return f"{ratio:.3f} {'ok' if ok else 'MISS'}"
+
+
+def report(summary: dict) -> str:
+    absolute = table(["variant", *METRICS.values()],
+                     [[v, *(summary[v]["metrics"][m].text() for m in METRICS)] for v in VARIANTS])
+    relative = table(["variant", *METRICS.values()],
+                     [[v, *(summary[v]["ratio_to_underlay"][m].text("{:.3f}") for m in METRICS)]
+                      for v in VARIANTS if v != BASELINE])
+    targets = table(["variant", "1 stream", "4 streams", "p50"],
+                    [[f"{v} (>= {t['gbps_1']}x, <= {t['p50_us']}x)",
+                      *(verdict(summary[v]["ratio_to_underlay"][m].median, m, t[m]) for m in t)]
+                     for v, t in TARGETS.items()])
+    return "\n".join(["median [min-max] over rounds", absolute, "",
+                      "ratio to underlay: median [min-max] of per-round ratios", relative, "",
+                      "targets (median ratio to underlay)", targets])
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, help="rounds, every variant once per round (default 5; quick 1)")
+    parser.add_argument("--seconds", type=int, help="length of each iperf3/sockperf run (default 2; quick 1)")
+    parser.add_argument("--quick", action="store_true", help="one short round")
+    parser.add_argument("--cpus", choices=PLACEMENTS, default="split",
+                        help="client/server CPUs: split 0/1 (default), same 1/1, none (unpinned)")
+    args = parser.parse_args(argv)
+    args.rounds = args.rounds or (1 if args.quick else 5)
+    args.seconds = args.seconds or (1 if args.quick else 2)
+    if args.rounds < 1 or args.seconds < 1:
+        parser.error("--rounds and --seconds must be at least 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    cpus = Placement(*PLACEMENTS[args.cpus])
+    began = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="capillary-bench-encap-") as tmp, cleaned_up() as cleanup:
+        pairs, two = set_up(cleanup, Path(tmp), cpus)
+        before = vxlan_packets(two)
+        rounds = run_rounds(pairs, cpus, args.rounds, args.seconds)
+        after = vxlan_packets(two)
+    sent = {k: after[k] - before[k] for k in after}
+    summary = summarize(rounds)
+    print(f"{args.rounds} rounds of {args.seconds} s runs, CPUs {args.cpus} (client {cpus.client_cpu}, "
+          f"server {cpus.server_cpu})\n")
+    print(report(summary))
+    print(f"\nduring the rounds: {sent}")
+    path = write_results("encap", {
+        "benchmark": "encap", "environment": environment(),
+        "parameters": {"rounds": args.rounds, "seconds": args.seconds, "variants": list(VARIANTS), "cpus": args.cpus,
+                       "underlay_mtu": UNDERLAY_MTU, "tunnel_pod_mtu": tunnel.pod_mtu(UNDERLAY_MTU),
+                       "targets_vs_underlay": TARGETS},
+        "rounds": [{"order": r["order"], "samples": {v: asdict(s) for v, s in r["samples"].items()}} for r in rounds],
+        "summary": summary, "vxlan": sent, "wall_seconds": round(time.monotonic() - began, 1)})
+    print(f"\nwrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
