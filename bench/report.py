@@ -22,7 +22,7 @@ from bench import plots  # noqa: E402
 from bench.profile import lines as profile_lines  # noqa: E402
 from bench.targets import closing_note, evaluate  # noqa: E402
 
-NAMES = ("datapath", "policy", "cplane", "pods", "footprint", "flows", "cni")
+NAMES = ("datapath", "policy", "cplane", "pods", "footprint", "flows", "cni", "encap")
 README_BEGIN, README_END = "<!-- bench:begin (written by bench/report.py) -->", "<!-- bench:end -->"
 
 
@@ -286,6 +286,32 @@ def cni_section(d: dict | None) -> list[str]:
     return lines + [md_table(["figure", "median [min–max]"], rows), ""]
 
 
+def encap_section(d: dict | None) -> list[str]:
+    lines = ["## 8. Across nodes: the encapsulation tax", ""]
+    if not d or "summary" not in d:
+        return lines + ["Not run.", ""]
+    p, s = d["parameters"], d["summary"]
+    lines += [f"Two node namespaces on one underlay bridge (MTU {p['underlay_mtu']}), capillary's datapath in each; "
+              f"{p['rounds']} rounds, each variant once per round in rotating order; iperf3 and sockperf runs of "
+              f"{p['seconds']} s, client on CPU 0, server on CPU 1. **native**: pod to pod, the kernel routing each "
+              "pod CIDR via its node's underlay address, the receiving node checking policy with the source identity "
+              "from its ipcache. **tunnel**: pod to pod through the collect-metadata VXLAN device, the source "
+              f"identity in the VNI (pod MTU {p['tunnel_pod_mtu']}). **underlay**: node to node, host namespace to "
+              "host namespace over the same bridge: the limit.", ""]
+    metrics = {"gbps_1": ("TCP 1 stream (Gbit/s)", "{:.2f}"), "gbps_4": ("TCP 4 streams (Gbit/s)", "{:.2f}"),
+               "rr_per_s": ("request/response (1/s)", "{:.0f}"), "p50_us": ("p50 (us)", "{:.1f}"),
+               "p99_us": ("p99 (us)", "{:.1f}")}
+    lines += [md_table(["variant", *(v[0] for v in metrics.values())],
+                       [[v, *(spread(s[v]["metrics"][m], f) for m, (_, f) in metrics.items())] for v in s]), "",
+              "Ratio to **underlay** (median [min–max] of per-round ratios):", "",
+              md_table(["variant", *(v[0] for v in metrics.values())],
+                       [[v, *(spread(s[v]["ratio_to_underlay"][m], "{:.3f}") for m in metrics)]
+                        for v in s if v != "underlay"]), ""]
+    if d.get("vxlan"):
+        lines += ["During the rounds: " + ", ".join(f"{k} {n:,}" for k, n in d["vxlan"].items()) + ".", ""]
+    return lines
+
+
 def update_readme(path: Path, doc: Path, run: dict, verdicts: list[dict]) -> None:
     text = path.read_text()
     if README_BEGIN not in text or README_END not in text:
@@ -327,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
              *datapath_section(results["datapath"], rel, plot_dir), *policy_section(results["policy"], rel, plot_dir),
              *cplane_section(results["cplane"], rel, plot_dir), *pods_section(results["pods"], rel, plot_dir),
              *flows_section(results["flows"], rel, plot_dir), *footprint_section(results["footprint"], rel, plot_dir),
-             *cni_section(results["cni"]),
+             *cni_section(results["cni"]), *encap_section(results["encap"]),
              *closing_note(verdicts, results)]
     args.out.write_text("\n".join(lines).rstrip() + "\n")
     if args.readme:

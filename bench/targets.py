@@ -108,10 +108,28 @@ def _cni(d: dict | None) -> list[dict]:
             _verdict("cni_ratio", first, "≤ 1.5×", _ratio(ratio), ratio["median"] <= 1.5)]
 
 
+ENCAP_TARGETS = {"native": (0.95, 1.10), "tunnel": (0.85, 1.20)}    # shared with bench/encap.py
+
+
+def _encap(d: dict | None) -> list[dict]:
+    out = []
+    for variant, (gbps, p50) in ENCAP_TARGETS.items():
+        name = f"pod → pod across nodes, {variant} routing, vs host to host over the underlay"
+        target = f"throughput ≥ {gbps}×, p50 ≤ {p50}×"
+        r = ((d or {}).get("summary") or {}).get(variant, {}).get("ratio_to_underlay")
+        if not r:
+            out.append(_verdict(f"encap_{variant}", name, target, "not run", None))
+            continue
+        ok = r["gbps_1"]["median"] >= gbps and r["gbps_4"]["median"] >= gbps and r["p50_us"]["median"] <= p50
+        out.append(_verdict(f"encap_{variant}", name, target, f"1 stream {_ratio(r['gbps_1'])}, 4 streams "
+                            f"{_ratio(r['gbps_4'])}, p50 {_ratio(r['p50_us'])}", ok))
+    return out
+
+
 def evaluate(results: dict) -> list[dict]:
     return [*_datapath(results["datapath"]), _policy(results["policy"]), _cplane(results["cplane"]),
             _pods(results["pods"]), _flows(results["flows"]), _footprint(results["footprint"]),
-            *_cni(results["cni"])]
+            *_cni(results["cni"]), *_encap(results.get("encap"))]
 
 
 # ---- where the time goes, for a miss -----------------------------------------------------------

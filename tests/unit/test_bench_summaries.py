@@ -40,11 +40,14 @@ def test_targets_met_missed_and_not_measured():
                                           "first_packet_s": _spread(2.9)}}}}
     cni = {"summary": {"add_total_ms": _spread(120.0), "add_startup_ms": _spread(90.0), "add_work_ms": _spread(30.0),
                        "ratio_to_bridge": _spread(1.7)}}
+    encap = {"summary": {"native": {"ratio_to_underlay": {**ratio, "gbps_1": _spread(0.97), "p50_us": _spread(1.08)}},
+                         "tunnel": {"ratio_to_underlay": {**ratio, "gbps_4": _spread(0.80)}}}}
     verdicts = {v["key"]: v["ok"] for v in evaluate(
         {"datapath": datapath, "policy": None, "cplane": None, "pods": pods, "flows": None, "footprint": None,
-         "cni": cni})}
+         "cni": cni, "encap": encap})}
     assert verdicts == {"datapath_gbps": True, "datapath_p50": False, "policy_10k": None, "cplane_p99": None,
-                        "pods_100": True, "flows": None, "footprint": None, "cni_add": True, "cni_ratio": False}
+                        "pods_100": True, "flows": None, "footprint": None, "cni_add": True, "cni_ratio": False,
+                        "encap_native": True, "encap_tunnel": False}
     nothing = dict.fromkeys(("datapath", "policy", "cplane", "pods", "flows", "footprint", "cni"))
     assert {v["key"]: v["ok"] for v in evaluate(nothing)}["cni_add"] is None
     assert Spread.of([3, 1, 2]).median == 2
