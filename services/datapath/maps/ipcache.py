@@ -144,3 +144,35 @@ def restore_old_layout(bpf_root: Path) -> int:
             new.close()
     old_path.unlink()
     return copied
+
+
+class FakeIpcacheMap:
+    """A dict-backed stand-in for IpcacheMap in unit tests: the same operations, and .map
+    with items() of raw keys and values as the pinned map gives them."""
+
+    def __init__(self) -> None:
+        self.entries: dict[str, IpcacheInfo] = {}
+        self.map = self
+
+    def upsert(self, cidr: str, identity: int, flags: int = 0, tunnel_endpoint: str = "") -> None:
+        self.entries[cidr_of(key_for(cidr))] = info_for(identity, flags, tunnel_endpoint)
+
+    def delete(self, cidr: str) -> bool:
+        return self.entries.pop(cidr_of(key_for(cidr)), None) is not None
+
+    def lookup_exact(self, cidr: str) -> int | None:
+        v = self.entries.get(cidr)
+        return None if v is None else v.identity
+
+    def tunnel_endpoint(self, cidr: str) -> str | None:
+        v = self.entries.get(cidr)
+        return None if v is None else tunnel_endpoint_of(v)
+
+    def all(self) -> dict[str, int]:
+        return {cidr: v.identity for cidr, v in self.entries.items()}
+
+    def items(self):
+        return [(key_for(cidr), v) for cidr, v in self.entries.items()]
+
+    def close(self) -> None:
+        pass
