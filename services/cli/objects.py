@@ -180,7 +180,10 @@ async def get(client: Client, what: str, namespace: str, output: str) -> int:
         if output in ("json", "yaml"):
             print(dump(items, output))
             return 0
-        print(table(["PREFIX", "IDENTITY", "SOURCE"], [[i["cidr"], str(i["identity"]), i["source"]] for i in items]))
+        wide = output == "wide"
+        print(table(["PREFIX", "IDENTITY", "SOURCE", *(["TUNNEL ENDPOINT"] * wide)],
+                    [[i["cidr"], str(i["identity"]), i["source"], *([i.get("tunnel_endpoint") or "-"] * wide)]
+                     for i in items]))
     else:
         raise ServiceError(INVALID, f"unknown resource {what!r} (pods, namespaces, policies, identities, ipcache)")
     return 0

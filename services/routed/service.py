@@ -229,7 +229,8 @@ class RoutedService(Service):
         return {"removed": req.source in claims}
 
     async def list(self, _req: ListRequest) -> list[IpcacheEntry]:
-        return [IpcacheEntry(cidr, c.identity, c.source) for cidr, c in sorted(self._entries().items())]
+        return [IpcacheEntry(cidr, c.identity, c.source, c.tunnel_endpoint)
+                for cidr, c in sorted(self._entries().items())]
 
 
 def _cidr(text: str) -> str:

@@ -338,6 +338,7 @@ class IpcacheEntry(Message):
     cidr: str
     identity: IDENTITY
     source: str
+    tunnel_endpoint: str = ""        # a remote pod's node (underlay IPv4) in tunnel mode
 
 
 # ---- health ------------------------------------------------------------------------------

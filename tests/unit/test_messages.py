@@ -150,7 +150,7 @@ def test_ok_reply_shape():
     assert m.ok_reply() == {"v": 1, "ok": True, "result": None}
     assert m.ok_reply([m.IpcacheEntry(cidr="10.0.0.0/8", identity=2, source="node")]) == {
         "v": 1, "ok": True,
-        "result": [{"cidr": "10.0.0.0/8", "identity": 2, "source": "node"}],
+        "result": [{"cidr": "10.0.0.0/8", "identity": 2, "source": "node", "tunnel_endpoint": ""}],
     }
 
 
