@@ -283,6 +283,13 @@ class Netlink(_Links):
     def mtu(self, index: int) -> int:
         return self.ipr.get_links(index)[0].get_attr("IFLA_MTU")
 
+    def link_of_address(self, ip: str) -> Link:
+        """The link holding the IPv4 address IP; InterfaceNotFound when none does."""
+        for msg in _dump(lambda: tuple(self.ipr.get_addr(family=2))):
+            if msg.get_attr("IFA_ADDRESS") == ip:
+                return _link(self.ipr.get_links(msg["index"])[0])
+        raise InterfaceNotFound(f"no link holds {ip}")
+
     # ---- addresses and routes ---------------------------------------------------------
 
     def ensure_address(self, index: int, ip: str, prefixlen: int) -> None:

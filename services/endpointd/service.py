@@ -14,12 +14,14 @@ endpoints is its own, and a pod re-adopted after a reboot or a policyd restart n
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 
 from prometheus_client import Gauge
 
 from services.datapath import loader
 from services.datapath.maps.endpoints import EndpointMap
+from services.datapath.maps.tunnel import FROM_OVERLAY
 from services.datapath.netlink import Worker
 from services.endpointd import check
 from services.endpointd.ctgc import ConntrackGC
@@ -61,7 +63,10 @@ class EndpointService(Service):
             await self._wait_for(owner)
         # Compiled in a child process, which pins the programs: endpointd attaches them by
         # fd and never loads LLVM itself (see services/datapath/bpfsys.py).
-        programs = await self.worker.run(loader.pin_programs, "lxc.c", self.config, (FROM_CONTAINER, TO_CONTAINER))
+        # from_overlay is pinned for routed, which attaches it to the VXLAN device in tunnel mode.
+        programs = await self.worker.run(loader.pin_programs, "lxc.c", self.config,
+                                         (FROM_CONTAINER, TO_CONTAINER, FROM_OVERLAY))
+        os.close(programs[FROM_OVERLAY])
         self.endpoints = EndpointMap(Path(self.config.datapath.bpfRoot))
         self.plumber = Plumber(self.config, self.endpoints, programs[FROM_CONTAINER], programs[TO_CONTAINER])
         self.ct_gc = ConntrackGC(self.config, self.worker, self.ipam.addresses, self.registry, self.log)

@@ -169,6 +169,15 @@ class RoutedService(Service):
 
     # ---- pods on other nodes (tunnel and native routing) -------------------------------------
 
+    async def ensure_tunnel(self) -> int:
+        """Tunnel mode: the VXLAN device up with from_overlay at its ingress, and the datapath
+        told its ifindex (services.routed.tunnel.ensure). Returns the ifindex."""
+        return await self.worker.run(tunnel.ensure, self.nl, self.config)
+
+    async def remove_tunnel(self) -> None:
+        """Out of tunnel mode: what would be encapsulated is dropped, the device removed."""
+        await self.worker.run(tunnel.remove_device, self.nl, self.config)
+
     async def upsert_remote(self, pod_ip: str, identity: int, node_ip: str) -> Claim:
         """A pod on another node: POD_IP (an address or a /32) is IDENTITY, reached through
         the overlay at NODE_IP (its node's underlay address; "" in native routing, where

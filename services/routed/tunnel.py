@@ -13,10 +13,11 @@ failure; removing treats already-gone pieces as success.
 from __future__ import annotations
 
 import ipaddress
+import os
 from pathlib import Path
 
-from services.datapath import loader
-from services.datapath.maps.tunnel import TunnelMap
+from services.datapath import bpfsys, loader
+from services.datapath.maps.tunnel import FROM_OVERLAY, TunnelMap
 from services.datapath.netlink import TC_INGRESS, Netlink
 from services.runtime.bus import ServiceError
 from services.runtime.config import NodeConfig
@@ -25,7 +26,6 @@ from services.wire.messages import INVALID
 DEVICE = "cap_vxlan"
 PORT = 8472                  # Linux's and Cilium's VXLAN port (IANA's is 4789)
 OVERHEAD = 50                # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
-FROM_OVERLAY = "from_overlay"
 REMOTE_SOURCE = "remote"     # the ipcache claim source of a pod on another node
 MAX_VNI = (1 << 24) - 1      # the VNI carries the source identity
 
@@ -37,9 +37,28 @@ def pod_mtu(underlay_mtu: int) -> int:
     return underlay_mtu - OVERHEAD
 
 
+def pod_mtu_on(nl: Netlink, underlay_ip: str) -> int:
+    """pod_mtu() of the link that holds UNDERLAY_IP (this node's address on the underlay):
+    what endpointd gives pods without spec.mtu in tunnel mode (Plumber's default_mtu)."""
+    return pod_mtu(nl.mtu(nl.link_of_address(underlay_ip).index))
+
+
 def overlay_program(config: NodeConfig) -> int:
-    """Compile lxc.c (in a child process) and pin from_overlay; an fd of the program."""
-    return loader.pin_programs("lxc.c", config, (FROM_OVERLAY,))[FROM_OVERLAY]
+    """An fd of from_overlay: the copy endpointd pinned with its programs (it compiles lxc.c
+    once its maps' owners are ready), else compiled and pinned now, in a child process."""
+    try:
+        return bpfsys.obj_get(str(Path(config.datapath.bpfRoot) / loader.PROGRAMS_DIR / FROM_OVERLAY))
+    except FileNotFoundError:
+        return loader.pin_programs("lxc.c", config, (FROM_OVERLAY,))[FROM_OVERLAY]
+
+
+def ensure(nl: Netlink, config: NodeConfig, name: str = DEVICE) -> int:
+    """Tunnel mode on this node: the device, its program, the datapath told. The ifindex."""
+    fd = overlay_program(config)
+    try:
+        return ensure_device(nl, config, fd, name)
+    finally:
+        os.close(fd)
 
 
 def ensure_device(nl: Netlink, config: NodeConfig, program_fd: int, name: str = DEVICE) -> int:

@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import contextlib
 import ctypes as ct
-import os
 import time
 
 import pytest
 
-from services.datapath import bpfsys, loader
 from services.datapath.maps.events import FlowEvent
 from services.datapath.netlink import Netlink
 from services.datapath.numbers import (DROP_NO_TUNNEL_ENDPOINT, DROP_POLICY_DENY, EVENT_DROP, EVENT_TRACE, METRIC_INGRESS,
@@ -107,7 +105,7 @@ def test_pod_mtu_leaves_room_for_the_encapsulation(cluster):
     two, pa, pb = cluster
     two.b.apply_policies([ALLOW_A], IDENTITIES)
     mtu = int(pa.run("cat", "/sys/class/net/eth0/mtu", check=True).stdout)
-    assert mtu == UNDERLAY_MTU - tunnel.OVERHEAD
+    assert mtu == UNDERLAY_MTU - tunnel.OVERHEAD      # tunnel.pod_mtu_on the node's underlay link
     assert until(lambda: ping(pa, pb.ip, size=mtu - 28)), "a full-size packet (DF) does not cross"
     assert not ping(pa, pb.ip, size=mtu - 27), "the pod sent more than its MTU"
 
@@ -139,8 +137,6 @@ def test_without_the_device_nothing_is_sent_in_the_clear(cluster):
         assert (drop.src_identity, drop.endpoint_id) == (ID_A, pa.endpoint_id)
     finally:
         sent.close()
-        pinned = bpfsys.obj_get(str(two.a.root / loader.PROGRAMS_DIR / tunnel.FROM_OVERLAY))
         with two.a.entered(), contextlib.closing(Netlink()) as nl:
-            tunnel.ensure_device(nl, two.a.config, pinned)
-        os.close(pinned)
+            tunnel.ensure(nl, two.a.config)        # from_overlay as endpointd pinned it
     assert until(lambda: ping(pa, pb.ip))

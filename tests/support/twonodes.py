@@ -103,7 +103,7 @@ class DatapathNode:
                 fds = loader.pin_programs("lxc.c", self.config, names)
                 with contextlib.closing(IpcacheMap(self.root)) as ipcache:
                     ipcache.upsert("0.0.0.0/0", IDENTITY_WORLD, RESERVED_FLAG)
-                mtu = tunnel.pod_mtu(UNDERLAY_MTU) if tunnel_mode else 0
+                mtu = tunnel.pod_mtu_on(nl, self.underlay_ip) if tunnel_mode else 0
                 self.plumber = Plumber(self.config, EndpointMap(self.root), fds[FROM_CONTAINER],
                                        fds[TO_CONTAINER], default_mtu=mtu)
                 if tunnel_mode:
