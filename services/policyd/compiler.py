@@ -12,6 +12,7 @@ allow that a less specific deny of the same identity covers is written as a deny
 """
 from __future__ import annotations
 
+import bisect
 import ipaddress
 import zlib
 from dataclasses import dataclass
@@ -78,6 +79,16 @@ class Universe:
             for key in labels:
                 if key.startswith(CIDR_LABEL):
                     self.cidrs[i] = ipaddress.IPv4Network(key[len(CIDR_LABEL):])
+        # CIDR identities by first address: the ones inside a prefix are one slice of it, so
+        # resolving 100k ipBlock peers costs 100k bisections, not 100k scans of every CIDR.
+        self._by_start = sorted((int(n.network_address), n.prefixlen, i) for i, n in self.cidrs.items())
+        self._starts = [start for start, _, _ in self._by_start]
+
+    def cidrs_within(self, net: ipaddress.IPv4Network) -> list[tuple[int, int, int]]:
+        """(first address, prefix length, identity) of every CIDR identity inside NET."""
+        lo = bisect.bisect_left(self._starts, int(net.network_address))
+        hi = bisect.bisect_right(self._starts, int(net.broadcast_address))
+        return [c for c in self._by_start[lo:hi] if c[1] >= net.prefixlen]
 
     def resolve(self, peer: Peer) -> frozenset[int]:
         """Identity numbers PEER selects; 0 means any peer."""
@@ -97,8 +108,8 @@ class Universe:
         if peer.cidr is not None:
             net = ipaddress.IPv4Network(peer.cidr)
             excepts = [ipaddress.IPv4Network(e) for e in peer.except_]
-            out = {i for i, c in self.cidrs.items()
-                   if c.subnet_of(net) and not any(c.subnet_of(e) for e in excepts)}
+            carved = {i for e in excepts for _, _, i in self.cidrs_within(e)}
+            out = {i for _, _, i in self.cidrs_within(net) if i not in carved}
             if net.prefixlen == 0 and not excepts:
                 out.add(IDENTITY_WORLD)
             return out
@@ -216,8 +227,12 @@ def _direction_entries(ep: Endpoint, egress: bool, direction: str, selecting: li
                     raise TooManyEntries(f"endpoint {ep.endpoint_id}: more than {limit} policy entries")
     out = dict(denies)
     order = {key: i for i, key in enumerate(denies)}
+    denied = {key.identity for key in denies}
     for key, value in allows.items():
         if key in denies:
+            continue
+        if key.identity not in denied:       # only a deny of the same identity can cover it
+            out[key] = value
             continue
         # The first deny (in rule order) whose prefix contains KEY: at most 19 lookups per
         # allow, where scanning every deny made a large policy quadratic under policyd's lock.

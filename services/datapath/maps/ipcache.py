@@ -38,6 +38,13 @@ class IpcacheMap:
     def delete(self, cidr: str) -> bool:
         return self.map.delete(key_for(cidr))
 
+    def upsert_many(self, entries: list[tuple[str, int, int]]) -> None:
+        """Write every (cidr, identity, flags) in batches, reading nothing (MapFull: no room)."""
+        self.map.update_many([(key_for(c), IpcacheInfo(identity=i, flags=f)) for c, i, f in entries])
+
+    def delete_many(self, cidrs: list[str]) -> int:
+        return self.map.delete_many([key_for(c) for c in cidrs])
+
     def lookup_exact(self, cidr: str) -> int | None:
         v = self.map.get(key_for(cidr))
         return None if v is None else v.identity
