@@ -12,10 +12,10 @@ made a 100,000-prefix policy 100,000 KV writes, and more keys than a bucket list
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import zlib
 from collections.abc import Iterable
 
+from services.policyd import prefix
 from services.policyd.compiler import CIDR_LABEL
 from services.policyd.identity import Entry, IdentityAllocator
 from services.policyd.model import Policy
@@ -35,9 +35,15 @@ def cidrs_of(policy: Policy) -> set[str]:
     for rule in policy.rules:
         for peer in rule.peers:
             if peer.cidr is not None:
-                out.add(str(ipaddress.IPv4Network(peer.cidr)))
-                out.update(str(ipaddress.IPv4Network(e)) for e in peer.except_)
+                out.add(_canonical(peer.cidr))
+                out.update(_canonical(e) for e in peer.except_)
     return out
+
+
+def _canonical(cidr: str) -> str:
+    """The prefix's one spelling (the parser gives it; a stand-in may not)."""
+    plain = prefix.parse(cidr)
+    return cidr if plain is not None and not prefix.host_bits(*plain) else str(prefix.network(cidr))
 
 
 def cidr_of(entry: Entry) -> str:

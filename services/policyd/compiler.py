@@ -13,7 +13,6 @@ allow that a less specific deny of the same identity covers is written as a deny
 from __future__ import annotations
 
 import bisect
-import ipaddress
 import zlib
 from dataclasses import dataclass
 
@@ -24,6 +23,7 @@ from services.datapath.numbers import (IDENTITY_HOST, IDENTITY_WORLD, POLICY_AUD
                                        POLICY_MATCH_L3_L4, POLICY_MATCH_L3_ONLY,
                                        POLICY_MATCH_L3_PROTO, POLICY_MATCH_L4_ONLY,
                                        POLICY_MATCH_PROTO_ONLY)
+from services.policyd import prefix
 from services.policyd.model import DIRECTIONS, EGRESS, Peer, Policy, PortRule, Rule, namespace_of
 
 PROTO_NUMBERS = {"TCP": 6, "UDP": 17, "SCTP": 132, "ICMP": 1}
@@ -74,21 +74,22 @@ class Universe:
         self.identities = identities
         self._resolved: dict[Peer, frozenset[int]] = {}   # valid while identities are unchanged
         self.pods = {i: labels for i, labels in identities.items() if namespace_of(labels) is not None}
-        self.cidrs = {}
+        self.cidrs: dict[int, str] = {}
         for i, labels in identities.items():
             for key in labels:
                 if key.startswith(CIDR_LABEL):
-                    self.cidrs[i] = ipaddress.IPv4Network(key[len(CIDR_LABEL):])
+                    self.cidrs[i] = key[len(CIDR_LABEL):]
         # CIDR identities by first address: the ones inside a prefix are one slice of it, so
         # resolving 100k ipBlock peers costs 100k bisections, not 100k scans of every CIDR.
-        self._by_start = sorted((int(n.network_address), n.prefixlen, i) for i, n in self.cidrs.items())
+        self._by_start = sorted((*prefix.bounds(c)[::2], i) for i, c in self.cidrs.items())
         self._starts = [start for start, _, _ in self._by_start]
 
-    def cidrs_within(self, net: ipaddress.IPv4Network) -> list[tuple[int, int, int]]:
-        """(first address, prefix length, identity) of every CIDR identity inside NET."""
-        lo = bisect.bisect_left(self._starts, int(net.network_address))
-        hi = bisect.bisect_right(self._starts, int(net.broadcast_address))
-        return [c for c in self._by_start[lo:hi] if c[1] >= net.prefixlen]
+    def cidrs_within(self, cidr: str) -> list[tuple[int, int, int]]:
+        """(first address, prefix length, identity) of every CIDR identity inside CIDR."""
+        first, last, plen = prefix.bounds(cidr)
+        lo = bisect.bisect_left(self._starts, first)
+        hi = bisect.bisect_right(self._starts, last)
+        return [c for c in self._by_start[lo:hi] if c[1] >= plen]
 
     def resolve(self, peer: Peer) -> frozenset[int]:
         """Identity numbers PEER selects; 0 means any peer."""
@@ -106,11 +107,9 @@ class Universe:
         if peer.entity == "cluster":
             return {IDENTITY_HOST, *self.pods}
         if peer.cidr is not None:
-            net = ipaddress.IPv4Network(peer.cidr)
-            excepts = [ipaddress.IPv4Network(e) for e in peer.except_]
-            carved = {i for e in excepts for _, _, i in self.cidrs_within(e)}
-            out = {i for _, _, i in self.cidrs_within(net) if i not in carved}
-            if net.prefixlen == 0 and not excepts:
+            carved = {i for e in peer.except_ for _, _, i in self.cidrs_within(e)}
+            out = {i for _, _, i in self.cidrs_within(peer.cidr) if i not in carved}
+            if prefix.bounds(peer.cidr)[2] == 0 and not peer.except_:
                 out.add(IDENTITY_WORLD)
             return out
         return {i for i, labels in self.pods.items() if peer.matches_pod(labels)}
