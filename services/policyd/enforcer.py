@@ -22,7 +22,7 @@ from typing import Protocol
 
 from services.datapath.maps.policy import Counted, Key, Value
 from services.datapath.pinned import MapFull
-from services.policyd.compiler import Diff, Endpoint, Universe, compile_endpoint, diff
+from services.policyd.compiler import Diff, Endpoint, TooManyEntries, Universe, compile_endpoint, diff
 from services.policyd.model import Policy
 
 
@@ -55,7 +55,9 @@ class Enforcer:
         """Diffs per endpoint to reach POLICIES, and the total entries the map would hold.
         Recompiled: the endpoints CHANGED policies select, or those in ONLY (an id not in
         the record loses its entries), or (both None) every endpoint, and then the entries
-        of endpoints not in the record are removed too. Costs O(recompiled endpoints)."""
+        of endpoints not in the record are removed too. Costs O(recompiled endpoints).
+        PolicyMapFull as soon as one endpoint's entries alone pass the map's capacity (the
+        rest of what could never be written is not compiled)."""
         current, endpoints = self.state, self.endpoints
         if changed is not None:
             only = {ep_id for ep_id, ep in endpoints.items()
@@ -64,8 +66,11 @@ class Enforcer:
         diffs: dict[int, Diff] = {}
         total = self.entry_count
         for ep_id in targets:
-            wanted = {} if ep_id not in endpoints else \
-                compile_endpoint(endpoints[ep_id], policies, universe, self.enforcement)
+            try:
+                wanted = {} if ep_id not in endpoints else \
+                    compile_endpoint(endpoints[ep_id], policies, universe, self.enforcement, limit=self.capacity)
+            except TooManyEntries as exc:
+                raise PolicyMapFull(f"{exc}, the policy map's capacity (maps.policy in the node config)") from None
             have = current.get(ep_id, {})
             total += len(wanted) - len(have)
             d = diff(have, wanted)

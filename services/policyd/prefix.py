@@ -2,17 +2,13 @@
 100,000-peer allow-list parsed five times over spent seconds there). Pure."""
 from __future__ import annotations
 
-import functools
 import ipaddress
 import re
-
-CACHED = 1 << 18           # prefixes whose reading is remembered (a 100k-peer policy is read 5 times)
 
 _OCTET = r"(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
 _CANONICAL = re.compile(rf"{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}/(3[0-2]|[12]?\d)")
 
 
-@functools.lru_cache(maxsize=CACHED)
 def parse(text: str) -> tuple[int, int] | None:
     """(address, prefix length) of TEXT in the plain form a.b.c.d/n (no leading zeros);
     None for any other form, which the caller reads with ipaddress instead."""
@@ -27,7 +23,6 @@ def host_bits(address: int, plen: int) -> int:
     return address & ((1 << (32 - plen)) - 1)
 
 
-@functools.lru_cache(maxsize=CACHED)
 def bounds(text: str) -> tuple[int, int, int]:
     """(first address, last address, prefix length) of the IPv4 prefix TEXT."""
     parsed = parse(text)

@@ -41,6 +41,7 @@ from services.wire.messages import (EXHAUSTED, INVALID, NOT_FOUND, Apply, Endpoi
                                     PolicyApplied, PolicyRule)
 
 IPCACHE_TIMEOUT = 60.0      # seconds for one ipcache.batch request (IPCACHE_BATCH_MAX prefixes)
+STAGE_ATTEMPTS = 3          # stagings of a policy change outside the lock before one under it
 
 
 def _wire(entry: Entry) -> Identity:
@@ -79,8 +80,9 @@ class PolicyService(Service):
         await b.serve(subjects.IDENTITY_ALLOCATE, IdentityAllocate, self.allocate)
         await b.serve(subjects.IDENTITY_RELEASE, IdentityRelease, self.release)
         await b.serve(subjects.IDENTITY_LIST, ListRequest, self.list_identities)
-        await b.serve(subjects.POLICY_APPLY, Apply, self.apply_policy)
-        await b.serve(subjects.POLICY_DELETE, ObjectRef, self.delete_policy)
+        # Concurrent: a large apply must not hold up small ones to other policies (_change).
+        await b.serve(subjects.POLICY_APPLY, Apply, self.apply_policy, concurrent=True)
+        await b.serve(subjects.POLICY_DELETE, ObjectRef, self.delete_policy, concurrent=True)
         await b.serve(subjects.POLICY_LIST, ListRequest, self.list_policies)
         await b.serve(subjects.POLICY_ENTRIES, EndpointPolicy, self.endpoint_entries)
         await b.serve(subjects.POLICY_ENDPOINT_SYNC, EndpointPolicy, self.endpoint_sync)
@@ -111,6 +113,7 @@ class PolicyService(Service):
         stored = await self.bus.kv_items(self.kv_policies)
         endpoints = await self.bus.kv_items(self.kv_endpoints)
         self._legacy_cidr_keys: list[str] = []        # CIDR identities stored one a key, moved to shards
+        self._version = 0              # goes up with every change a staged policy change depends on
         self._universe_of: tuple[IdentityAllocator, int, Universe] | None = None
         for key, raw in identities.items():
             if key.startswith(cidrs.SHARD_PREFIX):
@@ -168,6 +171,7 @@ class PolicyService(Service):
         return self._universe_of[2]
 
     def _write(self, diffs) -> tuple[int, int]:
+        self._version += 1
         written, removed = self.enforcer.apply(diffs)
         self.writes.labels("write").inc(written)
         self.writes.labels("delete").inc(removed)
@@ -185,24 +189,35 @@ class PolicyService(Service):
         if not req.labels:
             raise ServiceError(INVALID, "labels: an identity needs at least one label")
         async with self._lock:
+            self._version += 1         # what a staged policy change planned against
             try:
                 entry, created = self.identities.allocate(req.labels, req.owner)
             except IdentitiesExhausted as exc:
                 raise ServiceError(EXHAUSTED, str(exc)) from None
-            await self._persist_identity(entry, entry.id)
             if created:
                 # Other endpoints' rules may select the new identity: in force before it exists.
-                diffs, _ = self.enforcer.plan(list(self.policies.values()), self._universe())
+                try:
+                    diffs, total = self.enforcer.plan(list(self.policies.values()), self._universe())
+                    self.enforcer.check_capacity(total)
+                except PolicyMapFull as exc:
+                    self.identities.release(entry.id, req.owner)
+                    raise ServiceError(EXHAUSTED, str(exc)) from None
+            await self._persist_identity(entry, entry.id)
+            if created:
                 self._write(diffs)
         self._gauges()
         return _wire(entry)
 
     async def release(self, req: IdentityRelease) -> dict:
         async with self._lock:
+            self._version += 1         # what a staged policy change planned against
             gone = self.identities.release(req.identity, req.owner)
             await self._persist_identity(self.identities.by_id.get(req.identity), req.identity)
             if gone is not None:
-                diffs, _ = self.enforcer.plan(list(self.policies.values()), self._universe())
+                try:
+                    diffs, _ = self.enforcer.plan(list(self.policies.values()), self._universe())
+                except PolicyMapFull as exc:       # the identity is gone; its entries stay till the next plan
+                    raise ServiceError(EXHAUSTED, str(exc)) from None
                 self._write(diffs)
         self._gauges()
         return {"released": gone is not None}
@@ -235,16 +250,16 @@ class PolicyService(Service):
         return _Staged(policies, trial, released, created, diffs)
 
     async def _commit(self, staged: "_Staged") -> tuple[int, int]:
-        """Put a staged change in force; the policy itself is already in KV."""
+        """Put a staged change in force, all but announcing its new CIDR identities (the
+        caller's next step); the policy itself is already in KV."""
         # Removed CIDRs leave the ipcache before their entries go; new ones join it after.
         await cidrs.announce(self.bus, [], staged.released, IPCACHE_TIMEOUT)
         await cidrs.persist(self.kv_ids, staged.identities, staged.released + staged.created,
                             self._legacy_cidr_keys)
         self._legacy_cidr_keys = []
         self.identities, self.policies = staged.identities, staged.policies
-        written, removed = await asyncio.to_thread(self._write, staged.diffs)
-        await cidrs.announce(self.bus, staged.created, [], IPCACHE_TIMEOUT)
-        return written, removed
+        self._version += 1
+        return await asyncio.to_thread(self._write, staged.diffs)
 
     async def apply_policy(self, req: Apply) -> PolicyApplied:
         try:
@@ -252,7 +267,7 @@ class PolicyService(Service):
         except PolicyError as exc:
             raise ServiceError(INVALID, str(exc)) from None
         policy = parsed.policy
-        async with self._lock:
+        async with self._policy_lock(policy.key):
             current = self.policies.get(policy.key)
             if current is not None and req.create_only:
                 raise ServiceError("exists", f"{policy.kind} {policy.key} already exists")
@@ -261,11 +276,14 @@ class PolicyService(Service):
                 return PolicyApplied(policy.kind, policy.name, policy.namespace, "unchanged",
                                      entry.revision, parsed.warnings)
             changed = [policy] + ([current] if current is not None else [])
-            staged = await asyncio.to_thread(self._stage, {**self.policies, policy.key: policy}, changed)
-            await cidrs.check_room(self.bus, staged.created, IPCACHE_TIMEOUT)
-            revision = await self.kv_policies.put(kv_key(policy.key), codec.encode(policy.document))
-            self.broken.pop(policy.key, None)
-            written, removed = await self._commit(staged)
+
+            async def store() -> int:
+                revision = await self.kv_policies.put(kv_key(policy.key), codec.encode(policy.document))
+                self.broken.pop(policy.key, None)
+                return revision
+
+            revision, written, removed = await self._change(
+                lambda: {**self.policies, policy.key: policy}, changed, store)
         self._gauges()
         self.log.info("policy applied", policy=policy.key, written=written, removed=removed)
         return PolicyApplied(policy.kind, policy.name, policy.namespace,
@@ -280,17 +298,59 @@ class PolicyService(Service):
         raise ServiceError(NOT_FOUND, f'policy "{req.namespace + "/" if req.namespace else ""}{req.name}" not found')
 
     async def delete_policy(self, req: ObjectRef) -> PolicyApplied:
-        async with self._lock:
+        async with self._policy_lock(self._find(req).key):
             policy = self._find(req)
-            rest = {k: p for k, p in self.policies.items() if k != policy.key}
-            staged = await asyncio.to_thread(self._stage, rest, [policy])
-            stored_at = self.broken.get(policy.key, (kv_key(policy.key), ""))[0]
-            revision = await self.kv_policies.delete(stored_at)
-            self.broken.pop(policy.key, None)
-            written, removed = await self._commit(staged)
+
+            async def store() -> int:
+                revision = await self.kv_policies.delete(self.broken.get(policy.key, (kv_key(policy.key), ""))[0])
+                self.broken.pop(policy.key, None)
+                return revision or 0
+
+            revision, written, removed = await self._change(
+                lambda: {k: p for k, p in self.policies.items() if k != policy.key}, [policy], store)
         self._gauges()
-        return PolicyApplied(policy.kind, policy.name, policy.namespace, "deleted", revision or 0, [],
+        return PolicyApplied(policy.kind, policy.name, policy.namespace, "deleted", revision, [],
                              written, removed)
+
+    # ---- one policy change, without holding up the others -----------------------------------
+
+    def _policy_lock(self, key: str) -> asyncio.Lock:
+        """The lock of one policy key: its applies and deletes run one at a time, in arrival
+        order. Lock order: a policy's lock, then self._lock (never the other way round)."""
+        locks = self.__dict__.setdefault("_policy_locks", {})
+        return locks.setdefault(key, asyncio.Lock())
+
+    async def _change(self, wanted, changed: list[Policy], store) -> tuple[int, int, int]:
+        """Put WANTED() (the policies with this change) in force: staged (compiled, checked)
+        on a worker thread without self._lock, so that other requests go on meanwhile; then,
+        under self._lock, STORE() writes KV and the change is committed, if nothing was
+        committed since it was staged (else it is staged again; after STAGE_ATTEMPTS, under
+        the lock). New CIDR identities join the ipcache after the lock is let go: the
+        policy's own lock still keeps its next change behind that."""
+        result = None
+        for _ in range(STAGE_ATTEMPTS):
+            version = self._version
+            try:
+                staged = await asyncio.to_thread(self._stage, wanted(), changed)
+            except RuntimeError:          # state changed under the worker's feet: stage again
+                continue
+            await cidrs.check_room(self.bus, staged.created, IPCACHE_TIMEOUT)
+            async with self._lock:
+                if self._version == version:
+                    result = await self._commit_staged(staged, store)
+                    break
+        if result is None:
+            async with self._lock:
+                staged = self._stage(wanted(), changed)
+                await cidrs.check_room(self.bus, staged.created, IPCACHE_TIMEOUT)
+                result = await self._commit_staged(staged, store)
+        await cidrs.announce(self.bus, staged.created, [], IPCACHE_TIMEOUT)
+        return result
+
+    async def _commit_staged(self, staged: "_Staged", store) -> tuple[int, int, int]:
+        revision = await store()
+        written, removed = await self._commit(staged)
+        return revision, written, removed
 
     async def list_policies(self, _req: ListRequest) -> list[dict]:
         return [p.document for _, p in sorted(self.policies.items())]
@@ -307,6 +367,7 @@ class PolicyService(Service):
         restores at its start): record it in KV, then write its entries."""
         ep = Endpoint(req.endpoint_id, req.identity, req.audit)
         async with self._lock:
+            self._version += 1         # what a staged policy change planned against
             record = self.enforcer.endpoints
             before = record.get(ep.endpoint_id)
             record[ep.endpoint_id] = ep
@@ -327,6 +388,7 @@ class PolicyService(Service):
     async def endpoint_forget(self, req: EndpointPolicy) -> dict:
         """endpointd removed an endpoint: drop it from the record in KV, then its entries."""
         async with self._lock:
+            self._version += 1         # what a staged policy change planned against
             record = self.enforcer.endpoints
             if req.endpoint_id in record:
                 await self.kv_endpoints.delete(str(req.endpoint_id))
