@@ -71,7 +71,7 @@ def allowed_peers(node: Node, pod: str) -> set[int]:
 
 
 def test_two_policies_share_cidr_identities_and_the_last_delete_removes_them(node):
-    shared, only_a, only_b = hosts("192.0.2.0", 200), hosts("198.18.0.0", 3000), hosts("198.19.0.0", 1000)
+    shared, only_a, only_b = hosts("100.71.0.1", 200), hosts("100.72.0.1", 3000), hosts("100.73.0.1", 1000)
     apply(node, allow_list("list-a", "web", [{"cidr": c} for c in shared + only_a]))
     apply(node, allow_list("list-b", "b", [{"cidr": c} for c in shared + only_b]))
     ids, ipcache = cidr_identities(node), policy_ipcache(node)
@@ -116,7 +116,7 @@ def test_a_small_apply_finishes_while_a_large_one_is_worked_on(node):
     """The large apply is sent first, on the same connection (NATS keeps the order); the
     small one, to another pod, answers first and is stored first."""
     large = allow_list("large", "web", [{"cidr": c} for c in hosts("100.64.0.1", 25000)])
-    small = allow_list("small", "b", [{"cidr": c} for c in hosts("203.0.113.0", 10)])
+    small = allow_list("small", "b", [{"cidr": c} for c in hosts("100.74.0.1", 10)])
 
     async def body():
         bus = await _bus(node)
