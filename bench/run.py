@@ -46,6 +46,7 @@ STEPS = {
     "footprint": ("footprint.py", ["--profile"], ["--quick"], (300, 150)),
     "flows": ("flows.py", [], ["--quick"], (300, 150)),
     "cni": ("cni.py", [], ["--containers", "4", "--adds", "5"], (420, 150)),
+    "cidr_scale": ("cidr_scale.py", [], ["--quick"], (900, 150)),
 }
 
 

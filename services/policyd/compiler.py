@@ -60,7 +60,7 @@ def rule_table(policies: list[Policy]) -> dict[int, RuleInfo]:
     return {rule_id(p, r): RuleInfo(p.key, r.direction, r.deny, r.index) for p in policies for r in p.rules}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Endpoint:
     endpoint_id: int
     identity: int
@@ -113,6 +113,15 @@ class Universe:
                 out.add(IDENTITY_WORLD)
             return out
         return {i for i, labels in self.pods.items() if peer.matches_pod(labels)}
+
+
+def names_as_peer(policy: Policy, identity_labels: dict[str, str]) -> bool:
+    """Can one of POLICY's rules select a pod identity with IDENTITY_LABELS as its peer?
+    (Only such policies' endpoints have entries that a pod identity coming or going changes:
+    a rule without peers is written for identity 0, entities and CIDRs never name pods
+    except "cluster".)"""
+    return any(peer.entity == "cluster" or peer.matches_pod(identity_labels)
+               for rule in policy.rules for peer in rule.peers)
 
 
 def port_blocks(first: int, last: int) -> list[tuple[int, int]]:

@@ -32,7 +32,7 @@ def labels_key(labels: dict[str, str]) -> str:
     return ";".join(f"{k}={v}" for k, v in sorted(labels.items()))
 
 
-@dataclass
+@dataclass(slots=True)
 class Entry:
     id: int
     labels: dict[str, str]

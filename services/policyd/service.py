@@ -27,7 +27,7 @@ from prometheus_client import Counter, Gauge
 from services.datapath import loader
 from services.datapath.maps.policy import PolicyMap
 from services.policyd import cidrs
-from services.policyd.compiler import CIDR_LABEL, Endpoint, Universe, rule_id, rule_table
+from services.policyd.compiler import CIDR_LABEL, Endpoint, Universe, names_as_peer, rule_id, rule_table
 from services.policyd.enforcer import Enforcer, PolicyMapFull
 from services.policyd.identity import RESERVED, Entry, IdentitiesExhausted, IdentityAllocator
 from services.policyd.model import Policy
@@ -197,7 +197,7 @@ class PolicyService(Service):
             if created:
                 # Other endpoints' rules may select the new identity: in force before it exists.
                 try:
-                    diffs, total = self.enforcer.plan(list(self.policies.values()), self._universe())
+                    diffs, total = self._plan_peer(entry.labels)
                     self.enforcer.check_capacity(total)
                 except PolicyMapFull as exc:
                     self.identities.release(entry.id, req.owner)
@@ -215,12 +215,19 @@ class PolicyService(Service):
             await self._persist_identity(self.identities.by_id.get(req.identity), req.identity)
             if gone is not None:
                 try:
-                    diffs, _ = self.enforcer.plan(list(self.policies.values()), self._universe())
+                    diffs, _ = self._plan_peer(gone.labels)
                 except PolicyMapFull as exc:       # the identity is gone; its entries stay till the next plan
                     raise ServiceError(EXHAUSTED, str(exc)) from None
                 self._write(diffs)
         self._gauges()
         return {"released": gone is not None}
+
+    def _plan_peer(self, labels: dict[str, str]):
+        """The plan after a pod identity with LABELS came or went: only the endpoints of
+        policies that can name it as a peer are compiled again (all of them made creating
+        1,000 pods cost 1,000 x 1,000 compiles)."""
+        naming = [p for p in self.policies.values() if names_as_peer(p, labels)]
+        return self.enforcer.plan(list(self.policies.values()), self._universe(), changed=naming)
 
     async def list_identities(self, _req: ListRequest) -> list[Identity]:
         reserved = [Identity(i, {name: ""}) for i, name in RESERVED.items()]

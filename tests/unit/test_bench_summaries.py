@@ -40,11 +40,15 @@ def test_targets_met_missed_and_not_measured():
                                           "first_packet_s": _spread(2.9)}}}}
     cni = {"summary": {"add_total_ms": _spread(120.0), "add_startup_ms": _spread(90.0), "add_work_ms": _spread(30.0),
                        "ratio_to_bridge": _spread(1.7)}}
+    cidr = {"results": [{"peers": 10000, "apply_s": 1.5, "peak_rss_mb": {"policyd": 90.0}, "health_ms": [3.0] * 99,
+                         "small_apply_ms": [250.0, 250.0], "left_after_delete": 0}]}
     verdicts = {v["key"]: v["ok"] for v in evaluate(
         {"datapath": datapath, "policy": None, "cplane": None, "pods": pods, "flows": None, "footprint": None,
-         "cni": cni})}
+         "cni": cni, "cidr_scale": cidr})}
     assert verdicts == {"datapath_gbps": True, "datapath_p50": False, "policy_10k": None, "cplane_p99": None,
-                        "pods_100": True, "flows": None, "footprint": None, "cni_add": True, "cni_ratio": False}
+                        "pods_100": True, "flows": None, "footprint": None, "cni_add": True, "cni_ratio": False,
+                        "cidr_apply_10000": True, "cidr_apply_100000": None, "cidr_rss": None, "cidr_probe": False,
+                        "cidr_left": True}
     nothing = dict.fromkeys(("datapath", "policy", "cplane", "pods", "flows", "footprint", "cni"))
     assert {v["key"]: v["ok"] for v in evaluate(nothing)}["cni_add"] is None
     assert Spread.of([3, 1, 2]).median == 2

@@ -35,7 +35,7 @@ PREFIX_PROTO = 72            # + protocol
 PREFIX_PORT_BASE = 80        # + port bits
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class Key:
     """One entry's key, in host terms. prefixlen as in the map (see PREFIX_*)."""
 
@@ -62,14 +62,14 @@ class Key:
         return cls(k.endpoint_id, k.egress == POLICY_EGRESS, k.identity, k.protocol, k.dport, prefixlen)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Value:
     flags: int
     rule_id: int
     match_type: int = 0       # POLICY_MATCH_*: what kind of rule made the entry
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Counted:
     value: Value
     packets: int
