@@ -25,7 +25,6 @@ BPF_OBJ_GET = 7
 BPF_OBJ_GET_INFO_BY_FD = 15
 BPF_MAP_LOOKUP_BATCH = 24
 BPF_MAP_UPDATE_BATCH = 26
-BPF_MAP_DELETE_BATCH = 27
 
 BPF_ANY = 0
 BPF_NOEXIST = 1
@@ -139,18 +138,6 @@ def update_batch(fd: int, keys, values, count: int, flags: int = BPF_ANY) -> int
     attr = _BatchAttr(keys=_addr(keys), values=_addr(values), count=count, map_fd=fd, elem_flags=flags)
     try:
         _bpf(BPF_MAP_UPDATE_BATCH, attr)
-    except OSError as exc:
-        exc.done = attr.count
-        raise
-    return attr.count
-
-
-def delete_batch(fd: int, keys, count: int) -> int:
-    """Delete COUNT keys from the array KEYS in one call; every key must be there (ENOENT
-    otherwise, with ``done`` on the OSError: how many went before it)."""
-    attr = _BatchAttr(keys=_addr(keys), count=count, map_fd=fd)
-    try:
-        _bpf(BPF_MAP_DELETE_BATCH, attr)
     except OSError as exc:
         exc.done = attr.count
         raise
