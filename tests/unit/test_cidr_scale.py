@@ -130,3 +130,16 @@ def test_routed_counts_its_entries_from_the_claims_and_lists_only_shadowed_ones(
     assert claims.shadowed() == [] and len(claims) == 1000
     claims.release("10.0.0.5/32", "cidr-policy")
     assert len(claims) == 999
+
+
+def test_only_policies_that_can_name_a_pod_as_peer_are_replanned_for_a_new_pod_identity():
+    from services.policyd.compiler import names_as_peer
+    db = identity_labels({"app": "db"}, "x", namespace_labels("x", {}))
+    by_pods = Policy("CiliumNetworkPolicy", "p", "x", Selector.of({"app": "web"}), frozenset({INGRESS}),
+                     (Rule(INGRESS, False, (Peer(pods=Selector.of({"app": "db"}), namespace="x"),)),))
+    by_cluster = cidr_policy("c", [Peer(entity="cluster")])
+    by_cidr = cidr_policy("d", [Peer(cidr="10.0.0.0/8")])
+    open_to_all = cidr_policy("e", [])
+    assert names_as_peer(by_pods, db) and names_as_peer(by_cluster, db)
+    assert not names_as_peer(by_cidr, db) and not names_as_peer(open_to_all, db)
+    assert not names_as_peer(by_pods, identity_labels({"app": "db"}, "y", namespace_labels("y", {})))
