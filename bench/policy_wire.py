@@ -47,21 +47,22 @@ def allow_from(labels: dict[str, str], ports: list[int]) -> dict:
 class PolicyBus:
     """policy.apply / policy.delete requests; raises on an error reply."""
 
-    def __init__(self, nc: nats.NATS) -> None:
+    def __init__(self, nc: nats.NATS, timeout: float = REQUEST_TIMEOUT) -> None:
         self.nc = nc
+        self.timeout = timeout
 
     @classmethod
-    async def connect(cls, node: Node) -> "PolicyBus":
+    async def connect(cls, node: Node, timeout: float = REQUEST_TIMEOUT) -> "PolicyBus":
         creds = Credentials.load(load_config(str(node.config_path)).credentials_path(ADMIN))
         nc = await nats.connect(creds.url, user=creds.user, password=creds.password, name="capillary-bench-policy",
                                 allow_reconnect=False, inbox_prefix=subjects.inbox_prefix(creds.user).encode())
-        return cls(nc)
+        return cls(nc, timeout)
 
     async def close(self) -> None:
         await self.nc.close()
 
-    async def _request(self, subject: str, body: dict) -> dict:
-        msg = await self.nc.request(subject, codec.encode(body), timeout=REQUEST_TIMEOUT)
+    async def request(self, subject: str, body: dict) -> dict:
+        msg = await self.nc.request(subject, codec.encode(body), timeout=self.timeout)
         reply = codec.decode(msg.data)
         if not reply.get("ok"):
             raise RuntimeError(f"{subject}: {reply.get('error')}")
@@ -69,13 +70,13 @@ class PolicyBus:
 
     async def apply(self, document: dict) -> dict:
         """The reply's result: kind, name, action, revision, written, removed, ..."""
-        return await self._request(subjects.POLICY_APPLY, Apply(document).to_wire())
+        return await self.request(subjects.POLICY_APPLY, Apply(document).to_wire())
 
     async def delete(self, name: str, namespace: str) -> dict:
-        return await self._request(subjects.POLICY_DELETE, ObjectRef(name, namespace, CNP).to_wire())
+        return await self.request(subjects.POLICY_DELETE, ObjectRef(name, namespace, CNP).to_wire())
 
     async def identities(self) -> list[dict]:
-        return await self._request(subjects.IDENTITY_LIST, ListRequest().to_wire())
+        return await self.request(subjects.IDENTITY_LIST, ListRequest().to_wire())
 
     async def endpoints(self) -> dict[int, Endpoint]:
         """policyd's own record of the node's endpoints, from its KV bucket."""

@@ -22,7 +22,7 @@ from bench import plots  # noqa: E402
 from bench.profile import lines as profile_lines  # noqa: E402
 from bench.targets import closing_note, evaluate  # noqa: E402
 
-NAMES = ("datapath", "policy", "cplane", "pods", "footprint", "flows", "cni", "encap")
+NAMES = ("datapath", "policy", "cplane", "pods", "footprint", "flows", "cni", "encap", "cidr_scale")
 README_BEGIN, README_END = "<!-- bench:begin (written by bench/report.py) -->", "<!-- bench:end -->"
 
 
@@ -312,6 +312,30 @@ def encap_section(d: dict | None) -> list[str]:
     return lines
 
 
+def cidr_scale_section(d: dict | None) -> list[str]:
+    lines = ["## 9. CIDR-heavy policy at scale", ""]
+    if not d or not d.get("results"):
+        return lines + ["Not run.", ""]
+    lines += ["One NetworkPolicy allowing one pod selector plus N ipBlock /32 peers, on a node with two pods, "
+              "published on NATS; the apply's reply comes once the policy map and the ipcache hold every entry. "
+              "Meanwhile policyd's health and a 10-peer policy to the other pod are asked again and again; then "
+              "the policy is deleted and what it alone held is counted (`bench/cidr_scale.py`).", ""]
+    rows = [[str(r["peers"]), f"{r['apply_s']:.2f}", f"{r['delete_s']:.2f}", str(r["ipcache_entries"]),
+             str(r["server_entries"]), _p99(r["health_ms"]), _p99(r["small_apply_ms"]),
+             ", ".join(f"{k} {v:.0f}" for k, v in r["peak_rss_mb"].items()), str(r["left_after_delete"])]
+            for r in d["results"]]
+    return lines + [md_table(["peers", "apply (s)", "delete (s)", "ipcache entries", "server entries",
+                              "health p99 (ms)", "small apply p99 (ms)", "peak RSS (MB)", "left after delete"],
+                             rows), ""]
+
+
+def _p99(values: list[float]) -> str:
+    if not values:
+        return "none answered"
+    ordered = sorted(values)
+    return f"{ordered[max(0, -(-99 * len(ordered) // 100) - 1)]:.0f} (n={len(ordered)})"
+
+
 def update_readme(path: Path, doc: Path, run: dict, verdicts: list[dict]) -> None:
     text = path.read_text()
     if README_BEGIN not in text or README_END not in text:
@@ -354,6 +378,7 @@ def main(argv: list[str] | None = None) -> int:
              *cplane_section(results["cplane"], rel, plot_dir), *pods_section(results["pods"], rel, plot_dir),
              *flows_section(results["flows"], rel, plot_dir), *footprint_section(results["footprint"], rel, plot_dir),
              *cni_section(results["cni"]), *encap_section(results["encap"]),
+             *cidr_scale_section(results["cidr_scale"]),
              *closing_note(verdicts, results)]
     args.out.write_text("\n".join(lines).rstrip() + "\n")
     if args.readme:

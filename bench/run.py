@@ -47,6 +47,7 @@ STEPS = {
     "flows": ("flows.py", [], ["--quick"], (300, 150)),
     "cni": ("cni.py", [], ["--containers", "4", "--adds", "5"], (420, 150)),
     "encap": ("encap.py", [], ["--quick"], (420, 180)),
+    "cidr_scale": ("cidr_scale.py", [], ["--quick"], (900, 150)),
 }
 
 

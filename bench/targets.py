@@ -126,10 +126,34 @@ def _encap(d: dict | None) -> list[dict]:
     return out
 
 
+def _cidr_scale(d: dict | None) -> list[dict]:
+    by_peers = {r["peers"]: r for r in (d or {}).get("results", [])}
+    out = []
+    for peers, limit in ((10000, 2.0), (100000, 20.0)):
+        r = by_peers.get(peers)
+        out.append(_verdict(f"cidr_apply_{peers}", f"apply a NetworkPolicy with {peers:,} ipBlock /32 peers",
+                            f"≤ {limit:.0f} s", f"{r['apply_s']:.2f} s" if r else "not run",
+                            r["apply_s"] <= limit if r else None))
+    r = by_peers.get(100000)
+    rss = max(r["peak_rss_mb"].values()) if r else None
+    out.append(_verdict("cidr_rss", "peak RSS of each service, 100,000-peer apply", "≤ 150 MB",
+                        f"{rss:.0f} MB" if r else "not run", rss <= 150 if r else None))
+    biggest = by_peers[max(by_peers)] if by_peers else None
+    probes = (biggest or {}).get("health_ms", []) + (biggest or {}).get("small_apply_ms", [])
+    p99 = sorted(probes)[max(0, -(-99 * len(probes) // 100) - 1)] if probes else None
+    out.append(_verdict("cidr_probe", "health and small-policy apply while the largest applies, p99", "≤ 100 ms",
+                        f"{p99:.0f} ms at {biggest['peers']:,} peers" if p99 is not None else "not run",
+                        p99 <= 100 if p99 is not None else None))
+    left = sum(r["left_after_delete"] for r in by_peers.values()) if by_peers else None
+    out.append(_verdict("cidr_left", "CIDR identities and ipcache entries left after the delete", "0",
+                        str(left) if left is not None else "not run", left == 0 if left is not None else None))
+    return out
+
+
 def evaluate(results: dict) -> list[dict]:
     return [*_datapath(results["datapath"]), _policy(results["policy"]), _cplane(results["cplane"]),
             _pods(results["pods"]), _flows(results["flows"]), _footprint(results["footprint"]),
-            *_cni(results["cni"]), *_encap(results.get("encap"))]
+            *_cni(results["cni"]), *_encap(results.get("encap")), *_cidr_scale(results.get("cidr_scale"))]
 
 
 # ---- where the time goes, for a miss -----------------------------------------------------------

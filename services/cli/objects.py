@@ -1,6 +1,7 @@
 """apply / create / delete / get / exec."""
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 from collections.abc import Callable
@@ -82,11 +83,32 @@ def _ns(doc: Document) -> str:
     return str(meta.get("namespace", DEFAULT_NAMESPACE)) if isinstance(meta, dict) else DEFAULT_NAMESPACE
 
 
+# Seconds one apply or delete may take: a policy of the documented limits (100,000 ipBlock
+# peers, README "Sizing for scale") takes tens of seconds on a busy node.
+OBJECT_TIMEOUT = 300.0
+PROGRESS_AFTER = 1.0       # seconds before saying what the command waits for
+
+
+async def _waited(what: str, call):
+    """CALL's result; while it takes longer than PROGRESS_AFTER, a line on stderr now and
+    then says what is being waited for (stdout keeps only the results)."""
+    task = asyncio.ensure_future(call)
+    waited, step = 0.0, PROGRESS_AFTER
+    while True:
+        done, _ = await asyncio.wait({task}, timeout=step)
+        if done:
+            return task.result()
+        waited += step
+        print(f"{what}: waiting for the node ({waited:.0f} s)", file=sys.stderr, flush=True)
+        step = min(step * 2, 10.0)
+
+
 async def apply(client: Client, source: str, create_only: bool) -> int:
     docs = read_documents(source)
     for doc in docs:
         subject = KINDS[(doc.api_version, doc.kind)].apply
-        result = await client.call(subject, Apply(doc.body, create_only=create_only), timeout=30)
+        result = await _waited(f"{doc.kind} {_name(doc)}", client.call(
+            subject, Apply(doc.body, create_only=create_only), timeout=OBJECT_TIMEOUT))
         for warning in result.get("warnings", []):
             print(f"Warning: {warning}", file=sys.stderr)
         print(f"{result['kind'].lower()}/{result['name']} {result['action']}")
@@ -103,7 +125,7 @@ async def delete_file(client: Client, source: str) -> int:
 
 async def delete_one(client: Client, kind: str, namespace: str, name: str) -> None:
     ref = ObjectRef(name=name, namespace=namespace, object_kind=kind if kind in POLICY_KIND_NAMES else "")
-    result = await client.call(KIND_BY_NAME[kind].delete, ref, timeout=30)
+    result = await _waited(f"{kind} {name}", client.call(KIND_BY_NAME[kind].delete, ref, timeout=OBJECT_TIMEOUT))
     print(f"{result['kind'].lower()}/{result['name']} {result['action']}")
 
 

@@ -24,6 +24,7 @@ BPF_MAP_GET_NEXT_KEY = 4
 BPF_OBJ_GET = 7
 BPF_OBJ_GET_INFO_BY_FD = 15
 BPF_MAP_LOOKUP_BATCH = 24
+BPF_MAP_UPDATE_BATCH = 26
 
 BPF_ANY = 0
 BPF_NOEXIST = 1
@@ -129,6 +130,18 @@ def lookup_batch(fd: int, token, next_token, keys, values, count: int, first: bo
             return attr.count, True
         raise
     return attr.count, False
+
+
+def update_batch(fd: int, keys, values, count: int, flags: int = BPF_ANY) -> int:
+    """Write COUNT entries from the arrays KEYS and VALUES in one call. On an error the
+    OSError carries ``done``: how many were written before it."""
+    attr = _BatchAttr(keys=_addr(keys), values=_addr(values), count=count, map_fd=fd, elem_flags=flags)
+    try:
+        _bpf(BPF_MAP_UPDATE_BATCH, attr)
+    except OSError as exc:
+        exc.done = attr.count
+        raise
+    return attr.count
 
 
 def map_info(fd: int) -> MapInfo:

@@ -55,6 +55,7 @@ class PinnedMap(Generic[K, V]):
         self.key_type = key
         self.value_type = value
         self.percpu = percpu
+        self._batched = True          # until the kernel says it has no batch update for it
         try:
             self.fd = bpfsys.obj_get(str(path))
         except OSError as exc:
@@ -83,6 +84,51 @@ class PinnedMap(Generic[K, V]):
             if exc.errno in (errno.E2BIG, errno.ENOSPC):   # hash maps say E2BIG, LPM tries ENOSPC
                 raise MapFull(exc.errno, f"{self.path.name} is full") from None
             raise MapError(exc.errno, f"update {self.path.name}: {exc.strerror}") from None
+
+    # errnos that mean "this map type or kernel has no batch operations": one tight loop then
+    NO_BATCH = (errno.EINVAL, errno.EOPNOTSUPP, 524)       # 524: the kernel's ENOTSUPP
+
+    def update_many(self, pairs: list[tuple[K, V]]) -> None:
+        """Write every (key, value) of PAIRS: BPF_MAP_UPDATE_BATCH, BATCH_WRITE at a time,
+        where the kernel has it for this map, else one update per entry. Nothing is read.
+        On an error (MapFull when the map has no room) the exception's ``done`` says how
+        many of PAIRS, from the first, were written."""
+        if self.percpu:
+            raise TypeError("update_many is for maps that are not per-CPU")
+        done = 0
+        try:
+            for start in range(0, len(pairs), self.BATCH_WRITE):
+                chunk = pairs[start:start + self.BATCH_WRITE]
+                if not self._batched or not self._update_batch(chunk):
+                    for key, value in chunk:
+                        self.update(key, value)
+                        done += 1
+                else:
+                    done += len(chunk)
+        except MapError as exc:
+            exc.done = done + getattr(exc, "batch_done", 0)
+            raise
+
+    def _update_batch(self, chunk: list[tuple[K, V]]) -> bool:
+        """False (nothing written) when the kernel has no batch update for this map."""
+        keys = (self.key_type * len(chunk))(*(k for k, _ in chunk))
+        values = (self.value_type * len(chunk))(*(v for _, v in chunk))
+        try:
+            bpfsys.update_batch(self.fd, keys, values, len(chunk))
+        except OSError as exc:
+            if exc.errno in self.NO_BATCH and exc.done == 0:
+                self._batched = False
+                return False
+            cls = MapFull if exc.errno in (errno.E2BIG, errno.ENOSPC) else MapError
+            err = cls(exc.errno, f"batch update {self.path.name}: {exc.strerror}")
+            err.batch_done = exc.done
+            raise err from None
+        return True
+
+    def delete_many(self, keys: list[K]) -> int:
+        """Delete every key of KEYS (those not there are skipped); how many were there.
+        One loop of deletes: a batch delete stops at the first missing key."""
+        return sum(self.delete(key) for key in keys)
 
     def insert_zeroed(self, key: K) -> bool:
         """Insert KEY with a zero value (on every CPU, for a per-CPU map); False when KEY is
@@ -143,6 +189,7 @@ class PinnedMap(Generic[K, V]):
                 yield key, value
 
     BATCH = 1024
+    BATCH_WRITE = 4096
 
     def batches(self) -> Iterator[tuple[ct.Array, ct.Array, int]]:
         """Every entry of a (non-per-CPU) hash map, BATCH at a time, as (keys, values, n):

@@ -12,7 +12,7 @@ allow that a less specific deny of the same identity covers is written as a deny
 """
 from __future__ import annotations
 
-import ipaddress
+import bisect
 import zlib
 from dataclasses import dataclass
 
@@ -23,6 +23,7 @@ from services.datapath.numbers import (IDENTITY_HOST, IDENTITY_WORLD, POLICY_AUD
                                        POLICY_MATCH_L3_L4, POLICY_MATCH_L3_ONLY,
                                        POLICY_MATCH_L3_PROTO, POLICY_MATCH_L4_ONLY,
                                        POLICY_MATCH_PROTO_ONLY)
+from services.policyd import prefix
 from services.policyd.model import DIRECTIONS, EGRESS, Peer, Policy, PortRule, Rule, namespace_of
 
 PROTO_NUMBERS = {"TCP": 6, "UDP": 17, "SCTP": 132, "ICMP": 1}
@@ -59,7 +60,7 @@ def rule_table(policies: list[Policy]) -> dict[int, RuleInfo]:
     return {rule_id(p, r): RuleInfo(p.key, r.direction, r.deny, r.index) for p in policies for r in p.rules}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Endpoint:
     endpoint_id: int
     identity: int
@@ -73,11 +74,22 @@ class Universe:
         self.identities = identities
         self._resolved: dict[Peer, frozenset[int]] = {}   # valid while identities are unchanged
         self.pods = {i: labels for i, labels in identities.items() if namespace_of(labels) is not None}
-        self.cidrs = {}
+        self.cidrs: dict[int, str] = {}
         for i, labels in identities.items():
             for key in labels:
                 if key.startswith(CIDR_LABEL):
-                    self.cidrs[i] = ipaddress.IPv4Network(key[len(CIDR_LABEL):])
+                    self.cidrs[i] = key[len(CIDR_LABEL):]
+        # CIDR identities by first address: the ones inside a prefix are one slice of it, so
+        # resolving 100k ipBlock peers costs 100k bisections, not 100k scans of every CIDR.
+        self._by_start = sorted((*prefix.bounds(c)[::2], i) for i, c in self.cidrs.items())
+        self._starts = [start for start, _, _ in self._by_start]
+
+    def cidrs_within(self, cidr: str) -> list[tuple[int, int, int]]:
+        """(first address, prefix length, identity) of every CIDR identity inside CIDR."""
+        first, last, plen = prefix.bounds(cidr)
+        lo = bisect.bisect_left(self._starts, first)
+        hi = bisect.bisect_right(self._starts, last)
+        return [c for c in self._by_start[lo:hi] if c[1] >= plen]
 
     def resolve(self, peer: Peer) -> frozenset[int]:
         """Identity numbers PEER selects; 0 means any peer."""
@@ -95,14 +107,21 @@ class Universe:
         if peer.entity == "cluster":
             return {IDENTITY_HOST, *self.pods}
         if peer.cidr is not None:
-            net = ipaddress.IPv4Network(peer.cidr)
-            excepts = [ipaddress.IPv4Network(e) for e in peer.except_]
-            out = {i for i, c in self.cidrs.items()
-                   if c.subnet_of(net) and not any(c.subnet_of(e) for e in excepts)}
-            if net.prefixlen == 0 and not excepts:
+            carved = {i for e in peer.except_ for _, _, i in self.cidrs_within(e)}
+            out = {i for _, _, i in self.cidrs_within(peer.cidr) if i not in carved}
+            if prefix.bounds(peer.cidr)[2] == 0 and not peer.except_:
                 out.add(IDENTITY_WORLD)
             return out
         return {i for i, labels in self.pods.items() if peer.matches_pod(labels)}
+
+
+def names_as_peer(policy: Policy, identity_labels: dict[str, str]) -> bool:
+    """Can one of POLICY's rules select a pod identity with IDENTITY_LABELS as its peer?
+    (Only such policies' endpoints have entries that a pod identity coming or going changes:
+    a rule without peers is written for identity 0, entities and CIDRs never name pods
+    except "cluster".)"""
+    return any(peer.entity == "cluster" or peer.matches_pod(identity_labels)
+               for rule in policy.rules for peer in rule.peers)
 
 
 def port_blocks(first: int, last: int) -> list[tuple[int, int]]:
@@ -216,8 +235,12 @@ def _direction_entries(ep: Endpoint, egress: bool, direction: str, selecting: li
                     raise TooManyEntries(f"endpoint {ep.endpoint_id}: more than {limit} policy entries")
     out = dict(denies)
     order = {key: i for i, key in enumerate(denies)}
+    denied = {key.identity for key in denies}
     for key, value in allows.items():
         if key in denies:
+            continue
+        if key.identity not in denied:       # only a deny of the same identity can cover it
+            out[key] = value
             continue
         # The first deny (in rule order) whose prefix contains KEY: at most 19 lookups per
         # allow, where scanning every deny made a large policy quadratic under policyd's lock.

@@ -21,7 +21,7 @@ RESERVED = {
 FIRST_ALLOCATED = 256
 MAX_IDENTITY = 0xFFFF
 FIRST_LOCAL = 1 << 24          # node-local identities (CIDRs), as Cilium's local scope
-MAX_LOCAL = FIRST_LOCAL + 0xFFFF
+MAX_LOCAL = FIRST_LOCAL + 0xFFFFFF    # 16M, as Cilium's local scope: a CIDR allow-list of 100k fits
 
 
 class IdentitiesExhausted(Exception):
@@ -32,7 +32,7 @@ def labels_key(labels: dict[str, str]) -> str:
     return ";".join(f"{k}={v}" for k, v in sorted(labels.items()))
 
 
-@dataclass
+@dataclass(slots=True)
 class Entry:
     id: int
     labels: dict[str, str]
@@ -43,6 +43,11 @@ class IdentityAllocator:
     def __init__(self) -> None:
         self.by_id: dict[int, Entry] = {}
         self._by_labels: dict[str, int] = {}
+        # Where each range's search for a free number starts: every number below it is taken
+        # (release() moves it back). Scanning from the range's start each time made
+        # allocating N CIDR identities cost N^2 / 2 lookups.
+        self._free_from = {False: FIRST_ALLOCATED, True: FIRST_LOCAL}
+        self.generation = 0            # goes up with every identity added or removed
 
     def copy(self) -> IdentityAllocator:
         """An allocator that changes independently of this one: allocate() and release()
@@ -52,9 +57,11 @@ class IdentityAllocator:
         out = IdentityAllocator()
         out.by_id = {i: Entry(e.id, e.labels, set(e.owners)) for i, e in self.by_id.items()}
         out._by_labels = dict(self._by_labels)
+        out._free_from = dict(self._free_from)
         return out
 
     def restore(self, entry: Entry) -> None:
+        self.generation += 1
         self.by_id[entry.id] = entry
         self._by_labels[labels_key(entry.labels)] = entry.id
 
@@ -67,10 +74,11 @@ class IdentityAllocator:
             entry.owners.add(owner)
             return entry, False
         first, last = (FIRST_LOCAL, MAX_LOCAL) if local else (FIRST_ALLOCATED, MAX_IDENTITY)
-        for candidate in range(first, last + 1):
+        for candidate in range(max(first, self._free_from[local]), last + 1):
             if candidate not in self.by_id:
                 entry = Entry(candidate, dict(labels), {owner})
                 self.restore(entry)
+                self._free_from[local] = candidate + 1
                 return entry, True
         raise IdentitiesExhausted(f"no free identity between {first} and {last}")
 
@@ -82,6 +90,9 @@ class IdentityAllocator:
         entry.owners.discard(owner)
         if entry.owners:
             return None
+        self.generation += 1
         del self.by_id[identity]
         del self._by_labels[labels_key(entry.labels)]
+        local = identity >= FIRST_LOCAL
+        self._free_from[local] = min(self._free_from[local], identity)
         return entry

@@ -78,7 +78,7 @@ def namespace_labels_of(identity_labels: dict[str, str]) -> dict[str, str]:
     return {f"{SOURCE}:{k[len(prefix):]}": v for k, v in identity_labels.items() if k.startswith(prefix)}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Peer:
     """Who is on the other side of a rule. Exactly one of the three forms is set:
 

@@ -18,7 +18,6 @@ never plans from state it could not read.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,8 @@ from prometheus_client import Counter, Gauge
 
 from services.datapath import loader
 from services.datapath.maps.policy import PolicyMap
-from services.policyd.compiler import CIDR_LABEL, Endpoint, Universe, rule_id, rule_table
+from services.policyd import cidrs
+from services.policyd.compiler import CIDR_LABEL, Endpoint, Universe, names_as_peer, rule_id, rule_table
 from services.policyd.enforcer import Enforcer, PolicyMapFull
 from services.policyd.identity import RESERVED, Entry, IdentitiesExhausted, IdentityAllocator
 from services.policyd.model import Policy
@@ -37,30 +37,19 @@ from services.policyd.stored import load as load_stored
 from services.runtime.bus import ServiceError
 from services.wire import codec, subjects
 from services.wire.messages import (EXHAUSTED, INVALID, NOT_FOUND, Apply, EndpointPolicy, Identity,
-                                    IdentityAllocate, IdentityRelease, IpcacheDelete, IpcacheUpsert,
-                                    ListRequest, ObjectRef, PolicyApplied, PolicyRule)
+                                    IdentityAllocate, IdentityRelease, ListRequest, ObjectRef,
+                                    PolicyApplied, PolicyRule)
+
+IPCACHE_TIMEOUT = 60.0      # seconds for one ipcache.batch request (IPCACHE_BATCH_MAX prefixes)
+STAGE_ATTEMPTS = 3          # stagings of a policy change outside the lock before one under it
 
 
 def _wire(entry: Entry) -> Identity:
     return Identity(entry.id, dict(entry.labels), sorted(entry.owners))
 
 
-def _cidr(entry: Entry) -> str:
-    return next(lbl[len(CIDR_LABEL):] for lbl in entry.labels if lbl.startswith(CIDR_LABEL))
-
-
 def kv_key(policy_key: str) -> str:
     return re.sub(r"[^-_=.a-zA-Z0-9]", ".", policy_key.replace("/", "."))
-
-
-def cidrs_of(policy: Policy) -> set[str]:
-    out = set()
-    for rule in policy.rules:
-        for peer in rule.peers:
-            if peer.cidr is not None:
-                out.add(str(ipaddress.IPv4Network(peer.cidr)))
-                out.update(str(ipaddress.IPv4Network(e)) for e in peer.except_)
-    return out
 
 
 class PolicyService(Service):
@@ -91,8 +80,9 @@ class PolicyService(Service):
         await b.serve(subjects.IDENTITY_ALLOCATE, IdentityAllocate, self.allocate)
         await b.serve(subjects.IDENTITY_RELEASE, IdentityRelease, self.release)
         await b.serve(subjects.IDENTITY_LIST, ListRequest, self.list_identities)
-        await b.serve(subjects.POLICY_APPLY, Apply, self.apply_policy)
-        await b.serve(subjects.POLICY_DELETE, ObjectRef, self.delete_policy)
+        # Concurrent: a large apply must not hold up small ones to other policies (_change).
+        await b.serve(subjects.POLICY_APPLY, Apply, self.apply_policy, concurrent=True)
+        await b.serve(subjects.POLICY_DELETE, ObjectRef, self.delete_policy, concurrent=True)
         await b.serve(subjects.POLICY_LIST, ListRequest, self.list_policies)
         await b.serve(subjects.POLICY_ENTRIES, EndpointPolicy, self.endpoint_entries)
         await b.serve(subjects.POLICY_ENDPOINT_SYNC, EndpointPolicy, self.endpoint_sync)
@@ -112,7 +102,8 @@ class PolicyService(Service):
                                  endpoints_in_map=len(self.enforcer.state))
             diffs, _total = self.enforcer.plan(list(self.policies.values()), self._universe(), only=only)
             self._write(diffs)
-            await self._announce(self._cidr_entries(self.identities).values())
+            await cidrs.announce(self.bus, list(cidrs.cidr_entries(self.identities).values()), [],
+                                 IPCACHE_TIMEOUT)
 
     async def _load(self) -> dict[int, Endpoint]:
         """Identities, policies and the endpoint record from KV (raises StateUnreadable,
@@ -121,9 +112,17 @@ class PolicyService(Service):
         identities = await self.bus.kv_items(self.kv_ids)
         stored = await self.bus.kv_items(self.kv_policies)
         endpoints = await self.bus.kv_items(self.kv_endpoints)
-        for raw in identities.values():
+        self._legacy_cidr_keys: list[str] = []        # CIDR identities stored one a key, moved to shards
+        self._version = 0              # goes up with every change a staged policy change depends on
+        self._universe_of: tuple[IdentityAllocator, int, Universe] | None = None
+        for key, raw in identities.items():
+            if key.startswith(cidrs.SHARD_PREFIX):
+                cidrs.restore(self.identities, key, raw)
+                continue
             ident = Identity.from_wire(raw)
             self.identities.restore(Entry(ident.id, ident.labels, set(ident.owners)))
+            if any(label.startswith(CIDR_LABEL) for label in ident.labels):
+                self._legacy_cidr_keys.append(key)
         universe = self._universe()
         for key, raw in sorted(stored.items()):
             loaded = load_stored(key, raw, universe)
@@ -162,9 +161,17 @@ class PolicyService(Service):
         self.broken_gauge.set(len(self.broken))
 
     def _universe(self) -> Universe:
-        return Universe({i: e.labels for i, e in self.identities.by_id.items()})
+        """The Universe of the identities in force, built again only when they changed (an
+        allocator swapped in, or an identity added or removed): its peer resolutions are
+        reused across plans, as for each of 1,000 pods' endpoint syncs."""
+        cached = getattr(self, "_universe_of", None)
+        if cached is None or cached[0] is not self.identities or cached[1] != self.identities.generation:
+            universe = Universe({i: e.labels for i, e in self.identities.by_id.items()})
+            self._universe_of = (self.identities, self.identities.generation, universe)
+        return self._universe_of[2]
 
     def _write(self, diffs) -> tuple[int, int]:
+        self._version += 1
         written, removed = self.enforcer.apply(diffs)
         self.writes.labels("write").inc(written)
         self.writes.labels("delete").inc(removed)
@@ -182,62 +189,55 @@ class PolicyService(Service):
         if not req.labels:
             raise ServiceError(INVALID, "labels: an identity needs at least one label")
         async with self._lock:
+            self._version += 1         # what a staged policy change planned against
             try:
                 entry, created = self.identities.allocate(req.labels, req.owner)
             except IdentitiesExhausted as exc:
                 raise ServiceError(EXHAUSTED, str(exc)) from None
-            await self._persist_identity(entry, entry.id)
             if created:
                 # Other endpoints' rules may select the new identity: in force before it exists.
-                diffs, _ = self.enforcer.plan(list(self.policies.values()), self._universe())
+                try:
+                    diffs, total = self._plan_peer(entry.labels)
+                    self.enforcer.check_capacity(total)
+                except PolicyMapFull as exc:
+                    self.identities.release(entry.id, req.owner)
+                    raise ServiceError(EXHAUSTED, str(exc)) from None
+            await self._persist_identity(entry, entry.id)
+            if created:
                 self._write(diffs)
         self._gauges()
         return _wire(entry)
 
     async def release(self, req: IdentityRelease) -> dict:
         async with self._lock:
+            self._version += 1         # what a staged policy change planned against
             gone = self.identities.release(req.identity, req.owner)
             await self._persist_identity(self.identities.by_id.get(req.identity), req.identity)
             if gone is not None:
-                diffs, _ = self.enforcer.plan(list(self.policies.values()), self._universe())
+                try:
+                    diffs, _ = self._plan_peer(gone.labels)
+                except PolicyMapFull as exc:       # the identity is gone; its entries stay till the next plan
+                    raise ServiceError(EXHAUSTED, str(exc)) from None
                 self._write(diffs)
         self._gauges()
         return {"released": gone is not None}
+
+    def _plan_peer(self, labels: dict[str, str]):
+        """The plan after a pod identity with LABELS came or went: only the endpoints of
+        policies that can name it as a peer are compiled again (all of them made creating
+        1,000 pods cost 1,000 x 1,000 compiles)."""
+        naming = [p for p in self.policies.values() if names_as_peer(p, labels)]
+        return self.enforcer.plan(list(self.policies.values()), self._universe(), changed=naming)
 
     async def list_identities(self, _req: ListRequest) -> list[Identity]:
         reserved = [Identity(i, {name: ""}) for i, name in RESERVED.items()]
         return reserved + [_wire(e) for _, e in sorted(self.identities.by_id.items())]
 
-    def _cidr_entries(self, allocator: IdentityAllocator) -> dict[str, Entry]:
-        return {lbl[len(CIDR_LABEL):]: e for e in allocator.by_id.values()
-                for lbl in e.labels if lbl.startswith(CIDR_LABEL)}
-
-    def _resolve_cidrs(self, allocator: IdentityAllocator, policies: dict[str, Policy]
-                       ) -> tuple[list[Entry], list[Entry]]:
-        """Give ALLOCATOR one local identity per CIDR POLICIES name and release the rest.
-        Returns (released, created). Pure: the caller persists and announces."""
-        wanted = set().union(*(cidrs_of(p) for p in policies.values())) if policies else set()
-        have = self._cidr_entries(allocator)
-        released = [have[c] for c in sorted(set(have) - wanted)]
-        for entry in released:
-            allocator.release(entry.id, "policies")
-        created = []
-        for cidr in sorted(wanted - set(have)):
-            entry, _ = allocator.allocate({f"{CIDR_LABEL}{cidr}": ""}, "policies", local=True)
-            created.append(entry)
-        return released, created
-
     async def _sync_cidr_identities(self) -> None:
-        released, created = self._resolve_cidrs(self.identities, self.policies)
-        for entry in released:
-            await self.bus.request(subjects.IPCACHE_DELETE, IpcacheDelete(_cidr(entry), "cidr-policy"))
-            await self._persist_identity(None, entry.id)
-        for entry in created:
-            await self._persist_identity(entry, entry.id)
-
-    async def _announce(self, entries) -> None:
-        for entry in entries:
-            await self.bus.request(subjects.IPCACHE_UPSERT, IpcacheUpsert(_cidr(entry), entry.id, "cidr-policy"))
+        released, created = cidrs.resolve(self.identities, self.policies)
+        await cidrs.announce(self.bus, [], released, IPCACHE_TIMEOUT)
+        await cidrs.persist(self.kv_ids, self.identities, released + created, self._legacy_cidr_keys)
+        self._legacy_cidr_keys = []
 
     # ---- policies -----------------------------------------------------------------------------
 
@@ -246,7 +246,7 @@ class PolicyService(Service):
         the old and new versions of what differs: only endpoints they select are
         recompiled, unless the set of CIDR identities changes (then every endpoint is)."""
         trial = self.identities.copy()
-        released, created = self._resolve_cidrs(trial, policies)
+        released, created = cidrs.resolve(trial, policies)
         universe = Universe({i: e.labels for i, e in trial.by_id.items()})
         try:
             diffs, total = self.enforcer.plan(list(policies.values()), universe,
@@ -257,25 +257,24 @@ class PolicyService(Service):
         return _Staged(policies, trial, released, created, diffs)
 
     async def _commit(self, staged: "_Staged") -> tuple[int, int]:
-        """Put a staged change in force; the policy itself is already in KV."""
+        """Put a staged change in force, all but announcing its new CIDR identities (the
+        caller's next step); the policy itself is already in KV."""
         # Removed CIDRs leave the ipcache before their entries go; new ones join it after.
-        for entry in staged.released:
-            await self.bus.request(subjects.IPCACHE_DELETE, IpcacheDelete(_cidr(entry), "cidr-policy"))
-            await self._persist_identity(None, entry.id)
-        for entry in staged.created:
-            await self._persist_identity(entry, entry.id)
+        await cidrs.announce(self.bus, [], staged.released, IPCACHE_TIMEOUT)
+        await cidrs.persist(self.kv_ids, staged.identities, staged.released + staged.created,
+                            self._legacy_cidr_keys)
+        self._legacy_cidr_keys = []
         self.identities, self.policies = staged.identities, staged.policies
-        written, removed = self._write(staged.diffs)
-        await self._announce(staged.created)
-        return written, removed
+        self._version += 1
+        return await asyncio.to_thread(self._write, staged.diffs)
 
     async def apply_policy(self, req: Apply) -> PolicyApplied:
         try:
-            parsed = parse_policy(req.document)
+            parsed = await asyncio.to_thread(parse_policy, req.document)
         except PolicyError as exc:
             raise ServiceError(INVALID, str(exc)) from None
         policy = parsed.policy
-        async with self._lock:
+        async with self._policy_lock(policy.key):
             current = self.policies.get(policy.key)
             if current is not None and req.create_only:
                 raise ServiceError("exists", f"{policy.kind} {policy.key} already exists")
@@ -284,10 +283,14 @@ class PolicyService(Service):
                 return PolicyApplied(policy.kind, policy.name, policy.namespace, "unchanged",
                                      entry.revision, parsed.warnings)
             changed = [policy] + ([current] if current is not None else [])
-            staged = self._stage({**self.policies, policy.key: policy}, changed)
-            revision = await self.kv_policies.put(kv_key(policy.key), codec.encode(policy.document))
-            self.broken.pop(policy.key, None)
-            written, removed = await self._commit(staged)
+
+            async def store() -> int:
+                revision = await self.kv_policies.put(kv_key(policy.key), codec.encode(policy.document))
+                self.broken.pop(policy.key, None)
+                return revision
+
+            revision, written, removed = await self._change(
+                lambda: {**self.policies, policy.key: policy}, changed, store)
         self._gauges()
         self.log.info("policy applied", policy=policy.key, written=written, removed=removed)
         return PolicyApplied(policy.kind, policy.name, policy.namespace,
@@ -302,17 +305,59 @@ class PolicyService(Service):
         raise ServiceError(NOT_FOUND, f'policy "{req.namespace + "/" if req.namespace else ""}{req.name}" not found')
 
     async def delete_policy(self, req: ObjectRef) -> PolicyApplied:
-        async with self._lock:
+        async with self._policy_lock(self._find(req).key):
             policy = self._find(req)
-            rest = {k: p for k, p in self.policies.items() if k != policy.key}
-            staged = self._stage(rest, [policy])
-            stored_at = self.broken.get(policy.key, (kv_key(policy.key), ""))[0]
-            revision = await self.kv_policies.delete(stored_at)
-            self.broken.pop(policy.key, None)
-            written, removed = await self._commit(staged)
+
+            async def store() -> int:
+                revision = await self.kv_policies.delete(self.broken.get(policy.key, (kv_key(policy.key), ""))[0])
+                self.broken.pop(policy.key, None)
+                return revision or 0
+
+            revision, written, removed = await self._change(
+                lambda: {k: p for k, p in self.policies.items() if k != policy.key}, [policy], store)
         self._gauges()
-        return PolicyApplied(policy.kind, policy.name, policy.namespace, "deleted", revision or 0, [],
+        return PolicyApplied(policy.kind, policy.name, policy.namespace, "deleted", revision, [],
                              written, removed)
+
+    # ---- one policy change, without holding up the others -----------------------------------
+
+    def _policy_lock(self, key: str) -> asyncio.Lock:
+        """The lock of one policy key: its applies and deletes run one at a time, in arrival
+        order. Lock order: a policy's lock, then self._lock (never the other way round)."""
+        locks = self.__dict__.setdefault("_policy_locks", {})
+        return locks.setdefault(key, asyncio.Lock())
+
+    async def _change(self, wanted, changed: list[Policy], store) -> tuple[int, int, int]:
+        """Put WANTED() (the policies with this change) in force: staged (compiled, checked)
+        on a worker thread without self._lock, so that other requests go on meanwhile; then,
+        under self._lock, STORE() writes KV and the change is committed, if nothing was
+        committed since it was staged (else it is staged again; after STAGE_ATTEMPTS, under
+        the lock). New CIDR identities join the ipcache after the lock is let go: the
+        policy's own lock still keeps its next change behind that."""
+        result = None
+        for _ in range(STAGE_ATTEMPTS):
+            version = self._version
+            try:
+                staged = await asyncio.to_thread(self._stage, wanted(), changed)
+            except RuntimeError:          # state changed under the worker's feet: stage again
+                continue
+            await cidrs.check_room(self.bus, staged.created, IPCACHE_TIMEOUT)
+            async with self._lock:
+                if self._version == version:
+                    result = await self._commit_staged(staged, store)
+                    break
+        if result is None:
+            async with self._lock:
+                staged = self._stage(wanted(), changed)
+                await cidrs.check_room(self.bus, staged.created, IPCACHE_TIMEOUT)
+                result = await self._commit_staged(staged, store)
+        await cidrs.announce(self.bus, staged.created, [], IPCACHE_TIMEOUT)
+        return result
+
+    async def _commit_staged(self, staged: "_Staged", store) -> tuple[int, int, int]:
+        revision = await store()
+        written, removed = await self._commit(staged)
+        return revision, written, removed
 
     async def list_policies(self, _req: ListRequest) -> list[dict]:
         return [p.document for _, p in sorted(self.policies.items())]
@@ -329,6 +374,7 @@ class PolicyService(Service):
         restores at its start): record it in KV, then write its entries."""
         ep = Endpoint(req.endpoint_id, req.identity, req.audit)
         async with self._lock:
+            self._version += 1         # what a staged policy change planned against
             record = self.enforcer.endpoints
             before = record.get(ep.endpoint_id)
             record[ep.endpoint_id] = ep
@@ -349,6 +395,7 @@ class PolicyService(Service):
     async def endpoint_forget(self, req: EndpointPolicy) -> dict:
         """endpointd removed an endpoint: drop it from the record in KV, then its entries."""
         async with self._lock:
+            self._version += 1         # what a staged policy change planned against
             record = self.enforcer.endpoints
             if req.endpoint_id in record:
                 await self.kv_endpoints.delete(str(req.endpoint_id))

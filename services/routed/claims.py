@@ -31,6 +31,11 @@ def rank(source: str) -> int:
 class Claims:
     def __init__(self) -> None:
         self._by_cidr: dict[str, dict[str, Claim]] = {}
+        self._multi: set[str] = set()          # prefixes more than one source claims
+
+    def __len__(self) -> int:
+        """Prefixes claimed: the entries the map holds (one per prefix, the winner's)."""
+        return len(self._by_cidr)
 
     def winner(self, cidr: str) -> Claim | None:
         """The claim in force for CIDR (what the map must hold), or None."""
@@ -47,13 +52,18 @@ class Claims:
 
     def claim(self, cidr: str, source: str, identity: int, tunnel_endpoint: str = "") -> Claim:
         """Record SOURCE's claim on CIDR; returns the claim now in force."""
-        self._by_cidr.setdefault(cidr, {})[source] = Claim(source, identity, tunnel_endpoint)
+        claims = self._by_cidr.setdefault(cidr, {})
+        claims[source] = Claim(source, identity, tunnel_endpoint)
+        if len(claims) > 1:
+            self._multi.add(cidr)
         return self.winner(cidr)
 
     def release(self, cidr: str, source: str) -> Claim | None:
         """Drop SOURCE's claim on CIDR; returns the claim now in force, or None."""
         claims = self._by_cidr.get(cidr, {})
         claims.pop(source, None)
+        if len(claims) < 2:
+            self._multi.discard(cidr)
         if not claims:
             self._by_cidr.pop(cidr, None)
         return self.winner(cidr)
@@ -65,7 +75,7 @@ class Claims:
         """Every claim not in force, as (cidr, source, identity), with the tunnel endpoint
         after them when there is one: what the map cannot show."""
         out = []
-        for cidr in sorted(self._by_cidr):
+        for cidr in sorted(self._multi):
             top = self.winner(cidr)
             for s, c in sorted(self._by_cidr[cidr].items()):
                 if s != top.source:

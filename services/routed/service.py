@@ -28,8 +28,8 @@ from services.routed.router import ensure_router
 from services.runtime.app import Service
 from services.runtime.bus import ServiceError
 from services.wire import subjects
-from services.wire.messages import (EXHAUSTED, INVALID, IpcacheDelete, IpcacheEntry,
-                                    IpcacheUpsert, ListRequest)
+from services.wire.messages import (EXHAUSTED, INVALID, IPCACHE_BATCH_MAX, IpcacheBatch, IpcacheBatchDone,
+                                    IpcacheDelete, IpcacheEntry, IpcacheUpsert, ListRequest)
 
 # Sources, stored in ipcache_info.flags.
 SOURCES = {"reserved": 1, "node": 2, "endpoint": 3, "cidr-policy": 4, "remote": 5}
@@ -67,6 +67,7 @@ class RoutedService(Service):
         await self.bus.serve(subjects.IPCACHE_UPSERT, IpcacheUpsert, self.upsert)
         await self.bus.serve(subjects.IPCACHE_DELETE, IpcacheDelete, self.delete)
         await self.bus.serve(subjects.IPCACHE_LIST, ListRequest, self.list)
+        await self.bus.serve(subjects.IPCACHE_BATCH, IpcacheBatch, self.batch)
 
     async def stop(self) -> None:
         if hasattr(self, "_refresher"):
@@ -75,7 +76,7 @@ class RoutedService(Service):
             self.worker.close()
 
     async def counters(self) -> dict[str, int]:
-        return {"ipcache_entries": len(self.ipcache.all()), "ipcache_capacity": self.config.maps.ipcache}
+        return {"ipcache_entries": len(self.claims), "ipcache_capacity": self.config.maps.ipcache}
 
     # ---- claims: every source's, the highest in the map -----------------------------------------
 
@@ -151,7 +152,7 @@ class RoutedService(Service):
         for cidr in current - wanted:
             self._set(cidr, "node", None)
         self._save_shadowed()
-        self.entries_gauge.set(len(self.ipcache.all()))
+        self.entries_gauge.set(len(self.claims))
 
     async def _refresh_loop(self) -> None:
         while True:
@@ -220,7 +221,7 @@ class RoutedService(Service):
                 raise ServiceError(EXHAUSTED, f"ipcache map is full ({self.config.maps.ipcache} entries, "
                                               "maps.ipcache in the node config)") from None
             self._save_shadowed()
-            self.entries_gauge.set(len(self.ipcache.all()))
+            self.entries_gauge.set(len(self.claims))
         return IpcacheEntry(cidr, now.identity, now.source)
 
     async def delete(self, req: IpcacheDelete) -> dict:
@@ -234,16 +235,91 @@ class RoutedService(Service):
             if req.source in claims:
                 self._set(cidr, req.source, None)
                 self._save_shadowed()
-            self.entries_gauge.set(len(self.ipcache.all()))
+            self.entries_gauge.set(len(self.claims))
         return {"removed": req.source in claims}
+
+    async def batch(self, req: IpcacheBatch) -> IpcacheBatchDone:
+        """One source's claims on many prefixes: checked whole first (a bad prefix or a map
+        that could not hold the result changes nothing), then written in map batches. The
+        count of entries comes from the claims (one map entry per claimed prefix)."""
+        cidrs, released = _batch_input(req)
+        async with self._lock:
+            gone = {c for c in released if set(self.claims.sources(c)) == {req.source}} - set(cidrs)
+            new = {c for c in cidrs if not self.claims.sources(c)}
+            after = len(self.claims) - len(gone) + len(new)
+            capacity = self.config.maps.ipcache
+            if after > capacity:
+                raise ServiceError(EXHAUSTED, f"ipcache map is full: {after} entries needed, room for {capacity} "
+                                              "(maps.ipcache in the node config); nothing was changed")
+            if req.check:
+                return IpcacheBatchDone(len(new), len(gone), len(self.claims), capacity)
+            let_go = self._claim_many(req.source, list(zip(cidrs, req.identities)), released)
+            self._save_shadowed()
+            self.entries_gauge.set(len(self.claims))
+        return IpcacheBatchDone(len(cidrs), let_go, len(self.claims), capacity)
+
+    def _claim_many(self, source: str, claims: list[tuple[str, int]], released: list[str]) -> int:
+        """Release SOURCE's claims on RELEASED, then make CLAIMS; the map follows the winners.
+        On a map error the claims, and as far as they can be, the map entries are as before."""
+        before: dict[str, Claim | None] = {}
+        undo: list[tuple[str, Claim | None]] = []
+        let_go = 0
+        for cidr in released:
+            old = self.claims.get(cidr, source)
+            if old is not None:
+                before.setdefault(cidr, self.claims.winner(cidr))
+                undo.append((cidr, old))
+                self.claims.release(cidr, source)
+                let_go += 1
+        for cidr, identity in claims:
+            before.setdefault(cidr, self.claims.winner(cidr))
+            undo.append((cidr, self.claims.get(cidr, source)))
+            self.claims.claim(cidr, source, identity)
+        try:
+            self._write_many({c: (b, self.claims.winner(c)) for c, b in before.items()})
+        except BaseException:
+            for cidr, old in reversed(undo):
+                if old is None:
+                    self.claims.release(cidr, source)
+                else:
+                    self.claims.claim(cidr, source, old.identity, old.tunnel_endpoint)
+            self._write_many({c: (self.claims.winner(c), b) for c, b in before.items()})
+            raise
+        return let_go
+
+    def _write_many(self, changes: dict[str, tuple[Claim | None, Claim | None]]) -> None:
+        """Each prefix's map entry from its BEFORE to its AFTER claim: removals, then writes."""
+        self.ipcache.delete_many([c for c, (b, a) in changes.items() if a is None and b is not None])
+        try:
+            self.ipcache.upsert_many([(c, a.identity, SOURCES[a.source], a.tunnel_endpoint)
+                                      for c, (b, a) in changes.items() if a is not None and a != b])
+        except MapFull:
+            raise ServiceError(EXHAUSTED, f"ipcache map is full ({self.config.maps.ipcache} entries, "
+                                          "maps.ipcache in the node config)") from None
 
     async def list(self, _req: ListRequest) -> list[IpcacheEntry]:
         return [IpcacheEntry(cidr, c.identity, c.source, c.tunnel_endpoint)
                 for cidr, c in sorted(self._entries().items())]
 
 
-def _cidr(text: str) -> str:
+def _batch_input(req: IpcacheBatch) -> tuple[list[str], list[str]]:
+    """REQ's prefixes to claim and to release, canonical; ServiceError naming the field."""
+    if req.source not in ("endpoint", "cidr-policy"):
+        raise ServiceError(INVALID, f"source: {req.source!r} is not endpoint or cidr-policy")
+    if len(req.cidrs) != len(req.identities):
+        raise ServiceError(INVALID, f"identities: {len(req.identities)} for {len(req.cidrs)} cidrs")
+    if len(req.cidrs) + len(req.released) > IPCACHE_BATCH_MAX:
+        raise ServiceError(INVALID, f"cidrs: {len(req.cidrs) + len(req.released)} prefixes is over the "
+                                    f"limit of {IPCACHE_BATCH_MAX} in one request (send several)")
+    for i, identity in enumerate(req.identities):
+        if identity <= 0:
+            raise ServiceError(INVALID, f"identities[{i}]: {identity} is out of range")
+    return [_cidr(c, f"cidrs[{i}]") for i, c in enumerate(req.cidrs)], \
+        [_cidr(c, f"released[{i}]") for i, c in enumerate(req.released)]
+
+
+def _cidr(text: str, field: str = "cidr") -> str:
     try:
         return str(ipaddress.IPv4Network(text, strict=True))
     except ValueError as exc:
-        raise ServiceError(INVALID, f"cidr: {exc}") from None
+        raise ServiceError(INVALID, f"{field}: {exc}") from None

@@ -23,7 +23,7 @@ from nats.js.errors import BucketNotFoundError, Error as JetStreamError, KeyNotF
 from nats.js.kv import KeyValue
 
 from services.wire import codec, subjects
-from services.wire.messages import (INTERNAL, INVALID, UNAVAILABLE, Message, SchemaError,
+from services.wire.messages import (EXHAUSTED, INTERNAL, INVALID, UNAVAILABLE, Message, SchemaError,
                                     error_reply, ok_reply)
 
 if TYPE_CHECKING:       # services pass their metrics in; a client (the CNI plugin) need not import prometheus
@@ -99,6 +99,7 @@ class Bus:
         self.js = nc.jetstream()
         self.metrics = metrics
         self._subs: list = []
+        self._handling: set[asyncio.Task] = set()      # requests of concurrent subjects in progress
         self._on_reconnect: list[Callable[[], Awaitable[None]]] = []
         self.lost = asyncio.Event()     # a one-shot client (retry=False) lost its connection
 
@@ -176,8 +177,11 @@ class Bus:
         """Run CALLBACK after every reconnect: KV watchers are re-listed and reconciled there."""
         self._on_reconnect.append(callback)
 
-    async def serve(self, subject: str, schema: type[Message] | None, handler: Handler) -> None:
-        """Answer requests on SUBJECT; SCHEMA validates the body (None: body ignored)."""
+    async def serve(self, subject: str, schema: type[Message] | None, handler: Handler,
+                    concurrent: bool = False) -> None:
+        """Answer requests on SUBJECT; SCHEMA validates the body (None: body ignored).
+        One request at a time, in arrival order, unless CONCURRENT: then each request is
+        handled as its own task as it arrives (the handler does its own locking)."""
 
         async def on_msg(msg) -> None:
             started = time.perf_counter()
@@ -201,9 +205,18 @@ class Bus:
             if not reply["ok"]:
                 log.info("request refused", subject=subject, **reply["error"])
             if msg.reply:
-                await msg.respond(codec.encode(reply))
+                data = codec.encode(reply)
+                if len(data) > self.nc.max_payload:        # would never arrive: say so instead
+                    data = codec.encode(error_reply(EXHAUSTED, f"the answer on {subject} is {len(data)} bytes, "
+                                                               f"over the bus's limit of {self.nc.max_payload}"))
+                await msg.respond(data)
 
-        self._subs.append(await self.nc.subscribe(subject, cb=on_msg))
+        async def spawn(msg) -> None:
+            task = asyncio.create_task(on_msg(msg))
+            self._handling.add(task)
+            task.add_done_callback(self._handling.discard)
+
+        self._subs.append(await self.nc.subscribe(subject, cb=spawn if concurrent else on_msg))
 
     async def listen(self, subject: str, schema: type[Message], handler: Handler) -> None:
         """Consume events on SUBJECT; a bad event is logged and dropped, never fatal."""

@@ -21,8 +21,10 @@ from typing import Annotated, Any, BinaryIO
 import yaml
 
 MAX_DEPTH = 64                     # nested maps and lists in one document
-MAX_NODES = 200_000                # maps, lists and scalars in one document
-MAX_TEXT_BYTES = 4 * 1024 * 1024   # one manifest or config file
+# A NetworkPolicy allowing 100,000 ipBlock peers (a documented limit, see README "Limits")
+# is about 400,000 values and 4 MB of YAML; these leave room above it.
+MAX_NODES = 1_000_000              # maps, lists and scalars in one document
+MAX_TEXT_BYTES = 16 * 1024 * 1024  # one manifest or config file
 MAX_INT_DIGITS = 40                # a YAML/JSON integer literal (u64 needs 20)
 
 

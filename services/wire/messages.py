@@ -333,6 +333,34 @@ class IpcacheDelete(Message):
     source: str
 
 
+IPCACHE_BATCH_MAX = 16384       # prefixes in one ipcache.batch request (a few hundred KB)
+
+
+@dataclass(frozen=True)
+class IpcacheBatch(Message):
+    """ipcache.batch: one source's claims on many prefixes in one request. ``released``
+    prefixes are given up first, then ``cidrs[i]`` is claimed as ``identities[i]``; at most
+    IPCACHE_BATCH_MAX of both together. check: answer whether it fits, change nothing."""
+
+    KIND = "ipcache.batch"
+    source: str
+    cidrs: list[str] = field(default_factory=list)
+    identities: list[IDENTITY] = field(default_factory=list)
+    released: list[str] = field(default_factory=list)
+    check: bool = False
+
+
+@dataclass(frozen=True)
+class IpcacheBatchDone(Message):
+    """The answer to ipcache.batch: prefixes claimed and released, and the entries the map
+    holds afterwards. With check: the entries it would add and remove, and holds now."""
+
+    claimed: COUNT
+    released: COUNT
+    entries: COUNT
+    capacity: COUNT
+
+
 @dataclass(frozen=True)
 class IpcacheEntry(Message):
     cidr: str

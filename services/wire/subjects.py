@@ -39,6 +39,7 @@ POLICY_RULES = f"{ROOT}.policy.rules"                  # rule_id -> policy and r
 IPCACHE_UPSERT = f"{ROOT}.ipcache.upsert"
 IPCACHE_DELETE = f"{ROOT}.ipcache.delete"
 IPCACHE_LIST = f"{ROOT}.ipcache.list"
+IPCACHE_BATCH = f"{ROOT}.ipcache.batch"        # many prefixes of one source in one request
 
 # supervisor (capillary up)
 NODE_STATUS = f"{ROOT}.node.status"
@@ -123,12 +124,12 @@ GRANTS: dict[str, Grants] = {
         serves=(IDENTITY_ALLOCATE, IDENTITY_RELEASE, IDENTITY_LIST, POLICY_APPLY, POLICY_DELETE,
                 POLICY_LIST, POLICY_ENTRIES, POLICY_ENDPOINT_SYNC, POLICY_ENDPOINT_FORGET,
                 POLICY_RULES, health("policyd")),
-        calls=(IPCACHE_UPSERT, IPCACHE_DELETE, health("policyd")),
+        calls=(IPCACHE_UPSERT, IPCACHE_DELETE, IPCACHE_BATCH, health("policyd")),
         listens=(f"{ENDPOINT_EVENTS}.>",),
         buckets=(BUCKET_IDENTITIES, BUCKET_POLICIES, BUCKET_POLICY_ENDPOINTS),
     ),
     "routed": Grants(
-        serves=(IPCACHE_UPSERT, IPCACHE_DELETE, IPCACHE_LIST, health("routed")),
+        serves=(IPCACHE_UPSERT, IPCACHE_DELETE, IPCACHE_LIST, IPCACHE_BATCH, health("routed")),
         calls=(health("routed"),),
     ),
     "flowd": Grants(

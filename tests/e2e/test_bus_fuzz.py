@@ -81,6 +81,8 @@ REQUESTS = {
     subjects.IPCACHE_DELETE: (messages.IpcacheDelete, {"v": 1, "kind": "ipcache.delete", "cidr": "10.9.0.0/16",
                                                        "source": "cidr-policy"}),
     subjects.IPCACHE_LIST: (messages.ListRequest, {"v": 1, "kind": "list"}),
+    subjects.IPCACHE_BATCH: (messages.IpcacheBatch, {"v": 1, "kind": "ipcache.batch", "source": "cidr-policy",
+                                                     "cidrs": ["10.9.0.0/16"], "identities": [16777216]}),
     subjects.OBSERVER_FLOWS: (messages.FlowQuery, {"v": 1, "kind": "flow.query", "last": 5,
                                                    "filter": {"port": [80], "verdict": ["DROPPED"]}}),
     subjects.OBSERVER_MONITOR: (messages.MonitorAttach, {"v": 1, "kind": "monitor.attach", "monitor": "m",

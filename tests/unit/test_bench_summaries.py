@@ -42,12 +42,16 @@ def test_targets_met_missed_and_not_measured():
                        "ratio_to_bridge": _spread(1.7)}}
     encap = {"summary": {"native": {"ratio_to_underlay": {**ratio, "gbps_1": _spread(0.97), "p50_us": _spread(1.08)}},
                          "tunnel": {"ratio_to_underlay": {**ratio, "gbps_4": _spread(0.80)}}}}
+    cidr = {"results": [{"peers": 10000, "apply_s": 1.5, "peak_rss_mb": {"policyd": 90.0}, "health_ms": [3.0] * 99,
+                         "small_apply_ms": [250.0, 250.0], "left_after_delete": 0}]}
     verdicts = {v["key"]: v["ok"] for v in evaluate(
         {"datapath": datapath, "policy": None, "cplane": None, "pods": pods, "flows": None, "footprint": None,
-         "cni": cni, "encap": encap})}
+         "cni": cni, "encap": encap, "cidr_scale": cidr})}
     assert verdicts == {"datapath_gbps": True, "datapath_p50": False, "policy_10k": None, "cplane_p99": None,
                         "pods_100": True, "flows": None, "footprint": None, "cni_add": True, "cni_ratio": False,
-                        "encap_native": True, "encap_tunnel": False}
+                        "encap_native": True, "encap_tunnel": False,
+                        "cidr_apply_10000": True, "cidr_apply_100000": None, "cidr_rss": None, "cidr_probe": False,
+                        "cidr_left": True}
     nothing = dict.fromkeys(("datapath", "policy", "cplane", "pods", "flows", "footprint", "cni"))
     assert {v["key"]: v["ok"] for v in evaluate(nothing)}["cni_add"] is None
     assert Spread.of([3, 1, 2]).median == 2

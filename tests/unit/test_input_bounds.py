@@ -100,7 +100,7 @@ ANCHOR_BOMB = "a: &a [x,x,x,x,x,x,x,x,x]\n" + "".join(
     ("a: " + "9" * 5000, "integer of 5000 characters"),          # ValueError before
     ('{"a": ' + "9" * 5000 + "}", "integer of 5000 digits"),
     (ANCHOR_BOMB, "YAML aliases (*a) are not supported"),        # seconds of work before
-    ("x" * (4 * 1024 * 1024 + 1), "over the limit"),
+    ("x" * (MAX_TEXT_BYTES + 1), "over the limit"),
 ])
 def test_hostile_manifests_are_manifest_errors(text, words):
     assert words in exact(ManifestError, load_documents, text)

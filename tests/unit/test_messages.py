@@ -44,6 +44,8 @@ SAMPLES = [
     m.IpcacheUpsert(cidr="10.200.0.2/32", identity=256, source="endpoint"),
     m.IpcacheDelete(cidr="10.200.0.2/32", source="endpoint"),
     m.IpcacheEntry(cidr="10.200.0.2/32", identity=256, source="endpoint"),
+    m.IpcacheBatch(source="cidr-policy", cidrs=["192.0.2.0/24"], identities=[16777216], released=["192.0.2.1/32"]),
+    m.IpcacheBatchDone(claimed=1, released=1, entries=9, capacity=65536),
     m.Health(service="routed", pid=42, started=1.0, ready=True, detail="ok",
              metrics_port=9964, counters={"requests": 3}),
     m.FlowFilter(verdict=["DROPPED"], pod=["x/a"], port=[80], since=1700000000.0),

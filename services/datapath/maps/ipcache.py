@@ -76,6 +76,14 @@ class IpcacheMap:
     def delete(self, cidr: str) -> bool:
         return self.map.delete(key_for(cidr))
 
+    def upsert_many(self, entries: list[tuple[str, int, int, str]]) -> None:
+        """Write every (cidr, identity, flags, tunnel_endpoint) in batches, reading nothing
+        (MapFull: no room)."""
+        self.map.update_many([(key_for(c), info_for(i, f, t)) for c, i, f, t in entries])
+
+    def delete_many(self, cidrs: list[str]) -> int:
+        return self.map.delete_many([key_for(c) for c in cidrs])
+
     def lookup_exact(self, cidr: str) -> int | None:
         v = self.map.get(key_for(cidr))
         return None if v is None else v.identity
@@ -159,6 +167,13 @@ class FakeIpcacheMap:
 
     def delete(self, cidr: str) -> bool:
         return self.entries.pop(cidr_of(key_for(cidr)), None) is not None
+
+    def upsert_many(self, entries: list[tuple[str, int, int, str]]) -> None:
+        for cidr, identity, flags, tunnel in entries:
+            self.upsert(cidr, identity, flags, tunnel)
+
+    def delete_many(self, cidrs: list[str]) -> int:
+        return sum(self.delete(c) for c in cidrs)
 
     def lookup_exact(self, cidr: str) -> int | None:
         v = self.entries.get(cidr)

@@ -7,6 +7,7 @@ id through the peer identity to the protocol and port.
 from __future__ import annotations
 
 import ctypes as ct
+from collections.abc import Container
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +35,7 @@ PREFIX_PROTO = 72            # + protocol
 PREFIX_PORT_BASE = 80        # + port bits
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class Key:
     """One entry's key, in host terms. prefixlen as in the map (see PREFIX_*)."""
 
@@ -61,14 +62,14 @@ class Key:
         return cls(k.endpoint_id, k.egress == POLICY_EGRESS, k.identity, k.protocol, k.dport, prefixlen)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Value:
     flags: int
     rule_id: int
     match_type: int = 0       # POLICY_MATCH_*: what kind of rule made the entry
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Counted:
     value: Value
     packets: int
@@ -88,8 +89,30 @@ class PolicyMap:
                             bytes=current.bytes if current else 0)
         self.map.update(raw, entry)
 
+    def write_many(self, entries: list[tuple[Key, Value]], present: Container[Key]) -> None:
+        """Write ENTRIES in map batches. Keys in PRESENT are in the map already: their packet
+        and byte counts are read and kept; the others start at zero, unread. On an error the
+        exception's ``done`` counts the entries written, from the first."""
+        pairs = []
+        for key, value in entries:
+            raw = key.raw()
+            current = self.map.get(raw) if key in present else None
+            pairs.append((raw, PolicyEntry(flags=value.flags, match_type=value.match_type, rule_id=value.rule_id,
+                                           packets=current.packets if current else 0,
+                                           bytes=current.bytes if current else 0)))
+        self.map.update_many(pairs)
+
     def delete(self, key: Key) -> bool:
         return self.map.delete(key.raw())
+
+    def counted(self, keys: list[Key]) -> dict[Key, Counted]:
+        """KEYS' entries as the map holds them now (the missing ones left out)."""
+        out = {}
+        for key in keys:
+            v = self.map.get(key.raw())
+            if v is not None:
+                out[key] = Counted(Value(v.flags, v.rule_id, v.match_type), v.packets, v.bytes)
+        return out
 
     def all(self) -> dict[Key, Counted]:
         out = {}
@@ -118,6 +141,17 @@ class FakePolicyMap:
         current = self.entries.get(key)
         self.entries[key] = Counted(value, current.packets if current else 0, current.bytes if current else 0)
         self.ops.append(("write", key))
+
+    def write_many(self, entries: list[tuple[Key, Value]], present: Container[Key]) -> None:
+        for done, (key, value) in enumerate(entries):
+            try:
+                self.write(key, value)
+            except OSError as exc:
+                exc.done = done
+                raise
+
+    def counted(self, keys: list[Key]) -> dict[Key, Counted]:
+        return {k: self.entries[k] for k in keys if k in self.entries}
 
     def delete(self, key: Key) -> bool:
         self.ops.append(("delete", key))
