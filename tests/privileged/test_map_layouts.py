@@ -10,7 +10,7 @@ import pytest
 from services.datapath import loader
 from services.datapath.maps.endpoints import EndpointInfo, EndpointKey
 from services.datapath.maps.ipcache import IpcacheInfo, IpcacheKey
-from services.datapath.maps.conntrack import CtEntry, CtKey
+from services.datapath.maps.conntrack import CtAcct, CtEntry, CtKey
 from services.datapath.maps.events import EventStats, FlowEvent
 from services.datapath.maps.metrics import EndpointMetricsValue, MetricsValue
 from services.datapath.maps.policy import PolicyEntry, PolicyKey
@@ -46,6 +46,7 @@ def compiled(tmp_path_factory):
     ("policyd_maps.c", "cap_policy", PolicyKey, PolicyEntry),
     ("lxc.c", "cap_policy", PolicyKey, PolicyEntry),
     ("lxc.c", "cap_ct", CtKey, CtEntry),
+    ("lxc.c", "cap_ct_acct", CtKey, CtAcct),
     ("flowd_maps.c", "cap_events_stats", None, EventStats),
     ("lxc.c", "cap_events_stats", None, EventStats),
     (LAYOUT_SOURCE, "layout_flow_event", None, FlowEvent),
