@@ -33,10 +33,8 @@ at the end, also on failure or Ctrl-C.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
-import re
 import statistics
 import secrets
 import sys
@@ -50,9 +48,11 @@ from typing import TypeVar
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import (Cleanup, Node, Spread, add_netns, bench_node, cleaned_up, environment, log,  # noqa: E402
-                          ping, ratios, run, start, table, wait_listening, write_results)
+                          ratios, run, table, write_results)
 from bench.floor import Side, attach_floor, ns_per_run, run_time_stats, snapshot, stats_overhead, xlated_counts  # noqa: E402
 from bench.profile import perf_top  # noqa: E402
+from bench.traffic import (IPERF_PORT, SOCKPERF_PORT, Pair, Placement, iperf, sockperf, start_servers,  # noqa: E402,F401
+                           udp)
 from services.datapath import bpfsys  # noqa: E402
 from services.datapath.loader import PROGRAMS_DIR  # noqa: E402
 from services.datapath.maps.metrics import MetricsMap  # noqa: E402
@@ -66,7 +66,6 @@ VETH_IPS = ("10.232.1.2", "10.232.1.3")          # one /24 on the direct pair, n
 FLOOR_IPS = ("10.232.2.2", "10.232.2.3")         # /32s routed by the host, delivered by the floor
 T = TypeVar("T")
 GATEWAY = "169.254.1.1"
-IPERF_PORT, SOCKPERF_PORT = 5201, 11111
 VARIANTS = ("redirect", "host-stack", "floor", "kernel", "veth")
 BASELINES = ("veth", "kernel", "floor")
 PROFILED = ("redirect", "veth")
@@ -75,41 +74,11 @@ TARGETS = {"gbps_1": 0.95, "gbps_4": 0.95, "p50_us": 1.05}   # ratio to `veth`: 
 FLOOR_TARGETS = {"ns_rr": 1.5, "ns_bulk": 1.5, "udp_pps": 0.9, "p50_us": 1.02, "gbps_1": 0.98}
 HIGHER_IS_BETTER = ("gbps_1", "gbps_4", "rr_per_s", "udp_pps")
 SETTLED = 0.05             # +-: the half-width of a median's ~95% interval, relative to it
-UDP_PAYLOAD, UDP_FLOWS = 64, 4
 PLACEMENTS = {"split": ("0", "1"), "same": ("1", "1"), "none": (None, None)}   # (client CPU, server CPU)
 METRICS = {"gbps_1": "TCP 1 stream (Gbit/s)", "gbps_4": "TCP 4 streams (Gbit/s)",
            "rr_per_s": "request/response (1/s)", "p50_us": "latency p50 (us)", "p99_us": "latency p99 (us)",
            "udp_pps": "UDP 64 B x4 (pkt/s)", "ns_rr": "BPF ns/pkt ping-pong", "ns_bulk": "BPF ns/pkt bulk",
            "ns_udp": "BPF ns/pkt UDP"}
-
-
-@dataclass(frozen=True)
-class Pair:
-    """Where one variant's traffic goes: from the client netns to server_ip in the server netns."""
-
-    variant: str
-    client: str
-    server: str
-    server_ip: str
-    node: Node | None = None
-    programs: dict[str, int] | None = None    # name -> fd, timed by run-time statistics; the first is
-                                              # the one on the sender's host veth
-
-
-@dataclass(frozen=True)
-class Placement:
-    client_cpu: str | None
-    server_cpu: str | None
-
-    def client(self, argv: list[str]) -> list[str]:
-        return pinned(self.client_cpu, argv)
-
-    def server(self, argv: list[str]) -> list[str]:
-        return pinned(self.server_cpu, argv)
-
-
-def pinned(cpu: str | None, argv: list[str]) -> list[str]:
-    return ["taskset", "-c", cpu, *argv] if cpu else argv
 
 
 @dataclass(frozen=True)
@@ -189,63 +158,7 @@ def veth_pair(cleanup: Cleanup, tag: str) -> Pair:
     return Pair("veth", paths[0], paths[1], VETH_IPS[1])
 
 
-def start_servers(cleanup: Cleanup, pair: Pair, cpus: Placement) -> None:
-    iperf = start(cleanup, cpus.server(["iperf3", "-s", "-p", str(IPERF_PORT)]), pair.server)
-    sockperf = start(cleanup, cpus.server(["sockperf", "sr", "--tcp", "-i", pair.server_ip, "-p", str(SOCKPERF_PORT)]),
-                     pair.server)
-    wait_listening(pair.server, IPERF_PORT, iperf)
-    wait_listening(pair.server, SOCKPERF_PORT, sockperf)
-    if not ping(pair.client, pair.server_ip):
-        raise RuntimeError(f"{pair.variant}: no ping reply from {pair.server_ip}")
-
-
 # ---- measurements ------------------------------------------------------------------------
-
-def iperf(pair: Pair, cpus: Placement, seconds: int, streams: int) -> tuple[float, int]:
-    """(Gbit/s received, retransmits) of one iperf3 TCP run."""
-    argv = ["iperf3", "-c", pair.server_ip, "-p", str(IPERF_PORT), "-t", str(seconds), "-P", str(streams), "-J"]
-    result = json.loads(run(cpus.client(argv), pair.client, timeout=seconds + 30).stdout)
-    end = result.get("end", {})
-    if "error" in result or "sum_received" not in end:      # e.g. interrupted
-        raise RuntimeError(f"{pair.variant}: iperf3 gave no result: {result.get('error', 'no summary')}")
-    return end["sum_received"]["bits_per_second"] / 1e9, end["sum_sent"].get("retransmits", 0)
-
-
-ANSI = re.compile(r"\x1b\[[0-9;]*m")
-
-
-def sockperf(pair: Pair, cpus: Placement, seconds: int) -> dict[str, float]:
-    """Round trips per second, p50/p99/avg latency in usec and dropped messages of one sockperf
-    TCP ping-pong run (the rate over sockperf's valid duration, warm-up excluded)."""
-    argv = ["sockperf", "pp", "--tcp", "-i", pair.server_ip, "-p", str(SOCKPERF_PORT), "-t", str(seconds)]
-    out = ANSI.sub("", run(cpus.client(argv), pair.client, timeout=seconds + 30).stdout)
-
-    def number(pattern: str) -> float:
-        match = re.search(pattern, out)
-        if not match:
-            raise RuntimeError(f"sockperf output has no {pattern!r}:\n{out}")
-        return float(match.group(1))
-
-    valid = re.search(r"\[Valid Duration\] RunTime=([\d.]+) sec; SentMessages=\d+; ReceivedMessages=(\d+)", out)
-    if not valid:
-        raise RuntimeError(f"sockperf output has no valid-duration line:\n{out}")
-    return {"rr_per_s": int(valid.group(2)) / float(valid.group(1)),
-            "p50_us": number(r"percentile 50\.000 =\s*([\d.]+)"), "p99_us": number(r"percentile 99\.000 =\s*([\d.]+)"),
-            "avg_us": number(r"avg-latency=([\d.]+)"), "dropped": number(r"# dropped messages = (\d+)")}
-
-
-def udp(pair: Pair, cpus: Placement, seconds: int) -> tuple[float, float]:
-    """(packets/s received, packets/s sent) of one iperf3 UDP run: UDP_FLOWS flows of
-    UDP_PAYLOAD-byte datagrams, as fast as the client can send."""
-    argv = ["iperf3", "-c", pair.server_ip, "-p", str(IPERF_PORT), "-u", "-l", str(UDP_PAYLOAD), "-b", "0",
-            "-P", str(UDP_FLOWS), "-t", str(seconds), "-J"]
-    result = json.loads(run(cpus.client(argv), pair.client, timeout=seconds + 30).stdout)
-    end = result.get("end", {})
-    if "error" in result or "sum_received" not in end:
-        raise RuntimeError(f"{pair.variant}: iperf3 UDP gave no result: {result.get('error', 'no summary')}")
-    got, sent = end["sum_received"], end["sum_sent"]
-    return got["bytes"] / UDP_PAYLOAD / got["seconds"], sent["bytes"] / UDP_PAYLOAD / sent["seconds"]
-
 
 def timed(pair: Pair, work: Callable[[], T]) -> tuple[T, dict[str, tuple[int, int]], dict[str, tuple[int, int]]]:
     """WORK's result and the pair's programs' run-time statistics before and after it."""
