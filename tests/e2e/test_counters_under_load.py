@@ -26,8 +26,9 @@ FRAME = 14 + 20 + 8 + PAYLOAD  # skb->len at tc: Ethernet + IPv4 + UDP + payload
 PORT_A, PORT_B = 31001, 31002
 
 # Bind, say "ready", (a: send the connection's first datagram before that), wait for "go",
-# send PACKETS datagrams, say "done". Both ends are bound before any load, so no datagram
-# meets a closed port (an ICMP error would be one more packet).
+# send PACKETS datagrams, say "done", and keep the socket open until killed. Both ends are
+# bound before any load and stay bound after it, so no datagram meets a closed port (the
+# ICMP error would be one more packet).
 SENDER = """
 import socket, sys
 me, port, peer, peer_port, count, first = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), sys.argv[6] == "1"
@@ -41,6 +42,7 @@ sys.stdin.readline()
 for _ in range(count):
     s.sendto(data, (peer, peer_port))
 print("done", flush=True)
+sys.stdin.readline()
 """ % PAYLOAD
 
 
