@@ -11,7 +11,8 @@ under a throwaway bpffs directory (removed at the end), and given two endpoints 
 sender's on this netns's loopback, which the test loop runs the program on), their counter
 entries and the connection's conntrack entry. Each syscall runs a program TTL_RUNS times
 on one packet (its TTL starts at 255, so every run is forwarded); the mean over all runs is
-reported, for a request (the entry's own direction) and a reply (found by the reverse key).
+reported, for a request (the entry's own direction) and a reply (found by the reverse key),
+and for to_container, a packet of a connection from outside the node into the sender's pod.
 """
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ from services.runtime.config import DatapathConfig, NodeConfig  # noqa: E402
 
 POD_CIDR = "10.236.0.0/16"
 CLIENT, SERVER = "10.236.0.2", "10.236.0.3"
+OUTSIDE = "192.0.2.1"          # a host outside the node (to_container's packets come from it)
 SPORT, DPORT = 40000, 5201
 TTL_RUNS = 200                 # runs per syscall: the TTL (255) must stay above 1 throughout
 LOOPBACK = 1                   # the test loop's device: the sender's "lxc" ifindex
@@ -92,11 +94,12 @@ def lxc(root: Path):
     for n, (ip, ifindex) in enumerate(((CLIENT, LOOPBACK), (SERVER, LOOPBACK)), start=1):
         endpoints.upsert(Endpoint(ip, ifindex, 1000 + n, n, "02:00:00:00:00:0%d" % n, "04:00:00:00:00:0%d" % n))
         counters.create(n)
-    key = CtKey(protocol=6, sport=socket.htons(SPORT), dport=socket.htons(DPORT))
-    key.saddr[:] = ipaddress.IPv4Address(CLIENT).packed
-    key.daddr[:] = ipaddress.IPv4Address(SERVER).packed
     now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
-    conntrack.put(key, CtEntry(created=now, last_seen=now, flags=2), packets=1, size=64)
+    for src in (CLIENT, OUTSIDE):
+        key = CtKey(protocol=6, sport=socket.htons(SPORT), dport=socket.htons(DPORT))
+        key.saddr[:] = ipaddress.IPv4Address(src).packed
+        key.daddr[:] = ipaddress.IPv4Address(SERVER if src == CLIENT else CLIENT).packed
+        conntrack.put(key, CtEntry(created=now, last_seen=now, flags=2), packets=1, size=64)
     for m in (endpoints, counters, conntrack):
         m.close()
     return loaded
@@ -112,13 +115,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         loaded = lxc(root)
         progs = {"from_container": loaded.program_fd("from_container"),
+                 "to_container": loaded.program_fd("to_container"),
                  "floor_redirect": floor.load_func(b"floor_redirect", BPF.SCHED_CLS).fd}
         dests = floor[b"floor_dests"]
         dests[dests.Key(int.from_bytes(socket.inet_aton(SERVER), "little"))] = dests.Leaf(4242)
         dests[dests.Key(int.from_bytes(socket.inet_aton(CLIENT), "little"))] = dests.Leaf(4242)
         request, reply = packet(CLIENT, SERVER, SPORT, DPORT), packet(SERVER, CLIENT, DPORT, SPORT)
         rows = []
+        rc, ns = mean_ns(progs["to_container"], packet(OUTSIDE, CLIENT, SPORT, DPORT), args.runs)
+        rows.append(["to_container", "from outside", str(rc), f"{ns:.1f}"])
         for name, fd in progs.items():
+            if name == "to_container":
+                continue
             for label, frame in (("request", request), ("reply", reply)):
                 rc, ns = mean_ns(fd, frame, args.runs)
                 rows.append([name, label, str(rc), f"{ns:.1f}"])
