@@ -103,11 +103,50 @@ def datapath_section(d: dict | None, plot_dir: str, out: Path) -> list[str]:
                   md_table(["variant", *(v[0] for v in metrics.values())],
                            [[v, *(spread(s[v]["ratio_to"][base].get(m), "{:.3f}") for m in metrics)]
                             for v in s if v != base]), ""]
+    lines += floor_lines(d)
     counters = d.get("bpf_counters", {})
     if counters:
         lines += ["BPF packet counters during the rounds (the node's programs, all pods): " + "; ".join(
             f"{v}: " + ", ".join(f"{k} {n:,}" for k, n in sorted(c.items())) for v, c in counters.items()), ""]
     return lines
+
+
+FLOOR_METRICS = {"ns_rr": ("BPF ns/packet, TCP ping-pong", "{:.0f}"), "ns_bulk": ("BPF ns/packet, bulk TCP", "{:.0f}"),
+                 "ns_udp": ("BPF ns/packet, UDP 64 B", "{:.0f}"), "udp_pps": ("UDP 64 B x4 (pkt/s)", "{:.0f}"),
+                 "p50_us": ("p50 (us)", "{:.1f}"), "gbps_1": ("TCP 1 stream (Gbit/s)", "{:.2f}")}
+
+
+def floor_lines(d: dict) -> list[str]:
+    """The floor program's figures (bench/bpf/floor.c) and each variant's ratio to them."""
+    s = d["summary"]
+    if "floor" not in s:
+        return []
+    lines = ["The **floor** variant is the kernel variant's set-up with a minimal program on both host veths "
+             "(bench/bpf/floor.c: parse, one hash lookup, MAC rewrite, bpf_redirect_peer). ns/packet is the kernel's "
+             "run-time statistics of the program on the sender's host veth (from_container, or the floor) over each "
+             f"run; the statistics add {d['stats_overhead_ns']['per_run']:.0f} ns to a run, "
+             f"{d['stats_overhead_ns']['in_figure']:.0f} ns of it inside the figures.", "",
+             md_table(["variant", *(v[0] for v in FLOOR_METRICS.values())],
+                      [[v, *(spread(s[v]["metrics"][m], f) if s[v]["metrics"][m]["median"] else "-"
+                             for m, (_, f) in FLOOR_METRICS.items())] for v in s]), "",
+             "Ratio to **floor** (median [min–max] of per-round ratios; rounds until its ~95% interval was within "
+             "±5%):", "",
+             md_table(["variant", *(v[0] for v in FLOOR_METRICS.values())],
+                      [[v, *(_settled(s[v], m) for m in FLOOR_METRICS)] for v in s if v != "floor"]), ""]
+    insns = d.get("xlated", {})
+    if insns:
+        lines += ["Instructions after the verifier (helper calls among them): " + "; ".join(
+            f"{v} {name} {c['insns']} ({c['helper_calls']})" for v, progs in insns.items()
+            for name, c in progs.items()), ""]
+    return lines
+
+
+def _settled(summary: dict, metric: str) -> str:
+    ratio = summary["ratio_to"]["floor"].get(metric)
+    if not ratio:
+        return "-"
+    n = summary.get("rounds_to_settle", {}).get("floor", {}).get(metric)
+    return f"{spread(ratio, '{:.3f}')} ({n or 'not within'})"
 
 
 def policy_section(d: dict | None, plot_dir: str, out: Path) -> list[str]:

@@ -39,7 +39,7 @@ KILL_GRACE = 120           # seconds between SIGTERM and SIGKILL: a cleanup purg
 
 # name: (script, full arguments, quick arguments, time limit full / quick in seconds)
 STEPS = {
-    "datapath": ("datapath.py", ["--perf"], ["--quick"], (420, 150)),
+    "datapath": ("datapath.py", ["--perf"], ["--quick"], (600, 200)),   # five variants, four runs each a round
     "policy": ("policy.py", [], ["--quick"], (420, 150)),
     "cplane": ("cplane.py", ["--profile"], ["--quick"], (420, 150)),
     "pods": ("pods.py", ["--pods", "100,500", "--repeats", "3,2"], ["--pods", "10,30", "--repeats", "1"], (420, 150)),

@@ -28,7 +28,28 @@ def _datapath(d: dict | None) -> list[dict]:
                      f"1 stream {_ratio(one)}, 4 streams {_ratio(four)}; vs kernel routing, 1 stream {_ratio(kernel)}",
                      ok),
             _verdict("datapath_p50", "redirect_peer p50 latency vs direct veth", "≤ 1.05×", _ratio(p50),
-                     p50["median"] <= 1.05)]
+                     p50["median"] <= 1.05), *_floor(r.get("floor"))]
+
+
+# Ratio of from_container (redirect mode) to the floor program: (figure, metric, target, at least).
+FLOOR_TARGETS = (("from_container ns/packet, TCP ping-pong, vs the floor", "ns_rr", 1.5, False),
+                 ("from_container ns/packet, bulk TCP, vs the floor", "ns_bulk", 1.5, False),
+                 ("UDP 64-byte packets/s (4 flows) vs the floor", "udp_pps", 0.9, True),
+                 ("sockperf p50 latency vs the floor", "p50_us", 1.02, False),
+                 ("iperf3 1-stream throughput vs the floor", "gbps_1", 0.98, True))
+
+
+def _floor(r: dict | None) -> list[dict]:
+    out = []
+    for figure, metric, target, at_least in FLOOR_TARGETS:
+        got = (r or {}).get(metric)
+        text = f"{'≥' if at_least else '≤'} {target}×"
+        if not got:
+            out.append(_verdict(f"floor_{metric}", figure, text, "not run", None))
+            continue
+        ok = got["median"] >= target if at_least else got["median"] <= target
+        out.append(_verdict(f"floor_{metric}", figure, text, _ratio(got), ok))
+    return out
 
 
 def _policy(d: dict | None) -> dict:

@@ -189,12 +189,9 @@ static __always_inline int handle_ipv4(struct __sk_buff *skb)
 	}
 #ifndef HOST_STACK
 	if (dst && ttl > 1) {
-		__u8 host_mac[ETH_ALEN], pod_mac[ETH_ALEN];
 		__u32 ifindex = dst->ifindex;
 
-		__builtin_memcpy(host_mac, dst->host_mac, ETH_ALEN);
-		__builtin_memcpy(pod_mac, dst->pod_mac, ETH_ALEN);
-		if (ipv4_dec_ttl(skb, ttl) < 0 || rewrite_macs(skb, host_mac, pod_mac) < 0)
+		if (ipv4_forward(skb, dst->host_mac, dst->pod_mac) < 0)
 			return drop_early(skb, METRIC_EGRESS, DROP_INVALID);
 		count(skb, METRIC_EGRESS, REASON_REDIRECT_PEER);
 		count_endpoint(skb, dst->endpoint_id, 1);
@@ -397,12 +394,9 @@ static __always_inline int overlay_ipv4(struct __sk_buff *skb, __u32 src_identit
 			ct_create(saddr, daddr, proto, &l4, skb->len, &n);
 	}
 	{
-		__u8 host_mac[ETH_ALEN], pod_mac[ETH_ALEN];
 		__u32 ifindex = dst->ifindex;
 
-		__builtin_memcpy(host_mac, dst->host_mac, ETH_ALEN);
-		__builtin_memcpy(pod_mac, dst->pod_mac, ETH_ALEN);
-		if (ipv4_dec_ttl(skb, ttl) < 0 || rewrite_macs(skb, host_mac, pod_mac) < 0)
+		if (ipv4_forward(skb, dst->host_mac, dst->pod_mac) < 0)
 			return drop(skb, &m, DROP_INVALID);
 		count(skb, METRIC_INGRESS, REASON_REDIRECT_PEER);
 		count_endpoint(skb, m.endpoint_id, 1);

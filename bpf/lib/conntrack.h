@@ -1,6 +1,12 @@
 /* Connection tracking for TCP, UDP and ICMP echo: a connection's first packet goes through
  * policy; its later packets and its replies only look it up here. Owner: endpointd
- * (services/datapath/maps/conntrack.py mirrors these structs; a test compares them). */
+ * (services/datapath/maps/conntrack.py mirrors these structs; a test compares them).
+ *
+ * The two directions of a connection usually run on two CPUs (a request on the client's,
+ * its reply on the server's), and both look up the same entry. So an established packet
+ * writes nothing there unless something changed (a flag, last_seen at most once per
+ * CT_TOUCH_NS), and counts into cap_ct_acct, per CPU: a line both CPUs write would move
+ * between their caches on every packet. */
 #ifndef CAPILLARY_CONNTRACK_H
 #define CAPILLARY_CONNTRACK_H
 
@@ -20,6 +26,9 @@
 #define CT_LIFETIME_TCP     21600
 #define CT_LIFETIME_CLOSING 10
 #define CT_LIFETIME_OTHER   60
+/* last_seen is moved on when it is at least this old (ns): an entry's idle time is known to
+ * within it, and a busy connection writes its entry once a second, not once a packet. */
+#define CT_TOUCH_NS 1000000000
 
 #define TCP_FLAG_FIN 0x01
 #define TCP_FLAG_SYN 0x02
@@ -45,9 +54,7 @@ struct ct_key {
 
 struct ct_entry {
 	__u64 created;       /* bpf_ktime_get_ns() */
-	__u64 last_seen;
-	__u64 packets;       /* both directions */
-	__u64 bytes;
+	__u64 last_seen;     /* within CT_TOUCH_NS of the last packet */
 	__u32 flags;
 	__u32 rule_id;       /* egress rule at the source, the one that allowed it */
 	__u16 reported[4];   /* trace aggregation state, see CT_SLOT_* (races: a duplicate trace) */
@@ -55,6 +62,18 @@ struct ct_entry {
 
 BPF_TABLE_PINNED("lru_hash", struct ct_key, struct ct_entry, cap_ct, CT_MAP_SIZE,
 		 PIN_ROOT "/ct");
+
+/* A connection's packets and bytes, both directions, per CPU (readers sum the CPUs), under
+ * the key of its cap_ct entry. ct_create starts it afresh; endpointd deletes it with the
+ * entry. An LRU of its own: should it lose the counts of a connection cap_ct kept, the next
+ * packet starts them again (they then count from there). */
+struct ct_acct {
+	__u64 packets;
+	__u64 bytes;
+};
+
+BPF_TABLE_PINNED("lru_percpu_hash", struct ct_key, struct ct_acct, cap_ct_acct, CT_MAP_SIZE,
+		 PIN_ROOT "/ct_acct");
 
 struct l4_tuple {
 	__be16 sport;
@@ -70,11 +89,25 @@ enum ct_state {
 	CT_REPLY = 2,
 };
 
+/* Conntrack's clock: CLOCK_MONOTONIC at tick resolution (bpf_ktime_get_ns()'s clock, which
+ * readers compare with, read coarsely: no clock source read per packet). created and
+ * last_seen may be a tick behind a precise reading, and an entry written from outside with a
+ * precise one may be a tick ahead of it: idle times are signed. */
+static __always_inline __u64 ct_clock(void)
+{
+	return bpf_ktime_get_coarse_ns();
+}
+
+static __always_inline __s64 ct_idle(struct ct_entry *e, __u64 now)
+{
+	return (__s64)(now - e->last_seen);
+}
+
 static __always_inline int ct_expired(struct ct_entry *e, __u8 proto, __u64 now)
 {
-	__u64 lifetime = proto != IPPROTO_TCP ? CT_LIFETIME_OTHER :
+	__s64 lifetime = proto != IPPROTO_TCP ? CT_LIFETIME_OTHER :
 			 (e->flags & CT_CLOSING) ? CT_LIFETIME_CLOSING : CT_LIFETIME_TCP;
-	return now - e->last_seen > lifetime * 1000000000ULL;
+	return ct_idle(e, now) > lifetime * 1000000000LL;
 }
 
 /* ICMP types with a conntrack entry: an echo request makes one, its reply matches it. */
@@ -101,22 +134,24 @@ static __always_inline int ct_may_reply(__u8 proto, struct l4_tuple *l4)
 }
 
 /* The live entry of the packet's connection and whether the packet is a reply; NULL (and
- * CT_NEW) when there is none or it expired. Touches nothing. */
+ * CT_NEW) when there is none or it expired. KEY: the key looked up last (the entry's when
+ * found). Touches nothing. */
 static __always_inline enum ct_state ct_find(__be32 saddr, __be32 daddr, __u8 proto,
-					     struct l4_tuple *l4, __u64 now, struct ct_entry **entry)
+					     struct l4_tuple *l4, __u64 now, struct ct_key *key,
+					     struct ct_entry **entry)
 {
-	struct ct_key fwd = { .saddr = saddr, .daddr = daddr, .sport = l4->sport,
-			      .dport = l4->dport, .protocol = proto };
-	struct ct_key rev = { .saddr = daddr, .daddr = saddr, .sport = l4->dport,
-			      .dport = l4->sport, .protocol = proto };
 	enum ct_state state = CT_ESTABLISHED;
 	struct ct_entry *e = 0;
 
 	*entry = 0;
+	*key = (struct ct_key){ .saddr = saddr, .daddr = daddr, .sport = l4->sport,
+				.dport = l4->dport, .protocol = proto };
 	if (ct_may_forward(proto, l4))
-		e = cap_ct.lookup(&fwd);
+		e = cap_ct.lookup(key);
 	if (!e && ct_may_reply(proto, l4)) {
-		e = cap_ct.lookup(&rev);
+		*key = (struct ct_key){ .saddr = daddr, .daddr = saddr, .sport = l4->dport,
+					.dport = l4->sport, .protocol = proto };
+		e = cap_ct.lookup(key);
 		state = CT_REPLY;
 	}
 	if (!e || ct_expired(e, proto, now))
@@ -133,23 +168,33 @@ static __always_inline enum ct_state ct_lookup(__be32 saddr, __be32 daddr, __u8 
 					       struct l4_tuple *l4, __u32 len,
 					       struct ct_entry **entry)
 {
-	__u64 now = bpf_ktime_get_ns();
+	__u64 now = ct_clock();
 	enum ct_state state;
 	struct ct_entry *e;
+	struct ct_acct *a;
+	struct ct_key key;
 
 	*entry = 0;
 	if (proto == IPPROTO_TCP && (l4->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN)
 		return CT_NEW;
-	state = ct_find(saddr, daddr, proto, l4, now, &e);
+	state = ct_find(saddr, daddr, proto, l4, now, &key, &e);
 	if (!e)
 		return CT_NEW;
 	*entry = e;
-	e->last_seen = now;
-	__sync_fetch_and_add(&e->packets, 1);
-	__sync_fetch_and_add(&e->bytes, len);
-	if (state == CT_REPLY)
+	a = cap_ct_acct.lookup(&key);
+	if (a) {
+		a->packets += 1;     /* this CPU's own copy: no other writer */
+		a->bytes += len;
+	} else {
+		struct ct_acct fresh = { .packets = 1, .bytes = len };
+
+		cap_ct_acct.update(&key, &fresh);
+	}
+	if (ct_idle(e, now) >= CT_TOUCH_NS)
+		e->last_seen = now;
+	if (state == CT_REPLY && !(e->flags & CT_SEEN_REPLY))
 		e->flags |= CT_SEEN_REPLY;
-	if (l4->tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST))
+	if ((l4->tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST)) && !(e->flags & CT_CLOSING))
 		e->flags |= CT_CLOSING;
 	return state;
 }
@@ -158,7 +203,9 @@ static __always_inline enum ct_state ct_lookup(__be32 saddr, __be32 daddr, __u8 
 static __always_inline enum ct_state ct_peek(__be32 saddr, __be32 daddr, __u8 proto,
 					     struct l4_tuple *l4, struct ct_entry **entry)
 {
-	return ct_find(saddr, daddr, proto, l4, bpf_ktime_get_ns(), entry);
+	struct ct_key key;
+
+	return ct_find(saddr, daddr, proto, l4, ct_clock(), &key, entry);
 }
 
 /* The reported[] bits a packet in SLOT stands for. */
@@ -193,15 +240,17 @@ struct ct_new {
 static __always_inline void ct_create(__be32 saddr, __be32 daddr, __u8 proto,
 				      struct l4_tuple *l4, __u32 len, const struct ct_new *n)
 {
-	__u64 now = bpf_ktime_get_ns();
+	__u64 now = ct_clock();
 	struct ct_key key = { .saddr = saddr, .daddr = daddr, .sport = l4->sport,
 			      .dport = l4->dport, .protocol = proto };
-	struct ct_entry e = { .created = now, .last_seen = now, .packets = 1, .bytes = len,
-			      .flags = n->flags, .rule_id = n->rule_id };
+	struct ct_entry e = { .created = now, .last_seen = now, .flags = n->flags,
+			      .rule_id = n->rule_id };
+	struct ct_acct acct = { .packets = 1, .bytes = len };
 
 	if (!ct_may_forward(proto, l4))
 		return;              /* an echo reply opens nothing: only a request has replies */
 	e.reported[n->slot & 3] = ct_report_bits(l4);
+	cap_ct_acct.update(&key, &acct);
 	cap_ct.update(&key, &e);
 }
 

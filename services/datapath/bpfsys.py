@@ -22,9 +22,14 @@ BPF_MAP_UPDATE_ELEM = 2
 BPF_MAP_DELETE_ELEM = 3
 BPF_MAP_GET_NEXT_KEY = 4
 BPF_OBJ_GET = 7
+BPF_PROG_TEST_RUN = 10
 BPF_OBJ_GET_INFO_BY_FD = 15
 BPF_MAP_LOOKUP_BATCH = 24
 BPF_MAP_UPDATE_BATCH = 26
+BPF_ENABLE_STATS = 32
+
+BPF_STATS_RUN_TIME = 0
+BPF_CALL = 0x85             # the opcode of a helper call (BPF_JMP | BPF_CALL)
 
 BPF_ANY = 0
 BPF_NOEXIST = 1
@@ -58,6 +63,36 @@ class MapInfo(ct.Structure):
     _fields_ = [("type", ct.c_uint32), ("id", ct.c_uint32), ("key_size", ct.c_uint32),
                 ("value_size", ct.c_uint32), ("max_entries", ct.c_uint32), ("map_flags", ct.c_uint32),
                 ("name", ct.c_char * 16)]
+
+
+class ProgInfo(ct.Structure):
+    """The head of struct bpf_prog_info, up to verified_insns (kernel 5.16+)."""
+    _fields_ = [("type", ct.c_uint32), ("id", ct.c_uint32), ("tag", ct.c_uint8 * 8),
+                ("jited_prog_len", ct.c_uint32), ("xlated_prog_len", ct.c_uint32),
+                ("jited_prog_insns", ct.c_uint64), ("xlated_prog_insns", ct.c_uint64),
+                ("load_time", ct.c_uint64), ("created_by_uid", ct.c_uint32), ("nr_map_ids", ct.c_uint32),
+                ("map_ids", ct.c_uint64), ("name", ct.c_char * 16), ("ifindex", ct.c_uint32),
+                ("gpl_compatible", ct.c_uint32), ("netns_dev", ct.c_uint64), ("netns_ino", ct.c_uint64),
+                ("nr_jited_ksyms", ct.c_uint32), ("nr_jited_func_lens", ct.c_uint32),
+                ("jited_ksyms", ct.c_uint64), ("jited_func_lens", ct.c_uint64), ("btf_id", ct.c_uint32),
+                ("func_info_rec_size", ct.c_uint32), ("func_info", ct.c_uint64), ("nr_func_info", ct.c_uint32),
+                ("nr_line_info", ct.c_uint32), ("line_info", ct.c_uint64), ("jited_line_info", ct.c_uint64),
+                ("nr_jited_line_info", ct.c_uint32), ("line_info_rec_size", ct.c_uint32),
+                ("jited_line_info_rec_size", ct.c_uint32), ("nr_prog_tags", ct.c_uint32),
+                ("prog_tags", ct.c_uint64), ("run_time_ns", ct.c_uint64), ("run_cnt", ct.c_uint64),
+                ("recursion_misses", ct.c_uint64), ("verified_insns", ct.c_uint32), ("pad", ct.c_uint32)]
+
+
+class _StatsAttr(ct.Structure):
+    """union bpf_attr, for BPF_ENABLE_STATS."""
+    _fields_ = [("type", ct.c_uint32)]
+
+
+class _TestRunAttr(ct.Structure):
+    """union bpf_attr, for BPF_PROG_TEST_RUN."""
+    _fields_ = [("prog_fd", ct.c_uint32), ("retval", ct.c_uint32), ("data_size_in", ct.c_uint32),
+                ("data_size_out", ct.c_uint32), ("data_in", ct.c_uint64), ("data_out", ct.c_uint64),
+                ("repeat", ct.c_uint32), ("duration", ct.c_uint32)]
 
 
 def _bpf(cmd: int, attr: ct.Structure) -> int:
@@ -148,3 +183,38 @@ def map_info(fd: int) -> MapInfo:
     info = MapInfo()
     _bpf(BPF_OBJ_GET_INFO_BY_FD, _InfoAttr(bpf_fd=fd, info_len=ct.sizeof(info), info=_addr(info)))
     return info
+
+
+def prog_info(fd: int) -> ProgInfo:
+    """The program's info: its run-time statistics (run_time_ns, run_cnt; counted only while
+    statistics are enabled) and its size after the verifier (xlated_prog_len, 8 bytes an
+    instruction)."""
+    info = ProgInfo()
+    _bpf(BPF_OBJ_GET_INFO_BY_FD, _InfoAttr(bpf_fd=fd, info_len=ct.sizeof(info), info=_addr(info)))
+    return info
+
+
+def prog_xlated(fd: int) -> list[int]:
+    """The program's instructions as the kernel runs them (what `bpftool prog dump xlated`
+    prints), as 64-bit words: the opcode is the low byte."""
+    count = prog_info(fd).xlated_prog_len // 8
+    insns = (ct.c_uint64 * count)()
+    info = ProgInfo(xlated_prog_len=count * 8, xlated_prog_insns=_addr(insns))
+    _bpf(BPF_OBJ_GET_INFO_BY_FD, _InfoAttr(bpf_fd=fd, info_len=ct.sizeof(info), info=_addr(info)))
+    return list(insns[:info.xlated_prog_len // 8])
+
+
+def enable_run_time_stats() -> int:
+    """Turn on the kernel's per-program run-time statistics (as sysctl
+    kernel.bpf_stats_enabled=1 does) for as long as the returned fd is open. The kernel
+    counts holders, so closing it never turns off statistics someone else turned on."""
+    return _bpf(BPF_ENABLE_STATS, _StatsAttr(type=BPF_STATS_RUN_TIME))
+
+
+def test_run(fd: int, data: bytes, repeat: int) -> tuple[int, int]:
+    """Run the program REPEAT times on a packet DATA in the kernel: (its return value, mean
+    nanoseconds a run as the kernel timed the loop)."""
+    buf = ct.create_string_buffer(data, len(data))
+    attr = _TestRunAttr(prog_fd=fd, data_size_in=len(data), data_in=_addr(buf), repeat=repeat)
+    _bpf(BPF_PROG_TEST_RUN, attr)
+    return attr.retval, attr.duration

@@ -63,7 +63,7 @@ def _put(table: ConntrackMap, src: str, dst: str, proto: int, idle_seconds: floa
     key.daddr[:] = ipaddress.IPv4Address(dst).packed
     key.sport, key.dport = 0x1234, 0x5678
     last = now - int(idle_seconds * 1e9)
-    table.map.update(key, CtEntry(created=last, last_seen=last, packets=1, bytes=64))
+    table.put(key, CtEntry(created=last, last_seen=last), packets=1, size=64)
     return key
 
 

@@ -3,6 +3,7 @@
 bcc turns each map's key and value C types into ctypes classes; we compare those with the
 owner modules' own classes field by field (name, offset, size)."""
 import ctypes as ct
+import os
 import shutil
 
 import pytest
@@ -10,7 +11,7 @@ import pytest
 from services.datapath import loader
 from services.datapath.maps.endpoints import EndpointInfo, EndpointKey
 from services.datapath.maps.ipcache import IpcacheInfo, IpcacheKey
-from services.datapath.maps.conntrack import CtEntry, CtKey
+from services.datapath.maps.conntrack import CtAcct, CtEntry, CtKey
 from services.datapath.maps.events import EventStats, FlowEvent
 from services.datapath.maps.metrics import EndpointMetricsValue, MetricsValue
 from services.datapath.maps.policy import PolicyEntry, PolicyKey
@@ -29,7 +30,9 @@ def layout(cls) -> list[tuple[str, int, int]]:
 
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory):
-    root = "/sys/fs/bpf/capillary-layout-test"
+    # Per process: test runs of other checkouts on this machine use the same bpffs, and one
+    # removing (or pinning another layout at) a shared path breaks the other's compile.
+    root = f"/sys/fs/bpf/capillary-layout-test-{os.getpid()}"
     config = NodeConfig(datapath=DatapathConfig(bpfRoot=root))
     try:
         sources = ("routed_maps.c", "policyd_maps.c", "flowd_maps.c", "lxc.c", LAYOUT_SOURCE)
@@ -49,6 +52,7 @@ def compiled(tmp_path_factory):
     ("policyd_maps.c", "cap_policy", PolicyKey, PolicyEntry),
     ("lxc.c", "cap_policy", PolicyKey, PolicyEntry),
     ("lxc.c", "cap_ct", CtKey, CtEntry),
+    ("lxc.c", "cap_ct_acct", CtKey, CtAcct),
     ("flowd_maps.c", "cap_events_stats", None, EventStats),
     ("lxc.c", "cap_events_stats", None, EventStats),
     (LAYOUT_SOURCE, "layout_flow_event", None, FlowEvent),
@@ -65,7 +69,7 @@ def test_python_layout_matches_c(compiled, source, table, key, value):
 
 def test_programs_load_in_both_modes(tmp_path):
     for mode in ("redirect", "host-stack"):
-        root = f"/sys/fs/bpf/capillary-load-test-{mode}"
+        root = f"/sys/fs/bpf/capillary-load-test-{mode}-{os.getpid()}"
         config = NodeConfig(datapath=DatapathConfig(bpfRoot=root, mode=mode))
         try:
             loader.compile_source("policyd_maps.c", config)

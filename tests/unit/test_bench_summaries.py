@@ -35,7 +35,9 @@ def test_targets_met_missed_and_not_measured():
     ratio = {m: _spread(1.0) for m in ("gbps_1", "gbps_4", "rr_per_s", "p50_us", "p99_us")}
     datapath = {"summary": {"redirect": {"ratio_to": {
         "veth": {**ratio, "gbps_1": _spread(0.96), "p50_us": _spread(1.10)},
-        "kernel": {**ratio, "gbps_1": _spread(1.02)}}}}}
+        "kernel": {**ratio, "gbps_1": _spread(1.02)},
+        "floor": {"ns_rr": _spread(1.4), "ns_bulk": _spread(2.0), "udp_pps": _spread(0.95), "p50_us": _spread(1.0),
+                  "gbps_1": _spread(0.97)}}}}}
     pods = {"sizes": {"100": {"summary": {"apply_s": _spread(3.0), "create_per_s": _spread(33.0),
                                           "first_packet_s": _spread(2.9)}}}}
     cni = {"summary": {"add_total_ms": _spread(120.0), "add_startup_ms": _spread(90.0), "add_work_ms": _spread(30.0),
@@ -47,11 +49,20 @@ def test_targets_met_missed_and_not_measured():
     verdicts = {v["key"]: v["ok"] for v in evaluate(
         {"datapath": datapath, "policy": None, "cplane": None, "pods": pods, "flows": None, "footprint": None,
          "cni": cni, "encap": encap, "cidr_scale": cidr})}
-    assert verdicts == {"datapath_gbps": True, "datapath_p50": False, "policy_10k": None, "cplane_p99": None,
-                        "pods_100": True, "flows": None, "footprint": None, "cni_add": True, "cni_ratio": False,
-                        "encap_native": True, "encap_tunnel": False,
+    assert verdicts == {"datapath_gbps": True, "datapath_p50": False, "floor_ns_rr": True, "floor_ns_bulk": False,
+                        "floor_udp_pps": True, "floor_p50_us": True, "floor_gbps_1": False, "policy_10k": None,
+                        "cplane_p99": None, "pods_100": True, "flows": None, "footprint": None, "cni_add": True,
+                        "cni_ratio": False, "encap_native": True, "encap_tunnel": False,
                         "cidr_apply_10000": True, "cidr_apply_100000": None, "cidr_rss": None, "cidr_probe": False,
                         "cidr_left": True}
     nothing = dict.fromkeys(("datapath", "policy", "cplane", "pods", "flows", "footprint", "cni"))
     assert {v["key"]: v["ok"] for v in evaluate(nothing)}["cni_add"] is None
     assert Spread.of([3, 1, 2]).median == 2
+
+
+def test_a_ratio_settles_when_its_median_interval_stays_within_five_percent():
+    from bench.datapath import settled
+    assert settled([1.0, 1.01, 0.99, 1.0, 1.02]) == 3
+    assert settled([1.0, 1.1, 0.9, 1.0, 1.02, 0.98, 1.0, 1.01, 0.99, 1.0]) == 8    # wide at first, then narrow
+    assert settled([1.0, 2.0, 0.5, 1.5]) is None
+    assert settled([1.0, 1.0]) is None                  # fewer than three rounds: never

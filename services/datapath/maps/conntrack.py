@@ -1,13 +1,15 @@
-"""cap_ct: connection tracking (LRU). Owner: endpointd; read by the CLI and flowd.
+"""cap_ct: connection tracking (LRU), and cap_ct_acct: each connection's packet and byte
+counts, per CPU, under the same key. Owner: endpointd; read by the CLI and flowd.
 
-Must match struct ct_key / struct ct_entry in bpf/lib/conntrack.h.
+Must match struct ct_key / struct ct_entry / struct ct_acct in bpf/lib/conntrack.h.
 
 The map is an LRU hash, as Cilium's CT maps: when it is full, a new connection's entry
 takes the place of the least recently used one, so connections that carry packets keep
 theirs and idle ones go first. An entry that went (evicted, swept or deleted) only means
 the connection's next packet meets policy again. endpointd removes a pod's entries when the
 pod goes, and sweeps the map (sweep()) for expired entries and entries of pod addresses no
-pod holds, so a new pod given a reused address inherits no connection.
+pod holds, so a new pod given a reused address inherits no connection. Whatever removes an
+entry here removes its counts with it.
 """
 from __future__ import annotations
 
@@ -20,9 +22,10 @@ from pathlib import Path
 
 from services.datapath.numbers import (CT_AUDIT, CT_CLOSING, CT_LIFETIME_CLOSING, CT_LIFETIME_OTHER,
                                        CT_LIFETIME_TCP, CT_SEEN_REPLY)
-from services.datapath.pinned import PinnedMap
+from services.datapath.pinned import MapError, PinnedMap, possible_cpus
 
 PIN_NAME = "ct"
+ACCT_PIN_NAME = "ct_acct"
 PROTOCOLS = {6: "TCP", 17: "UDP", 132: "SCTP", 1: "ICMP"}
 PROTO_TCP = 6
 NS = 1_000_000_000
@@ -34,9 +37,13 @@ class CtKey(ct.Structure):
 
 
 class CtEntry(ct.Structure):
-    _fields_ = [("created", ct.c_uint64), ("last_seen", ct.c_uint64), ("packets", ct.c_uint64),
-                ("bytes", ct.c_uint64), ("flags", ct.c_uint32), ("rule_id", ct.c_uint32),
-                ("reported", ct.c_uint16 * 4)]
+    _fields_ = [("created", ct.c_uint64), ("last_seen", ct.c_uint64), ("flags", ct.c_uint32),
+                ("rule_id", ct.c_uint32), ("reported", ct.c_uint16 * 4)]
+
+
+class CtAcct(ct.Structure):
+    """One CPU's share of a connection's counts (both directions)."""
+    _fields_ = [("packets", ct.c_uint64), ("bytes", ct.c_uint64)]
 
 
 @dataclass(frozen=True)
@@ -97,16 +104,37 @@ class Orphans:
 class ConntrackMap:
     def __init__(self, bpf_root: Path) -> None:
         self.map = PinnedMap(bpf_root / PIN_NAME, CtKey, CtEntry)
+        try:
+            self.acct = PinnedMap(bpf_root / ACCT_PIN_NAME, CtKey, CtAcct, percpu=True)
+        except MapError:
+            self.map.close()
+            raise
+
+    def counts(self, key: CtKey) -> tuple[int, int]:
+        """(packets, bytes) of KEY's connection, summed over the CPUs; (0, 0) when it has none."""
+        shares = self.acct.get_percpu(key)
+        return sum(s.packets for s in shares), sum(s.bytes for s in shares)
+
+    def put(self, key: CtKey, entry: CtEntry, packets: int = 0, size: int = 0) -> None:
+        """Write an entry and its counts (all on the first CPU), as ct_create does."""
+        shares = (CtAcct * possible_cpus())(CtAcct(packets, size))
+        self.acct.update(key, shares)
+        self.map.update(key, entry)
+
+    def _delete(self, key: CtKey) -> int:
+        self.acct.delete(key)
+        return self.map.delete(key)
 
     def all(self) -> list[Connection]:
         now = _monotonic_ns()
         out = []
         for k, v in self.map.items():
+            packets, size = self.counts(k)
             out.append(Connection(
                 protocol=PROTOCOLS.get(k.protocol, str(k.protocol)),
                 source=str(ipaddress.IPv4Address(bytes(k.saddr))), sport=socket.ntohs(k.sport),
                 destination=str(ipaddress.IPv4Address(bytes(k.daddr))), dport=socket.ntohs(k.dport),
-                packets=v.packets, bytes=v.bytes, age_seconds=(now - v.created) / 1e9,
+                packets=packets, bytes=size, age_seconds=(now - v.created) / 1e9,
                 idle_seconds=(now - v.last_seen) / 1e9, replied=bool(v.flags & CT_SEEN_REPLY),
                 audit=bool(v.flags & CT_AUDIT), rule_id=v.rule_id))
         return out
@@ -118,7 +146,7 @@ class ConntrackMap:
         for keys, _values, n in self.map.batches():
             for k in keys[:n]:
                 if packed in (bytes(k.saddr), bytes(k.daddr)):
-                    removed += self.map.delete(k)
+                    removed += self._delete(k)
         return removed
 
     def sweep(self, pods: ipaddress.IPv4Network, router: ipaddress.IPv4Address,
@@ -131,9 +159,9 @@ class ConntrackMap:
         for keys, values, n in self.map.batches():
             for k, v in zip(keys[:n], values[:n]):
                 if orphaned(k):
-                    orphans += self.map.delete(k)
+                    orphans += self._delete(k)
                 elif expired(k.protocol, v, now):
-                    old += self.map.delete(k)
+                    old += self._delete(k)
                 else:
                     alive += 1
         return Sweep(alive=alive, expired=old, orphaned=orphans)
@@ -141,8 +169,11 @@ class ConntrackMap:
     def flush(self) -> int:
         keys = list(self.map.keys())
         for k in keys:
-            self.map.delete(k)
+            self._delete(k)
+        for k in list(self.acct.keys()):
+            self.acct.delete(k)
         return len(keys)
 
     def close(self) -> None:
         self.map.close()
+        self.acct.close()
