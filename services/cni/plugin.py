@@ -84,15 +84,19 @@ def call(bus: NodeClient, subject: str, message: dict | None = None):
     try:
         return bus.request(subject, message, timeout=REQUEST_TIMEOUT)
     except RemoteError as exc:
-        if exc.code == UNAVAILABLE:
-            raise CniError(TRY_AGAIN_LATER, f"the capillary node is not ready: {exc.message}", START_HINT) from None
-        raise CniError(NODE_REFUSED, f"capillary refused: {exc.message}") from None
+        raise refused(exc) from None
 
 
-def find(bus: NodeClient, handle: str) -> dict | None:
+def refused(exc: RemoteError) -> CniError:
+    if exc.code == UNAVAILABLE:
+        return CniError(TRY_AGAIN_LATER, f"the capillary node is not ready: {exc.message}", START_HINT)
+    return CniError(NODE_REFUSED, f"capillary refused: {exc.message}")
+
+
+def find(bus: NodeClient, handle: str, namespace: str = "") -> dict | None:
     """The pod (messages.Pod, as sent) made for attachment HANDLE (network, container id,
-    ifname), if any."""
-    for pod in call(bus, subjects.POD_LIST, client.list_request()):
+    ifname), if any; NAMESPACE: look only there."""
+    for pod in call(bus, subjects.POD_LIST, client.list_request(namespace)):
         if pod["spec"]["attachment"] == handle:
             return pod
     return None
@@ -120,14 +124,8 @@ def _gateway(netns: str, ifname: str) -> str | None:
 def add(bus: NodeClient, env: Environment, conf: NetConf, labels: dict[str, str]) -> dict:
     doc = _document(env, conf, labels)
     namespace = doc["metadata"]["namespace"]
-    created = _ensure_namespace(bus, namespace)
-    try:
-        call(bus, subjects.POD_APPLY, client.apply(doc))
-    except CniError:
-        if created:       # nothing half-made: the namespace was made for this pod only
-            bus.request(subjects.NAMESPACE_DELETE, client.ref(namespace), timeout=REQUEST_TIMEOUT)
-        raise
-    pod = find(bus, doc["spec"]["attachment"])
+    _apply_pod(bus, doc)
+    pod = find(bus, doc["spec"]["attachment"], namespace)
     if pod is None:
         raise CniError(NODE_REFUSED, f"pod {namespace}/{doc['metadata']['name']} vanished right after ADD")
     try:
@@ -140,14 +138,24 @@ def add(bus: NodeClient, env: Environment, conf: NetConf, labels: dict[str, str]
     return result(conf.cni_version, pod, env.ifname, gateway, conf.mtu)
 
 
-def _ensure_namespace(bus: NodeClient, namespace: str) -> bool:
-    """Make NAMESPACE unless it exists; whether it was made."""
-    names = {ns["name"] for ns in call(bus, subjects.NAMESPACE_LIST, client.list_request())}
-    if namespace in names:
-        return False
+def _apply_pod(bus: NodeClient, doc: dict) -> None:
+    """Apply DOC. Its namespace is made only when endpointd says it does not exist (one
+    request fewer for every ADD but a namespace's first), and deleted again if the pod then
+    fails: nothing half-made."""
+    try:
+        bus.request(subjects.POD_APPLY, client.apply(doc), timeout=REQUEST_TIMEOUT)
+        return
+    except RemoteError as exc:
+        if exc.code != NOT_FOUND or "namespace" not in exc.message:
+            raise refused(exc) from None
+    namespace = doc["metadata"]["namespace"]
     call(bus, subjects.NAMESPACE_APPLY,
          client.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}))
-    return True
+    try:
+        call(bus, subjects.POD_APPLY, client.apply(doc))
+    except CniError:
+        bus.request(subjects.NAMESPACE_DELETE, client.ref(namespace), timeout=REQUEST_TIMEOUT)
+        raise
 
 
 def delete(bus: NodeClient, env: Environment, conf: NetConf) -> None:

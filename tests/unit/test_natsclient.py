@@ -169,32 +169,18 @@ def test_a_ping_while_waiting_is_answered_and_frames_split_at_every_byte_are_rea
     assert c.request("a.b", b"hi", 5) == b"hello"
 
 
-def test_an_error_line_fails_the_request():
+@pytest.mark.parametrize("answer, reason", [
+    (b"-ERR 'Permissions Violation for Publish to \"a.b\"'\r\n", "permission"),
+    (b"MSG _INBOX_cni.t.1 1 five\r\n", "protocol"),
+    (b"", "connect"),                      # the peer hangs up
+])
+def test_an_error_line_a_malformed_message_or_a_hang_up_fail_the_request(answer, reason):
     def script(peer, reader) -> None:
         handshake(peer, reader)
         reader.readline()
         reader.readline()
-        peer.sendall(b"-ERR 'Permissions Violation for Publish to \"a.b\"'\r\n")
+        peer.sendall(answer)
 
     with pytest.raises(NatsFailure) as exc:
         scripted(script).request("a.b", b"x", 5)
-    assert exc.value.reason == "permission"
-
-
-def test_a_malformed_message_and_a_closed_connection_fail():
-    def script(peer, reader) -> None:
-        handshake(peer, reader)
-        reader.readline()
-        reader.readline()
-        peer.sendall(b"MSG _INBOX_cni.t.1 1 five\r\n")
-
-    with pytest.raises(NatsFailure) as exc:
-        scripted(script).request("a.b", b"x", 5)
-    assert exc.value.reason == "protocol"
-
-    def hang_up(peer, reader) -> None:
-        handshake(peer, reader)
-
-    with pytest.raises(NatsFailure) as exc:
-        scripted(hang_up).request("a.b", b"x", 5)
-    assert exc.value.reason == "connect"
+    assert exc.value.reason == reason
