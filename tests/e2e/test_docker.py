@@ -155,47 +155,48 @@ def test_a_killed_container_and_a_node_restart_leave_nothing_orphaned(docker_nod
         node.cli("delete", "cnp", "k-web", "-n", "docker", check=False)
 
 
-def test_a_dockerd_restart_brings_containers_back_on_capillary_and_orphans_nothing(docker_node, dockerd, capnet):
-    """dockerd stops its containers when it stops (no live-restore): their pods go with them.
-    When it starts again, a container with a restart policy joins capillary again (labels,
-    connectivity and policy as before) and one without stays down, with no pod, veth or
-    address left behind; Docker can still take everything down afterwards."""
+def test_a_dockerd_restart_keeps_live_containers_and_removes_stopped_ones_cleanly(docker_node, dockerd, capnet):
+    """With live-restore, containers run on while dockerd restarts: their pods, addresses,
+    connectivity and policy stay as they were. A dockerd that starts without live-restore
+    stops the containers it finds running: their endpoints are removed cleanly (no pod, veth
+    or address left) and new containers get addresses and connectivity as before."""
     node = docker_node
     names = {"r-web": "web", "r-client": "client", "r-other": "other"}
-    for name, app in names.items():
-        dockerd("run", "-d", "--name", name, "--restart", "always", "--network", capnet, "--label", f"app={app}",
-                IMAGE, "sleep", "600")
-    dockerd("run", "-d", "--name", "r-once", "--network", capnet, "--label", "app=once", IMAGE, "sleep", "600")
+    refs = {f"docker/{name}" for name in names}
     policy = {"apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy",
               "metadata": {"name": "r-web", "namespace": "docker"},
               "spec": {"endpointSelector": {"matchLabels": {"app": "web"}},
                        "ingress": [{"fromEndpoints": [{"matchLabels": {"app": "client"}}]}]}}
-    refs = {f"docker/{name}" for name in names}
     servers = Servers()
     try:
-        before = node.pods()
-        node.apply(yaml.safe_dump(policy))
-        dockerd.restart()
-        wait_for(lambda: refs <= set(node.pods()) and "docker/r-once" not in node.pods(),
-                 "the restarting containers back on capillary and r-once gone")
-        assert dockerd("inspect", "--format", "{{.State.Running}}", "r-once").stdout.strip() == "false"
-        pods = node.pods()
+        dockerd.restart(live_restore=True)
         for name, app in names.items():
-            pod = pods[f"docker/{name}"]
-            assert pod["metadata"]["labels"] == {"app": app} and pod["spec"]["netns"] == dockerd.netns(name)
-            addr = dockerd("exec", name, "ip", "-o", "-4", "addr", "show", "eth0").stdout
-            assert f"{pod['status']['podIP']}/32" in addr
-        web = pods["docker/r-web"]
+            dockerd("run", "-d", "--name", name, "--network", capnet, "--label", f"app={app}", IMAGE, "sleep", "600")
+        node.apply(yaml.safe_dump(policy))
+        before = node.pods()
+        web = before["docker/r-web"]
         servers.start(web["spec"]["netns"], PORT)
-        assert probe(pods["docker/r-client"]["spec"]["netns"], "tcp", web["status"]["podIP"], PORT)
-        assert not probe(pods["docker/r-other"]["spec"]["netns"], "tcp", web["status"]["podIP"], PORT)
+        dockerd.restart()
+        assert {ref: before[ref] for ref in refs} == {ref: p for ref, p in node.pods().items() if ref in refs}
+        assert probe(before["docker/r-client"]["spec"]["netns"], "tcp", web["status"]["podIP"], PORT)
+        assert not probe(before["docker/r-other"]["spec"]["netns"], "tcp", web["status"]["podIP"], PORT)
+        assert dockerd("exec", "r-client", "ping", "-c", "1", "-W", "2", web["status"]["podIP"],
+                       check=False).returncode == 0
+        servers.close()
+        dockerd.restart(live_restore=False)
+        wait_for(lambda: not refs & set(node.pods()), "the stopped containers' pods to go")
         links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=True).stdout
-        assert before["docker/r-once"]["status"]["hostInterface"] not in links
-        dockerd("rm", "-f", *names, "r-once")
-        assert not {*refs, "docker/r-once"} & set(node.pods())
+        assert not [ref for ref in refs if before[ref]["status"]["hostInterface"] in links]
+        dockerd("start", "r-web", "r-client")
+        pods = node.pods()
+        assert {pods[f"docker/{n}"]["metadata"]["labels"]["app"] for n in ("r-web", "r-client")} == {"web", "client"}
+        assert dockerd("exec", "r-client", "ping", "-c", "1", "-W", "2", pods["docker/r-web"]["status"]["podIP"],
+                       check=False).returncode == 0
+        dockerd("rm", "-f", *names)
+        assert not refs & set(node.pods())
     finally:
         servers.close()
-        dockerd("rm", "-f", *names, "r-once", check=False)
+        dockerd("rm", "-f", *names, check=False)
         node.cli("delete", "cnp", "r-web", "-n", "docker", check=False)
 
 
