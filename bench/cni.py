@@ -7,7 +7,13 @@ netns with the spec's environment, each split into start-up (an exec of the plug
 interpreter importing what ADD imports, and nothing more) and work (the rest: NATS,
 endpointd, the kernel).
 
-    .venv/bin/python bench/cni.py [--containers 50] [--adds 20]
+    .venv/bin/python bench/cni.py [--containers 50] [--adds 20] [--plugin-dir DIR] [--against DIR]
+
+The plugin is this checkout's, installed into a directory of the run's own (as `make setup`
+installs it into /opt/cni/bin), unless --plugin-dir names one that holds a `capillary`.
+--against DIR: each ADD (and DEL) is also made with the plugin installed in DIR (another
+build), alternating with ours on the same node, so a loaded machine weighs on both alike.
+The network configs name the node's `cni` NATS context (`context`), as the README advises.
 
 Prints a table and writes bench/results/cni.json. Runs its own node (pod CIDR
 10.231.0.0/24), a bridge network on 10.232.0.0/24 (bridge device cbr<tag>, no masquerade),
@@ -29,9 +35,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import (Spread, bench_node, cleaned_up, environment, log, ratios, run,  # noqa: E402
                           table, write_results)
+from services.cni.install import command, install  # noqa: E402
+from services.runtime.config import load_config  # noqa: E402
+from services.wire.subjects import CNI_CLIENT  # noqa: E402
 from tests.support.podman import IMAGE, Podman  # noqa: E402
 
-PLUGIN = "/opt/cni/bin/capillary"
 POD_CIDR, BRIDGE_CIDR = "10.231.0.0/24", "10.232.0.0/24"
 FIRST_PACKET_TIMEOUT = 60
 # The plugin's start-up before ADD does any work: its entry point and the node's client
@@ -49,10 +57,11 @@ def first_packet(pm: Podman, name: str, network: str) -> float:
     return time.monotonic() - start
 
 
-def plugin(command: str, conf: dict, **env: str) -> float:
-    environ = {**os.environ, "CNI_COMMAND": command, "CNI_PATH": "/opt/cni/bin", **env}
+def plugin(plugin_dir: Path, command: str, conf: dict, **env: str) -> float:
+    environ = {**os.environ, "CNI_COMMAND": command, "CNI_PATH": str(plugin_dir), **env}
     start = time.monotonic()
-    proc = subprocess.run([PLUGIN], input=json.dumps(conf), capture_output=True, text=True, env=environ)
+    proc = subprocess.run([plugin_dir / "capillary"], input=json.dumps(conf), capture_output=True, text=True,
+                          env=environ)
     took = time.monotonic() - start
     if proc.returncode != 0:
         raise RuntimeError(f"{command}: {proc.stdout}")
@@ -60,22 +69,34 @@ def plugin(command: str, conf: dict, **env: str) -> float:
 
 
 def start_up() -> float:
+    """The installed wrapper's interpreter, flags and module path, importing what ADD imports."""
+    python, *flags, _launch, path = command()
     start = time.monotonic()
-    subprocess.run([sys.executable, "-c", ADD_IMPORTS], check=True)
+    subprocess.run(["/bin/sh", "-c", 'exec "$@"', "sh", python, *flags, "-c",
+                    f"import sys; sys.path[:0] = {path!r}.split({os.pathsep!r}); {ADD_IMPORTS}"], check=True)
     return time.monotonic() - start
 
 
-def add_times(cleanup, node, count: int) -> tuple[list[float], list[float]]:
-    conf = {"cniVersion": "1.1.0", "name": "benchnet", "type": "capillary", "config": str(node.config_path)}
-    startup, total = [], []
+def context(node) -> str:
+    """The node's NATS context for the CNI plugin (its `cni` user)."""
+    return str(load_config(node.config_path).credentials_path(CNI_CLIENT))
+
+
+def add_times(cleanup, node, plugin_dirs: list[Path], count: int) -> tuple[list[float], list[list[float]]]:
+    """COUNT ADDs (each followed by its DEL) with each plugin in PLUGIN_DIRS in turn: the
+    start-up of ours, and the ADD times of each."""
+    conf = {"cniVersion": "1.1.0", "name": "benchnet", "type": "capillary", "context": context(node)}
+    startup: list[float] = []
+    total: list[list[float]] = [[] for _ in plugin_dirs]
     for i in range(count):
-        ns = f"cnib-{node.tag}-{i}"
-        run(["ip", "netns", "add", ns])
-        cleanup.push(f"netns {ns}", lambda ns=ns: run(["ip", "netns", "del", ns], check=False))
-        env = {"CNI_CONTAINERID": f"bench{i}", "CNI_NETNS": f"/run/netns/{ns}", "CNI_IFNAME": "eth0"}
         startup.append(start_up())
-        total.append(plugin("ADD", conf, **env))
-        plugin("DEL", conf, **env)
+        for k, plugin_dir in enumerate(plugin_dirs):
+            ns = f"cnib-{node.tag}-{i}-{k}"
+            run(["ip", "netns", "add", ns])
+            cleanup.push(f"netns {ns}", lambda ns=ns: run(["ip", "netns", "del", ns], check=False))
+            env = {"CNI_CONTAINERID": f"bench{i}-{k}", "CNI_NETNS": f"/run/netns/{ns}", "CNI_IFNAME": "eth0"}
+            total[k].append(plugin(plugin_dir, "ADD", conf, **env))
+            plugin(plugin_dir, "DEL", conf, **env)
     return startup, total
 
 
@@ -83,15 +104,20 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--containers", type=int, default=50)
     parser.add_argument("--adds", type=int, default=20)
+    parser.add_argument("--plugin-dir", type=Path, help="run the plugin installed here")
+    parser.add_argument("--against", type=Path, help="time ADDs of the plugin installed here too")
     args = parser.parse_args()
     with cleaned_up() as cleanup:
         work = Path(tempfile.mkdtemp(prefix="capillary-bench-cni-"))
         cleanup.push(f"remove {work}", lambda: shutil.rmtree(work, ignore_errors=True))
         node = bench_node(cleanup, work / "node", POD_CIDR, "c")
-        pm = Podman(work / "podman")
+        plugin_dir = args.plugin_dir or work / "cni-bin"
+        if args.plugin_dir is None:
+            install(plugin_dir)
+        pm = Podman(work / "podman", plugin_dirs=(str(plugin_dir), "/usr/lib/cni"))
         cleanup.push("podman", pm.close)
         pm.import_busybox()
-        pm.network("capnet", {"type": "capillary", "config": str(node.config_path)})
+        pm.network("capnet", {"type": "capillary", "context": context(node)})
         bridge = f"cbr{node.tag}"
         cleanup.push(f"bridge {bridge}", lambda: run(["ip", "link", "del", bridge], check=False))
         pm.network("bridgenet", {"type": "bridge", "bridge": bridge, "isGateway": True, "ipMasq": False,
@@ -103,17 +129,26 @@ def main() -> None:
             times[network].append(first_packet(pm, f"b{i}", network))
         log(f"{args.containers} containers up; removing them")
         pm("rm", "-a", "-f", "-t", "0")
-        startup, total = add_times(cleanup, node, args.adds)
+        startup, totals = add_times(cleanup, node, [plugin_dir, *([args.against] if args.against else [])],
+                                    args.adds)
+        total = totals[0]
         s = summary(times, startup, total)
+        if args.against:
+            s["against_add_total_ms"] = Spread.of([t * 1000 for t in totals[1]])
+            s["add_ratio_to_against"] = Spread.of(ratios(total, totals[1]))
         rows = [["create -> first packet, capillary (s)", s["first_packet_s"]["capillary"].text()],
                 ["create -> first packet, bridge (s)", s["first_packet_s"]["bridge"].text()],
                 ["ratio capillary / bridge (p50 of pairs)", s["ratio_to_bridge"].text()],
                 ["ADD total (ms)", s["add_total_ms"].text("{:.0f}")],
                 ["ADD start-up (ms)", s["add_startup_ms"].text("{:.0f}")],
                 ["ADD work (ms)", s["add_work_ms"].text("{:.0f}")]]
+        if args.against:
+            rows += [[f"ADD total, {args.against} (ms)", s["against_add_total_ms"].text("{:.0f}")],
+                     ["ADD ratio ours / theirs (p50 of pairs)", s["add_ratio_to_against"].text()]]
         print(table(["measure", "p50 [min..max]"], rows))
         write_results("cni", {"benchmark": "cni", "environment": environment(),
-                              "parameters": {"containers": args.containers, "adds": args.adds}, "summary": s,
+                              "parameters": {"containers": args.containers, "adds": args.adds,
+                                             "against": str(args.against or "")}, "summary": s,
                               "first_packet_s": times, "add_total_s": total, "add_startup_s": startup})
 
 

@@ -68,20 +68,10 @@ make_venv() {
     fi
 }
 
-# Where CNI runtimes look for plugins: a wrapper that runs this checkout's entry point.
+# Where CNI runtimes look for plugins: a wrapper that runs this checkout's plugin
+# (services/cni/install.py writes it, and rewrites it only when it would change).
 install_cni_plugin() {
-    local wrapper dir
-    wrapper=$(printf '#!/bin/sh\n# capillary CNI plugin (installed by scripts/setup.sh)\nexec %s "$@"\n' \
-              "$PWD/.venv/bin/capillary-cni")
-    for dir in /opt/cni/bin /usr/lib/cni; do
-        if [ "$(cat "$dir/capillary" 2>/dev/null)" != "$wrapper" ]; then
-            log "installing the CNI plugin as $dir/capillary"
-            mkdir -p "$dir"
-            printf '%s\n' "$wrapper" > "$dir/.capillary.$$"
-            chmod 0755 "$dir/.capillary.$$"
-            mv -f "$dir/.capillary.$$" "$dir/capillary"
-        fi
-    done
+    .venv/bin/python -m services.cni.install /opt/cni/bin /usr/lib/cni | while read -r line; do log "$line"; done
 }
 
 install_packages

@@ -6,8 +6,9 @@ to stdout. Errors exit 1; a failed ADD leaves nothing behind (endpointd undoes a
 pod, and the plugin deletes a pod it cannot report).
 
 A runtime starts the plugin once per command, so its start-up is part of every ADD: this
-module imports only the spec's side (pure), and the node's client (services.cni.plugin:
-asyncio, NATS) only for the commands that talk to the node.
+module imports only the spec's side (pure, light), and the node's client (services.cni.plugin,
+NATS over a blocking socket) only for the commands that talk to the node. The installed
+wrapper runs it through services/cni/launch.py (see services.cni.install).
 """
 from __future__ import annotations
 

@@ -22,14 +22,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import subprocess
 import tomllib
 from pathlib import Path
 
 from services.cni.boltdb import BoltError, open_db
 from services.cni.spec import IO_FAILURE, CniError, Environment
-from services.wire.manifests import LABEL_VALUE, valid_label_key
+from services.wire.names import valid_label_key, valid_label_value
 
 STORAGE_CONF = Path("/etc/containers/storage.conf")
 CONTAINERS_CONF = Path("/usr/share/containers/containers.conf"), Path("/etc/containers/containers.conf")
@@ -79,11 +77,12 @@ def podman_labels(container_id: str, db: Path) -> dict[str, str] | None:
 
 def _valid(labels: dict) -> dict[str, str]:
     return {k: v for k, v in labels.items() if isinstance(k, str) and isinstance(v, str)
-            and valid_label_key(k) and len(v) <= 63 and LABEL_VALUE.match(v)
+            and valid_label_key(k) and valid_label_value(v)
             and not k.startswith("io.containerd.")}
 
 
 def _ctr(address: str, *args: str) -> str:
+    import subprocess      # only for containerd's containers: podman's ADDs need no process
     try:
         proc = subprocess.run(["ctr", "--address", address, *args], capture_output=True, text=True,
                               timeout=CTR_TIMEOUT)
@@ -97,7 +96,10 @@ def _ctr(address: str, *args: str) -> str:
 def containerd_labels(container_id: str, environ: dict[str, str]) -> dict[str, str] | None:
     """The labels of containerd container <namespace>-<id>, or None when it is not one."""
     address = environ.get("CONTAINERD_ADDRESS") or CONTAINERD_SOCKET
-    if "-" not in container_id or not os.path.exists(address) or shutil.which("ctr") is None:
+    if "-" not in container_id or not os.path.exists(address):
+        return None
+    import shutil
+    if shutil.which("ctr") is None:
         return None
     for namespace in _ctr(address, "namespaces", "ls", "-q").split():
         if container_id.startswith(f"{namespace}-"):

@@ -1,6 +1,7 @@
 """The CNI specification's side of the plugin: environment, network config, results, errors.
 
-Pure: nothing here touches the kernel or the bus. Versions: the plugin implements spec 1.1.0
+Pure: nothing here touches the kernel or the bus. Light: no dataclasses, YAML or schemas, as
+the plugin imports this on every command (tests/unit/test_cni_imports.py). Versions: the plugin implements spec 1.1.0
 and accepts network configs of 0.4.0 and 1.0.0 too; a result is shaped for the version the
 config asked for (0.4.0 results carry ``version`` on each IP).
 """
@@ -8,10 +9,9 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
-from typing import Any
+from collections import namedtuple
 
-from services.wire.manifests import DNS_LABEL, MAX_MTU, MIN_MTU, valid_ifname, valid_label_key, LABEL_VALUE
+from services.wire.names import DNS_LABEL, MAX_MTU, MIN_MTU, valid_ifname, valid_label_key, valid_label_value
 
 SPEC_VERSION = "1.1.0"
 SUPPORTED_VERSIONS = ("0.4.0", "1.0.0", "1.1.0")
@@ -54,14 +54,9 @@ class CniError(Exception):
         return out
 
 
-@dataclass(frozen=True)
-class Environment:
-    command: str
-    container_id: str = ""
-    netns: str = ""
-    ifname: str = ""
-    args: dict[str, str] = field(default_factory=dict)
-    path: str = ""
+# The spec's environment: CNI_COMMAND, CNI_CONTAINERID, CNI_NETNS, CNI_IFNAME, CNI_ARGS (parsed), CNI_PATH.
+Environment = namedtuple("Environment", "command container_id netns ifname args path",
+                         defaults=("", "", "", {}, ""))
 
 
 def parse_environment(environ: dict[str, str]) -> Environment:
@@ -103,16 +98,13 @@ def parse_args(text: str) -> dict[str, str]:
     return out
 
 
-@dataclass(frozen=True)
-class NetConf:
-    cni_version: str
-    name: str
-    context: str = ""                 # NATS context file (default: the node's admin context)
-    config: str = ""                  # node config file (default: $CAPILLARY_CONFIG, /etc/capillary)
-    mtu: int = 0
-    namespace: str = ""               # pod namespace when the runtime passes none
-    labels: dict[str, str] = field(default_factory=dict)
-    valid_attachments: tuple[tuple[str, str], ...] = ()
+# The network config: cniVersion, name; context (the NATS context file; default: the node's
+# `cni` context), config (the node config file; default: $CAPILLARY_CONFIG, /etc/capillary),
+# mtu (0: the kernel's), namespace (the pod namespace when the runtime passes none), labels
+# (args.cni.labels), valid_attachments (GC: (container id, ifname) pairs) and prev_result
+# (CHECK: the result of the ADD, as the runtime stored it).
+NetConf = namedtuple("NetConf", "cni_version name context config mtu namespace labels valid_attachments "
+                                "prev_result", defaults=("", "", 0, "", {}, (), None))
 
 
 def parse_config(raw: bytes, command: str) -> NetConf:
@@ -138,7 +130,8 @@ def parse_config(raw: bytes, command: str) -> NetConf:
         raise CniError(INVALID_CONFIG, f"type: {doc.get('type')!r} is not {PLUGIN_TYPE!r}")
     return NetConf(version, name, context=_path(doc, "context"), config=_path(doc, "config"),
                    mtu=_mtu(doc), namespace=_namespace(doc), labels=_labels(doc),
-                   valid_attachments=_attachments(doc) if command == "GC" else ())
+                   valid_attachments=_attachments(doc) if command == "GC" else (),
+                   prev_result=_prev_result(doc) if command == "CHECK" else None)
 
 
 def _path(doc: dict, key: str) -> str:
@@ -177,7 +170,7 @@ def _labels(doc: dict) -> dict[str, str]:
         key, value = item.get("key"), item.get("value")
         if not isinstance(key, str) or not valid_label_key(key):
             raise CniError(INVALID_CONFIG, f"{where}.key: {key!r} is not a valid label key")
-        if not isinstance(value, str) or len(value) > 63 or not LABEL_VALUE.match(value):
+        if not isinstance(value, str) or not valid_label_value(value):
             raise CniError(INVALID_CONFIG, f"{where}.value: {value!r} is not a valid label value")
         labels[key] = value
     return labels
@@ -228,14 +221,14 @@ def pod_namespace(env: Environment, conf: NetConf) -> str:
     return ns
 
 
-def result(version: str, pod: dict[str, Any], ifname: str, gateway: str, mtu: int = 0) -> dict:
+def result(version: str, pod: dict, ifname: str, gateway: str, mtu: int = 0) -> dict:
     """The ADD result: host veth, container interface (in its sandbox), /32 and default route."""
     status = pod["status"]
     host = {"name": status["host_ifname"], "mac": status["host_mac"]}
-    inner: dict[str, Any] = {"name": ifname, "mac": status["pod_mac"], "sandbox": status["netns"]}
+    inner: dict = {"name": ifname, "mac": status["pod_mac"], "sandbox": status["netns"]}
     if mtu:
         host["mtu"] = inner["mtu"] = mtu
-    ip: dict[str, Any] = {"address": f"{status['pod_ip']}/32", "gateway": gateway, "interface": 1}
+    ip: dict = {"address": f"{status['pod_ip']}/32", "gateway": gateway, "interface": 1}
     if version == "0.4.0":
         ip["version"] = "4"
     return {"cniVersion": version, "interfaces": [host, inner], "ips": [ip],
@@ -244,3 +237,46 @@ def result(version: str, pod: dict[str, Any], ifname: str, gateway: str, mtu: in
 
 def version_result() -> dict:
     return {"cniVersion": SPEC_VERSION, "supportedVersions": list(SUPPORTED_VERSIONS)}
+
+
+def _prev_result(doc: dict) -> dict:
+    prev = doc.get("prevResult")
+    if not isinstance(prev, dict):
+        raise CniError(INVALID_CONFIG, "prevResult: required for CHECK (the result of the ADD), an object")
+    for key in ("interfaces", "ips", "routes"):
+        items = prev.get(key, [])
+        if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
+            raise CniError(INVALID_CONFIG, f"prevResult.{key}: must be a list of objects")
+    return prev
+
+
+def _where(iface: dict) -> str:
+    sandbox = iface.get("sandbox") or ""
+    return f"interface {iface.get('name')} " + (f"in {sandbox}" if sandbox else "on the host")
+
+
+def result_problems(prev: dict, now: dict) -> list[str]:
+    """Where NOW (the result the attachment gives today, result() of its pod) departs from
+    PREV (the ADD's result, as the runtime stored it): the interfaces and their MACs, the
+    addresses and their gateways. Routes are left to the kernel check: a later plugin in
+    the chain may have changed them (the spec allows it)."""
+    problems = []
+    before = {(i.get("name"), i.get("sandbox") or ""): i for i in prev.get("interfaces", [])}
+    after = {(i["name"], i.get("sandbox") or ""): i for i in now["interfaces"]}
+    for key, iface in after.items():
+        was = before.get(key)
+        if was is None:
+            problems.append(f"{_where(iface)} is not in prevResult")
+        elif str(was.get("mac", "")).lower() not in ("", iface["mac"].lower()):
+            problems.append(f"{_where(iface)} has MAC {iface['mac']}, prevResult says {was['mac']}")
+    problems += [f"{_where(was)} of prevResult is gone" for key, was in before.items() if key not in after]
+    ips_before = {ip.get("address"): ip for ip in prev.get("ips", [])}
+    ips_after = {ip["address"]: ip for ip in now["ips"]}
+    for address, ip in ips_after.items():
+        was = ips_before.get(address)
+        if was is None:
+            problems.append(f"address {address} is not in prevResult")
+        elif was.get("gateway") not in (None, ip["gateway"]):
+            problems.append(f"address {address} has gateway {ip['gateway']}, prevResult says {was['gateway']}")
+    problems += [f"address {a} of prevResult is not the pod's" for a in ips_before if a not in ips_after]
+    return problems

@@ -2,7 +2,10 @@
 
 IPAM hands out capillary's own addresses (as /32s) from the node's pod CIDR; the address
 stays claimed for Docker between RequestAddress and ReleaseAddress, and a pod holds it in
-between. Join makes the pod: endpointd's usual create (identity, policy entries, host veth,
+between. What Docker holds (each address, and the endpoint using it once CreateEndpoint has
+named one) is kept in JetStream KV (subjects.BUCKET_DOCKER_ADDRESSES) before the answer goes
+back, and claimed again when endpointd starts, before it serves anything: a node restart
+between RequestAddress and Join neither hands the address to another pod nor forgets it. Join makes the pod: endpointd's usual create (identity, policy entries, host veth,
 program, endpoint entry, ipcache), with the pod side of the veth left on the host under a
 temporary name, which libnetwork then moves into the container's sandbox as eth<N> and
 configures with the address. Join's answer: that name, an on-link route to the router and
@@ -19,6 +22,7 @@ from pathlib import Path
 from services.dockerdriver import engine
 from services.dockerdriver.server import DriverError, serve
 from services.runtime.bus import ServiceError
+from services.wire import codec, subjects
 from services.wire.messages import Apply, ObjectRef, PodSpec
 
 ADDRESS_SPACE = "capillary"
@@ -36,6 +40,28 @@ class DockerDriver:
         self.reserved: set[str] = set()              # claimed for Docker by RequestAddress
         self.endpoints: dict[str, str] = {}           # endpoint id -> its address
         self.server: asyncio.AbstractServer | None = None
+
+    async def restore(self) -> None:
+        """Claim the addresses Docker held before endpointd (re)started; call before serving.
+        Raises StateUnreadable when the bucket cannot be read (nothing claimed then)."""
+        self.kv = await self.svc.bus.kv(subjects.BUCKET_DOCKER_ADDRESSES, create=True)
+        held = await self.svc.bus.kv_items(self.kv)
+        for ip, record in held.items():
+            try:
+                if not self.svc.ipam.in_use(ip):      # else a restored pod holds it already
+                    self.svc.ipam.claim(ip)
+            except ValueError as exc:                 # the pod CIDR changed under it
+                self.svc.log.warning("docker address not restored", address=ip, error=str(exc))
+                continue
+            self.reserved.add(ip)
+            if record.get("endpoint"):
+                self.endpoints[record["endpoint"]] = ip
+
+    async def _record(self, ip: str, endpoint: str = "") -> None:
+        try:
+            await self.kv.put(ip, codec.encode({"address": ip, "endpoint": endpoint}))
+        except Exception as exc:           # nats-py raises several unrelated types here
+            raise DriverError(f"cannot record address {ip}: {exc}") from None
 
     async def start(self) -> None:
         self.server = await serve(Path(self.config.docker.plugin), self.routes())
@@ -108,12 +134,22 @@ class DockerDriver:
                     ip = self.svc.ipam.allocate()
             except ValueError as exc:
                 raise DriverError(f"address: {exc}") from None
+            try:
+                await self._record(ip)
+            except DriverError:
+                self.svc.ipam.release(ip)
+                raise
             self.reserved.add(ip)
         return {"Address": f"{ip}/32", "Data": {}}
 
     async def _release_address(self, req: dict) -> dict:
         ip = (req.get("Address") or "").split("/")[0]
         async with self.svc._lock:
+            if ip in self.reserved:
+                try:
+                    await self.kv.delete(ip)
+                except Exception as exc:       # still held: Docker may retry the release
+                    raise DriverError(f"cannot release address {ip}: {exc}") from None
             self.reserved.discard(ip)
             held = any(p.status.pod_ip == ip for p in self.svc.pods.values())
             if not held and ip and ip != str(self.config.router_ip):
@@ -137,6 +173,7 @@ class DockerDriver:
         ip = (iface.get("Address") or "").split("/")[0]
         if ip not in self.reserved:
             raise DriverError(f"address {ip or '(none)'} did not come from capillary's IPAM")
+        await self._record(ip, req["EndpointID"])
         self.endpoints[req["EndpointID"]] = ip
         return {"Interface": {}}
 
@@ -181,7 +218,9 @@ class DockerDriver:
 
     async def _delete_endpoint(self, req: dict) -> dict:
         await self._delete_pod(req["EndpointID"])
-        self.endpoints.pop(req["EndpointID"], None)
+        ip = self.endpoints.pop(req["EndpointID"], None)
+        if ip is not None and ip in self.reserved:
+            await self._record(ip)             # still Docker's until ReleaseAddress
         return {}
 
     async def _delete_pod(self, endpoint_id: str) -> None:

@@ -75,6 +75,9 @@ class EndpointService(Service):
         self.kv_pods = await self.bus.kv(subjects.BUCKET_PODS, create=True)
         async with self._lock:
             await self._reconcile()
+            if self.config.docker.plugin:   # Docker's addresses too, before anything is served
+                self.docker = DockerDriver(self)
+                await self.docker.restore()
         self.ct_gc.start()                  # only now are the pods' addresses known
         self.bus.on_reconnect(self._resync)
 
@@ -87,7 +90,6 @@ class EndpointService(Service):
         await b.serve(subjects.POD_LIST, ListRequest, self.list_pods)
         await b.serve(subjects.POD_CHECK, ObjectRef, self.check_pod)
         if self.config.docker.plugin:
-            self.docker = DockerDriver(self)
             await self.docker.start()
 
     async def counters(self) -> dict[str, int]:

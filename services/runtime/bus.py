@@ -7,11 +7,8 @@ turns that (or any other exception, as ``internal``) into an error reply and a c
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import nats
@@ -22,6 +19,7 @@ from nats.errors import Error as NatsError
 from nats.js.errors import BucketNotFoundError, Error as JetStreamError, KeyNotFoundError
 from nats.js.kv import KeyValue
 
+from services.runtime.credentials import Credentials, RemoteError, ServiceError
 from services.wire import codec, subjects
 from services.wire.messages import (EXHAUSTED, INTERNAL, INVALID, UNAVAILABLE, Message, SchemaError,
                                     error_reply, ok_reply)
@@ -32,19 +30,6 @@ if TYPE_CHECKING:       # services pass their metrics in; a client (the CNI plug
 log = structlog.get_logger()
 
 
-class ServiceError(Exception):
-    """An error a handler reports to its caller: a code from wire.messages and one line."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-class RemoteError(ServiceError):
-    """An error reply received from another service (or no reply at all)."""
-
-
 class StateUnreadable(ServiceError):
     """A KV bucket whose contents could not be read with certainty: its state is unknown,
     never "empty". Callers must not act on it (delete, re-plan) and should try again later."""
@@ -52,42 +37,6 @@ class StateUnreadable(ServiceError):
     def __init__(self, bucket: str, why: str) -> None:
         super().__init__(UNAVAILABLE, f"cannot read KV bucket {bucket}: {why}")
         self.bucket = bucket
-
-
-@dataclass(frozen=True)
-class Credentials:
-    """A NATS CLI context file: {"url", "user", "password"} (written mode 0600), and with
-    TLS {"ca", "cert", "key"}: the CA the server's certificate must chain to, and ours."""
-
-    url: str
-    user: str
-    password: str
-    ca: str | None = None
-    cert: str | None = None
-    key: str | None = None
-
-    def tls_context(self):
-        """The client's TLS context, or None for a plain connection (nats://, no CA)."""
-        if not self.ca and not self.url.startswith("tls://"):
-            return None
-        if not self.ca:
-            raise ServiceError(INVALID, f"{self.url} needs TLS, and the context file names no CA (\"ca\")")
-        from services.runtime.tls import client_context
-        try:
-            return client_context(self.ca, self.cert, self.key)
-        except (OSError, ValueError) as exc:
-            raise ServiceError(INVALID, f"cannot load the TLS files of the context: {exc}") from None
-
-    @classmethod
-    def load(cls, path: Path) -> "Credentials":
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise ServiceError(UNAVAILABLE, f"no NATS credentials at {path}: is the node up?") from None
-        except (OSError, ValueError) as exc:
-            raise ServiceError(INVALID, f"cannot read NATS credentials {path}: {exc}") from None
-        return cls(url=data["url"], user=data["user"], password=data["password"],
-                   ca=data.get("ca"), cert=data.get("cert"), key=data.get("key"))
 
 
 Handler = Callable[[Any], Awaitable[Any]]

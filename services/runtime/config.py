@@ -25,7 +25,7 @@ import yaml
 
 from services.wire.limits import LimitError, load_yaml_all, read_text
 
-ADMIN = "admin"       # the NATS user with every permission: operators (the CLI) and the CNI plugin
+ADMIN = "admin"       # the NATS user with every permission: operators (the CLI)
 
 DEFAULT_CONFIG_PATH = Path("/etc/capillary/config.yaml")
 CONFIG_ENV = "CAPILLARY_CONFIG"

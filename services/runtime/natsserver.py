@@ -4,7 +4,9 @@ Every service gets its own user whose permissions come from services.wire.subjec
 it may subscribe only to what it serves or listens to (plus its own reply inbox), publish only
 what it calls or publishes (plus replies to requests it received), and touch only the
 JetStream KV buckets it owns. Readers (subjects.READERS: `flows`) may subscribe to what they
-read and publish nothing. The admin user (CLI and people) may do everything. Each user's
+read and publish nothing; clients (subjects.CLIENTS: `cni`, the CNI plugin) may publish what
+they call and subscribe to their own reply inbox. The admin user (CLI and people) may do
+everything. Each user's
 credentials are a NATS CLI context file, mode 0600.
 
 Whenever NATS listens beyond loopback (or nats.tls is set) it runs with TLS (services.runtime.
@@ -26,7 +28,7 @@ from services.runtime import certs, tls
 from services.runtime.config import ADMIN, NodeConfig
 from services.wire import subjects
 
-USERS = (ADMIN, *subjects.SERVICES, *subjects.READERS)
+USERS = (ADMIN, *subjects.SERVICES, *subjects.READERS, *subjects.CLIENTS)
 
 
 def nats_server_binary() -> str:
@@ -96,6 +98,9 @@ def permissions(user: str) -> dict:
     if user in subjects.READERS:
         return {"publish": {"deny": [">"]},
                 "subscribe": {"allow": list(subjects.READERS[user].listens)}}
+    if user in subjects.CLIENTS:
+        return {"publish": {"allow": list(subjects.CLIENTS[user].calls)},
+                "subscribe": {"allow": [f"{subjects.inbox_prefix(user)}.>"]}}
     g = subjects.GRANTS[user]
     publish = [*g.calls, *g.publishes, "$JS.API.INFO"]
     for bucket in g.buckets:

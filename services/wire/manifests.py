@@ -15,14 +15,11 @@ import yaml
 from services.wire.labels import AUDIT_ANNOTATION
 from services.wire.limits import LimitError, load_json, load_yaml_all
 from services.wire.messages import NamespaceSpec, PodSpec
+from services.wire.names import (DNS_LABEL, DNS_SUBDOMAIN, LABEL_NAME, LABEL_VALUE, MAX_MTU,  # noqa: F401
+                                 MIN_MTU, valid_ifname, valid_label_key)
 
-DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?\Z")
-DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*\Z")
-LABEL_NAME = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)\Z")
-LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?\Z")
 DEFAULT_NAMESPACE = "default"
 MAX_ATTACHMENT = 256
-MIN_MTU, MAX_MTU = 576, 65535      # IPv4's minimum datagram; veth's maximum
 
 # (apiVersion, kind) -> the service that owns objects of that kind
 POD_KINDS = {("v1", "Namespace"), ("v1", "Pod")}
@@ -124,13 +121,6 @@ def check_labels(labels: Any, path: str, where: str) -> dict[str, str]:
     return out
 
 
-def valid_label_key(key: str) -> bool:
-    prefix, slash, name = key.rpartition("/")
-    if slash and (len(prefix) > 253 or not DNS_SUBDOMAIN.match(prefix)):
-        return False
-    return 0 < len(name) <= 63 and bool(LABEL_NAME.match(name))
-
-
 def _name(meta: dict, where: str, pattern: re.Pattern, what: str) -> str:
     name = meta.get("name")
     if not isinstance(name, str) or not name:
@@ -178,13 +168,6 @@ def parse_pod(doc: Document) -> PodSpec:
         raise ManifestError(f'{where}: metadata.annotations.{AUDIT_ANNOTATION}: {audit!r} must be "true" or "false"')
     return PodSpec(name=name, namespace=namespace, labels=labels, netns=netns, audit=audit == "true",
                    **attach)
-
-
-def valid_ifname(name: str) -> bool:
-    """The kernel's rule for an interface name (dev_valid_name): 1-15 bytes, no '/', ':'
-    or whitespace, not '.' or '..'."""
-    return (0 < len(name.encode()) < 16 and name not in (".", "..")
-            and not any(c in "/:" or c.isspace() for c in name))
 
 
 def _attachment_fields(spec: dict, where: str) -> dict:

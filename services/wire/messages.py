@@ -31,12 +31,7 @@ class SchemaError(ValueError):
 
 
 # Error codes carried in error replies (and mapped to CLI exit messages).
-INVALID = "invalid"
-NOT_FOUND = "not_found"
-EXISTS = "exists"
-EXHAUSTED = "exhausted"
-UNAVAILABLE = "unavailable"
-INTERNAL = "internal"
+from services.wire.codes import EXHAUSTED, EXISTS, INTERNAL, INVALID, NOT_FOUND, UNAVAILABLE  # noqa: E402,F401
 
 
 class Message:

@@ -6,7 +6,7 @@ published by exactly one service. The same table drives the per-service NATS per
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import namedtuple
 
 ROOT = "capillary"
 SERVICES = ("endpointd", "policyd", "routed", "flowd")
@@ -88,24 +88,25 @@ BUCKET_IDENTITIES = "capillary_identities"
 BUCKET_POLICIES = "capillary_policies"
 # policyd's own record of the endpoints endpointd announced (policy.endpoint.sync / forget)
 BUCKET_POLICY_ENDPOINTS = "capillary_policy_endpoints"
+# endpointd as Docker's IPAM driver: the addresses Docker holds (RequestAddress until
+# ReleaseAddress), keyed by address, each with the endpoint that uses it once there is one.
+BUCKET_DOCKER_ADDRESSES = "capillary_docker_addresses"
 BUCKETS = {
     BUCKET_NAMESPACES: "endpointd",
     BUCKET_PODS: "endpointd",
+    BUCKET_DOCKER_ADDRESSES: "endpointd",
     BUCKET_IDENTITIES: "policyd",
     BUCKET_POLICIES: "policyd",
     BUCKET_POLICY_ENDPOINTS: "policyd",
 }
 
 
-@dataclass(frozen=True)
-class Grants:
-    """What one service may do on the bus: serve (subscribe + reply), call, publish, listen."""
+class Grants(namedtuple("Grants", "serves calls publishes listens buckets", defaults=((), (), (), ()))):
+    """What one service may do on the bus: serve (subscribe + reply), call, publish, listen
+    (each a tuple of subjects), and the KV buckets it owns. A named tuple, not a dataclass:
+    the CNI plugin imports this module on every command."""
 
-    serves: tuple[str, ...]
-    calls: tuple[str, ...] = ()
-    publishes: tuple[str, ...] = ()
-    listens: tuple[str, ...] = ()
-    buckets: tuple[str, ...] = ()
+    __slots__ = ()
 
 
 # Every service also calls its own health subject: its container's healthcheck asks it
@@ -118,7 +119,7 @@ GRANTS: dict[str, Grants] = {
                POLICY_ENDPOINT_SYNC, POLICY_ENDPOINT_FORGET, health("routed"), health("policyd"),
                health("flowd"), health("endpointd")),
         publishes=(f"{ENDPOINT_EVENTS}.>",),
-        buckets=(BUCKET_NAMESPACES, BUCKET_PODS),
+        buckets=(BUCKET_NAMESPACES, BUCKET_PODS, BUCKET_DOCKER_ADDRESSES),
     ),
     "policyd": Grants(
         serves=(IDENTITY_ALLOCATE, IDENTITY_RELEASE, IDENTITY_LIST, POLICY_APPLY, POLICY_DELETE,
@@ -145,4 +146,12 @@ GRANTS: dict[str, Grants] = {
 FLOWS_READER = "flows"      # subscribers to flows, e.g. examples/subscribe_flows.py
 READERS: dict[str, Grants] = {
     FLOWS_READER: Grants(serves=(), listens=(f"{FLOWS}.>",)),
+}
+
+# Users that are not services and only call: publish to what is listed, replies on their own
+# inbox (nothing else to subscribe to). The CNI plugin (`cni`) makes, checks and deletes pods.
+CNI_CLIENT = "cni"
+CLIENTS: dict[str, Grants] = {
+    CNI_CLIENT: Grants(serves=(), calls=(NAMESPACE_APPLY, NAMESPACE_DELETE, NAMESPACE_LIST, POD_APPLY,
+                                         POD_DELETE, POD_LIST, POD_CHECK, *(health(s) for s in SERVICES))),
 }

@@ -24,7 +24,9 @@ def node(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def host_stack_node(tmp_path_factory):
-    yield from _node(tmp_path_factory, mode="host-stack", pod_cidr="10.212.0.0/24")
+    """A running node in host-stack mode, with a pod CIDR of its own (from its random tag, as
+    every test node's), so concurrent runs of this fixture never share one."""
+    yield from _node(tmp_path_factory, mode="host-stack")
 
 
 @pytest.fixture(scope="module")

@@ -1,17 +1,22 @@
 """The CNI plugin with a real client: podman 4.3 on its CNI backend runs busybox containers on
 a capillary network. They reach each other and capillary's own pods, a policy on their labels
 allows and denies, flows name them, and `podman rm` leaves nothing. The commands podman never
-sends (CHECK, GC, STATUS) and the error cases are driven with the spec's environment."""
+sends (CHECK, GC, STATUS) and the error cases are driven with the spec's environment.
+
+The plugin that runs is this checkout's, installed into a directory of the test's own (as
+`make setup` installs it into /opt/cni/bin), which podman and ctr are pointed at."""
 from __future__ import annotations
 
 import json
 import os
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 import yaml
 
+from services.cni.install import install
 from tests.support.flows import FlowCollector
 from tests.support.node import docs, namespace_doc, pod_doc
 from tests.support.containerd import Containerd
@@ -19,22 +24,28 @@ from tests.support.podman import IMAGE, Podman
 from tests.support.traffic import Servers, probe
 
 pytestmark = [pytest.mark.e2e]
-PLUGIN = "/opt/cni/bin/capillary"
 PORT = 8080
 
 
-def cni(command: str, config: dict, **env: str) -> tuple[int, dict | None]:
-    """Run the installed plugin as a runtime would: CNI_* environment, config on stdin."""
+@pytest.fixture(scope="module")
+def plugin_dir(tmp_path_factory) -> Path:
+    directory = tmp_path_factory.mktemp("cni-bin")
+    install(directory)
+    return directory
+
+
+def cni(plugin_dir: Path, command: str, config: dict, **env: str) -> tuple[int, dict | None]:
+    """Run the test's plugin as a runtime would: CNI_* environment, config on stdin."""
     environ = {k: v for k, v in os.environ.items() if not k.startswith("CNI_")}
-    environ.update({"CNI_COMMAND": command, "CNI_PATH": "/opt/cni/bin", **env})
-    proc = subprocess.run([PLUGIN], input=json.dumps(config), capture_output=True, text=True,
+    environ.update({"CNI_COMMAND": command, "CNI_PATH": str(plugin_dir), **env})
+    proc = subprocess.run([plugin_dir / "capillary"], input=json.dumps(config), capture_output=True, text=True,
                           env=environ, timeout=60)
     return proc.returncode, json.loads(proc.stdout) if proc.stdout.strip() else None
 
 
 @pytest.fixture(scope="module")
-def podman(node, tmp_path_factory):
-    pm = Podman(tmp_path_factory.mktemp("podman"))
+def podman(node, plugin_dir, tmp_path_factory):
+    pm = Podman(tmp_path_factory.mktemp("podman"), plugin_dirs=(str(plugin_dir), "/usr/lib/cni"))
     try:
         pm.import_busybox()
         pm.network("capnet", {"type": "capillary", "config": str(node.config_path)})
@@ -105,30 +116,45 @@ def test_a_policy_on_container_labels_allows_and_denies_and_flows_name_them(node
         node.cli("delete", "cnp", "web-from-client", "-n", "default")
 
 
-def test_check_verifies_and_names_what_is_missing(node, podman, scene):
-    pod = scene["default/client1"]
-    container = podman("inspect", "--format", "{{.Id}}", "client1").stdout.strip()
-    conf = {"cniVersion": "1.1.0", "name": "capnet", "type": "capillary", "config": str(node.config_path)}
-    env = {"CNI_CONTAINERID": container, "CNI_NETNS": pod["spec"]["netns"], "CNI_IFNAME": "eth0"}
-    assert cni("CHECK", conf, **env) == (0, None)
-    subprocess.run(["nsenter", f"--net={pod['spec']['netns']}", "ip", "route", "del", "default"], check=True)
+def test_check_verifies_the_kernel_and_the_adds_result_and_names_what_is_missing(node, plugin_dir):
+    """CHECK, as the spec has it, with the ADD's result as prevResult: passes while both the
+    plumbing and the result hold, and names the missing route, an address the pod does not
+    have, and a prevResult that is not there at all."""
+    ns = f"cnichk-{node.tag}"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    conf = {"cniVersion": "1.1.0", "name": "chknet", "type": "capillary", "config": str(node.config_path)}
+    env = {"CNI_CONTAINERID": "chk0001", "CNI_NETNS": f"/run/netns/{ns}", "CNI_IFNAME": "eth0"}
     try:
-        rc, err = cni("CHECK", conf, **env)
+        rc, added = cni(plugin_dir, "ADD", conf, **env)
+        assert rc == 0, added
+        checked = {**conf, "prevResult": added}
+        assert cni(plugin_dir, "CHECK", checked, **env) == (0, None)
+        subprocess.run(["ip", "-n", ns, "route", "del", "default"], check=True)
+        rc, err = cni(plugin_dir, "CHECK", checked, **env)
         assert rc == 1 and err["code"] == 100
         assert f"default route via {node.router_ip} on eth0 is missing" in err["msg"]
+        subprocess.run(["ip", "-n", ns, "route", "add", "default", "via", node.router_ip, "dev", "eth0"], check=True)
+        assert cni(plugin_dir, "CHECK", checked, **env) == (0, None)
+        stale = {**added, "ips": [{**added["ips"][0], "address": "10.254.254.254/32"}]}
+        rc, err = cni(plugin_dir, "CHECK", {**conf, "prevResult": stale}, **env)
+        assert rc == 1 and err["code"] == 100
+        assert "address 10.254.254.254/32 of prevResult is not the pod's" in err["msg"]
+        rc, err = cni(plugin_dir, "CHECK", conf, **env)
+        assert (rc, err["code"]) == (1, 7) and err["msg"].startswith("prevResult:")
+        rc, err = cni(plugin_dir, "CHECK", checked, **{**env, "CNI_CONTAINERID": "f" * 64})
+        assert rc == 1 and err["code"] == 3
+        assert cni(plugin_dir, "DEL", conf, **env) == (0, None)
     finally:
-        subprocess.run(["nsenter", f"--net={pod['spec']['netns']}", "ip", "route", "add", "default",
-                        "via", node.router_ip, "dev", "eth0"], check=True)
-    rc, err = cni("CHECK", conf, **{**env, "CNI_CONTAINERID": "f" * 64})
-    assert rc == 1 and err["code"] == 3
+        subprocess.run(["ip", "netns", "del", ns])
+        node.cli("delete", "pod", "chk0001", "-n", "default", check=False)
 
 
-def test_status_is_ok_on_a_healthy_node(node):
+def test_status_is_ok_on_a_healthy_node(node, plugin_dir):
     conf = {"cniVersion": "1.1.0", "name": "capnet", "type": "capillary", "config": str(node.config_path)}
-    assert cni("STATUS", conf) == (0, None)
+    assert cni(plugin_dir, "STATUS", conf) == (0, None)
 
 
-def test_add_del_gc_with_the_spec_environment(node, tmp_path):
+def test_add_del_gc_with_the_spec_environment(node, plugin_dir, tmp_path):
     """ADD into a netns of our own (as containerd would), GC that keeps it while valid and
     removes it once not, and DEL that succeeds again when there is nothing left."""
     ns = f"cnigc-{node.tag}"
@@ -138,7 +164,7 @@ def test_add_del_gc_with_the_spec_environment(node, tmp_path):
                 "args": {"cni": {"labels": [{"key": "app", "value": "gc"}]}}}
         env = {"CNI_CONTAINERID": "gc0001", "CNI_NETNS": f"/run/netns/{ns}", "CNI_IFNAME": "net1",
                "CNI_ARGS": "IgnoreUnknown=1;K8S_POD_NAMESPACE=gcns;K8S_POD_NAME=gc-pod"}
-        rc, res = cni("ADD", conf, **env)
+        rc, res = cni(plugin_dir, "ADD", conf, **env)
         assert rc == 0, res
         assert res["cniVersion"] == "1.1.0" and res["interfaces"][1] == {
             "name": "net1", "mac": res["interfaces"][1]["mac"], "sandbox": f"/run/netns/{ns}"}
@@ -147,34 +173,34 @@ def test_add_del_gc_with_the_spec_environment(node, tmp_path):
         assert node.pods()["gcns/gc-pod"]["metadata"]["labels"] == {"app": "gc"}
 
         keep = {**conf, "cni.dev/valid-attachments": [{"containerID": "gc0001", "ifname": "net1"}]}
-        assert cni("GC", keep) == (0, None)
+        assert cni(plugin_dir, "GC", keep) == (0, None)
         assert "gcns/gc-pod" in node.pods()
-        assert cni("GC", {**conf, "cni.dev/valid-attachments": []}) == (0, None)
+        assert cni(plugin_dir, "GC", {**conf, "cni.dev/valid-attachments": []}) == (0, None)
         assert "gcns/gc-pod" not in node.pods()
         assert "net1" not in subprocess.run(["ip", "-n", ns, "-o", "link"], capture_output=True, text=True).stdout
-        assert cni("DEL", conf, **env) == (0, None)
+        assert cni(plugin_dir, "DEL", conf, **env) == (0, None)
     finally:
         subprocess.run(["ip", "netns", "del", ns])
         node.cli("delete", "namespace", "gcns", check=False)
 
 
-def test_an_old_config_version_gets_an_old_result_and_del_is_idempotent(node, tmp_path):
+def test_an_old_config_version_gets_an_old_result_and_del_is_idempotent(node, plugin_dir, tmp_path):
     ns = f"cniold-{node.tag}"
     subprocess.run(["ip", "netns", "add", ns], check=True)
     conf = {"cniVersion": "0.4.0", "name": "oldnet", "type": "capillary", "config": str(node.config_path)}
     env = {"CNI_CONTAINERID": "old0001", "CNI_NETNS": f"/run/netns/{ns}", "CNI_IFNAME": "eth0"}
     try:
-        rc, res = cni("ADD", conf, **env)
+        rc, res = cni(plugin_dir, "ADD", conf, **env)
         assert rc == 0, res
         assert res["cniVersion"] == "0.4.0" and res["ips"][0]["version"] == "4"
     finally:
         subprocess.run(["ip", "netns", "del", ns])
-    assert cni("DEL", conf, **env) == (0, None)      # the netns is already gone
-    assert cni("DEL", conf, **env) == (0, None)      # and so is the pod
+    assert cni(plugin_dir, "DEL", conf, **env) == (0, None)      # the netns is already gone
+    assert cni(plugin_dir, "DEL", conf, **env) == (0, None)      # and so is the pod
     assert "default/old0001" not in node.pods()
 
 
-def test_errors_follow_the_spec_and_leave_nothing(node, tmp_path):
+def test_errors_follow_the_spec_and_leave_nothing(node, plugin_dir, tmp_path):
     ns = f"cnierr-{node.tag}"
     subprocess.run(["ip", "netns", "add", ns], check=True)
     conf = {"cniVersion": "1.0.0", "name": "errnet", "type": "capillary", "config": str(node.config_path)}
@@ -182,24 +208,24 @@ def test_errors_follow_the_spec_and_leave_nothing(node, tmp_path):
     before = node.pods()
     try:
         subprocess.run(["ip", "-n", ns, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p"], check=True)
-        rc, err = cni("ADD", conf, **env)          # the netns already has an eth0
+        rc, err = cni(plugin_dir, "ADD", conf, **env)          # the netns already has an eth0
         assert rc == 1 and err["code"] == 101 and "already has an eth0" in err["msg"]
-        rc, err = cni("ADD", conf, **{**env, "CNI_ARGS": "K8S_POD_NAMESPACE=fresh;K8S_POD_NAME=x"})
+        rc, err = cni(plugin_dir, "ADD", conf, **{**env, "CNI_ARGS": "K8S_POD_NAMESPACE=fresh;K8S_POD_NAME=x"})
         assert rc == 1 and err["code"] == 101
         assert "fresh" not in node.cli("get", "namespaces").stdout.split()
-        rc, err = cni("ADD", {**conf, "mtu": 70000}, **env)
+        rc, err = cni(plugin_dir, "ADD", {**conf, "mtu": 70000}, **env)
         assert (rc, err["code"]) == (1, 7) and err["msg"].startswith("mtu:")
-        rc, err = cni("ADD", {**conf, "type": "bridge"}, **env)
+        rc, err = cni(plugin_dir, "ADD", {**conf, "type": "bridge"}, **env)
         assert (rc, err["code"]) == (1, 7) and err["msg"].startswith("type:")
-        rc, err = cni("ADD", conf, **{**env, "CNI_IFNAME": "a/b"})
+        rc, err = cni(plugin_dir, "ADD", conf, **{**env, "CNI_IFNAME": "a/b"})
         assert (rc, err["code"]) == (1, 4) and err["msg"].startswith("CNI_IFNAME:")
-        rc, err = cni("ADD", {**conf, "cniVersion": "0.3.1"}, **env)
+        rc, err = cni(plugin_dir, "ADD", {**conf, "cniVersion": "0.3.1"}, **env)
         assert (rc, err["code"]) == (1, 1)
         stopped = tmp_path / "stopped.json"
         stopped.write_text(json.dumps({"url": "nats://127.0.0.1:1", "user": "admin", "password": "x"}))
-        rc, err = cni("ADD", {**conf, "context": str(stopped)}, **env)
+        rc, err = cni(plugin_dir, "ADD", {**conf, "context": str(stopped)}, **env)
         assert (rc, err["code"]) == (1, 11) and "capillary up" in err["details"]
-        rc, err = cni("STATUS", {**conf, "cniVersion": "1.1.0", "context": str(stopped)})
+        rc, err = cni(plugin_dir, "STATUS", {**conf, "cniVersion": "1.1.0", "context": str(stopped)})
         assert (rc, err["code"]) == (1, 50)
     finally:
         subprocess.run(["ip", "netns", "del", ns])
@@ -229,7 +255,7 @@ def containerd(node, podman, tmp_path_factory):
         archive = ctrd.dir / "busybox.tar"
         podman("save", "--format", "oci-archive", "-o", str(archive), IMAGE)
         ctrd.ctr("images", "import", "--base-name", IMAGE.rsplit(":", 1)[0], str(archive))
-        ctrd.install_network(f"capillary-test-{node.tag}", json.dumps(
+        ctrd.network(f"capillary-test-{node.tag}", json.dumps(
             {"cniVersion": "1.0.0", "name": f"ctrnet-{node.tag}",
              "plugins": [{"type": "capillary", "config": str(node.config_path)}]}))
         yield ctrd
@@ -237,13 +263,12 @@ def containerd(node, podman, tmp_path_factory):
         ctrd.close()
 
 
-def test_ctr_run_cni_puts_a_containerd_container_on_capillary(node, containerd, scene):
+def test_ctr_run_cni_puts_a_containerd_container_on_capillary(node, containerd, plugin_dir, scene):
     """`ctr run --rm --cni`: ADD with CNI_CONTAINERID <namespace>-<id> and /proc/PID/ns/net,
     labels from containerd's API; the container reaches a podman one; DEL when it ends."""
     name = f"ctr{node.tag}"
-    run = subprocess.Popen(["ctr", "run", "--rm", "--cni", "--runc-binary", "/usr/sbin/runc", "--label", "app=ctr",
-                            IMAGE, name, "sleep", "600"], env=containerd.env,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    run = containerd.run_cni(plugin_dir, "--rm", "--runc-binary", "/usr/sbin/runc", "--label", "app=ctr",
+                             IMAGE, name, "sleep", "600")
     ref = f"default/default-{name}"
     try:
         deadline = time.monotonic() + 60

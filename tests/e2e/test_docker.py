@@ -3,7 +3,10 @@ create -d <driver> --ipam-driver <driver>`, `docker run --network`, a policy on 
 service label, and a docker-compose app brought up and down on capillary."""
 from __future__ import annotations
 
+import http.client
+import json
 import secrets
+import socket
 import subprocess
 from pathlib import Path
 
@@ -150,3 +153,108 @@ def test_a_killed_container_and_a_node_restart_leave_nothing_orphaned(docker_nod
         servers.close()
         dockerd("rm", "-f", "k-web", "k-client", "k-other", "k-gone", check=False)
         node.cli("delete", "cnp", "k-web", "-n", "docker", check=False)
+
+
+def test_a_dockerd_restart_keeps_live_containers_and_removes_stopped_ones_cleanly(docker_node, dockerd, capnet):
+    """With live-restore, containers run on while dockerd restarts: their pods, addresses,
+    connectivity and policy stay as they were. A dockerd that starts without live-restore
+    stops the containers it finds running: their endpoints are removed cleanly (no pod, veth
+    or address left) and new containers get addresses and connectivity as before."""
+    node = docker_node
+    names = {"r-web": "web", "r-client": "client", "r-other": "other"}
+    refs = {f"docker/{name}" for name in names}
+    policy = {"apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy",
+              "metadata": {"name": "r-web", "namespace": "docker"},
+              "spec": {"endpointSelector": {"matchLabels": {"app": "web"}},
+                       "ingress": [{"fromEndpoints": [{"matchLabels": {"app": "client"}}]}]}}
+    servers = Servers()
+    try:
+        dockerd.restart(live_restore=True)
+        for name, app in names.items():
+            dockerd("run", "-d", "--name", name, "--network", capnet, "--label", f"app={app}", IMAGE, "sleep", "600")
+        node.apply(yaml.safe_dump(policy))
+        before = node.pods()
+        web = before["docker/r-web"]
+        servers.start(web["spec"]["netns"], PORT)
+        dockerd.restart()
+        assert {ref: before[ref] for ref in refs} == {ref: p for ref, p in node.pods().items() if ref in refs}
+        assert probe(before["docker/r-client"]["spec"]["netns"], "tcp", web["status"]["podIP"], PORT)
+        assert not probe(before["docker/r-other"]["spec"]["netns"], "tcp", web["status"]["podIP"], PORT)
+        assert dockerd("exec", "r-client", "ping", "-c", "1", "-W", "2", web["status"]["podIP"],
+                       check=False).returncode == 0
+        servers.close()
+        dockerd.restart(live_restore=False)
+        wait_for(lambda: not refs & set(node.pods()), "the stopped containers' pods to go")
+        links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=True).stdout
+        assert not [ref for ref in refs if before[ref]["status"]["hostInterface"] in links]
+        dockerd("start", "r-web", "r-client")
+        pods = node.pods()
+        assert {pods[f"docker/{n}"]["metadata"]["labels"]["app"] for n in ("r-web", "r-client")} == {"web", "client"}
+        assert dockerd("exec", "r-client", "ping", "-c", "1", "-W", "2", pods["docker/r-web"]["status"]["podIP"],
+                       check=False).returncode == 0
+        dockerd("rm", "-f", *names)
+        assert not refs & set(node.pods())
+    finally:
+        servers.close()
+        dockerd("rm", "-f", *names, check=False)
+        node.cli("delete", "cnp", "r-web", "-n", "docker", check=False)
+
+
+def wait_for(condition, what: str, timeout: float = 120) -> None:
+    import time
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.5)
+
+
+class _UnixHTTP(http.client.HTTPConnection):
+    def __init__(self, path: str) -> None:
+        super().__init__("localhost", timeout=60)
+        self.path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(self.path)
+
+
+def plugin(node: Node, call: str, body: dict) -> tuple[int, dict]:
+    """POST one libnetwork remote-driver call to the node's plugin socket, as dockerd does."""
+    conn = _UnixHTTP(node.docker["plugin"])
+    try:
+        conn.request("POST", f"/{call}", json.dumps(body), {"Content-Type": "application/vnd.docker.plugins.v1+json"})
+        resp = conn.getresponse()
+        return resp.status, json.loads(resp.read() or b"{}")
+    finally:
+        conn.close()
+
+
+def test_docker_address_reservations_survive_a_node_restart(docker_node):
+    """RequestAddress, then the node restarts before CreateEndpoint and Join: the address is
+    still Docker's (no pod gets it, CreateEndpoint takes it), and ReleaseAddress frees it."""
+    node = docker_node
+    status, pool = plugin(node, "IpamDriver.RequestPool", {"AddressSpace": "capillary", "Pool": "", "V6": False})
+    assert status == 200, pool
+    status, got = plugin(node, "IpamDriver.RequestAddress", {"PoolID": pool["PoolID"], "Address": "", "Options": {}})
+    assert status == 200, got
+    ip = got["Address"].split("/")[0]
+    node.down()
+    node.up()
+    node.wait_healthy()
+    try:
+        node.apply(docs(namespace_doc("ipam"), *(pod_doc("ipam", f"p{i}", {"app": "p"}) for i in range(3))))
+        assert ip not in {node.pod_ip(f"ipam/p{i}") for i in range(3)}
+        status, out = plugin(node, "NetworkDriver.CreateEndpoint",
+                             {"NetworkID": "n" * 64, "EndpointID": "e" * 64, "Interface": {"Address": f"{ip}/32"}})
+        assert status == 200, out
+        assert plugin(node, "NetworkDriver.DeleteEndpoint", {"NetworkID": "n" * 64, "EndpointID": "e" * 64})[0] == 200
+        assert plugin(node, "IpamDriver.ReleaseAddress", {"PoolID": pool["PoolID"], "Address": ip})[0] == 200
+        node.down()
+        node.up()
+        node.wait_healthy()
+        status, again = plugin(node, "IpamDriver.RequestAddress",
+                               {"PoolID": pool["PoolID"], "Address": ip, "Options": {}})
+        assert status == 200, again            # free again, also after a restart
+        assert plugin(node, "IpamDriver.ReleaseAddress", {"PoolID": pool["PoolID"], "Address": ip})[0] == 200
+    finally:
+        node.cli("delete", "namespace", "ipam", check=False)

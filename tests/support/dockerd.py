@@ -1,34 +1,47 @@
 """A private dockerd for tests: its own data root, exec root, pidfile and API socket (never
-the machine's default socket), no iptables rules and no bridge; stopped and removed after."""
+the machine's default socket), no iptables rules and no bridge; stopped and removed after.
+restart() stops it and starts it again on the same data, as a dockerd restart does, with or
+without live-restore (containers keep running while dockerd is down)."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
-import time
 from pathlib import Path
 
-# Never the machine's default socket; another run's tests can pick their own with the variable.
-SOCKET = os.environ.get("CAPILLARY_TEST_DOCKER_SOCKET", "/run/capillary-test-docker.sock")
+from tests.support.runtimes import Daemon, busybox_tar
+
+# Never the machine's default socket, and one of this test process's own (checkouts side by
+# side run their docker tests at once); the variable names another.
+SOCKET = os.environ.get("CAPILLARY_TEST_DOCKER_SOCKET", f"/run/capillary-test-docker-{os.getpid()}.sock")
 IMAGE = "capillary-busybox:test"
+START_TIMEOUT = 90
 
 
 class Dockerd:
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, live_restore: bool = False) -> None:
         self.dir = workdir
         self.host = f"unix://{SOCKET}"
         self.env = {**os.environ, "DOCKER_HOST": self.host}
-        self.log = open(workdir / "dockerd.log", "wb")
-        self.proc = subprocess.Popen(
-            ["dockerd", "--data-root", str(workdir / "data"), "--exec-root", str(workdir / "exec"),
-             "--pidfile", str(workdir / "dockerd.pid"), "-H", self.host, "--iptables=false",
-             "--ip-forward=false", "--ip-masq=false", "--bridge=none"],
-            stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 90
-        while self("info", check=False).returncode != 0:
-            assert time.monotonic() < deadline and self.proc.poll() is None, \
-                f"dockerd did not start: {(workdir / 'dockerd.log').read_text()[-2000:]}"
-            time.sleep(0.3)
+        self.live_restore = live_restore
+        self.daemon = self._start()
+
+    def _start(self) -> Daemon:
+        daemon = Daemon(self.dir, "dockerd", [
+            "dockerd", "--data-root", str(self.dir / "data"), "--exec-root", str(self.dir / "exec"),
+            "--pidfile", str(self.dir / "dockerd.pid"), "-H", self.host, "--iptables=false",
+            "--ip-forward=false", "--ip-masq=false", "--bridge=none",
+            *(["--live-restore"] if self.live_restore else [])])
+        daemon.wait_ready(lambda: self("info", check=False).returncode == 0, START_TIMEOUT, "dockerd")
+        return daemon
+
+    def restart(self, live_restore: bool | None = None) -> None:
+        """Stop dockerd (SIGTERM: without live-restore it stops its containers) and start it
+        again on the same data, with LIVE_RESTORE from now on if given."""
+        self.daemon.stop(timeout=60)
+        self.daemon.log.close()
+        if live_restore is not None:
+            self.live_restore = live_restore
+        self.daemon = self._start()
 
     def __call__(self, *args: str, check: bool = True, timeout: float = 120, cwd: Path | None = None,
                  program: str = "docker") -> subprocess.CompletedProcess:
@@ -39,16 +52,8 @@ class Dockerd:
         return proc
 
     def import_busybox(self) -> None:
-        rootfs = self.dir / "rootfs"
-        (rootfs / "bin").mkdir(parents=True, exist_ok=True)
-        (rootfs / "tmp").mkdir(exist_ok=True)
-        shutil.copy("/bin/busybox", rootfs / "bin" / "busybox")
-        for applet in ("sh", "ping", "ip", "sleep", "timeout", "wget", "cat", "echo", "httpd"):
-            link = rootfs / "bin" / applet
-            if not link.is_symlink():
-                link.symlink_to("busybox")
-        tar = subprocess.run(["tar", "-C", str(rootfs), "-c", "."], capture_output=True, check=True).stdout
-        proc = subprocess.run(["docker", "import", "-", IMAGE], input=tar, capture_output=True, env=self.env)
+        proc = subprocess.run(["docker", "import", "-", IMAGE], input=busybox_tar(self.dir), capture_output=True,
+                              env=self.env)
         assert proc.returncode == 0, proc.stderr.decode()
 
     def netns(self, container: str) -> str:
@@ -60,13 +65,5 @@ class Dockerd:
             self("rm", "-f", *ids, check=False)
         for net in self("network", "ls", "-q", "--filter", "type=custom", check=False).stdout.split():
             self("network", "rm", net, check=False)
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.log.close()
-        subprocess.run(["umount", "-R", str(self.dir / "exec")], capture_output=True)
-        subprocess.run(["umount", "-R", str(self.dir / "data")], capture_output=True)
-        shutil.rmtree(self.dir, ignore_errors=True)
+        self.daemon.stop(timeout=60)
+        self.daemon.remove(self.dir / "exec", self.dir / "data")

@@ -76,7 +76,9 @@ class Node:
         return self.cli("apply", "-f", "-", input=text, check=check)
 
     def up(self) -> None:
-        self.cli("up", "--detach", timeout=90)
+        # The CLI's default 60 s for every service to be healthy is not enough on two CPUs
+        # shared with other runs: flowd's and endpointd's BPF compiles alone took 40-55 s.
+        self.cli("up", "--detach", "--timeout", "150", timeout=200)
 
     def down(self) -> None:
         self.cli("down", timeout=60)

@@ -9,12 +9,13 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from tests.support.runtimes import busybox_tar
+
 IMAGE = "localhost/capillary-busybox:test"
-APPLETS = ("sh", "ping", "ip", "nc", "sleep", "cat", "wget", "httpd", "echo", "ls", "mkdir", "timeout")
 
 
 class Podman:
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, plugin_dirs: tuple[str, ...] = ("/opt/cni/bin", "/usr/lib/cni")) -> None:
         self.dir = workdir
         self.net_dir = workdir / "net.d"
         for d in ("net.d", "root", "runroot", "tmp"):
@@ -26,7 +27,7 @@ class Podman:
             "[network]\n"
             'network_backend = "cni"\n'
             f'network_config_dir = "{self.net_dir}"\n'
-            'cni_plugin_dirs = ["/opt/cni/bin", "/usr/lib/cni"]\n'
+            f"cni_plugin_dirs = {json.dumps(list(plugin_dirs))}\n"
             "[engine]\n"
             # crun refuses this machine's hybrid cgroup layout; runc and cgroupfs work.
             'runtime = "runc"\n'
@@ -45,16 +46,8 @@ class Podman:
         return proc
 
     def import_busybox(self) -> None:
-        rootfs = self.dir / "rootfs"
-        (rootfs / "bin").mkdir(parents=True, exist_ok=True)
-        (rootfs / "tmp").mkdir(exist_ok=True)
-        shutil.copy("/bin/busybox", rootfs / "bin" / "busybox")
-        for applet in APPLETS:
-            link = rootfs / "bin" / applet
-            if not link.is_symlink():
-                link.symlink_to("busybox")
-        tar = subprocess.run(["tar", "-C", str(rootfs), "-c", "."], capture_output=True, check=True).stdout
-        proc = subprocess.run(["podman", "import", "-", IMAGE], input=tar, capture_output=True, env=self.env)
+        proc = subprocess.run(["podman", "import", "-", IMAGE], input=busybox_tar(self.dir), capture_output=True,
+                              env=self.env)
         assert proc.returncode == 0, proc.stderr.decode()
 
     def network(self, name: str, plugin: dict, version: str = "1.0.0") -> Path:

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from services.cni.spec import (CniError, attachment, parse_config, parse_environment, pod_name, pod_namespace,
-                               result, split_attachment)
+                               result, result_problems, split_attachment)
 
 ADD_ENV = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "abc123", "CNI_NETNS": "/run/netns/x",
            "CNI_IFNAME": "eth0", "CNI_PATH": "/opt/cni/bin"}
@@ -101,3 +101,38 @@ def test_results_follow_the_config_version():
 def test_errors_are_the_spec_json():
     assert CniError(7, "mtu: bad", "hint").to_json("1.0.0") == {"cniVersion": "1.0.0", "code": 7,
                                                                   "msg": "mtu: bad", "details": "hint"}
+
+
+POD = {"spec": {"name": "a", "namespace": "default"},
+       "status": {"pod_ip": "10.1.0.5", "host_ifname": "lxc1", "host_mac": "aa:aa:aa:aa:aa:01",
+                  "pod_mac": "aa:aa:aa:aa:aa:02", "netns": "/run/netns/x"}}
+
+
+def test_check_needs_prev_result():
+    with pytest.raises(CniError) as err:
+        parse_config(conf(), "CHECK")
+    assert err.value.code == 7 and err.value.msg.startswith("prevResult:")
+    with pytest.raises(CniError) as err:
+        parse_config(conf(prevResult={"ips": "x"}), "CHECK")
+    assert err.value.msg.startswith("prevResult.ips:")
+    prev = result("1.0.0", POD, "eth0", "169.254.0.1")
+    assert parse_config(conf(prevResult=prev), "CHECK").prev_result == prev
+
+
+def test_a_result_that_still_holds_has_no_problems():
+    prev = result("1.0.0", POD, "eth0", "169.254.0.1")
+    assert result_problems(prev, result("1.0.0", POD, "eth0", "169.254.0.1")) == []
+
+
+def test_check_names_what_departs_from_prev_result():
+    prev = result("1.0.0", POD, "eth0", "169.254.0.1")
+    moved = {**POD, "status": {**POD["status"], "pod_ip": "10.1.0.9", "pod_mac": "aa:aa:aa:aa:aa:09",
+                               "host_ifname": "lxc2"}}
+    problems = result_problems(prev, result("1.0.0", moved, "eth0", "169.254.0.2"))
+    assert "interface eth0 in /run/netns/x has MAC aa:aa:aa:aa:aa:09, prevResult says aa:aa:aa:aa:aa:02" in problems
+    assert "interface lxc2 on the host is not in prevResult" in problems
+    assert "interface lxc1 on the host of prevResult is gone" in problems
+    assert "address 10.1.0.9/32 is not in prevResult" in problems
+    assert "address 10.1.0.5/32 of prevResult is not the pod's" in problems
+    gateway = result_problems(prev, result("1.0.0", POD, "eth0", "169.254.0.2"))
+    assert gateway == ["address 10.1.0.5/32 has gateway 169.254.0.2, prevResult says 169.254.0.1"]

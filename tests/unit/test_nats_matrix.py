@@ -39,9 +39,11 @@ def every_subject() -> list[str]:
 def expected(user: str, action: str, subject: str) -> bool:
     if user == natsserver.ADMIN:
         return True
-    g = subjects.GRANTS.get(user) or subjects.READERS[user]
+    g = subjects.GRANTS.get(user) or subjects.READERS.get(user) or subjects.CLIENTS[user]
     if user in subjects.READERS:
         patterns = g.listens if action == "subscribe" else ()
+    elif user in subjects.CLIENTS:
+        patterns = () if action == "subscribe" else g.calls
     else:
         patterns = [*g.serves, *g.listens] if action == "subscribe" else [*g.calls, *g.publishes]
     return any(matches(p, subject) for p in patterns)
@@ -49,7 +51,7 @@ def expected(user: str, action: str, subject: str) -> bool:
 
 def test_the_subject_list_covers_every_grant():
     listed = every_subject()
-    grants = [*subjects.GRANTS.values(), *subjects.READERS.values()]
+    grants = [*subjects.GRANTS.values(), *subjects.READERS.values(), *subjects.CLIENTS.values()]
     for pattern in {p for g in grants for p in (*g.serves, *g.calls, *g.publishes, *g.listens)}:
         assert any(matches(pattern, s) for s in listed), pattern
 

@@ -41,10 +41,17 @@ def test_admin_has_no_restrictions():
     assert natsserver.permissions(natsserver.ADMIN) == {}
 
 
-def test_users_are_admin_every_service_and_the_readers():
-    assert natsserver.USERS == ("admin", *SERVICES, "flows")
+def test_users_are_admin_every_service_the_readers_and_the_clients():
+    assert natsserver.USERS == ("admin", *SERVICES, "flows", "cni")
     assert set(GRANTS) == set(SERVICES)
     assert set(subjects.READERS) == {subjects.FLOWS_READER}
+    assert set(subjects.CLIENTS) == {subjects.CNI_CLIENT}
+
+
+def test_the_cni_client_calls_endpointd_and_health_and_hears_only_its_inbox():
+    calls = [subjects.NAMESPACE_APPLY, subjects.NAMESPACE_DELETE, subjects.NAMESPACE_LIST, subjects.POD_APPLY,
+             subjects.POD_DELETE, subjects.POD_LIST, subjects.POD_CHECK, *map(subjects.health, SERVICES)]
+    assert natsserver.permissions("cni") == {"publish": {"allow": calls}, "subscribe": {"allow": ["_INBOX_cni.>"]}}
 
 
 def test_the_flows_reader_only_subscribes_to_flows():

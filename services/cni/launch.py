@@ -1,0 +1,16 @@
+"""The plugin's entry point as the installed wrapper runs it (services.cni.install):
+
+    python -I -S launch.py PATH [ARGS...]
+
+PATH (':'-separated) holds the services package and the libraries the plugin imports; it
+goes first on the module path, as neither site nor the environment put anything there.
+"""
+import os
+import sys
+
+sys.path[:0] = sys.argv[1].split(os.pathsep)
+del sys.argv[1]
+
+from services.cni.__main__ import main  # noqa: E402
+
+sys.exit(main())
