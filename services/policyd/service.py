@@ -27,6 +27,7 @@ from prometheus_client import Counter, Gauge
 
 from services.datapath import loader
 from services.datapath.maps.policy import PolicyMap
+from services.policyd import dryrun
 from services.policyd.compiler import CIDR_LABEL, Endpoint, Universe, rule_id, rule_table
 from services.policyd.enforcer import Enforcer, PolicyMapFull
 from services.policyd.identity import RESERVED, Entry, IdentitiesExhausted, IdentityAllocator
@@ -38,7 +39,7 @@ from services.runtime.bus import ServiceError
 from services.wire import codec, subjects
 from services.wire.messages import (EXHAUSTED, INVALID, NOT_FOUND, Apply, EndpointPolicy, Identity,
                                     IdentityAllocate, IdentityRelease, IpcacheDelete, IpcacheUpsert,
-                                    ListRequest, ObjectRef, PolicyApplied, PolicyRule)
+                                    ListRequest, ObjectRef, PolicyApplied, PolicyPreviewRequest, PolicyRule)
 
 
 def _wire(entry: Entry) -> Identity:
@@ -98,6 +99,7 @@ class PolicyService(Service):
         await b.serve(subjects.POLICY_ENDPOINT_SYNC, EndpointPolicy, self.endpoint_sync)
         await b.serve(subjects.POLICY_ENDPOINT_FORGET, EndpointPolicy, self.endpoint_forget)
         await b.serve(subjects.POLICY_RULES, ListRequest, self.list_rules)
+        await b.serve(subjects.POLICY_PREVIEW, PolicyPreviewRequest, lambda req: dryrun.preview(self, req))
 
     async def _converge(self) -> None:
         """At start: make the map what KV says. Entries of endpoints missing from the record
