@@ -169,7 +169,7 @@ def _verdict(state: State, src: Endpoint, dst: Endpoint, names: dict[int, str], 
     if audited:
         return Verdict(AUDIT, "; ".join(audited))
     ruled = [why() for decision, why in sides if decision.entry.rule_id != DEFAULT_RULE]
-    return Verdict(ALLOWED, "; ".join(ruled) or "default-allow")
+    return Verdict(ALLOWED, "; ".join(ruled) or sides[1][1]())       # both defaults: the same words
 
 
 def explain(state: State, ep: Endpoint, direction: str, decision: Decision, names: dict[int, str]) -> str:
