@@ -47,7 +47,7 @@ class FlowService(Service):
         self.reader = RingReader(root / RING_PIN_NAME, asyncio.get_running_loop(), self._offer, epoch)
         self.accounting = Accounting(ring=lambda: self._ring_since(baseline), read=lambda: self.reader.read)
         self.pipeline = Pipeline(self.config.node, self.bus, self.enricher, self.history,
-                                 FlowMetrics.create(self.registry), self.accounting)
+                                 FlowMetrics.create(self.registry, self.config.hubble.specs), self.accounting)
         self.registry.register(DatapathCollector(root, self._pods_by_endpoint))
         self.registry.register(LostCollector(
             lambda: self.accounting.lost_by_source(self.history.overwritten)))
