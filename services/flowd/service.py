@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from services.datapath import loader
+from services.datapath.map_metrics import MapOpsCollector
 from services.datapath.maps.events import RING_PIN_NAME, EventStatsMap, Stats
 from services.flowd.accounting import Accounting
 from services.flowd.datapath_metrics import DatapathCollector
@@ -49,6 +50,7 @@ class FlowService(Service):
         self.pipeline = Pipeline(self.config.node, self.bus, self.enricher, self.history,
                                  FlowMetrics.create(self.registry, self.config.hubble.specs), self.accounting)
         self.registry.register(DatapathCollector(root, self._pods_by_endpoint))
+        self.registry.register(MapOpsCollector())
         self.registry.register(LostCollector(
             lambda: self.accounting.lost_by_source(self.history.overwritten)))
         self.tasks = [asyncio.create_task(self.pipeline.run()), asyncio.create_task(self.enricher.run())]

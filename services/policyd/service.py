@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from prometheus_client import Counter, Gauge
 from services.datapath import loader
 from services.datapath.maps.policy import PolicyMap
 from services.policyd import dryrun
+from services.policyd import metrics as policyd_metrics
 from services.policyd.compiler import CIDR_LABEL, Endpoint, Universe, rule_id, rule_table
 from services.policyd.enforcer import Enforcer, PolicyMapFull
 from services.policyd.identity import RESERVED, Entry, IdentitiesExhausted, IdentityAllocator
@@ -86,6 +88,7 @@ class PolicyService(Service):
         await asyncio.to_thread(loader.pin_maps, "policyd_maps.c", self.config)     # LLVM stays out
         self.enforcer = Enforcer(PolicyMap(Path(self.config.datapath.bpfRoot)), self.config.maps.policy,
                                  self.config.policy.enforcement, endpoints)
+        self.delay = policyd_metrics.register(self, self.registry, lambda: self.enforcer.entry_count)
         await self._converge()
         self._gauges()
         b = self.bus
@@ -272,6 +275,7 @@ class PolicyService(Service):
         return written, removed
 
     async def apply_policy(self, req: Apply) -> PolicyApplied:
+        started = time.perf_counter()
         try:
             parsed = parse_policy(req.document)
         except PolicyError as exc:
@@ -291,6 +295,7 @@ class PolicyService(Service):
             self.broken.pop(policy.key, None)
             written, removed = await self._commit(staged)
         self._gauges()
+        self.delay.labels(policyd_metrics.source(policy.kind)).observe(time.perf_counter() - started)
         self.log.info("policy applied", policy=policy.key, written=written, removed=removed)
         return PolicyApplied(policy.kind, policy.name, policy.namespace,
                              "configured" if current else "created", revision, parsed.warnings,
@@ -304,6 +309,7 @@ class PolicyService(Service):
         raise ServiceError(NOT_FOUND, f'policy "{req.namespace + "/" if req.namespace else ""}{req.name}" not found')
 
     async def delete_policy(self, req: ObjectRef) -> PolicyApplied:
+        started = time.perf_counter()
         async with self._lock:
             policy = self._find(req)
             rest = {k: p for k, p in self.policies.items() if k != policy.key}
@@ -313,6 +319,7 @@ class PolicyService(Service):
             self.broken.pop(policy.key, None)
             written, removed = await self._commit(staged)
         self._gauges()
+        self.delay.labels(policyd_metrics.source(policy.kind)).observe(time.perf_counter() - started)
         return PolicyApplied(policy.kind, policy.name, policy.namespace, "deleted", revision or 0, [],
                              written, removed)
 

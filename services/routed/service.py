@@ -17,6 +17,8 @@ from pathlib import Path
 from prometheus_client import Gauge
 
 from services.datapath import loader
+from services.datapath.map_metrics import MapOpsCollector, MapPressureCollector
+from services.datapath.maps.ipcache import PIN_NAME as IPCACHE_PIN
 from services.datapath.maps.ipcache import IpcacheMap
 from services.datapath.netlink import Netlink, Worker
 from services.datapath.numbers import IDENTITY_HOST, IDENTITY_WORLD
@@ -48,6 +50,10 @@ class RoutedService(Service):
               registry=self.registry).set(self.config.maps.ipcache)
         await self.worker.run(loader.pin_maps, "routed_maps.c", self.config)       # LLVM stays out
         self.ipcache = IpcacheMap(Path(self.config.datapath.bpfRoot))
+        self.entry_count = 0
+        self.registry.register(MapOpsCollector())
+        self.registry.register(MapPressureCollector(
+            {IPCACHE_PIN: (lambda: self.entry_count, self.config.maps.ipcache)}))
         await self.worker.run(ensure_router, self.nl, self.config)
         await self.worker.run(iptables.ensure, self.config.podCIDR,
                               self.config.datapath.routerDevice, self.config.masquerade)
@@ -67,6 +73,10 @@ class RoutedService(Service):
             self._refresher.cancel()
         if hasattr(self, "worker"):
             self.worker.close()
+
+    def _count_entries(self) -> None:
+        self.entry_count = len(self.ipcache.all())
+        self.entries_gauge.set(self.entry_count)
 
     async def counters(self) -> dict[str, int]:
         return {"ipcache_entries": len(self.ipcache.all()), "ipcache_capacity": self.config.maps.ipcache}
@@ -145,7 +155,7 @@ class RoutedService(Service):
         for cidr in current - wanted:
             self._set(cidr, "node", None)
         self._save_shadowed()
-        self.entries_gauge.set(len(self.ipcache.all()))
+        self._count_entries()
 
     async def _refresh_loop(self) -> None:
         while True:
@@ -176,7 +186,7 @@ class RoutedService(Service):
                 raise ServiceError(EXHAUSTED, f"ipcache map is full ({self.config.maps.ipcache} entries, "
                                               "maps.ipcache in the node config)") from None
             self._save_shadowed()
-            self.entries_gauge.set(len(self.ipcache.all()))
+            self._count_entries()
         return IpcacheEntry(cidr, now.identity, now.source)
 
     async def delete(self, req: IpcacheDelete) -> dict:
@@ -190,7 +200,7 @@ class RoutedService(Service):
             if req.source in claims:
                 self._set(cidr, req.source, None)
                 self._save_shadowed()
-            self.entries_gauge.set(len(self.ipcache.all()))
+            self._count_entries()
         return {"removed": req.source in claims}
 
     async def list(self, _req: ListRequest) -> list[IpcacheEntry]:

@@ -33,6 +33,7 @@ class Node:
     datapath: dict = field(default_factory=dict)    # more datapath keys (e.g. conntrackGCInterval)
     nats: dict = field(default_factory=dict)
     docker: dict = field(default_factory=dict)
+    hubble: dict = field(default_factory=dict)
     tag: str = field(default_factory=lambda: secrets.token_hex(2))
 
     def __post_init__(self) -> None:
@@ -57,6 +58,7 @@ class Node:
             "maps": self.maps,
             "events": self.events,
             **({"docker": self.docker} if self.docker else {}),
+            **({"hubble": self.hubble} if self.hubble else {}),
             "metrics": {s: free_port() for s in ("endpointd", "policyd", "routed", "flowd")},
         }
         self.config_path.write_text(yaml.safe_dump(config))
@@ -76,7 +78,8 @@ class Node:
         return self.cli("apply", "-f", "-", input=text, check=check)
 
     def up(self) -> None:
-        self.cli("up", "--detach", timeout=90)
+        # generous: on a loaded machine compiling the datapath alone can take a minute
+        self.cli("up", "--detach", "--timeout", "240", timeout=300)
 
     def down(self) -> None:
         self.cli("down", timeout=60)
