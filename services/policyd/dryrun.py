@@ -46,6 +46,10 @@ async def preview(service: "PolicyService", req: PolicyPreviewRequest) -> Policy
     after = State(apply_diffs(entries, staged.diffs), list(staged.policies.values()),
                   {i: e.labels for i, e in staged.identities.by_id.items()}, before.enforcement)
     affected = {ep for ep, d in staged.diffs.items() if not d.empty}
+    unnamed = sorted(set(endpoints) - set(names))
+    if unnamed:
+        warnings.append(f"endpoints {', '.join(map(str, unnamed))} are enforced but endpointd lists no pod "
+                        "for them: their cells are not previewed")
     ports, left_out = choose_ports(policy_ports([policy] + ([current] if current else [])), flow_ports(flows))
     if left_out:
         warnings.append(f"{left_out} more protocol/port pairs seen in recent flows are not previewed "
