@@ -117,7 +117,7 @@ class Node:
         import ipaddress
         return str(ipaddress.IPv4Network(self.pod_cidr).network_address + 1)
 
-    def wait_healthy(self, timeout: float = 60) -> dict:
+    def wait_healthy(self, timeout: float = 240) -> dict:
         deadline = time.monotonic() + timeout
         last = {}
         while time.monotonic() < deadline:
