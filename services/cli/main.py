@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from services.cli import bpf, debuginfo, monitor, node, objects, observe, walk
+from services.cli import bpf, debuginfo, dryrun, monitor, node, objects, observe, walk
 from services.cli.client import Client, follow, run
 from services.cli.output import error
 from services.runtime.bus import ServiceError
@@ -39,6 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
                        ("create", "create the objects in a file; existing ones are an error")):
         a = sub.add_parser(name, help=text)
         a.add_argument("-f", "--filename", required=True, help="YAML or JSON file, or - for stdin")
+        if name == "apply":
+            a.add_argument("--dry-run", action="store_true",
+                           help="write nothing: show how each policy in the file would change which pods "
+                                "reach which, and by which rule")
+            a.add_argument("-o", "--output", choices=["text", "json"], default="text",
+                           help="with --dry-run: json gives the whole matrix")
 
     d = sub.add_parser("delete", help="delete objects: -f FILE, or KIND NAME... (pod NS/NAME, namespace "
                                       "NAME, networkpolicy|cnp|ccnp NAME)")
@@ -110,6 +116,10 @@ def dispatch(args) -> int:
         return node.purge(config) if rc == 0 and args.purge else rc
     if cmd == "status":
         return run(node.status(config, args.output))
+    if cmd == "apply" and args.dry_run:
+        return run(_with_client(config, dryrun.dry_run, args.filename, args.output))
+    if cmd == "apply" and args.output != "text":
+        raise ServiceError("invalid", "-o/--output goes with --dry-run")
     if cmd in ("apply", "create"):
         return run(_with_client(config, objects.apply, args.filename, cmd == "create"))
     if cmd == "delete":

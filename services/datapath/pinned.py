@@ -5,9 +5,11 @@ reads and writes them through the pin, without compiling anything.
 """
 from __future__ import annotations
 
+import collections
 import ctypes as ct
 import errno
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Generic, TypeVar
@@ -19,6 +21,23 @@ V = TypeVar("V", bound=ct.Structure)
 
 BPF_ANY = bpfsys.BPF_ANY
 BPF_NOEXIST = bpfsys.BPF_NOEXIST
+
+
+# Writes to every map this process opened, as Cilium's cilium_bpf_map_ops_total counts them:
+# (map name, operation, outcome) -> count. Read with map_ops(); the lock makes each count exact
+# while service threads and the event loop share maps.
+_OPS: collections.Counter = collections.Counter()
+_OPS_LOCK = threading.Lock()
+
+
+def _count(path: Path, operation: str, ok: bool) -> None:
+    with _OPS_LOCK:
+        _OPS[(path.name, operation, "success" if ok else "fail")] += 1
+
+
+def map_ops() -> dict[tuple[str, str, str], int]:
+    with _OPS_LOCK:
+        return dict(_OPS)
 
 
 class MapError(OSError):
@@ -80,7 +99,9 @@ class PinnedMap(Generic[K, V]):
     def update(self, key: K, value: V, flags: int = BPF_ANY) -> None:
         try:
             bpfsys.update(self.fd, key, value, flags)
+            _count(self.path, "update", True)
         except OSError as exc:
+            _count(self.path, "update", False)
             if exc.errno in (errno.E2BIG, errno.ENOSPC):   # hash maps say E2BIG, LPM tries ENOSPC
                 raise MapFull(exc.errno, f"{self.path.name} is full") from None
             raise MapError(exc.errno, f"update {self.path.name}: {exc.strerror}") from None
@@ -139,17 +160,22 @@ class PinnedMap(Generic[K, V]):
         except OSError as exc:
             if exc.errno == errno.EEXIST:
                 return False
+            _count(self.path, "update", False)
             if exc.errno in (errno.E2BIG, errno.ENOSPC):
                 raise MapFull(exc.errno, f"{self.path.name} is full") from None
             raise MapError(exc.errno, f"update {self.path.name}: {exc.strerror}") from None
+        _count(self.path, "update", True)
         return True
 
     def delete(self, key: K) -> bool:
         """Delete KEY; False when it was not there."""
         try:
-            return bpfsys.delete(self.fd, key)
+            deleted = bpfsys.delete(self.fd, key)
         except OSError as exc:
+            _count(self.path, "delete", False)
             raise MapError(exc.errno, f"delete from {self.path.name}: {exc.strerror}") from None
+        _count(self.path, "delete", True)
+        return deleted
 
     def get(self, key: K) -> V | None:
         if self.percpu:

@@ -20,6 +20,9 @@ from pathlib import Path
 from prometheus_client import Gauge
 
 from services.datapath import loader
+from services.datapath.map_metrics import MapOpsCollector, MapPressureCollector
+from services.datapath.maps.conntrack import PIN_NAME as CT_PIN
+from services.datapath.maps.endpoints import PIN_NAME as ENDPOINTS_PIN
 from services.datapath.maps.endpoints import EndpointMap
 from services.datapath.maps.tunnel import FROM_OVERLAY
 from services.datapath.netlink import Worker
@@ -30,6 +33,7 @@ from services.endpointd.ipam import IPAM, PoolExhausted
 from services.endpointd.plumbing import (FROM_CONTAINER, TO_CONTAINER, NetnsInvalid, PodHasInterface, Plumber,
                                          Wiring)
 from services.runtime.app import Service, main
+from services.runtime.metrics import ScrapeGauges
 from services.runtime.bus import RemoteError, ServiceError, StateUnreadable
 from services.runtime.revert import RevertStack
 from services.wire import codec, subjects
@@ -70,6 +74,7 @@ class EndpointService(Service):
         self.endpoints = EndpointMap(Path(self.config.datapath.bpfRoot))
         self.plumber = Plumber(self.config, self.endpoints, programs[FROM_CONTAINER], programs[TO_CONTAINER])
         self.ct_gc = ConntrackGC(self.config, self.worker, self.ipam.addresses, self.registry, self.log)
+        self._cilium_metrics()
 
         self.kv_ns = await self.bus.kv(subjects.BUCKET_NAMESPACES, create=True)
         self.kv_pods = await self.bus.kv(subjects.BUCKET_PODS, create=True)
@@ -91,6 +96,18 @@ class EndpointService(Service):
         await b.serve(subjects.POD_CHECK, ObjectRef, self.check_pod)
         if self.config.docker.plugin:
             await self.docker.start()
+
+    def _cilium_metrics(self) -> None:
+        """Cilium's endpoint gauges, and its map metrics for the endpoint and conntrack maps."""
+        maps = self.config.maps
+        self.registry.register(MapOpsCollector())
+        self.registry.register(MapPressureCollector({
+            ENDPOINTS_PIN: (lambda: len(self.endpoints.all()), maps.endpoints),
+            CT_PIN: (lambda: self.ct_gc.counters()["conntrack_entries"], maps.conntrack)}))
+        self.registry.register(ScrapeGauges([
+            ("cilium_endpoint", "Number of endpoints managed by this agent", [], lambda: {(): len(self.pods)}),
+            ("cilium_endpoint_state", "Count of all endpoints, tagged by different endpoint states",
+             ["state"], lambda: {("ready",): len(self.pods)})]))
 
     async def counters(self) -> dict[str, int]:
         attached = await self.worker.run(

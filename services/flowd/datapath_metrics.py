@@ -1,7 +1,10 @@
 """Prometheus view of the datapath's per-CPU counters (cap_metrics), read at scrape time.
 
-Names follow Cilium's agent metrics: cilium_forward_count_total / cilium_forward_bytes_total
-and cilium_drop_count_total / cilium_drop_bytes_total with reason and direction labels. Per
+Names and labels follow Cilium's agent metrics: cilium_forward_count_total /
+cilium_forward_bytes_total{direction} and cilium_drop_count_total /
+cilium_drop_bytes_total{reason, direction}. Which way a forwarded packet went (the forward
+reason: to an endpoint, to the stack, ...), which Cilium does not label, is in
+capillary_forward_count_total / capillary_forward_bytes_total{direction, path}. Per
 endpoint (cap_ep_metrics), which Cilium has no metric of its own for:
 capillary_endpoint_packets_total / capillary_endpoint_bytes_total{endpoint, namespace, pod,
 direction}, where ingress is into the pod and egress out of it.
@@ -36,15 +39,18 @@ class DatapathCollector:
         return self._map
 
     def collect(self):
-        fwd = CounterMetricFamily("cilium_forward_count", "Packets forwarded by the datapath",
-                                  labels=["direction", "path"])
-        fwd_b = CounterMetricFamily("cilium_forward_bytes", "Bytes forwarded by the datapath",
-                                    labels=["direction", "path"])
+        fwd = CounterMetricFamily("cilium_forward_count", "Total forwarded packets", labels=["direction"])
+        fwd_b = CounterMetricFamily("cilium_forward_bytes", "Total forwarded bytes", labels=["direction"])
+        path = CounterMetricFamily("capillary_forward_count", "Packets forwarded by the datapath, by path",
+                                   labels=["direction", "path"])
+        path_b = CounterMetricFamily("capillary_forward_bytes", "Bytes forwarded by the datapath, by path",
+                                     labels=["direction", "path"])
         drop = CounterMetricFamily("cilium_drop_count", "Packets dropped by the datapath",
                                    labels=["reason", "direction"])
         drop_b = CounterMetricFamily("cilium_drop_bytes", "Bytes dropped by the datapath",
                                      labels=["reason", "direction"])
-        families = [fwd, fwd_b, drop, drop_b]
+        families = [fwd, fwd_b, path, path_b, drop, drop_b]
+        forwarded: dict[str, list[int]] = {}
         m = self._open()
         if m is not None:
             for c in m.nonzero():
@@ -54,8 +60,14 @@ class DatapathCollector:
                     drop.add_metric([name, direction], c.packets)
                     drop_b.add_metric([name, direction], c.bytes)
                 else:
-                    fwd.add_metric([direction, name], c.packets)
-                    fwd_b.add_metric([direction, name], c.bytes)
+                    path.add_metric([direction, name], c.packets)
+                    path_b.add_metric([direction, name], c.bytes)
+                    total = forwarded.setdefault(direction, [0, 0])
+                    total[0] += c.packets
+                    total[1] += c.bytes
+            for direction, (packets, octets) in sorted(forwarded.items()):
+                fwd.add_metric([direction], packets)
+                fwd_b.add_metric([direction], octets)
             families += self._endpoints()
         return families
 

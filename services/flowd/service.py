@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from services.datapath import loader
+from services.datapath.map_metrics import MapOpsCollector
 from services.datapath.maps.events import RING_PIN_NAME, EventStatsMap, Stats
 from services.flowd.accounting import Accounting
 from services.flowd.datapath_metrics import DatapathCollector
@@ -47,8 +48,9 @@ class FlowService(Service):
         self.reader = RingReader(root / RING_PIN_NAME, asyncio.get_running_loop(), self._offer, epoch)
         self.accounting = Accounting(ring=lambda: self._ring_since(baseline), read=lambda: self.reader.read)
         self.pipeline = Pipeline(self.config.node, self.bus, self.enricher, self.history,
-                                 FlowMetrics.create(self.registry), self.accounting)
+                                 FlowMetrics.create(self.registry, self.config.hubble.specs), self.accounting)
         self.registry.register(DatapathCollector(root, self._pods_by_endpoint))
+        self.registry.register(MapOpsCollector())
         self.registry.register(LostCollector(
             lambda: self.accounting.lost_by_source(self.history.overwritten)))
         self.tasks = [asyncio.create_task(self.pipeline.run()), asyncio.create_task(self.enricher.run())]

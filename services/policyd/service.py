@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +27,8 @@ from prometheus_client import Counter, Gauge
 
 from services.datapath import loader
 from services.datapath.maps.policy import PolicyMap
-from services.policyd import cidrs
+from services.policyd import cidrs, dryrun
+from services.policyd import metrics as policyd_metrics
 from services.policyd.compiler import CIDR_LABEL, Endpoint, Universe, names_as_peer, rule_id, rule_table
 from services.policyd.enforcer import Enforcer, PolicyMapFull
 from services.policyd.identity import RESERVED, Entry, IdentitiesExhausted, IdentityAllocator
@@ -38,7 +40,7 @@ from services.runtime.bus import ServiceError
 from services.wire import codec, subjects
 from services.wire.messages import (EXHAUSTED, INVALID, NOT_FOUND, Apply, EndpointPolicy, Identity,
                                     IdentityAllocate, IdentityRelease, ListRequest, ObjectRef,
-                                    PolicyApplied, PolicyRule)
+                                    PolicyApplied, PolicyPreviewRequest, PolicyRule)
 
 IPCACHE_TIMEOUT = 60.0      # seconds for one ipcache.batch request (IPCACHE_BATCH_MAX prefixes)
 STAGE_ATTEMPTS = 3          # stagings of a policy change outside the lock before one under it
@@ -74,6 +76,7 @@ class PolicyService(Service):
         await asyncio.to_thread(loader.pin_maps, "policyd_maps.c", self.config)     # LLVM stays out
         self.enforcer = Enforcer(PolicyMap(Path(self.config.datapath.bpfRoot)), self.config.maps.policy,
                                  self.config.policy.enforcement, endpoints)
+        self.delay = policyd_metrics.register(self, self.registry, lambda: self.enforcer.entry_count)
         await self._converge()
         self._gauges()
         b = self.bus
@@ -88,6 +91,7 @@ class PolicyService(Service):
         await b.serve(subjects.POLICY_ENDPOINT_SYNC, EndpointPolicy, self.endpoint_sync)
         await b.serve(subjects.POLICY_ENDPOINT_FORGET, EndpointPolicy, self.endpoint_forget)
         await b.serve(subjects.POLICY_RULES, ListRequest, self.list_rules)
+        await b.serve(subjects.POLICY_PREVIEW, PolicyPreviewRequest, lambda req: dryrun.preview(self, req))
 
     async def _converge(self) -> None:
         """At start: make the map what KV says. Entries of endpoints missing from the record
@@ -269,6 +273,7 @@ class PolicyService(Service):
         return await asyncio.to_thread(self._write, staged.diffs)
 
     async def apply_policy(self, req: Apply) -> PolicyApplied:
+        started = time.perf_counter()
         try:
             parsed = await asyncio.to_thread(parse_policy, req.document)
         except PolicyError as exc:
@@ -292,6 +297,7 @@ class PolicyService(Service):
             revision, written, removed = await self._change(
                 lambda: {**self.policies, policy.key: policy}, changed, store)
         self._gauges()
+        self.delay.labels(policyd_metrics.source(policy.kind)).observe(time.perf_counter() - started)
         self.log.info("policy applied", policy=policy.key, written=written, removed=removed)
         return PolicyApplied(policy.kind, policy.name, policy.namespace,
                              "configured" if current else "created", revision, parsed.warnings,
@@ -305,6 +311,7 @@ class PolicyService(Service):
         raise ServiceError(NOT_FOUND, f'policy "{req.namespace + "/" if req.namespace else ""}{req.name}" not found')
 
     async def delete_policy(self, req: ObjectRef) -> PolicyApplied:
+        started = time.perf_counter()
         async with self._policy_lock(self._find(req).key):
             policy = self._find(req)
 
@@ -316,6 +323,7 @@ class PolicyService(Service):
             revision, written, removed = await self._change(
                 lambda: {k: p for k, p in self.policies.items() if k != policy.key}, [policy], store)
         self._gauges()
+        self.delay.labels(policyd_metrics.source(policy.kind)).observe(time.perf_counter() - started)
         return PolicyApplied(policy.kind, policy.name, policy.namespace, "deleted", revision, [],
                              written, removed)
 

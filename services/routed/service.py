@@ -18,6 +18,8 @@ from prometheus_client import Gauge
 
 from services.datapath import loader
 from services.datapath.maps import ipcache
+from services.datapath.map_metrics import MapOpsCollector, MapPressureCollector
+from services.datapath.maps.ipcache import PIN_NAME as IPCACHE_PIN
 from services.datapath.maps.ipcache import IpcacheMap
 from services.datapath.netlink import Netlink, Worker
 from services.datapath.numbers import IDENTITY_HOST, IDENTITY_WORLD
@@ -54,6 +56,9 @@ class RoutedService(Service):
             copied = await self.worker.run(ipcache.restore_old_layout, root)
             self.log.info("ipcache upgraded to the tunnel_endpoint layout", entries=copied)
         self.ipcache = IpcacheMap(root)
+        self.registry.register(MapOpsCollector())
+        self.registry.register(MapPressureCollector(
+            {IPCACHE_PIN: (lambda: len(self.claims), self.config.maps.ipcache)}))
         await self.worker.run(ensure_router, self.nl, self.config)
         await self.worker.run(iptables.ensure, self.config.podCIDR,
                               self.config.datapath.routerDevice, self.config.masquerade)

@@ -23,6 +23,8 @@ from typing import Any
 
 import yaml
 
+from services.wire.hubble_options import METRICS as HUBBLE_METRICS
+from services.wire.hubble_options import MetricSpec, parse_metrics
 from services.wire.limits import LimitError, load_yaml_all, read_text
 
 ADMIN = "admin"       # the NATS user with every permission: operators (the CLI)
@@ -117,6 +119,26 @@ class PolicyConfig:
 
 
 @dataclass(frozen=True)
+class HubbleConfig:
+    """flowd's Hubble metrics: the ones enabled, each in Hubble's option syntax
+    (services.wire.hubble_options), e.g. "flow:sourceContext=namespace;destinationContext=pod"."""
+
+    metrics: list = field(default_factory=lambda: list(HUBBLE_METRICS))
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.metrics, list):
+            raise ConfigError("hubble.metrics: expected a list of metrics, e.g. [flow, tcp, icmp]")
+        try:
+            parse_metrics(self.metrics)
+        except ValueError as exc:
+            raise ConfigError(f"hubble.metrics{exc}") from None
+
+    @property
+    def specs(self) -> tuple[MetricSpec, ...]:
+        return parse_metrics(self.metrics)
+
+
+@dataclass(frozen=True)
 class NatsConfig:
     host: str = "127.0.0.1"
     port: int = 4222
@@ -203,6 +225,7 @@ class NodeConfig:
     nats: NatsConfig = field(default_factory=NatsConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     docker: DockerConfig = field(default_factory=DockerConfig)
+    hubble: HubbleConfig = field(default_factory=HubbleConfig)
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", self.node):
@@ -262,7 +285,8 @@ def _check_host(host: str, where: str) -> None:
 
 
 _SECTIONS = {"datapath": DatapathConfig, "maps": MapSizes, "events": EventsConfig,
-             "policy": PolicyConfig, "nats": NatsConfig, "metrics": MetricsConfig, "docker": DockerConfig}
+             "policy": PolicyConfig, "nats": NatsConfig, "metrics": MetricsConfig, "docker": DockerConfig,
+             "hubble": HubbleConfig}
 
 
 _SCALARS = {"str": str, "int": int, "bool": bool}

@@ -310,6 +310,47 @@ class PolicyApplied(Message):
     entries_removed: COUNT = 0
 
 
+@dataclass(frozen=True)
+class PolicyPreviewRequest(Message):
+    """policy.preview: what applying DOCUMENT would change, with nothing written."""
+
+    KIND = "policy.preview"
+    document: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class PreviewVerdict(Message):
+    verdict: str                      # allowed | denied | audit (a would-be drop let through)
+    reason: str                       # the rule or default that decides it
+
+
+@dataclass(frozen=True)
+class PreviewCell(Message):
+    """One cell of the reachability matrix: a new connection from SOURCE to DESTINATION."""
+
+    source: str                       # namespace/pod
+    destination: str
+    protocol: str                     # TCP | UDP | SCTP | ICMP
+    port: PORT                        # for ICMP: the type
+    before: PreviewVerdict
+    after: PreviewVerdict
+
+
+@dataclass(frozen=True)
+class PolicyPreview(Message):
+    """The reply to policy.preview: every cell with an affected pod (one whose policy
+    entries change) at either end, before and after."""
+
+    kind: str
+    name: str
+    namespace: str
+    action: str                       # what an apply would do: created | configured | unchanged
+    affected: list[str]               # pods whose entries change
+    ports: list[str]                  # "TCP/5432", "ICMP/8": the columns previewed
+    cells: list[PreviewCell]
+    warnings: list[str] = field(default_factory=list)
+
+
 # ---- ipcache (routed) --------------------------------------------------------------------
 
 

@@ -34,6 +34,7 @@ POLICY_ENTRIES = f"{ROOT}.policy.entries"              # one endpoint's map entr
 POLICY_ENDPOINT_SYNC = f"{ROOT}.policy.endpoint.sync"  # compute and write an endpoint's entries
 POLICY_ENDPOINT_FORGET = f"{ROOT}.policy.endpoint.forget"
 POLICY_RULES = f"{ROOT}.policy.rules"                  # rule_id -> policy and rule, for flows
+POLICY_PREVIEW = f"{ROOT}.policy.preview"              # what an apply would change; writes nothing
 
 # routed: ipcache
 IPCACHE_UPSERT = f"{ROOT}.ipcache.upsert"
@@ -124,8 +125,9 @@ GRANTS: dict[str, Grants] = {
     "policyd": Grants(
         serves=(IDENTITY_ALLOCATE, IDENTITY_RELEASE, IDENTITY_LIST, POLICY_APPLY, POLICY_DELETE,
                 POLICY_LIST, POLICY_ENTRIES, POLICY_ENDPOINT_SYNC, POLICY_ENDPOINT_FORGET,
-                POLICY_RULES, health("policyd")),
-        calls=(IPCACHE_UPSERT, IPCACHE_DELETE, IPCACHE_BATCH, health("policyd")),
+                POLICY_RULES, POLICY_PREVIEW, health("policyd")),
+        # a preview names pods and takes ports from recent flows
+        calls=(IPCACHE_UPSERT, IPCACHE_DELETE, IPCACHE_BATCH, POD_LIST, OBSERVER_FLOWS, health("policyd")),
         listens=(f"{ENDPOINT_EVENTS}.>",),
         buckets=(BUCKET_IDENTITIES, BUCKET_POLICIES, BUCKET_POLICY_ENDPOINTS),
     ),

@@ -76,6 +76,7 @@ REQUESTS = {
     subjects.POLICY_ENDPOINT_FORGET: (messages.EndpointPolicy, {"v": 1, "kind": "policy.endpoint",
                                                                "endpoint_id": 1}),
     subjects.POLICY_RULES: (messages.ListRequest, {"v": 1, "kind": "list"}),
+    subjects.POLICY_PREVIEW: (messages.PolicyPreviewRequest, {"v": 1, "kind": "policy.preview", "document": POLICY}),
     subjects.IPCACHE_UPSERT: (messages.IpcacheUpsert, {"v": 1, "kind": "ipcache.upsert", "cidr": "10.9.0.0/16",
                                                        "identity": 16777216, "source": "cidr-policy"}),
     subjects.IPCACHE_DELETE: (messages.IpcacheDelete, {"v": 1, "kind": "ipcache.delete", "cidr": "10.9.0.0/16",
@@ -182,11 +183,11 @@ def locally_invalid(subject: str, schema, payload: bytes) -> bool:
         return True
     except Exception:       # a local crash (the unit fuzzers catch those): the server must cope
         return True
-    if schema is not messages.Apply:
+    if schema not in (messages.Apply, messages.PolicyPreviewRequest):
         return False
     doc = req.document
     try:
-        if subject == subjects.POLICY_APPLY:
+        if subject in (subjects.POLICY_APPLY, subjects.POLICY_PREVIEW):
             parse_policy(doc)
         else:
             parser = parse_pod if subject == subjects.POD_APPLY else parse_namespace

@@ -164,7 +164,7 @@ def test_every_event_is_accounted_for_and_counted_in_metrics(node, scene):
     metrics = node.metrics("flowd")
     assert 'hubble_policy_verdicts_total{action="forwarded",direction="ingress",match="l3-l4"} 2.0' in metrics
     assert 'hubble_drop_total{protocol="TCP",reason="POLICY_DENY"} 1.0' in metrics
-    assert 'hubble_flows_processed_total{subtype="",type="PolicyVerdict",verdict="AUDIT"} 1.0' in metrics
+    assert 'hubble_flows_processed_total{protocol="ICMPv4",subtype="",type="PolicyVerdict",verdict="AUDIT"} 1.0' in metrics
     assert 'hubble_lost_events_total{source="perf_event_ring_buffer"} 0.0' in metrics
     assert "flows_published=" in node.cli("status").stdout
 

@@ -5,7 +5,7 @@ import asyncio
 
 import pytest
 from nats.errors import TimeoutError as NatsTimeout
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from services.datapath.maps.policy import FakePolicyMap
 from services.policyd.compiler import Endpoint
@@ -41,6 +41,7 @@ async def policyd(url: str, fake: FakePolicyMap) -> PolicyService:
     svc.identity_gauge, svc.policy_gauge, svc.broken_gauge = (Gauge(n, "", registry=registry)
                                                               for n in ("i", "p", "b"))
     svc.writes = Counter("w", "", ["op"], registry=registry)
+    svc.delay = Histogram("d", "", ["source"], registry=registry)
     svc.kv_ids = await svc.bus.kv(subjects.BUCKET_IDENTITIES, create=True)
     svc.kv_policies = await svc.bus.kv(subjects.BUCKET_POLICIES, create=True, history=5)
     svc.kv_endpoints = await svc.bus.kv(subjects.BUCKET_POLICY_ENDPOINTS, create=True)

@@ -33,6 +33,7 @@ class Node:
     datapath: dict = field(default_factory=dict)    # more datapath keys (e.g. conntrackGCInterval)
     nats: dict = field(default_factory=dict)
     docker: dict = field(default_factory=dict)
+    hubble: dict = field(default_factory=dict)
     tag: str = field(default_factory=lambda: secrets.token_hex(2))
 
     def __post_init__(self) -> None:
@@ -57,6 +58,7 @@ class Node:
             "maps": self.maps,
             "events": self.events,
             **({"docker": self.docker} if self.docker else {}),
+            **({"hubble": self.hubble} if self.hubble else {}),
             "metrics": {s: free_port() for s in ("endpointd", "policyd", "routed", "flowd")},
         }
         self.config_path.write_text(yaml.safe_dump(config))
@@ -76,9 +78,8 @@ class Node:
         return self.cli("apply", "-f", "-", input=text, check=check)
 
     def up(self) -> None:
-        # The CLI's default 60 s for every service to be healthy is not enough on two CPUs
-        # shared with other runs: flowd's and endpointd's BPF compiles alone took 40-55 s.
-        self.cli("up", "--detach", "--timeout", "150", timeout=200)
+        # generous: on a loaded machine compiling the datapath alone can take a minute
+        self.cli("up", "--detach", "--timeout", "240", timeout=300)
 
     def down(self) -> None:
         self.cli("down", timeout=60)
@@ -116,7 +117,7 @@ class Node:
         import ipaddress
         return str(ipaddress.IPv4Network(self.pod_cidr).network_address + 1)
 
-    def wait_healthy(self, timeout: float = 60) -> dict:
+    def wait_healthy(self, timeout: float = 240) -> dict:
         deadline = time.monotonic() + timeout
         last = {}
         while time.monotonic() < deadline:

@@ -11,7 +11,8 @@ from collections.abc import Container
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.datapath.numbers import POLICY_EGRESS, POLICY_INGRESS
+from services.datapath.numbers import (POLICY_AUDIT, POLICY_DEFAULT, POLICY_DENY, POLICY_EGRESS,
+                                       POLICY_INGRESS, VERDICT_AUDIT, VERDICT_DROPPED, VERDICT_FORWARDED)
 from services.datapath.pinned import PinnedMap, filled
 
 PIN_NAME = "policy"
@@ -74,6 +75,53 @@ class Counted:
     value: Value
     packets: int
     bytes: int
+
+
+# The prefix lengths policyd's compiler writes, longest first: what a lookup must try.
+PREFIXES = (*range(PREFIX_PORT_BASE + 16, PREFIX_PORT_BASE - 1, -1), PREFIX_PROTO, PREFIX_PEER, PREFIX_DEFAULT)
+
+
+def longest_match(entries: dict[Key, Value], endpoint_id: int, egress: bool, identity: int,
+                  protocol: int, port: int) -> Value | None:
+    """What the kernel's LPM trie answers for a full-length key, over ENTRIES holding keys
+    of the PREFIXES lengths (as the compiler makes them: bits past the prefix are zero)."""
+    for prefixlen in PREFIXES:
+        if prefixlen >= PREFIX_PORT_BASE:
+            shift = 16 - (prefixlen - PREFIX_PORT_BASE)
+            key = Key(endpoint_id, egress, identity, protocol, port >> shift << shift, prefixlen)
+        elif prefixlen == PREFIX_PROTO:
+            key = Key(endpoint_id, egress, identity, protocol, 0, prefixlen)
+        elif prefixlen == PREFIX_PEER:
+            key = Key(endpoint_id, egress, identity, 0, 0, prefixlen)
+        else:
+            key = Key(endpoint_id, egress, 0, 0, 0, prefixlen)
+        value = entries.get(key)
+        if value is not None:
+            return value
+    return None
+
+
+@dataclass(frozen=True)
+class Decision:
+    verdict: int              # VERDICT_*
+    entry: Value | None       # the deciding entry; None: the endpoint has no entries
+
+
+def decide(entries: dict[Key, Value], endpoint_id: int, egress: bool, peer: int, protocol: int,
+           port: int) -> Decision:
+    """The datapath's verdict for a new connection (policy_check in bpf/lib/policy.h, step
+    for step): look up the peer's identity and identity 0; a deny from either wins, then an
+    allow, then the direction's default; no entry at all fails closed."""
+    exact = longest_match(entries, endpoint_id, egress, peer, protocol, port)
+    any_ = longest_match(entries, endpoint_id, egress, 0, protocol, port)
+    hit = next((e for e in (exact, any_) if e and e.flags & (POLICY_DENY | POLICY_DEFAULT) == POLICY_DENY), None)
+    if hit is None:
+        hit = next((e for e in (exact, any_) if e and not e.flags & POLICY_DEFAULT), exact or any_)
+        if hit is None:
+            return Decision(VERDICT_DROPPED, None)
+        if not hit.flags & POLICY_DENY:
+            return Decision(VERDICT_FORWARDED, hit)
+    return Decision(VERDICT_AUDIT if hit.flags & POLICY_AUDIT else VERDICT_DROPPED, hit)
 
 
 class PolicyMap:
