@@ -65,6 +65,7 @@ class Credentials:
     ca: str | None = None
     cert: str | None = None
     key: str | None = None
+    servers: tuple[str, ...] = ()      # a cluster node's: its own server first, then its peers'
 
     def tls_context(self):
         """The client's TLS context, or None for a plain connection (nats://, no CA)."""
@@ -87,7 +88,8 @@ class Credentials:
         except (OSError, ValueError) as exc:
             raise ServiceError(INVALID, f"cannot read NATS credentials {path}: {exc}") from None
         return cls(url=data["url"], user=data["user"], password=data["password"],
-                   ca=data.get("ca"), cert=data.get("cert"), key=data.get("key"))
+                   ca=data.get("ca"), cert=data.get("cert"), key=data.get("key"),
+                   servers=tuple(data.get("servers") or ()))
 
 
 Handler = Callable[[Any], Awaitable[Any]]
@@ -133,7 +135,7 @@ class Bus:
         tls_context = creds.tls_context()
         try:
             nc = await nats.connect(
-                creds.url, user=creds.user, password=creds.password, name=name,
+                list(creds.servers) or creds.url, user=creds.user, dont_randomize=True, password=creds.password, name=name,
                 **({"tls": tls_context} if tls_context else {}),
                 connect_timeout=connect_timeout, max_reconnect_attempts=-1 if retry else 1,
                 reconnect_time_wait=0.5, allow_reconnect=retry,
@@ -240,14 +242,19 @@ class Bus:
     async def publish(self, subject: str, message: Message) -> None:
         await self.nc.publish(subject, codec.encode(message.to_wire()))
 
-    async def kv(self, bucket: str, create: bool = False, history: int = 1) -> KeyValue:
-        """Bind to BUCKET; its owner passes create=True (file storage, synced writes)."""
+    async def kv(self, bucket: str, create: bool = False, history: int = 1, replicas: int = 1) -> KeyValue:
+        """Bind to BUCKET; its owner passes create=True (file storage, synced writes), and in
+        a cluster the copies JetStream keeps (REPLICAS, one per node up to 3)."""
         try:
             return await self.js.key_value(bucket)
         except BucketNotFoundError:
             if not create:
                 raise ServiceError(UNAVAILABLE, f"KV bucket {bucket} does not exist yet") from None
-        return await self.js.create_key_value(bucket=bucket, history=history)
+        try:
+            return await self.js.create_key_value(bucket=bucket, history=history, replicas=replicas)
+        except JetStreamError:
+            # another node's owner made it first (same settings): bind to theirs
+            return await self.js.key_value(bucket)
 
     async def kv_items(self, kv: KeyValue) -> dict[str, dict]:
         """Every live key in KV's bucket (see kv_items below: raises StateUnreadable)."""
