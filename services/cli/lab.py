@@ -1,10 +1,10 @@
 """A local cluster's machines: N host network namespaces on one underlay bridge.
 
-Each node's "host" is a network namespace cap-<lab>-<i> with an interface `underlay` on the
+Each node <lab>-<i> has for its "host" a network namespace caphost-<lab>-<i> with an interface `underlay` on the
 bridge cb<tag>; this machine keeps an address on the bridge (.254) so the CLI reaches every
 node's NATS. A node runs in its namespace through `nsenter --net` (not `ip netns exec`, which
 unshares the mount namespace and remounts /sys), so each node's pins live on its own bpffs
-mount at /sys/fs/bpf/capillary-<lab>-<node>, a host path that outlives the processes.
+mount at /sys/fs/bpf/capillary-<lab>-<i>, a host path that outlives the processes.
 
 The plan (names, addresses, paths) is written to <dir>/lab.json before anything is made, so
 `cluster down` removes exactly what `cluster up` made, even after a half-made `up`.
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 import secrets
 import subprocess
 from dataclasses import asdict, dataclass
@@ -89,6 +90,8 @@ def plan(name: str, count: int, directory: Path) -> Lab:
     """Names and free addresses for a lab of COUNT nodes (nothing is made yet)."""
     if not 1 <= count <= 16:
         raise LabError(f"--nodes: {count} is not from 1 to 16")
+    if not re.fullmatch(r"[a-z][a-z0-9]{0,11}", name):
+        raise LabError(f"--name: {name!r} is not 1-12 lowercase letters and digits (a letter first)")
     used = _used_subnets()
     for _ in range(64):
         subnet = ipaddress.IPv4Network(f"172.31.{secrets.randbelow(250)}.0/24")
@@ -99,9 +102,9 @@ def plan(name: str, count: int, directory: Path) -> Lab:
     tag = secrets.token_hex(2)
     pod_octet = 100 + secrets.randbelow(100)
     nodes = tuple(
-        LabNode(name=f"n{i}", netns=f"cap-{name}-{i}", underlay_ip=str(subnet.network_address + i),
+        LabNode(name=f"{name}-{i}", netns=f"caphost-{name}-{i}", underlay_ip=str(subnet.network_address + i),
                 pod_cidr=f"10.{pod_octet}.{i}.0/24", host_veth=f"{BRIDGE_PREFIX}{tag}n{i}",
-                bpf_root=f"/sys/fs/bpf/capillary-{name}-n{i}", workdir=str(directory / f"n{i}"))
+                bpf_root=f"/sys/fs/bpf/capillary-{name}-{i}", workdir=str(directory / f"{name}-{i}"))
         for i in range(1, count + 1))
     return Lab(name, f"{BRIDGE_PREFIX}{tag}", str(subnet), nodes, str(directory))
 

@@ -78,9 +78,10 @@ class PolicyService(Service):
                                   "compile; their endpoints are held at default deny", registry=self.registry)
         self.writes = Counter("capillary_policy_map_writes", "Policy map entries written or removed",
                               ["op"], registry=self.registry)
-        self.kv_ids = await self.bus.kv(subjects.BUCKET_IDENTITIES, create=True)
-        self.kv_policies = await self.bus.kv(subjects.BUCKET_POLICIES, create=True, history=5)
-        self.kv_endpoints = await self.bus.kv(subjects.BUCKET_POLICY_ENDPOINTS, create=True)
+        replicas = self.config.cluster.kv_replicas
+        self.kv_ids = await self.bus.node_kv(subjects.BUCKET_IDENTITIES, replicas=replicas)
+        self.kv_policies = await self.bus.kv(subjects.BUCKET_POLICIES, create=True, history=5, replicas=replicas)
+        self.kv_endpoints = await self.bus.node_kv(subjects.BUCKET_POLICY_ENDPOINTS, replicas=replicas)
         endpoints = await self._load()
         await asyncio.to_thread(loader.pin_maps, "policyd_maps.c", self.config)     # LLVM stays out
         self.enforcer = Enforcer(PolicyMap(Path(self.config.datapath.bpfRoot)), self.config.maps.policy,

@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 # Lowest first. Shared with the map's flags through services.routed.service.SOURCES.
-PRECEDENCE = ("cidr-policy", "endpoint", "node", "reserved")
+# "remote": another node's pod, learnt from the cluster (services.routed.cluster).
+PRECEDENCE = ("cidr-policy", "remote", "endpoint", "node", "reserved")
 
 
 @dataclass(frozen=True)

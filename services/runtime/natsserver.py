@@ -69,7 +69,8 @@ def share_secrets(source: Path, config: NodeConfig) -> None:
     for user in USERS:
         data = json.loads((source / f"{user}.context.json").read_text())
         _write_private(config.credentials_path(user), {"description": f"capillary {user} on {config.node}",
-                                                       "user": user, "password": data["password"]})
+                                                       **_connection(config), "user": user,
+                                                       "password": data["password"]})
     target = tls_dir(config)
     target.mkdir(parents=True, exist_ok=True)
     for name, mode in (("ca.pem", 0o644), ("ca-key.pem", 0o600)):
@@ -118,17 +119,19 @@ def _kv_publish(bucket: str) -> list[str]:
             f"$JS.FC.{stream}.>", f"$JS.ACK.{stream}.>"]
 
 
-def permissions(user: str) -> dict:
+def permissions(user: str, cluster: bool = False) -> dict:
+    """USER's permissions; in a CLUSTER its subjects are every node's (subjects.on_node)."""
     if user == ADMIN:
         return {}
     if user in subjects.READERS:
         return {"publish": {"deny": [">"]},
                 "subscribe": {"allow": list(subjects.READERS[user].listens)}}
     g = subjects.GRANTS[user]
-    publish = [*g.calls, *g.publishes, "$JS.API.INFO"]
+    node = "*" if cluster else None
+    publish = [subjects.on_node(s, node) for s in (*g.calls, *g.publishes)] + ["$JS.API.INFO"]
     for bucket in g.buckets:
         publish += _kv_publish(bucket)
-    subscribe = [*g.serves, *g.listens, f"{subjects.inbox_prefix(user)}.>"]
+    subscribe = [*(subjects.on_node(s, node) for s in (*g.serves, *g.listens)), f"{subjects.inbox_prefix(user)}.>"]
     return {"publish": {"allow": publish}, "subscribe": {"allow": subscribe},
             "allow_responses": True}
 
@@ -142,7 +145,7 @@ def render_config(config: NodeConfig, creds: dict[str, dict]) -> str:
     users = []
     for user in USERS:
         entry = {"user": user, "password": creds[user]["password"]}
-        perms = permissions(user)
+        perms = permissions(user, config.cluster.enabled)
         if perms:
             entry["permissions"] = perms
         users.append(entry)

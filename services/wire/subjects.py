@@ -40,6 +40,9 @@ IPCACHE_UPSERT = f"{ROOT}.ipcache.upsert"
 IPCACHE_DELETE = f"{ROOT}.ipcache.delete"
 IPCACHE_LIST = f"{ROOT}.ipcache.list"
 
+# routed in a cluster: the members it knows, with their health
+NODES_LIST = f"{ROOT}.nodes.list"
+
 # supervisor (capillary up)
 NODE_STATUS = f"{ROOT}.node.status"
 
@@ -51,6 +54,23 @@ OBSERVER_FLOWS = f"{ROOT}.observer.flows"
 # datapath events in batches on monitor(node).
 MONITOR = f"{ROOT}.monitor"
 OBSERVER_MONITOR = f"{ROOT}.observer.monitor"
+
+
+# In a cluster every node's services share one NATS: each node's request and event subjects
+# carry its name (capillary.node.<node>.pod.apply), so a request reaches that node's service
+# and no other. Flows and monitor events already name their node and stay as they are, so one
+# subscriber sees every node's.
+NODE_SCOPE = f"{ROOT}.node"
+CLUSTER_WIDE = (FLOWS, MONITOR)
+
+
+def on_node(subject: str, node: str | None) -> str:
+    """SUBJECT as node NODE's (None: a lone node's subjects are unscoped); a pattern
+    ("capillary.endpoint.events.>") scopes the same way, and "*" as NODE matches every node."""
+    if node is None or not subject.startswith(f"{ROOT}.") or \
+            any(subject == w or subject.startswith(f"{w}.") for w in CLUSTER_WIDE):
+        return subject
+    return f"{NODE_SCOPE}.{node}.{subject[len(ROOT) + 1:]}"
 
 
 def inbox_prefix(user: str) -> str:
@@ -87,13 +107,21 @@ BUCKET_IDENTITIES = "capillary_identities"
 BUCKET_POLICIES = "capillary_policies"
 # policyd's own record of the endpoints endpointd announced (policy.endpoint.sync / forget)
 BUCKET_POLICY_ENDPOINTS = "capillary_policy_endpoints"
+# routed in a cluster (services.wire.cluster): every node's record and every node's pods
+BUCKET_NODES = "capillary_nodes"
+BUCKET_CLUSTER_ENDPOINTS = "capillary_endpoints"
 BUCKETS = {
     BUCKET_NAMESPACES: "endpointd",
     BUCKET_PODS: "endpointd",
     BUCKET_IDENTITIES: "policyd",
     BUCKET_POLICIES: "policyd",
     BUCKET_POLICY_ENDPOINTS: "policyd",
+    BUCKET_NODES: "routed",
+    BUCKET_CLUSTER_ENDPOINTS: "routed",
 }
+# Buckets every node shares in a cluster (replicated cluster.kv_replicas times); the others
+# hold one node's state.
+CLUSTER_BUCKETS = (BUCKET_NAMESPACES, BUCKET_POLICIES, BUCKET_IDENTITIES, BUCKET_NODES, BUCKET_CLUSTER_ENDPOINTS)
 
 
 @dataclass(frozen=True)
@@ -128,8 +156,9 @@ GRANTS: dict[str, Grants] = {
         buckets=(BUCKET_IDENTITIES, BUCKET_POLICIES, BUCKET_POLICY_ENDPOINTS),
     ),
     "routed": Grants(
-        serves=(IPCACHE_UPSERT, IPCACHE_DELETE, IPCACHE_LIST, health("routed")),
+        serves=(IPCACHE_UPSERT, IPCACHE_DELETE, IPCACHE_LIST, NODES_LIST, health("routed")),
         calls=(health("routed"),),
+        buckets=(BUCKET_NODES, BUCKET_CLUSTER_ENDPOINTS),
     ),
     "flowd": Grants(
         serves=(OBSERVER_FLOWS, OBSERVER_MONITOR, health("flowd")),
