@@ -29,7 +29,8 @@ from services.datapath import loader
 from services.datapath.maps.policy import PolicyMap
 from services.policyd.compiler import CIDR_LABEL, Endpoint, Universe, rule_id, rule_table
 from services.policyd.enforcer import Enforcer, PolicyMapFull
-from services.policyd.identity import RESERVED, Entry, IdentitiesExhausted, IdentityAllocator
+from services.policyd import clustersync
+from services.policyd.identity import RESERVED, Entry, IdentitiesExhausted, IdentityAllocator, labels_key
 from services.policyd.model import Policy
 from services.policyd.parse import PolicyError, parse_policy
 from services.runtime.app import Service
@@ -82,6 +83,10 @@ class PolicyService(Service):
         self.kv_ids = await self.bus.node_kv(subjects.BUCKET_IDENTITIES, replicas=replicas)
         self.kv_policies = await self.bus.kv(subjects.BUCKET_POLICIES, create=True, history=5, replicas=replicas)
         self.kv_endpoints = await self.bus.node_kv(subjects.BUCKET_POLICY_ENDPOINTS, replicas=replicas)
+        self.remote_ids: dict[int, dict[str, str]] = {}     # other nodes' identities (a cluster)
+        self.cluster_ids = None
+        if self.config.cluster.enabled:
+            self.cluster_ids = await clustersync.open_identities(self.bus, replicas)
         endpoints = await self._load()
         await asyncio.to_thread(loader.pin_maps, "policyd_maps.c", self.config)     # LLVM stays out
         self.enforcer = Enforcer(PolicyMap(Path(self.config.datapath.bpfRoot)), self.config.maps.policy,
@@ -99,6 +104,14 @@ class PolicyService(Service):
         await b.serve(subjects.POLICY_ENDPOINT_SYNC, EndpointPolicy, self.endpoint_sync)
         await b.serve(subjects.POLICY_ENDPOINT_FORGET, EndpointPolicy, self.endpoint_forget)
         await b.serve(subjects.POLICY_RULES, ListRequest, self.list_rules)
+        if self.cluster_ids is not None:
+            self._cluster_sync = asyncio.create_task(clustersync.sync_loop(self))
+
+    async def set_remote_identities(self, remote: dict[int, dict[str, str]]) -> None:
+        async with self._lock:
+            self.remote_ids = {i: labels for i, labels in remote.items() if i not in self.identities.by_id}
+            diffs, _ = self.enforcer.plan(list(self.policies.values()), self._universe())
+            self._write(diffs)
 
     async def _converge(self) -> None:
         """At start: make the map what KV says. Entries of endpoints missing from the record
@@ -163,7 +176,7 @@ class PolicyService(Service):
         self.broken_gauge.set(len(self.broken))
 
     def _universe(self) -> Universe:
-        return Universe({i: e.labels for i, e in self.identities.by_id.items()})
+        return Universe({**self.remote_ids, **{i: e.labels for i, e in self.identities.by_id.items()}})
 
     def _write(self, diffs) -> tuple[int, int]:
         written, removed = self.enforcer.apply(diffs)
@@ -184,7 +197,11 @@ class PolicyService(Service):
             raise ServiceError(INVALID, "labels: an identity needs at least one label")
         async with self._lock:
             try:
-                entry, created = self.identities.allocate(req.labels, req.owner)
+                number = None
+                if self.cluster_ids is not None and labels_key(req.labels) not in self.identities.keys():
+                    number, _ = await self.cluster_ids.allocate(req.labels)
+                    self.remote_ids.pop(number, None)
+                entry, created = self.identities.allocate(req.labels, req.owner, number=number)
             except IdentitiesExhausted as exc:
                 raise ServiceError(EXHAUSTED, str(exc)) from None
             await self._persist_identity(entry, entry.id)
@@ -248,7 +265,7 @@ class PolicyService(Service):
         recompiled, unless the set of CIDR identities changes (then every endpoint is)."""
         trial = self.identities.copy()
         released, created = self._resolve_cidrs(trial, policies)
-        universe = Universe({i: e.labels for i, e in trial.by_id.items()})
+        universe = Universe({**self.remote_ids, **{i: e.labels for i, e in trial.by_id.items()}})
         try:
             diffs, total = self.enforcer.plan(list(policies.values()), universe,
                                               None if released or created else changed)

@@ -107,6 +107,9 @@ BUCKET_IDENTITIES = "capillary_identities"
 BUCKET_POLICIES = "capillary_policies"
 # policyd's own record of the endpoints endpointd announced (policy.endpoint.sync / forget)
 BUCKET_POLICY_ENDPOINTS = "capillary_policy_endpoints"
+# policyd in a cluster (services.policyd.clusterids): identity numbers every node shares
+BUCKET_IDENTITY_NUMBERS = "capillary_identity_numbers"
+BUCKET_IDENTITY_LABELS = "capillary_identity_labels"
 # routed in a cluster (services.wire.cluster): every node's record and every node's pods
 BUCKET_NODES = "capillary_nodes"
 BUCKET_CLUSTER_ENDPOINTS = "capillary_endpoints"
@@ -116,12 +119,15 @@ BUCKETS = {
     BUCKET_IDENTITIES: "policyd",
     BUCKET_POLICIES: "policyd",
     BUCKET_POLICY_ENDPOINTS: "policyd",
+    BUCKET_IDENTITY_NUMBERS: "policyd",
+    BUCKET_IDENTITY_LABELS: "policyd",
     BUCKET_NODES: "routed",
     BUCKET_CLUSTER_ENDPOINTS: "routed",
 }
 # Buckets every node shares in a cluster (replicated cluster.kv_replicas times); the others
 # hold one node's state.
-CLUSTER_BUCKETS = (BUCKET_NAMESPACES, BUCKET_POLICIES, BUCKET_IDENTITIES, BUCKET_NODES, BUCKET_CLUSTER_ENDPOINTS)
+CLUSTER_BUCKETS = (BUCKET_NAMESPACES, BUCKET_POLICIES, BUCKET_IDENTITY_NUMBERS, BUCKET_IDENTITY_LABELS,
+                   BUCKET_NODES, BUCKET_CLUSTER_ENDPOINTS)
 
 
 @dataclass(frozen=True)
@@ -153,7 +159,8 @@ GRANTS: dict[str, Grants] = {
                 POLICY_RULES, health("policyd")),
         calls=(IPCACHE_UPSERT, IPCACHE_DELETE, health("policyd")),
         listens=(f"{ENDPOINT_EVENTS}.>",),
-        buckets=(BUCKET_IDENTITIES, BUCKET_POLICIES, BUCKET_POLICY_ENDPOINTS),
+        buckets=(BUCKET_IDENTITIES, BUCKET_POLICIES, BUCKET_POLICY_ENDPOINTS, BUCKET_IDENTITY_NUMBERS,
+                 BUCKET_IDENTITY_LABELS),
     ),
     "routed": Grants(
         serves=(IPCACHE_UPSERT, IPCACHE_DELETE, IPCACHE_LIST, NODES_LIST, health("routed")),
