@@ -4,7 +4,6 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from services.cli import lab as labmod
@@ -92,12 +91,3 @@ async def get_nodes(client: Client, output: str) -> int:
                 [[r["name"] + (" (this node)" if r.get("self") else ""), "Ready" if r["healthy"] else "NotReady",
                   r["underlay_ip"], r["pod_cidr"], r["routing"], f"{r['heartbeat_age']:.1f}s ago"] for r in rows]))
     return 0
-
-
-def wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise TimeoutError(what)

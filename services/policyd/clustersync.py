@@ -1,9 +1,12 @@
-"""policyd in a cluster: identity numbers from the cluster, and the other nodes' identities.
+"""policyd in a cluster: identity numbers from the cluster, the other nodes' identities, and
+the policies every node shares.
 
 A label set's number comes from services.policyd.clusterids (compare-and-set in KV, the same
 on every node). The identities other nodes allocated are read from the numbers bucket every
 second; when they change, every endpoint's entries are planned again, so a rule selecting
 `app=client` admits a client pod on another node by the number its node's ipcache gives it.
+The policies bucket is read on the same beat: what another node applied or deleted (or a
+revision that won over ours) is put in force here too.
 """
 from __future__ import annotations
 
@@ -38,6 +41,7 @@ async def sync_loop(service) -> None:
             remote = await read_remote(service.bus, service.cluster_ids, set(service.identities.by_id))
             if remote != service.remote_ids:
                 await service.set_remote_identities(remote)
+            await service.adopt_policies(await service.bus.kv_items(service.kv_policies))
         except StateUnreadable as exc:
             service.log.warning("cluster identities unreadable, kept as they were", error=exc.message)
         except Exception:

@@ -107,6 +107,26 @@ class PolicyService(Service):
         if self.cluster_ids is not None:
             self._cluster_sync = asyncio.create_task(clustersync.sync_loop(self))
 
+    async def adopt_policies(self, stored: dict[str, dict]) -> None:
+        """Put in force the policies the shared bucket holds (STORED: KV key -> document),
+        when they differ from ours: another node applied or deleted one. The bucket's last
+        write wins, so every node converges to the same revision."""
+        async with self._lock:
+            mine = {kv_key(p.key): p.document for p in self.policies.values()}
+            if mine == stored:
+                return
+            universe = self._universe()
+            wanted = {}
+            for key, raw in sorted(stored.items()):
+                loaded = load_stored(key, raw, universe)
+                wanted[loaded.policy.key] = loaded.policy
+            changed = [p for k, p in wanted.items() if self.policies.get(k) != p or
+                       self.policies[k].document != p.document]
+            changed += [p for k, p in self.policies.items() if k not in wanted or wanted[k] != p]
+            written, removed = await self._commit(self._stage(wanted, changed))
+        self._gauges()
+        self.log.info("policies adopted from the cluster", policies=len(wanted), written=written, removed=removed)
+
     async def set_remote_identities(self, remote: dict[int, dict[str, str]]) -> None:
         async with self._lock:
             self.remote_ids = {i: labels for i, labels in remote.items() if i not in self.identities.by_id}

@@ -362,8 +362,9 @@ async def _bucket_status(kv: KeyValue):
 
 
 async def _read_bucket(js, kv: KeyValue, bucket: str) -> dict[str, dict]:
+    # Every subject is listed, also for a NodeKV: the counts must add up over the whole stream.
+    info = await js.stream_info(f"KV_{bucket}", subjects_filter=f"$KV.{bucket}.>")
     prefix = f"$KV.{bucket}.{kv.scope if isinstance(kv, NodeKV) else ''}"
-    info = await js.stream_info(f"KV_{bucket}", subjects_filter=f"{prefix}>")
     state = info.state
     if not state.messages:
         return {}
@@ -373,6 +374,8 @@ async def _read_bucket(js, kv: KeyValue, bucket: str) -> dict[str, dict]:
                             f"account for {sum(counts.values())}")
     out = {}
     for subject in sorted(counts):
+        if not subject.startswith(prefix):
+            continue                        # another node's key in a shared bucket
         key = subject[len(prefix):]
         try:
             entry = await kv.get(key)
