@@ -10,9 +10,12 @@ import time
 import pytest
 import yaml
 
+from tests.support import disruption
 from tests.support.labcluster import LabCluster
+from tests.support.traffic import Servers
 from tests.support.wait import wait_for
 
+ECHO_PORT, CLOSED_PORT = 7070, 7071
 NS = yaml.safe_dump({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "x"}})
 
 
@@ -132,6 +135,27 @@ def _cli_argv(cluster, i: int) -> list[str]:
 
 
 def test_killing_one_nats_server_keeps_the_cluster_taking_applies(cluster):
+    """Node 1's nats-server is killed while p2 (node 2) holds echo connections to p0 (node 0):
+    applies go on through node 0, node 1 comes back, and no connection breaks."""
+    servers = Servers()
+    servers.start(cluster.pods()["x/p0"]["spec"]["netns"], ECHO_PORT)
+    steady = disruption.Steady(cluster.pods()["x/p2"]["spec"]["netns"], ip_of(cluster, "x/p0"), ECHO_PORT,
+                               CLOSED_PORT, connections=3)
+    try:
+        start = steady.snapshot()
+        _kill_nats_and_apply(cluster)
+        disruption.settle()
+        figures = disruption.delta(start, steady.stop())
+    finally:
+        steady.kill()
+        servers.close()
+    print(f"cross-node connections through the kill: {figures}")
+    assert figures["exchanges"] > 0 and not figures["broken"], figures
+    assert figures["pings_lost"] == 0, figures
+    cluster.cli(0, "delete", "networkpolicy", "after-kill", "-n", "x")
+
+
+def _kill_nats_and_apply(cluster) -> None:
     nats_pid = cluster.status(1)["supervisor"]["children"]["nats"]["pid"]
     os.kill(nats_pid, signal.SIGKILL)
     started = time.monotonic()
@@ -143,7 +167,6 @@ def test_killing_one_nats_server_keeps_the_cluster_taking_applies(cluster):
              not in (None, nats_pid), "node 1's supervisor restarts its nats-server")
     wait_for(lambda: all(r["healthy"] for r in cluster.nodes(0).values()), "node 1 is healthy again")
     wait_for(lambda: cluster.ping(2, "x/p2", ip_of(cluster, "x/p0")), "p2 reaches p0 under the new policy")
-    cluster.cli(0, "delete", "networkpolicy", "after-kill", "-n", "x")
 
 
 def test_a_node_down_and_back(cluster):
