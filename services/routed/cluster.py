@@ -31,7 +31,9 @@ class ClusterAgent:
         self.beat = 0
         self.started = time.time()
         self.routes: dict[str, str] = {}            # pod CIDR -> underlay IP, in the kernel
-        self.remote: dict[str, RemotePod] = {}      # ip/32 -> the pod, in the ipcache
+        # ip/32 -> the pod, in the ipcache; its underlay_ip is the node a tunnel sends it to
+        # (ipcache_info.tunnel_endpoint in tunnel mode)
+        self.remote: dict[str, RemotePod] = {}
         self._task: asyncio.Task | None = None
 
     async def start(self) -> None:

@@ -66,6 +66,7 @@ class Credentials:
     cert: str | None = None
     key: str | None = None
     servers: tuple[str, ...] = ()      # a cluster node's: its own server first, then its peers'
+    node: str | None = None            # a cluster node's name: whose subjects a client calls
 
     def tls_context(self):
         """The client's TLS context, or None for a plain connection (nats://, no CA)."""
@@ -89,7 +90,7 @@ class Credentials:
             raise ServiceError(INVALID, f"cannot read NATS credentials {path}: {exc}") from None
         return cls(url=data["url"], user=data["user"], password=data["password"],
                    ca=data.get("ca"), cert=data.get("cert"), key=data.get("key"),
-                   servers=tuple(data.get("servers") or ()))
+                   servers=tuple(data.get("servers") or ()), node=data.get("node"))
 
 
 Handler = Callable[[Any], Awaitable[Any]]
@@ -144,7 +145,7 @@ class Bus:
             )
         except Exception as exc:  # nats raises several unrelated types here
             raise ServiceError(UNAVAILABLE, f"cannot connect to NATS at {creds.url}: {exc}") from None
-        bus = holder["bus"] = cls(nc, metrics, node)
+        bus = holder["bus"] = cls(nc, metrics, node or creds.node)
         return bus
 
     def can_publish_many(self) -> bool:

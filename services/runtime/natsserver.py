@@ -51,13 +51,14 @@ def _connection(config: NodeConfig) -> dict:
     if config.cluster.enabled:
         scheme = config.nats.url.split("://")[0]
         out["servers"] = [config.nats.url, *(f"{scheme}://{p.host}:{config.nats.port}" for p in config.cluster.peers)]
+        out["node"] = config.node      # a client with this context (the CNI plugin) calls this node
     if config.nats.tls_enabled:
         files = tls.TlsFiles.under(tls_dir(config))
         out.update(ca=str(files.ca), cert=str(files.client_cert), key=str(files.client_key))
     return out
 
 
-_CONNECTION_KEYS = ("url", "servers", "ca", "cert", "key")
+_CONNECTION_KEYS = ("url", "servers", "node", "ca", "cert", "key")
 
 
 def share_secrets(source: Path, config: NodeConfig) -> None:

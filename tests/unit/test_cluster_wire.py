@@ -44,3 +44,17 @@ def test_the_server_config_routes_to_the_peers_over_tls():
     assert 'listen: "192.168.50.2:6222"' in text and "route.pem" in text and "verify: true" in text
     connection = natsserver._connection(config)
     assert connection["servers"] == ["tls://192.168.50.2:4222", "tls://192.168.50.1:4222", "tls://192.168.50.3:4222"]
+
+
+def test_a_cluster_context_names_its_node(tmp_path):
+    """A client given the node's context file (the CNI plugin) calls that node's subjects."""
+    import json
+
+    from services.runtime.bus import Credentials
+    config = parse_config(CLUSTER)
+    path = tmp_path / "ctx.json"
+    path.write_text(json.dumps({**natsserver._connection(config), "user": "admin", "password": "p"}))
+    assert Credentials.load(path).node == "n2"
+    lone = parse_config("node: solo")
+    path.write_text(json.dumps({**natsserver._connection(lone), "user": "admin", "password": "p"}))
+    assert Credentials.load(path).node is None
