@@ -15,7 +15,7 @@ from services.wire.limits import LimitError, read_text
 from services.wire.manifests import (DEFAULT_NAMESPACE, Document, ManifestError, load_documents,
                                      parse_namespace, parse_pod)
 from services.policyd.parse import POLICY_KINDS, parse_policy
-from services.wire.messages import INVALID, NOT_FOUND, Apply, ListRequest, ObjectRef
+from services.wire.messages import EXISTS, INVALID, NOT_FOUND, Apply, ListRequest, ObjectRef
 
 
 
@@ -88,8 +88,13 @@ async def apply(client: Client, source: str, create_only: bool) -> int:
     where = await placement.targets(client, docs)
     for doc, nodes in zip(docs, where):
         subject = KINDS[(doc.api_version, doc.kind)].apply
-        for node in nodes:
-            result = await client.call(subject, Apply(doc.body, create_only=create_only), timeout=30, node=node)
+        result = await client.call(subject, Apply(doc.body, create_only=create_only), timeout=30, node=nodes[0])
+        for node in nodes[1:]:
+            try:
+                await client.call(subject, Apply(doc.body, create_only=create_only), timeout=30, node=node)
+            except ServiceError as exc:
+                if exc.code != EXISTS:      # that node took it from the shared bucket already
+                    raise
         for warning in result.get("warnings", []):
             print(f"Warning: {warning}", file=sys.stderr)
         print(f"{result['kind'].lower()}/{result['name']} {result['action']}")
@@ -110,8 +115,14 @@ async def delete_one(client: Client, kind: str, namespace: str, name: str) -> No
         nodes = [await placement.node_of_pod(client, namespace, name)]
     else:
         nodes = [n if n != client.config.node else None for n in placement.healthy(await placement.members(client))]
-    for node in nodes:
-        result = await client.call(KIND_BY_NAME[kind].delete, ref, timeout=30, node=node)
+    result = await client.call(KIND_BY_NAME[kind].delete, ref, timeout=30, node=nodes[0])
+    for node in nodes[1:]:
+        try:
+            await client.call(KIND_BY_NAME[kind].delete, ref, timeout=30, node=node)
+        except ServiceError as exc:
+            # policyd on that node may have taken the deletion from the shared bucket already
+            if exc.code != NOT_FOUND:
+                raise
     print(f"{result['kind'].lower()}/{result['name']} {result['action']}")
 
 
