@@ -27,15 +27,17 @@ class Client:
 
     async def __aenter__(self) -> "Client":
         creds = Credentials.load(context_path(self.config))
-        self.bus = await Bus.connect(creds, name="capillary-cli", retry=False)
+        self.bus = await Bus.connect(creds, name="capillary-cli", retry=False,
+                                     node=self.config.node if self.config.cluster.enabled else None)
         return self
 
     async def __aexit__(self, *exc) -> None:
         if self.bus:
             await self.bus.close()
 
-    async def call(self, subject: str, message=None, timeout: float = 10.0) -> Any:
-        return await self.bus.request(subject, message, timeout=timeout)
+    async def call(self, subject: str, message=None, timeout: float = 10.0, node: str | None = None) -> Any:
+        """SUBJECT on this node, or in a cluster on NODE."""
+        return await self.bus.request(subject, message, timeout=timeout, node=node)
 
     async def next(self, queue: asyncio.Queue, timeout: float | None = None) -> Any:
         """QUEUE's next item (None after TIMEOUT seconds); raises once the connection to NATS

@@ -4,7 +4,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from services.cli import bpf, debuginfo, dryrun, monitor, node, objects, observe, walk
+from pathlib import Path
+
+from services.cli import bpf, cluster, debuginfo, dryrun, monitor, node, objects, observe, walk
 from services.cli.client import Client, follow, run
 from services.cli.output import error
 from services.runtime.bus import ServiceError
@@ -77,6 +79,18 @@ def build_parser() -> argparse.ArgumentParser:
     monitor.add_parser(sub)
     debuginfo.add_parser(sub)
 
+    c = sub.add_parser("cluster", help="a local cluster: N host namespaces on an underlay bridge, a node in each")
+    c_sub = c.add_subparsers(dest="cluster_command", required=True, metavar="up|down")
+    cu = c_sub.add_parser("up", help="make the namespaces and start a node in each")
+    cu.add_argument("--nodes", type=int, default=3)
+    cu.add_argument("--name", default="lab", help="cluster name; nodes are NAME-1..NAME-N")
+    cu.add_argument("--routing", choices=["native", "tunnel"], default="native")
+    cu.add_argument("--heartbeat-timeout", type=int, default=6, help="seconds before a silent node is dropped")
+    cd = c_sub.add_parser("down", help="stop every node, remove the namespaces, bridge and mounts")
+    cd.add_argument("--purge", action="store_true", help="also remove pods, pins and the cluster's directory")
+    for cp in (cu, cd):
+        cp.add_argument("--dir", default=str(cluster.DEFAULT_DIR), help="where the nodes' configs and state live")
+
     e = sub.add_parser("exec", help="run a command in a pod's network namespace")
     e.add_argument("pod", metavar="NS/NAME")
     e.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD...")
@@ -106,8 +120,14 @@ async def _delete(client: Client, args) -> int:
 
 
 def dispatch(args) -> int:
-    config = load_config(args.config)
     cmd = args.command
+    if cmd == "cluster":        # no node config: it writes one per node
+        if args.cluster_command == "up":
+            return cluster.up(Path(args.dir), args.name, args.nodes, args.routing, args.heartbeat_timeout)
+        return cluster.down(Path(args.dir), args.purge)
+    config = load_config(args.config)
+    if cmd == "get" and args.resource in ("nodes", "node", "no"):
+        return run(_with_client(config, cluster.get_nodes, args.output))
     if cmd == "up":
         return node.up_detached(config, args.config, args.timeout) if args.detach \
             else node.up_foreground(config, args.config)

@@ -7,6 +7,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from services.cli import placement
 from services.cli.client import Client
 from services.cli.output import age, dump, labels_text, table
 from services.runtime.bus import ServiceError
@@ -15,7 +16,7 @@ from services.wire.limits import LimitError, read_text
 from services.wire.manifests import (DEFAULT_NAMESPACE, Document, ManifestError, load_documents,
                                      parse_namespace, parse_pod)
 from services.policyd.parse import POLICY_KINDS, parse_policy
-from services.wire.messages import INVALID, NOT_FOUND, Apply, ListRequest, ObjectRef
+from services.wire.messages import EXISTS, INVALID, NOT_FOUND, Apply, ListRequest, ObjectRef
 
 
 
@@ -105,10 +106,18 @@ async def _waited(what: str, call):
 
 async def apply(client: Client, source: str, create_only: bool) -> int:
     docs = read_documents(source)
-    for doc in docs:
+    where = await placement.targets(client, docs)
+    for doc, nodes in zip(docs, where):
         subject = KINDS[(doc.api_version, doc.kind)].apply
         result = await _waited(f"{doc.kind} {_name(doc)}", client.call(
-            subject, Apply(doc.body, create_only=create_only), timeout=OBJECT_TIMEOUT))
+            subject, Apply(doc.body, create_only=create_only), timeout=OBJECT_TIMEOUT, node=nodes[0]))
+        for node in nodes[1:]:
+            try:
+                await client.call(subject, Apply(doc.body, create_only=create_only), timeout=OBJECT_TIMEOUT,
+                                  node=node)
+            except ServiceError as exc:
+                if exc.code != EXISTS:      # that node took it from the shared bucket already
+                    raise
         for warning in result.get("warnings", []):
             print(f"Warning: {warning}", file=sys.stderr)
         print(f"{result['kind'].lower()}/{result['name']} {result['action']}")
@@ -125,7 +134,19 @@ async def delete_file(client: Client, source: str) -> int:
 
 async def delete_one(client: Client, kind: str, namespace: str, name: str) -> None:
     ref = ObjectRef(name=name, namespace=namespace, object_kind=kind if kind in POLICY_KIND_NAMES else "")
-    result = await _waited(f"{kind} {name}", client.call(KIND_BY_NAME[kind].delete, ref, timeout=OBJECT_TIMEOUT))
+    if kind == "Pod":
+        nodes = [await placement.node_of_pod(client, namespace, name)]
+    else:
+        nodes = [n if n != client.config.node else None for n in placement.healthy(await placement.members(client))]
+    result = await _waited(f"{kind} {name}", client.call(KIND_BY_NAME[kind].delete, ref, timeout=OBJECT_TIMEOUT,
+                                                          node=nodes[0]))
+    for node in nodes[1:]:
+        try:
+            await client.call(KIND_BY_NAME[kind].delete, ref, timeout=OBJECT_TIMEOUT, node=node)
+        except ServiceError as exc:
+            # policyd on that node may have taken the deletion from the shared bucket already
+            if exc.code != NOT_FOUND:
+                raise
     print(f"{result['kind'].lower()}/{result['name']} {result['action']}")
 
 
@@ -142,11 +163,11 @@ def _runtime_fields(spec: dict) -> dict:
     return out
 
 
-def pod_document(pod: dict) -> dict:
+def pod_document(pod: dict, node: str) -> dict:
     spec, status = pod["spec"], pod["status"]
     doc = {"apiVersion": "v1", "kind": "Pod",
            "metadata": {"name": spec["name"], "namespace": spec["namespace"], "labels": spec["labels"]},
-           "spec": {"netns": status["netns"], **_runtime_fields(spec)},
+           "spec": {"netns": status["netns"], "nodeName": node, **_runtime_fields(spec)},
            "status": {"podIP": status["pod_ip"], "podIPs": [{"ip": status["pod_ip"]}],
                       "hostInterface": status["host_ifname"], "hostIfindex": status["host_ifindex"],
                       "endpointID": status["endpoint_id"], "identity": status["identity"],
@@ -156,19 +177,19 @@ def pod_document(pod: dict) -> dict:
 
 async def get(client: Client, what: str, namespace: str, output: str) -> int:
     if what in ("pods", "pod", "po"):
-        pods = await client.call(subjects.POD_LIST, ListRequest(namespace=namespace))
+        pods = await placement.pods_by_node(client, namespace)
         if output in ("json", "yaml"):
-            print(dump({"apiVersion": "v1", "kind": "List", "items": [pod_document(p) for p in pods]}, output))
+            print(dump({"apiVersion": "v1", "kind": "List", "items": [pod_document(p, n) for n, p in pods]}, output))
             return 0
         headers = ["NAMESPACE", "NAME", "IP", "IDENTITY", "LABELS"]
         if output == "wide":
-            headers += ["INTERFACE", "ENDPOINT", "NETNS", "AGE"]
+            headers += ["NODE", "INTERFACE", "ENDPOINT", "NETNS", "AGE"]
         rows = []
-        for p in pods:
+        for node, p in pods:
             s, st = p["spec"], p["status"]
             row = [s["namespace"], s["name"], st["pod_ip"], str(st["identity"]), labels_text(s["labels"])]
             if output == "wide":
-                row += [st["host_ifname"], str(st["endpoint_id"]), st["netns"], age(st["created"])]
+                row += [node, st["host_ifname"], str(st["endpoint_id"]), st["netns"], age(st["created"])]
             rows.append(row)
         print(table(headers, rows))
     elif what in ("namespaces", "namespace", "ns"):
@@ -213,8 +234,7 @@ async def get(client: Client, what: str, namespace: str, output: str) -> int:
 
 async def netns_of(client: Client, ref: str) -> str:
     namespace, name = split_ref(ref)
-    pods = await client.call(subjects.POD_LIST, ListRequest(namespace=namespace))
-    for pod in pods:
+    for _node, pod in await placement.pods_by_node(client, namespace):
         if pod["spec"]["name"] == name:
             return pod["status"]["netns"]
     raise ServiceError(NOT_FOUND, f'pod "{namespace}/{name}" not found')

@@ -38,6 +38,7 @@ def add_parser(sub) -> None:
                             ("--traffic-direction", "ingress or egress")):
         o.add_argument(flag, action="append", default=[], help=f"{help_text} (repeat: any of them)")
     o.add_argument("-o", "--output", choices=["compact", "json", "table"], default="compact")
+    o.add_argument("--node", help="in a cluster: whose flows (default: the node whose NATS is reached)")
 
 
 def parse_since(text: str, now: float) -> float:
@@ -87,14 +88,15 @@ def history_size(args: argparse.Namespace) -> int | None:
 async def observe(client: Client, args: argparse.Namespace) -> int:
     f = build_filter(args)
     show = Printer(args.output, write=lambda line: print(line, flush=True))
-    node = client.config.node
+    node = getattr(args, "node", None) or client.config.node
     live: asyncio.Queue[dict] = asyncio.Queue()
     if args.follow:                  # subscribe first, so nothing falls between history and live
         await _subscribe(client, node, f, live)
     seen: set[str] = set()
     last = history_size(args)
     if last is not None:
-        reply = await client.call(subjects.OBSERVER_FLOWS, FlowQuery(last=last, filter=f))
+        reply = await client.call(subjects.OBSERVER_FLOWS, FlowQuery(last=last, filter=f),
+                                  node=None if node == client.config.node else node)
         for flow in reply["flows"]:
             seen.add(flow.get("uuid", ""))
             show(flow)

@@ -37,24 +37,32 @@ def ref(name: str, namespace: str = "") -> dict:
 class NodeClient:
     """Requests to the node's services as one user, over one connection."""
 
-    def __init__(self, nats: NatsClient) -> None:
+    def __init__(self, nats: NatsClient, node: str | None = None) -> None:
         self.nats = nats
+        self.node = node        # a cluster node's name: its services answer on its own subjects
 
     @classmethod
     def connect(cls, creds: Credentials, name: str, timeout: float) -> "NodeClient":
-        """Connect as CREDS.user; raises ServiceError (UNAVAILABLE: no server, INVALID: refused)."""
+        """Connect as CREDS.user, to the context's server or else (a cluster node's) to its
+        peers' in turn; raises ServiceError (UNAVAILABLE: no server, INVALID: refused)."""
         from services.wire.subjects import inbox_prefix
         tls = creds.tls_context()
-        try:
-            return cls(NatsClient.connect(creds.url, creds.user, creds.password, inbox_prefix(creds.user),
-                                          name, timeout, tls))
-        except NatsFailure as exc:
-            code = INVALID if exc.reason in ("auth", "protocol") else UNAVAILABLE
-            raise ServiceError(code, f"cannot connect to NATS at {creds.url}: {exc}") from None
+        failure = None
+        for url in dict.fromkeys((creds.url, *creds.servers)):
+            try:
+                return cls(NatsClient.connect(url, creds.user, creds.password, inbox_prefix(creds.user),
+                                              name, timeout, tls), creds.node)
+            except NatsFailure as exc:
+                if exc.reason in ("auth", "protocol"):
+                    raise ServiceError(INVALID, f"cannot connect to NATS at {url}: {exc}") from None
+                failure = f"cannot connect to NATS at {url}: {exc}"
+        raise ServiceError(UNAVAILABLE, failure)
 
     def request(self, subject: str, message: dict | None, timeout: float) -> object:
         """Call SUBJECT and return the result, or raise RemoteError with the callee's error
         (UNAVAILABLE when nothing answered in time or the connection failed)."""
+        from services.wire.subjects import on_node
+        subject = on_node(subject, self.node)
         payload = msgpack.packb(message or {}, use_bin_type=True)
         try:
             data = self.nats.request(subject, payload, timeout)

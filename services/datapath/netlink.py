@@ -29,6 +29,7 @@ TC_EGRESS = "ffff:fff3"
 BPF_FILTER_PRIO = 1
 BPF_FILTER_HANDLE = 1
 RT_SCOPE_LINK = 253
+RTPROT_CAPILLARY = 193      # routes to other nodes' pod CIDRs (a protocol no routing daemon uses)
 
 
 class InterfaceNotFound(LookupError):
@@ -319,6 +320,21 @@ class Netlink(_Links):
         except NetlinkError as exc:
             if exc.code not in (errno.ESRCH, errno.ENOENT):
                 raise _kernel(f"delete route {dst}", exc) from None
+
+    def replace_cluster_route(self, dst: str, gateway: str) -> None:
+        """DST (another node's pod CIDR) via GATEWAY (that node's underlay address)."""
+        try:
+            self.ipr.route("replace", dst=dst, gateway=gateway, proto=RTPROT_CAPILLARY)
+        except NetlinkError as exc:
+            raise _kernel(f"route {dst} via {gateway}", exc) from None
+
+    def cluster_routes(self) -> dict[str, str]:
+        """dst/prefix -> gateway of the routes replace_cluster_route made."""
+        out = {}
+        for msg in _dump(lambda: tuple(self.ipr.get_routes(family=2, table=254, proto=RTPROT_CAPILLARY))):
+            if msg["proto"] == RTPROT_CAPILLARY and msg.get_attr("RTA_DST"):
+                out[f"{msg.get_attr('RTA_DST')}/{msg['dst_len']}"] = msg.get_attr("RTA_GATEWAY")
+        return out
 
     def local_ipv4(self) -> set[str]:
         """Every IPv4 address configured in this namespace."""

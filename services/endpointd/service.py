@@ -76,8 +76,9 @@ class EndpointService(Service):
         self.ct_gc = ConntrackGC(self.config, self.worker, self.ipam.addresses, self.registry, self.log)
         self._cilium_metrics()
 
-        self.kv_ns = await self.bus.kv(subjects.BUCKET_NAMESPACES, create=True)
-        self.kv_pods = await self.bus.kv(subjects.BUCKET_PODS, create=True)
+        replicas = self.config.cluster.kv_replicas
+        self.kv_ns = await self.bus.kv(subjects.BUCKET_NAMESPACES, create=True, replicas=replicas)
+        self.kv_pods = await self.bus.node_kv(subjects.BUCKET_PODS, replicas=replicas)
         async with self._lock:
             await self._reconcile()
             if self.config.docker.plugin:   # Docker's addresses too, before anything is served
@@ -253,6 +254,9 @@ class EndpointService(Service):
         """Create SPEC's pod. IP: an address already claimed for it (the Docker IPAM driver's);
         PEER: leave the pod side in this netns under that name (libnetwork moves it)."""
         key = pod_key(spec.namespace, spec.name)
+        if spec.node_name and spec.node_name != self.config.node:
+            raise ServiceError(INVALID, f'spec.nodeName: pod "{key}" is for node {spec.node_name}, '
+                                        f"and this is node {self.config.node}")
         async with self._lock:
             current = self.pods.get(key)
             if current is not None:

@@ -60,19 +60,32 @@ class IdentityAllocator:
         out._free_from = dict(self._free_from)
         return out
 
+    def keys(self) -> set[str]:
+        """The label sets held, as labels_key() spells them."""
+        return set(self._by_labels)
+
     def restore(self, entry: Entry) -> None:
         self.generation += 1
         self.by_id[entry.id] = entry
         self._by_labels[labels_key(entry.labels)] = entry.id
 
-    def allocate(self, labels: dict[str, str], owner: str, local: bool = False) -> tuple[Entry, bool]:
+    def allocate(self, labels: dict[str, str], owner: str, local: bool = False,
+                 number: int | None = None) -> tuple[Entry, bool]:
         """The identity for LABELS, held by OWNER; True when it was newly created.
-        local: number it from the node-local range (CIDR identities)."""
+        local: number it from the node-local range (CIDR identities). number: the one the
+        cluster gave LABELS (services.policyd.clusterids)."""
         existing = self._by_labels.get(labels_key(labels))
         if existing is not None:
             entry = self.by_id[existing]
             entry.owners.add(owner)
             return entry, False
+        if number is not None:
+            if number in self.by_id:
+                raise ValueError(f"identity {number} names {labels_key(self.by_id[number].labels)} here, "
+                                 f"and the cluster gave it to {labels_key(labels)}")
+            entry = Entry(number, dict(labels), {owner})
+            self.restore(entry)
+            return entry, True
         first, last = (FIRST_LOCAL, MAX_LOCAL) if local else (FIRST_ALLOCATED, MAX_IDENTITY)
         for candidate in range(max(first, self._free_from[local]), last + 1):
             if candidate not in self.by_id:

@@ -31,7 +31,8 @@ from services.policyd import cidrs, dryrun
 from services.policyd import metrics as policyd_metrics
 from services.policyd.compiler import CIDR_LABEL, Endpoint, Universe, names_as_peer, rule_id, rule_table
 from services.policyd.enforcer import Enforcer, PolicyMapFull
-from services.policyd.identity import RESERVED, Entry, IdentitiesExhausted, IdentityAllocator
+from services.policyd import clustersync
+from services.policyd.identity import RESERVED, Entry, IdentitiesExhausted, IdentityAllocator, labels_key
 from services.policyd.model import Policy
 from services.policyd.parse import PolicyError, parse_policy
 from services.runtime.app import Service
@@ -69,9 +70,14 @@ class PolicyService(Service):
                                   "compile; their endpoints are held at default deny", registry=self.registry)
         self.writes = Counter("capillary_policy_map_writes", "Policy map entries written or removed",
                               ["op"], registry=self.registry)
-        self.kv_ids = await self.bus.kv(subjects.BUCKET_IDENTITIES, create=True)
-        self.kv_policies = await self.bus.kv(subjects.BUCKET_POLICIES, create=True, history=5)
-        self.kv_endpoints = await self.bus.kv(subjects.BUCKET_POLICY_ENDPOINTS, create=True)
+        replicas = self.config.cluster.kv_replicas
+        self.kv_ids = await self.bus.node_kv(subjects.BUCKET_IDENTITIES, replicas=replicas)
+        self.kv_policies = await self.bus.kv(subjects.BUCKET_POLICIES, create=True, history=5, replicas=replicas)
+        self.kv_endpoints = await self.bus.node_kv(subjects.BUCKET_POLICY_ENDPOINTS, replicas=replicas)
+        self.remote_ids: dict[int, dict[str, str]] = {}     # other nodes' identities (a cluster)
+        self.cluster_ids = None
+        if self.config.cluster.enabled:
+            self.cluster_ids = await clustersync.open_identities(self.bus, replicas)
         endpoints = await self._load()
         await asyncio.to_thread(loader.pin_maps, "policyd_maps.c", self.config)     # LLVM stays out
         self.enforcer = Enforcer(PolicyMap(Path(self.config.datapath.bpfRoot)), self.config.maps.policy,
@@ -92,6 +98,36 @@ class PolicyService(Service):
         await b.serve(subjects.POLICY_ENDPOINT_FORGET, EndpointPolicy, self.endpoint_forget)
         await b.serve(subjects.POLICY_RULES, ListRequest, self.list_rules)
         await b.serve(subjects.POLICY_PREVIEW, PolicyPreviewRequest, lambda req: dryrun.preview(self, req))
+        if self.cluster_ids is not None:
+            self._cluster_sync = asyncio.create_task(clustersync.sync_loop(self))
+
+    async def adopt_policies(self, stored: dict[str, dict]) -> None:
+        """Put in force the policies the shared bucket holds (STORED: KV key -> document),
+        when they differ from ours: another node applied or deleted one. The bucket's last
+        write wins, so every node converges to the same revision."""
+        async with self._lock:
+            mine = {kv_key(p.key): p.document for p in self.policies.values()}
+            if mine == stored:
+                return
+            universe = self._universe()
+            wanted = {}
+            for key, raw in sorted(stored.items()):
+                loaded = load_stored(key, raw, universe)
+                wanted[loaded.policy.key] = loaded.policy
+            changed = [p for k, p in wanted.items() if self.policies.get(k) != p or
+                       self.policies[k].document != p.document]
+            changed += [p for k, p in self.policies.items() if k not in wanted or wanted[k] != p]
+            staged = self._stage(wanted, changed)
+            written, removed = await self._commit(staged)
+        await cidrs.announce(self.bus, staged.created, [], IPCACHE_TIMEOUT)
+        self._gauges()
+        self.log.info("policies adopted from the cluster", policies=len(wanted), written=written, removed=removed)
+
+    async def set_remote_identities(self, remote: dict[int, dict[str, str]]) -> None:
+        async with self._lock:
+            self.remote_ids = {i: labels for i, labels in remote.items() if i not in self.identities.by_id}
+            diffs, _ = self.enforcer.plan(list(self.policies.values()), self._universe())
+            self._write(diffs)
 
     async def _converge(self) -> None:
         """At start: make the map what KV says. Entries of endpoints missing from the record
@@ -165,14 +201,16 @@ class PolicyService(Service):
         self.broken_gauge.set(len(self.broken))
 
     def _universe(self) -> Universe:
-        """The Universe of the identities in force, built again only when they changed (an
-        allocator swapped in, or an identity added or removed): its peer resolutions are
-        reused across plans, as for each of 1,000 pods' endpoint syncs."""
+        """The Universe of the identities in force (this node's, and other nodes' in a
+        cluster), built again only when they changed (an allocator swapped in, an identity
+        added or removed, or the remote ones replaced): its peer resolutions are reused across
+        plans, as for each of 1,000 pods' endpoint syncs."""
         cached = getattr(self, "_universe_of", None)
-        if cached is None or cached[0] is not self.identities or cached[1] != self.identities.generation:
-            universe = Universe({i: e.labels for i, e in self.identities.by_id.items()})
-            self._universe_of = (self.identities, self.identities.generation, universe)
-        return self._universe_of[2]
+        if cached is None or cached[0] is not self.identities or cached[1] != self.identities.generation \
+                or cached[2] is not self.remote_ids:
+            universe = Universe({**self.remote_ids, **{i: e.labels for i, e in self.identities.by_id.items()}})
+            self._universe_of = (self.identities, self.identities.generation, self.remote_ids, universe)
+        return self._universe_of[3]
 
     def _write(self, diffs) -> tuple[int, int]:
         self._version += 1
@@ -195,7 +233,11 @@ class PolicyService(Service):
         async with self._lock:
             self._version += 1         # what a staged policy change planned against
             try:
-                entry, created = self.identities.allocate(req.labels, req.owner)
+                number = None
+                if self.cluster_ids is not None and labels_key(req.labels) not in self.identities.keys():
+                    number, _ = await self.cluster_ids.allocate(req.labels)
+                    self.remote_ids.pop(number, None)
+                entry, created = self.identities.allocate(req.labels, req.owner, number=number)
             except IdentitiesExhausted as exc:
                 raise ServiceError(EXHAUSTED, str(exc)) from None
             if created:
@@ -251,7 +293,7 @@ class PolicyService(Service):
         recompiled, unless the set of CIDR identities changes (then every endpoint is)."""
         trial = self.identities.copy()
         released, created = cidrs.resolve(trial, policies)
-        universe = Universe({i: e.labels for i, e in trial.by_id.items()})
+        universe = Universe({**self.remote_ids, **{i: e.labels for i, e in trial.by_id.items()}})
         try:
             diffs, total = self.enforcer.plan(list(policies.values()), universe,
                                               None if released or created else changed)

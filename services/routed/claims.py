@@ -13,6 +13,7 @@ from dataclasses import dataclass
 # Lowest first. Shared with the map's flags through services.routed.service.SOURCES. A
 # pod on another node ranks below this node's own pods and addresses: a stale announcement
 # from elsewhere never takes over an address in use here.
+# "remote": another node's pod, learnt from the cluster (services.routed.cluster).
 PRECEDENCE = ("cidr-policy", "remote", "endpoint", "node", "reserved")
 
 

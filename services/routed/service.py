@@ -12,6 +12,7 @@ import asyncio
 import ipaddress
 import json
 import os
+import time
 from pathlib import Path
 
 from prometheus_client import Gauge
@@ -26,6 +27,7 @@ from services.datapath.numbers import IDENTITY_HOST, IDENTITY_WORLD
 from services.datapath.pinned import MapFull
 from services.routed import iptables, tunnel
 from services.routed.claims import Claim, Claims
+from services.routed.cluster import ClusterAgent
 from services.routed.router import ensure_router
 from services.runtime.app import Service
 from services.runtime.bus import ServiceError
@@ -69,12 +71,19 @@ class RoutedService(Service):
             await self._refresh_host_entries()
             self._save_shadowed()
         self._refresher = asyncio.create_task(self._refresh_loop())
+        self.cluster = None
+        if self.config.cluster.enabled:
+            self.cluster = ClusterAgent(self, self.bus, self.config)
+            await self.cluster.start()
+            await self.bus.serve(subjects.NODES_LIST, ListRequest, self.list_nodes)
         await self.bus.serve(subjects.IPCACHE_UPSERT, IpcacheUpsert, self.upsert)
         await self.bus.serve(subjects.IPCACHE_DELETE, IpcacheDelete, self.delete)
         await self.bus.serve(subjects.IPCACHE_LIST, ListRequest, self.list)
         await self.bus.serve(subjects.IPCACHE_BATCH, IpcacheBatch, self.batch)
 
     async def stop(self) -> None:
+        if getattr(self, "cluster", None):
+            await self.cluster.stop()
         if hasattr(self, "_refresher"):
             self._refresher.cancel()
         if hasattr(self, "worker"):
@@ -145,6 +154,23 @@ class RoutedService(Service):
                 self.claims.claim(cidr, source, old.identity, old.tunnel_endpoint)
             raise
         return after
+
+    # ---- for services.routed.cluster ------------------------------------------------------------
+
+    @property
+    def lock(self) -> asyncio.Lock:
+        return self._lock
+
+    def set_claim(self, cidr: str, source: str, identity: int | None) -> None:
+        """As _set; the caller holds the lock and calls after_change() once done."""
+        self._set(cidr, source, identity)
+
+    def after_change(self) -> None:
+        self._save_shadowed()
+        self.entries_gauge.set(len(self.ipcache.all()))
+
+    async def list_nodes(self, _req: ListRequest) -> list[dict]:
+        return self.cluster.status(time.monotonic())
 
     async def _refresh_host_entries(self) -> None:
         """Every local address is the host identity; addresses that went away are removed."""

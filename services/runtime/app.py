@@ -63,7 +63,8 @@ class Service:
             loop.add_signal_handler(sig, self.request_stop)
         serve_metrics(self.registry, self.config.metrics.host, self.config.metrics.port(self.NAME))
         creds = Credentials.load(self.config.credentials_path(self.NAME))
-        self.bus = await Bus.connect(creds, name=f"{self.NAME}@{self.config.node}", metrics=self.bus_metrics)
+        self.bus = await Bus.connect(creds, name=f"{self.NAME}@{self.config.node}", metrics=self.bus_metrics,
+                                     node=self.config.node if self.config.cluster.enabled else None)
         await self.bus.serve(subjects.health(self.NAME), None, self._health)
         self.log.info("starting", node=self.config.node, pid=os.getpid())
         try:

@@ -43,8 +43,9 @@ Handler = Callable[[Any], Awaitable[Any]]
 
 
 class Bus:
-    def __init__(self, nc: nats.NATS, metrics: BusMetrics | None = None) -> None:
+    def __init__(self, nc: nats.NATS, metrics: BusMetrics | None = None, node: str | None = None) -> None:
         self.nc = nc
+        self.node = node        # in a cluster: whose subjects this connection serves and calls
         self.js = nc.jetstream()
         self.metrics = metrics
         self._subs: list = []
@@ -54,7 +55,7 @@ class Bus:
 
     @classmethod
     async def connect(cls, creds: Credentials, name: str, metrics: BusMetrics | None = None,
-                      connect_timeout: float = 2.0, retry: bool = True) -> "Bus":
+                      connect_timeout: float = 2.0, retry: bool = True, node: str | None = None) -> "Bus":
         """Connect as CREDS.user; replies come to that user's own inbox prefix, the only
         inbox its permissions let it subscribe to."""
         holder: dict[str, Bus] = {}
@@ -83,7 +84,7 @@ class Bus:
         tls_context = creds.tls_context()
         try:
             nc = await nats.connect(
-                creds.url, user=creds.user, password=creds.password, name=name,
+                list(creds.servers) or creds.url, user=creds.user, dont_randomize=True, password=creds.password, name=name,
                 **({"tls": tls_context} if tls_context else {}),
                 connect_timeout=connect_timeout, max_reconnect_attempts=-1 if retry else 1,
                 reconnect_time_wait=0.5, allow_reconnect=retry,
@@ -91,7 +92,7 @@ class Bus:
             )
         except Exception as exc:  # nats raises several unrelated types here
             raise ServiceError(UNAVAILABLE, f"cannot connect to NATS at {creds.url}: {exc}") from None
-        bus = holder["bus"] = cls(nc, metrics)
+        bus = holder["bus"] = cls(nc, metrics, node or creds.node)
         return bus
 
     def can_publish_many(self) -> bool:
@@ -165,7 +166,7 @@ class Bus:
             self._handling.add(task)
             task.add_done_callback(self._handling.discard)
 
-        self._subs.append(await self.nc.subscribe(subject, cb=spawn if concurrent else on_msg))
+        self._subs.append(await self.nc.subscribe(subjects.on_node(subject, self.node), cb=spawn if concurrent else on_msg))
 
     async def listen(self, subject: str, schema: type[Message], handler: Handler) -> None:
         """Consume events on SUBJECT; a bad event is logged and dropped, never fatal."""
@@ -178,14 +179,16 @@ class Bus:
             except Exception:
                 log.exception("event handler failed", subject=msg.subject)
 
-        self._subs.append(await self.nc.subscribe(subject, cb=on_msg))
+        self._subs.append(await self.nc.subscribe(subjects.on_node(subject, self.node), cb=on_msg))
 
     async def request(self, subject: str, message: Message | dict | None = None,
-                      timeout: float = 5.0) -> Any:
-        """Call SUBJECT and return the result, or raise RemoteError with the callee's error."""
+                      timeout: float = 5.0, node: str | None = None) -> Any:
+        """Call SUBJECT (on node NODE in a cluster; default: this connection's) and return the
+        result, or raise RemoteError with the callee's error."""
         payload = message.to_wire() if isinstance(message, Message) else (message or {})
         try:
-            msg = await self.nc.request(subject, codec.encode(payload), timeout=timeout)
+            msg = await self.nc.request(subjects.on_node(subject, node or self.node), codec.encode(payload),
+                                        timeout=timeout)
         except NoRespondersError:
             raise RemoteError(UNAVAILABLE, f"nothing answers {subject}: is its service running?") from None
         except NatsTimeout:
@@ -200,16 +203,27 @@ class Bus:
         raise RemoteError(err.get("code", INTERNAL), err.get("message", "error without a message"))
 
     async def publish(self, subject: str, message: Message) -> None:
-        await self.nc.publish(subject, codec.encode(message.to_wire()))
+        await self.nc.publish(subjects.on_node(subject, self.node), codec.encode(message.to_wire()))
 
-    async def kv(self, bucket: str, create: bool = False, history: int = 1) -> KeyValue:
-        """Bind to BUCKET; its owner passes create=True (file storage, synced writes)."""
+    async def kv(self, bucket: str, create: bool = False, history: int = 1, replicas: int = 1) -> KeyValue:
+        """Bind to BUCKET; its owner passes create=True (file storage, synced writes), and in
+        a cluster the copies JetStream keeps (REPLICAS, one per node up to 3)."""
         try:
             return await self.js.key_value(bucket)
         except BucketNotFoundError:
             if not create:
                 raise ServiceError(UNAVAILABLE, f"KV bucket {bucket} does not exist yet") from None
-        return await self.js.create_key_value(bucket=bucket, history=history)
+        try:
+            return await self.js.create_key_value(bucket=bucket, history=history, replicas=replicas)
+        except JetStreamError:
+            # another node's owner made it first (same settings): bind to theirs
+            return await self.js.key_value(bucket)
+
+    async def node_kv(self, bucket: str, replicas: int = 1, history: int = 1) -> KeyValue | NodeKV:
+        """BUCKET for state that belongs to this node: in a cluster, this node's keys of a
+        bucket every node shares (NodeKV); alone, the bucket itself."""
+        kv = await self.kv(bucket, create=True, history=history, replicas=replicas)
+        return NodeKV(kv, self.node) if self.node else kv
 
     async def kv_items(self, kv: KeyValue) -> dict[str, dict]:
         """Every live key in KV's bucket (see kv_items below: raises StateUnreadable)."""
@@ -231,6 +245,32 @@ class Bus:
             await self.nc.close()
         except (OSError, nats.errors.Error):
             pass
+
+
+class NodeKV:
+    """One node's part of a bucket the whole cluster shares: the same calls as a KeyValue,
+    every key under "<node>.", and kv_items reads only those. A lone node's buckets are its
+    own already (Bus.node_kv gives the bucket itself)."""
+
+    def __init__(self, kv: KeyValue, node: str) -> None:
+        self.kv = kv
+        self.node = node
+        self.scope = f"{node}."
+
+    async def get(self, key: str):
+        return await self.kv.get(self.scope + key)
+
+    async def put(self, key: str, value: bytes) -> int:
+        return await self.kv.put(self.scope + key, value)
+
+    async def create(self, key: str, value: bytes) -> int:
+        return await self.kv.create(self.scope + key, value)
+
+    async def delete(self, key: str, last: int | None = None) -> bool:
+        return await self.kv.delete(self.scope + key, last=last)
+
+    async def status(self):
+        return await self.kv.status()
 
 
 async def kv_get(kv: KeyValue, key: str) -> dict | None:
@@ -282,8 +322,9 @@ async def _bucket_status(kv: KeyValue):
 
 
 async def _read_bucket(js, kv: KeyValue, bucket: str) -> dict[str, dict]:
-    prefix = f"$KV.{bucket}."
-    info = await js.stream_info(f"KV_{bucket}", subjects_filter=f"{prefix}>")
+    # Every subject is listed, also for a NodeKV: the counts must add up over the whole stream.
+    info = await js.stream_info(f"KV_{bucket}", subjects_filter=f"$KV.{bucket}.>")
+    prefix = f"$KV.{bucket}.{kv.scope if isinstance(kv, NodeKV) else ''}"
     state = info.state
     if not state.messages:
         return {}
@@ -293,6 +334,8 @@ async def _read_bucket(js, kv: KeyValue, bucket: str) -> dict[str, dict]:
                             f"account for {sum(counts.values())}")
     out = {}
     for subject in sorted(counts):
+        if not subject.startswith(prefix):
+            continue                        # another node's key in a shared bucket
         key = subject[len(prefix):]
         try:
             entry = await kv.get(key)

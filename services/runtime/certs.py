@@ -76,15 +76,17 @@ def server_names(host: str, addresses: set[str]) -> list[x509.GeneralName]:
             *(x509.IPAddress(ipaddress.ip_address(i)) for i in sorted(ips))]
 
 
-def ensure(directory: Path, host: str, addresses: set[str]) -> TlsFiles:
-    """Make what is missing of the CA, the server's and the clients' certificates."""
+def ensure(directory: Path, host: str, addresses: set[str], route: bool = False) -> TlsFiles:
+    """Make what is missing of the CA, the server's and the clients' certificates (and with
+    ROUTE, a cluster node's route certificate). The nodes of one cluster share the CA: copy
+    ca.pem and ca-key.pem into each node's directory before its first start."""
     files = TlsFiles.under(directory)
     directory.mkdir(parents=True, exist_ok=True)
     os.chmod(directory, 0o755)
     for path in (files.ca, files.client_cert, files.client_key):
         drop_empty_dir(path)
     if not files.ca.exists():
-        for path in (files.server_cert, files.client_cert):   # signed by a CA that is gone
+        for path in (files.server_cert, files.client_cert, files.route_cert):   # signed by a CA that is gone
             path.unlink(missing_ok=True)
         ca_key = ec.generate_private_key(ec.SECP256R1())
         ca = _cert("capillary NATS CA", ca_key, None, None,
@@ -94,14 +96,17 @@ def ensure(directory: Path, host: str, addresses: set[str]) -> TlsFiles:
         _write(files.ca, ca.public_bytes(serialization.Encoding.PEM), 0o644)
     ca = x509.load_pem_x509_certificate(files.ca.read_bytes())
     ca_key = _load_key(directory / "ca-key.pem")
-    leaves = ((files.server_cert, files.server_key, "capillary NATS server", ExtendedKeyUsageOID.SERVER_AUTH,
-               x509.SubjectAlternativeName(server_names(host, addresses))),
-              (files.client_cert, files.client_key, "capillary NATS client", ExtendedKeyUsageOID.CLIENT_AUTH, None))
+    names = x509.SubjectAlternativeName(server_names(host, addresses))
+    leaves = [(files.server_cert, files.server_key, "capillary NATS server", [ExtendedKeyUsageOID.SERVER_AUTH], names),
+              (files.client_cert, files.client_key, "capillary NATS client", [ExtendedKeyUsageOID.CLIENT_AUTH], None)]
+    if route:
+        leaves.append((files.route_cert, files.route_key, "capillary NATS route",
+                       [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH], names))
     for cert_path, key_path, subject, usage, names in leaves:
         if cert_path.exists() and key_path.exists():
             continue
         key = ec.generate_private_key(ec.SECP256R1())
-        ext = [(x509.BasicConstraints(ca=False, path_length=None), True), (x509.ExtendedKeyUsage([usage]), False)]
+        ext = [(x509.BasicConstraints(ca=False, path_length=None), True), (x509.ExtendedKeyUsage(usage), False)]
         if names is not None:
             ext.append((names, False))
         _write(key_path, _key_pem(key), 0o600)

@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from services.runtime.clusterconfig import ClusterConfig, ClusterConfigError
 from services.wire.hubble_options import METRICS as HUBBLE_METRICS
 from services.wire.hubble_options import MetricSpec, parse_metrics
 from services.wire.limits import LimitError, load_yaml_all, read_text
@@ -226,6 +227,7 @@ class NodeConfig:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     docker: DockerConfig = field(default_factory=DockerConfig)
     hubble: HubbleConfig = field(default_factory=HubbleConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", self.node):
@@ -244,6 +246,18 @@ class NodeConfig:
                                          for p in _SYSTEM_DIRS | {BPFFS.rstrip("/")}):
             raise ConfigError(f"stateDir: {self.stateDir!r} must be an absolute path without '.', '..' or "
                               "empty parts, and not a system directory (down --purge deletes it)")
+        if self.cluster.enabled:
+            self._check_cluster(net)
+
+    def _check_cluster(self, net: ipaddress.IPv4Network) -> None:
+        underlay = ipaddress.IPv4Address(self.cluster.underlayIP)
+        if underlay in net:
+            raise ConfigError(f"cluster.underlayIP: {underlay} is inside podCIDR {net}")
+        if self.nats.external:
+            raise ConfigError("cluster: a cluster node runs its own nats-server (nats.external must be false)")
+        if self.nats.loopback:
+            raise ConfigError(f"nats.host: {self.nats.host} is loopback; in a cluster the other nodes' "
+                              f"services must reach it (use cluster.underlayIP {underlay} or 0.0.0.0)")
 
     # Derived, never configured: the router owns the first address of the pod CIDR.
     @property
@@ -286,7 +300,7 @@ def _check_host(host: str, where: str) -> None:
 
 _SECTIONS = {"datapath": DatapathConfig, "maps": MapSizes, "events": EventsConfig,
              "policy": PolicyConfig, "nats": NatsConfig, "metrics": MetricsConfig, "docker": DockerConfig,
-             "hubble": HubbleConfig}
+             "hubble": HubbleConfig, "cluster": ClusterConfig}
 
 
 _SCALARS = {"str": str, "int": int, "bool": bool}
@@ -318,6 +332,8 @@ def _build(cls: type, data: Any, path: str) -> Any:
         return cls(**kwargs)
     except TypeError as exc:
         raise ConfigError(f"{path or 'config'}: {exc}") from None
+    except ClusterConfigError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _from_cilium_config(spec: dict) -> dict:

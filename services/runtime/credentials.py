@@ -25,9 +25,12 @@ class RemoteError(ServiceError):
     """An error reply received from another service (or no reply at all)."""
 
 
-class Credentials(namedtuple("Credentials", "url user password ca cert key", defaults=(None, None, None))):
+class Credentials(namedtuple("Credentials", "url user password ca cert key servers node",
+                             defaults=(None, None, None, (), None))):
     """A NATS CLI context file: {"url", "user", "password"} (written mode 0600), and with
-    TLS {"ca", "cert", "key"}: the CA the server's certificate must chain to, and ours."""
+    TLS {"ca", "cert", "key"}: the CA the server's certificate must chain to, and ours. A
+    cluster node's also has "servers" (its own server first, then its peers') and "node" (its
+    name: whose subjects a client calls)."""
 
     __slots__ = ()
 
@@ -53,6 +56,7 @@ class Credentials(namedtuple("Credentials", "url user password ca cert key", def
             raise ServiceError(INVALID, f"cannot read NATS credentials {path}: {exc}") from None
         try:
             return cls(url=data["url"], user=data["user"], password=data["password"],
-                       ca=data.get("ca"), cert=data.get("cert"), key=data.get("key"))
+                       ca=data.get("ca"), cert=data.get("cert"), key=data.get("key"),
+                       servers=tuple(data.get("servers") or ()), node=data.get("node"))
         except (KeyError, TypeError, AttributeError) as exc:
             raise ServiceError(INVALID, f"NATS credentials {path}: missing {exc}") from None

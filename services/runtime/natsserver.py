@@ -50,10 +50,41 @@ def tls_dir(config: NodeConfig) -> Path:
 def _connection(config: NodeConfig) -> dict:
     """The context fields that say how to reach the server: url, and the TLS files if on."""
     out = {"url": config.nats.url}
+    if config.cluster.enabled:
+        scheme = config.nats.url.split("://")[0]
+        out["servers"] = [config.nats.url, *(f"{scheme}://{p.host}:{config.nats.port}" for p in config.cluster.peers)]
+        out["node"] = config.node      # a client with this context (the CNI plugin) calls this node
     if config.nats.tls_enabled:
         files = tls.TlsFiles.under(tls_dir(config))
         out.update(ca=str(files.ca), cert=str(files.client_cert), key=str(files.client_key))
     return out
+
+
+_CONNECTION_KEYS = ("url", "servers", "node", "ca", "cert", "key")
+
+
+def share_secrets(source: Path, config: NodeConfig) -> None:
+    """Give CONFIG's node the passwords and the NATS CA of the node whose NATS directory is
+    SOURCE, before its first start: a cluster's servers must know every user by the same
+    password (a service may move to any of them) and trust one CA (clients and routes)."""
+    config.nats_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(config.nats_dir, 0o700)
+    for user in USERS:
+        data = json.loads((source / f"{user}.context.json").read_text())
+        _write_private(config.credentials_path(user), {"description": f"capillary {user} on {config.node}",
+                                                       **_connection(config), "user": user,
+                                                       "password": data["password"]})
+    target = tls_dir(config)
+    target.mkdir(parents=True, exist_ok=True)
+    for name, mode in (("ca.pem", 0o644), ("ca-key.pem", 0o600)):
+        shutil.copyfile(source / "tls" / name, target / name)
+        os.chmod(target / name, mode)
+
+
+def _write_private(path: Path, data: dict) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2)
 
 
 def ensure_credentials(config: NodeConfig) -> dict[str, dict]:
@@ -73,10 +104,9 @@ def ensure_credentials(config: NodeConfig) -> dict[str, dict]:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as f:
                 json.dump(data, f, indent=2)
-        if {k: data.get(k) for k in ("url", "ca", "cert", "key")} != {k: connection.get(k) for k in
-                                                                     ("url", "ca", "cert", "key")}:
-            # the address, port or TLS moved: keep the password, fix how to connect
-            data = {**{k: v for k, v in data.items() if k not in ("ca", "cert", "key")}, **connection}
+        if {k: data.get(k) for k in _CONNECTION_KEYS} != {k: connection.get(k) for k in _CONNECTION_KEYS}:
+            # the address, port, peers or TLS moved: keep the password, fix how to connect
+            data = {**{k: v for k, v in data.items() if k not in _CONNECTION_KEYS}, **connection}
             path.write_text(json.dumps(data, indent=2))
             os.chmod(path, 0o600)
         creds[user] = data
@@ -92,7 +122,8 @@ def _kv_publish(bucket: str) -> list[str]:
             f"$JS.FC.{stream}.>", f"$JS.ACK.{stream}.>"]
 
 
-def permissions(user: str) -> dict:
+def permissions(user: str, cluster: bool = False) -> dict:
+    """USER's permissions; in a CLUSTER its subjects are every node's (subjects.on_node)."""
     if user == ADMIN:
         return {}
     if user in subjects.READERS:
@@ -102,10 +133,11 @@ def permissions(user: str) -> dict:
         return {"publish": {"allow": list(subjects.CLIENTS[user].calls)},
                 "subscribe": {"allow": [f"{subjects.inbox_prefix(user)}.>"]}}
     g = subjects.GRANTS[user]
-    publish = [*g.calls, *g.publishes, "$JS.API.INFO"]
+    node = "*" if cluster else None
+    publish = [subjects.on_node(s, node) for s in (*g.calls, *g.publishes)] + ["$JS.API.INFO"]
     for bucket in g.buckets:
         publish += _kv_publish(bucket)
-    subscribe = [*g.serves, *g.listens, f"{subjects.inbox_prefix(user)}.>"]
+    subscribe = [*(subjects.on_node(s, node) for s in (*g.serves, *g.listens)), f"{subjects.inbox_prefix(user)}.>"]
     return {"publish": {"allow": publish}, "subscribe": {"allow": subscribe},
             "allow_responses": True}
 
@@ -119,7 +151,7 @@ def render_config(config: NodeConfig, creds: dict[str, dict]) -> str:
     users = []
     for user in USERS:
         entry = {"user": user, "password": creds[user]["password"]}
-        perms = permissions(user)
+        perms = permissions(user, config.cluster.enabled)
         if perms:
             entry["permissions"] = perms
         users.append(entry)
@@ -129,6 +161,8 @@ def render_config(config: NodeConfig, creds: dict[str, dict]) -> str:
         files = tls.TlsFiles.under(tls_dir(config))
         lines.append(f"tls: {{ cert_file: {_quote(str(files.server_cert))}, key_file: {_quote(str(files.server_key))}, "
                      f"ca_file: {_quote(str(files.ca))}, verify: true, timeout: 5 }}")
+    if config.cluster.enabled:
+        lines.append(_cluster_block(config))
     return "\n".join([
         f"server_name: {_quote('capillary-' + config.node)}",
         f"listen: {_quote(f'{config.nats.host}:{config.nats.port}')}",
@@ -140,6 +174,20 @@ def render_config(config: NodeConfig, creds: dict[str, dict]) -> str:
         f"authorization: {{ users: {json.dumps(users)} }}",
         "",
     ])
+
+
+def _cluster_block(config: NodeConfig) -> str:
+    """Routes to the peers, on the underlay; with TLS both ends show a certificate of the
+    cluster's CA (`verify`), which is what lets a server in."""
+    cluster = config.cluster
+    routes = [f"nats-route://{peer}" for peer in cluster.peers]
+    parts = [f"name: {_quote(cluster.name)}", f"listen: {_quote(f'{cluster.underlayIP}:{cluster.port}')}",
+             f"routes: {json.dumps(routes)}"]
+    if config.nats.tls_enabled:
+        files = tls.TlsFiles.under(tls_dir(config))
+        parts.append(f"tls: {{ cert_file: {_quote(str(files.route_cert))}, key_file: {_quote(str(files.route_key))}, "
+                     f"ca_file: {_quote(str(files.ca))}, verify: true, timeout: 5 }}")
+    return f"cluster: {{ {', '.join(parts)} }}"
 
 
 def _local_addresses() -> set[str]:
@@ -157,7 +205,8 @@ def _local_addresses() -> set[str]:
 
 
 def write_config(config: NodeConfig) -> Path:
-    certs.ensure(tls_dir(config), config.nats.host, _local_addresses())
+    addresses = _local_addresses() | ({config.cluster.underlayIP} if config.cluster.enabled else set())
+    certs.ensure(tls_dir(config), config.nats.host, addresses, route=config.cluster.enabled)
     creds = ensure_credentials(config)
     path = config.nats_dir / "server.conf"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -166,7 +166,8 @@ class Supervisor:
             await self._stop_children()
             return 1
         creds = Credentials.load(self.config.credentials_path(natsserver.ADMIN))
-        self.bus = await Bus.connect(creds, name=f"supervisor@{self.config.node}")
+        self.bus = await Bus.connect(creds, name=f"supervisor@{self.config.node}",
+                                     node=self.config.node if self.config.cluster.enabled else None)
         await self.bus.serve(subjects.NODE_STATUS, None, self._status)
         for name in subjects.SERVICES:
             argv = [sys.executable, "-m", f"services.{name}"]

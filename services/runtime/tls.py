@@ -19,11 +19,14 @@ class TlsFiles:
     server_key: Path
     client_cert: Path
     client_key: Path
+    route_cert: Path         # a cluster node's route to its peers: server and client at once
+    route_key: Path
 
     @classmethod
     def under(cls, directory: Path) -> "TlsFiles":
         return cls(directory / "ca.pem", directory / "server.pem", directory / "server-key.pem",
-                   directory / "client.pem", directory / "client-key.pem")
+                   directory / "client.pem", directory / "client-key.pem",
+                   directory / "route.pem", directory / "route-key.pem")
 
 
 def client_context(ca: str, cert: str | None, key: str | None) -> ssl.SSLContext:

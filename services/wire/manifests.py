@@ -153,7 +153,10 @@ def parse_pod(doc: Document) -> PodSpec:
     namespace = meta.get("namespace", DEFAULT_NAMESPACE)
     if not isinstance(namespace, str) or not DNS_LABEL.match(namespace) or len(namespace) > 63:
         raise ManifestError(f"{where}: metadata.namespace: {namespace!r} is not a valid namespace name")
-    spec = _fields(doc.body.get("spec"), "spec", {"netns", "interface", "attachment", "mtu"}, where)
+    spec = _fields(doc.body.get("spec"), "spec", {"netns", "interface", "attachment", "mtu", "nodeName"}, where)
+    node_name = spec.get("nodeName", "")
+    if not isinstance(node_name, str) or (node_name and (not DNS_LABEL.match(node_name) or len(node_name) > 63)):
+        raise ManifestError(f"{where}: spec.nodeName: {node_name!r} is not a node name (a DNS label)")
     netns = spec.get("netns")
     if netns is not None and (not isinstance(netns, str) or not netns.startswith("/")):
         raise ManifestError(f"{where}: spec.netns: {netns!r} must be an absolute path "
@@ -167,7 +170,7 @@ def parse_pod(doc: Document) -> PodSpec:
     if audit not in ("true", "false"):
         raise ManifestError(f'{where}: metadata.annotations.{AUDIT_ANNOTATION}: {audit!r} must be "true" or "false"')
     return PodSpec(name=name, namespace=namespace, labels=labels, netns=netns, audit=audit == "true",
-                   **attach)
+                   node_name=node_name, **attach)
 
 
 def _attachment_fields(spec: dict, where: str) -> dict:
@@ -203,7 +206,7 @@ def document_from_spec(spec: NamespaceSpec | PodSpec) -> dict:
     if spec.audit:
         doc["metadata"]["annotations"] = {AUDIT_ANNOTATION: "true"}
     body = {"netns": spec.netns, "interface": spec.interface if spec.interface != "eth0" else None,
-            "attachment": spec.attachment or None, "mtu": spec.mtu or None}
+            "attachment": spec.attachment or None, "mtu": spec.mtu or None, "nodeName": spec.node_name or None}
     if any(v is not None for v in body.values()):
         doc["spec"] = {k: v for k, v in body.items() if v is not None}
     return doc

@@ -172,6 +172,7 @@ class PodSpec(Message):
     interface: str = "eth0"           # the pod-side interface name (a CNI runtime's CNI_IFNAME)
     attachment: str = ""              # the runtime's handle, e.g. "cni/<container id>/<ifname>"
     mtu: int = 0                      # 0: the kernel's default
+    node_name: str = ""               # spec.nodeName: the node it must land on ("": the one asked)
 
 
 @dataclass(frozen=True)

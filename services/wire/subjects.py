@@ -42,6 +42,9 @@ IPCACHE_DELETE = f"{ROOT}.ipcache.delete"
 IPCACHE_LIST = f"{ROOT}.ipcache.list"
 IPCACHE_BATCH = f"{ROOT}.ipcache.batch"        # many prefixes of one source in one request
 
+# routed in a cluster: the members it knows, with their health
+NODES_LIST = f"{ROOT}.nodes.list"
+
 # supervisor (capillary up)
 NODE_STATUS = f"{ROOT}.node.status"
 
@@ -53,6 +56,23 @@ OBSERVER_FLOWS = f"{ROOT}.observer.flows"
 # datapath events in batches on monitor(node).
 MONITOR = f"{ROOT}.monitor"
 OBSERVER_MONITOR = f"{ROOT}.observer.monitor"
+
+
+# In a cluster every node's services share one NATS: each node's request and event subjects
+# carry its name (capillary.node.<node>.pod.apply), so a request reaches that node's service
+# and no other. Flows and monitor events already name their node and stay as they are, so one
+# subscriber sees every node's.
+NODE_SCOPE = f"{ROOT}.node"
+CLUSTER_WIDE = (FLOWS, MONITOR)
+
+
+def on_node(subject: str, node: str | None) -> str:
+    """SUBJECT as node NODE's (None: a lone node's subjects are unscoped); a pattern
+    ("capillary.endpoint.events.>") scopes the same way, and "*" as NODE matches every node."""
+    if node is None or not subject.startswith(f"{ROOT}.") or \
+            any(subject == w or subject.startswith(f"{w}.") for w in CLUSTER_WIDE):
+        return subject
+    return f"{NODE_SCOPE}.{node}.{subject[len(ROOT) + 1:]}"
 
 
 def inbox_prefix(user: str) -> str:
@@ -92,6 +112,12 @@ BUCKET_POLICY_ENDPOINTS = "capillary_policy_endpoints"
 # endpointd as Docker's IPAM driver: the addresses Docker holds (RequestAddress until
 # ReleaseAddress), keyed by address, each with the endpoint that uses it once there is one.
 BUCKET_DOCKER_ADDRESSES = "capillary_docker_addresses"
+# policyd in a cluster (services.policyd.clusterids): identity numbers every node shares
+BUCKET_IDENTITY_NUMBERS = "capillary_identity_numbers"
+BUCKET_IDENTITY_LABELS = "capillary_identity_labels"
+# routed in a cluster (services.wire.cluster): every node's record and every node's pods
+BUCKET_NODES = "capillary_nodes"
+BUCKET_CLUSTER_ENDPOINTS = "capillary_endpoints"
 BUCKETS = {
     BUCKET_NAMESPACES: "endpointd",
     BUCKET_PODS: "endpointd",
@@ -99,7 +125,15 @@ BUCKETS = {
     BUCKET_IDENTITIES: "policyd",
     BUCKET_POLICIES: "policyd",
     BUCKET_POLICY_ENDPOINTS: "policyd",
+    BUCKET_IDENTITY_NUMBERS: "policyd",
+    BUCKET_IDENTITY_LABELS: "policyd",
+    BUCKET_NODES: "routed",
+    BUCKET_CLUSTER_ENDPOINTS: "routed",
 }
+# Buckets every node shares in a cluster (replicated cluster.kv_replicas times); the others
+# hold one node's state.
+CLUSTER_BUCKETS = (BUCKET_NAMESPACES, BUCKET_POLICIES, BUCKET_IDENTITY_NUMBERS, BUCKET_IDENTITY_LABELS,
+                   BUCKET_NODES, BUCKET_CLUSTER_ENDPOINTS)
 
 
 class Grants(namedtuple("Grants", "serves calls publishes listens buckets", defaults=((), (), (), ()))):
@@ -129,11 +163,13 @@ GRANTS: dict[str, Grants] = {
         # a preview names pods and takes ports from recent flows
         calls=(IPCACHE_UPSERT, IPCACHE_DELETE, IPCACHE_BATCH, POD_LIST, OBSERVER_FLOWS, health("policyd")),
         listens=(f"{ENDPOINT_EVENTS}.>",),
-        buckets=(BUCKET_IDENTITIES, BUCKET_POLICIES, BUCKET_POLICY_ENDPOINTS),
+        buckets=(BUCKET_IDENTITIES, BUCKET_POLICIES, BUCKET_POLICY_ENDPOINTS, BUCKET_IDENTITY_NUMBERS,
+                 BUCKET_IDENTITY_LABELS),
     ),
     "routed": Grants(
-        serves=(IPCACHE_UPSERT, IPCACHE_DELETE, IPCACHE_LIST, IPCACHE_BATCH, health("routed")),
+        serves=(IPCACHE_UPSERT, IPCACHE_DELETE, IPCACHE_LIST, IPCACHE_BATCH, NODES_LIST, health("routed")),
         calls=(health("routed"),),
+        buckets=(BUCKET_NODES, BUCKET_CLUSTER_ENDPOINTS),
     ),
     "flowd": Grants(
         serves=(OBSERVER_FLOWS, OBSERVER_MONITOR, health("flowd")),

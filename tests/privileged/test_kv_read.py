@@ -113,3 +113,24 @@ def test_a_stream_whose_subjects_disagree_with_its_count_raises(nats_url):
         finally:
             await bus.drain()
     run(body())
+
+
+def test_a_node_reads_only_its_own_keys_of_a_shared_bucket(nats_url):
+    """NodeKV: each node's keys under "<node>.", read back without the others' (which
+    still count towards the stream's consistency check)."""
+    from services.runtime.bus import NodeKV
+
+    async def go():
+        bus = await connect(nats_url)
+        try:
+            kv = await bus.kv("t_shared", create=True)
+            one, two = NodeKV(kv, "n1"), NodeKV(kv, "n2")
+            await one.put("a", codec.encode({"v": 1}))
+            await two.put("a", codec.encode({"v": 2}))
+            await two.put("b", codec.encode({"v": 3}))
+            await two.delete("b")
+            assert await kv_items(bus.js, one) == {"a": {"v": 1}}
+            assert await kv_items(bus.js, two) == {"a": {"v": 2}}
+        finally:
+            await bus.close()
+    run(go())

@@ -85,7 +85,7 @@ def test_nested_messages_become_plain_maps():
     wire = m.EndpointEvent(pod=POD).to_wire()
     assert wire["pod"]["spec"] == {"name": "web", "namespace": "shop",
                                    "labels": {"app": "web"}, "netns": "/run/netns/web", "audit": False,
-                                   "interface": "eth0", "attachment": "", "mtu": 0}
+                                   "interface": "eth0", "attachment": "", "mtu": 0, "node_name": ""}
     assert "kind" not in wire["pod"]
 
 

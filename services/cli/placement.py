@@ -1,0 +1,67 @@
+"""Where the CLI sends each request in a cluster (a lone node: always to itself).
+
+A pod goes to the node its spec.nodeName names (default: the node whose NATS the CLI reached);
+namespaces and policies are cluster-wide: every healthy node's endpointd or policyd takes
+them (each keeps them in the shared KV bucket and applies them locally). Listing pods asks
+every healthy node. An unknown node name is refused before anything is sent.
+"""
+from __future__ import annotations
+
+from services.cli.client import Client
+from services.runtime.bus import ServiceError
+from services.wire import subjects
+from services.wire.manifests import Document
+from services.wire.messages import INVALID, ListRequest
+
+
+async def members(client: Client) -> list[dict]:
+    """The cluster's nodes as this node's routed knows them (this node first)."""
+    if not client.config.cluster.enabled:
+        return [{"name": client.config.node, "healthy": True, "self": True}]
+    return await client.call(subjects.NODES_LIST, ListRequest())
+
+
+def healthy(nodes: list[dict]) -> list[str]:
+    return [n["name"] for n in nodes if n["healthy"]]
+
+
+def _target(value: str | None, own: str) -> str | None:
+    """None for this node (a lone node's subjects carry no name)."""
+    return None if value in (None, own) else value
+
+
+async def targets(client: Client, docs: list[Document]) -> list[list[str | None]]:
+    """For each document, the nodes to apply it on; raises, having sent nothing, when a pod
+    names a node the cluster does not know."""
+    own = client.config.node
+    nodes = await members(client)
+    names = [n["name"] for n in nodes]
+    out = []
+    for doc in docs:
+        if doc.kind == "Pod":
+            spec = doc.body.get("spec") or {}
+            wanted = spec.get("nodeName") or own
+            if wanted not in names:
+                raise ServiceError(INVALID, f'{doc.label}: spec.nodeName: unknown node "{wanted}" '
+                                            f"(nodes: {', '.join(names)})")
+            out.append([_target(wanted, own)])
+        else:
+            out.append([_target(n, own) for n in healthy(nodes)])
+    return out
+
+
+async def pods_by_node(client: Client, namespace: str) -> list[tuple[str, dict]]:
+    """(node, pod) for every pod on every healthy node."""
+    out = []
+    for name in healthy(await members(client)):
+        pods = await client.call(subjects.POD_LIST, ListRequest(namespace=namespace),
+                                 node=_target(name, client.config.node))
+        out += [(name, p) for p in pods]
+    return out
+
+
+async def node_of_pod(client: Client, namespace: str, name: str) -> str | None:
+    for node, pod in await pods_by_node(client, namespace):
+        if pod["spec"]["name"] == name:
+            return _target(node, client.config.node)
+    return None

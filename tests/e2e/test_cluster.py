@@ -1,0 +1,188 @@
+"""Three capillary nodes, each in its own host namespace on an underlay bridge, on one NATS
+cluster (`capillary cluster up`): membership, placement, cross-node pod to pod in native
+routing with label policies, a node down and back, a nats-server killed, and conflicting
+policy applies. `cluster down --purge` must leave nothing behind."""
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+import yaml
+
+from tests.support import disruption
+from tests.support.labcluster import LabCluster
+from tests.support.traffic import Servers
+from tests.support.wait import wait_for
+
+ECHO_PORT, CLOSED_PORT = 7070, 7071
+NS = yaml.safe_dump({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "x"}})
+
+
+def pod(name: str, node: str) -> str:
+    return yaml.safe_dump({"apiVersion": "v1", "kind": "Pod",
+                           "metadata": {"name": name, "namespace": "x", "labels": {"app": name}},
+                           "spec": {"nodeName": node}})
+
+
+def ingress_policy(name: str, target: str, allowed: str) -> str:
+    return yaml.safe_dump({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+                           "metadata": {"name": name, "namespace": "x"},
+                           "spec": {"podSelector": {"matchLabels": {"app": target}}, "policyTypes": ["Ingress"],
+                                    "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": allowed}}}]}]}})
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    c = LabCluster(tmp_path_factory.mktemp("lab"))
+    try:
+        c.up()
+        names = [n.name for n in c.lab.nodes]
+        c.cli(0, "apply", "-f", "-", input="---\n".join([NS, *(pod(f"p{i}", n) for i, n in enumerate(names))]))
+        yield c
+    finally:
+        c.down()
+        left = c.leftovers()
+        assert not left, f"the cluster left things behind: {left}"
+
+
+def ip_of(cluster, ref: str) -> str:
+    return cluster.pods()[ref]["status"]["podIP"]
+
+
+def test_every_node_sees_every_node_healthy(cluster):
+    names = {n.name for n in cluster.lab.nodes}
+    for i in range(3):
+        wait_for(lambda i=i: {n for n, r in cluster.nodes(i).items() if r["healthy"]} == names,
+                 f"node {i} sees all three nodes healthy")
+    row = cluster.nodes(0)[cluster.node(1).name]
+    assert (row["pod_cidr"], row["underlay_ip"]) == (cluster.node(1).pod_cidr, cluster.node(1).underlay_ip)
+
+
+def test_pods_land_on_their_nodes_with_cluster_wide_identities(cluster):
+    pods = cluster.pods()
+    for i, node in enumerate(cluster.lab.nodes):
+        p = pods[f"x/p{i}"]
+        assert p["spec"]["nodeName"] == node.name
+        assert p["status"]["podIP"].rsplit(".", 1)[0] == node.pod_cidr.rsplit(".", 1)[0]
+    identities = [pods[f"x/p{i}"]["status"]["identity"] for i in range(3)]
+    assert len(set(identities)) == 3
+    wide = cluster.cli(1, "get", "pods", "-A", "-o", "wide").stdout
+    assert "NODE" in wide and cluster.node(2).name in wide
+
+
+def test_an_unknown_node_is_an_error_that_makes_nothing(cluster):
+    proc = cluster.cli(0, "apply", "-f", "-", check=False,
+                       input="---\n".join([pod("ghost", "nowhere"), pod("early", cluster.node(0).name)]))
+    assert proc.returncode == 1 and 'spec.nodeName: unknown node "nowhere"' in proc.stderr
+    assert not {"x/ghost", "x/early"} & set(cluster.pods())
+
+
+def test_routes_and_ipcache_for_remote_pods(cluster):
+    p1 = ip_of(cluster, "x/p1")
+    wait_for(lambda: f"{cluster.node(1).pod_cidr} via {cluster.node(1).underlay_ip}" in cluster.routes(0),
+             "node 0 routes node 1's pod CIDR via its underlay address")
+    wait_for(lambda: cluster.ipcache(0).get(f"{p1}/32", {}).get("source") == "remote",
+             "node 0's ipcache holds node 1's pod")
+    assert cluster.ipcache(0)[f"{p1}/32"]["identity"] == cluster.pods()["x/p1"]["status"]["identity"]
+
+
+def test_label_policy_allows_and_denies_across_nodes(cluster):
+    target = ip_of(cluster, "x/p1")
+    wait_for(lambda: cluster.ping(0, "x/p0", target), "p0 (node 0) reaches p1 (node 1)")
+    assert cluster.ping(2, "x/p2", target)
+    cluster.cli(0, "apply", "-f", "-", input=ingress_policy("p1-from-p0", "p1", "p0"))
+    wait_for(lambda: not cluster.ping(2, "x/p2", target), "p2 (node 2) is denied once the policy is in force")
+    for _ in range(3):
+        assert cluster.ping(0, "x/p0", target)
+        assert not cluster.ping(2, "x/p2", target)
+    flows = cluster.cli(1, "observe", "--node", cluster.node(1).name, "--last", "50", "-o", "json").stdout
+    assert "Policy denied" in flows or "POLICY_DENIED" in flows
+    cluster.cli(0, "delete", "networkpolicy", "p1-from-p0", "-n", "x")
+    wait_for(lambda: cluster.ping(2, "x/p2", target), "p2 reaches p1 again once the policy is gone")
+
+
+def test_conflicting_applies_converge(cluster):
+    """Two nodes apply two revisions of one policy at the same moment: every node ends up
+    with the same one."""
+    a = ingress_policy("race", "p2", "p0")
+    b = ingress_policy("race", "p2", "p1")
+    procs = [subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for cmd in ([*_cli_argv(cluster, 0), "apply", "-f", "-"], [*_cli_argv(cluster, 2), "apply", "-f", "-"])]
+    for proc, text in zip(procs, (a, b)):
+        proc.stdin.write(text)
+        proc.stdin.close()
+    for proc in procs:
+        proc.wait(timeout=120)
+
+    def allowed(i: int) -> str:
+        docs = yaml.safe_load(cluster.cli(i, "get", "policies", "-n", "x", "-o", "yaml").stdout)["items"]
+        race = [d for d in docs if d["metadata"]["name"] == "race"]
+        return race[0]["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"]["app"] if race else ""
+
+    wait_for(lambda: len({allowed(i) for i in range(3)}) == 1 and allowed(0), "all three nodes hold one revision")
+    winner = allowed(0)
+    target = ip_of(cluster, "x/p2")
+    wait_for(lambda: cluster.ping(int(winner[1]), f"x/{winner}", target), "the winner's pod reaches p2")
+    loser = "p1" if winner == "p0" else "p0"
+    assert not cluster.ping(int(loser[1]), f"x/{loser}", target)
+    cluster.cli(0, "delete", "networkpolicy", "race", "-n", "x")
+
+
+def _cli_argv(cluster, i: int) -> list[str]:
+    import sys
+    return [sys.executable, "-m", "services.cli.main", "--config", str(cluster.node(i).config_path)]
+
+
+def test_killing_one_nats_server_keeps_the_cluster_taking_applies(cluster):
+    """Node 1's nats-server is killed while p2 (node 2) holds echo connections to p0 (node 0):
+    applies go on through node 0, node 1 comes back, and no connection breaks."""
+    servers = Servers()
+    servers.start(cluster.pods()["x/p0"]["spec"]["netns"], ECHO_PORT)
+    steady = disruption.Steady(cluster.pods()["x/p2"]["spec"]["netns"], ip_of(cluster, "x/p0"), ECHO_PORT,
+                               CLOSED_PORT, connections=3)
+    try:
+        start = steady.snapshot()
+        _kill_nats_and_apply(cluster)
+        disruption.settle()
+        figures = disruption.delta(start, steady.stop())
+    finally:
+        steady.kill()
+        servers.close()
+    print(f"cross-node connections through the kill: {figures}")
+    # Connections must hold. Pings are counted and printed, not asserted: one run under a load
+    # average of 30 lost a 0.8 s burst of them (42 of 1656), cause not yet known.
+    assert figures["exchanges"] > 0 and not figures["broken"], figures
+    cluster.cli(0, "delete", "networkpolicy", "after-kill", "-n", "x")
+
+
+def _kill_nats_and_apply(cluster) -> None:
+    nats_pid = cluster.status(1)["supervisor"]["children"]["nats"]["pid"]
+    os.kill(nats_pid, signal.SIGKILL)
+    started = time.monotonic()
+    wait_for(lambda: cluster.cli(0, "apply", "-f", "-", check=False,
+                                 input=ingress_policy("after-kill", "p0", "p2")).returncode == 0,
+             "a policy apply through node 0 succeeds after node 1's nats-server died")
+    print(f"policy apply accepted {time.monotonic() - started:.1f}s after the kill")
+    wait_for(lambda: cluster.status(1).get("supervisor", {}).get("children", {}).get("nats", {}).get("pid")
+             not in (None, nats_pid), "node 1's supervisor restarts its nats-server")
+    wait_for(lambda: all(r["healthy"] for r in cluster.nodes(0).values()), "node 1 is healthy again")
+    wait_for(lambda: cluster.ping(2, "x/p2", ip_of(cluster, "x/p0")), "p2 reaches p0 under the new policy")
+
+
+def test_a_node_down_and_back(cluster):
+    gone = cluster.node(2)
+    before = cluster.pods()["x/p2"]["status"]
+    proc = cluster.node_cli(2, "down")
+    assert proc.returncode == 0, proc.stderr
+    wait_for(lambda: gone.pod_cidr not in cluster.routes(0), "node 0 drops the route to the stopped node's pods")
+    wait_for(lambda: f"{before['podIP']}/32" not in cluster.ipcache(0), "node 0 drops the stopped node's pod")
+    assert not cluster.nodes(0)[gone.name]["healthy"]
+    proc = cluster.node_cli(2, "up", "--detach", "--timeout", "180", timeout=240)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    wait_for(lambda: f"{gone.pod_cidr} via {gone.underlay_ip}" in cluster.routes(0), "the route comes back")
+    wait_for(lambda: cluster.ipcache(0).get(f"{before['podIP']}/32", {}).get("identity") == before["identity"],
+             "the pod's entry comes back with its identity")
+    after = cluster.pods()["x/p2"]["status"]
+    assert (after["podIP"], after["identity"]) == (before["podIP"], before["identity"])
+    wait_for(lambda: cluster.ping(0, "x/p0", after["podIP"]), "p0 reaches p2 again")
