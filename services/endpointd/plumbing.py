@@ -72,7 +72,7 @@ class Plumber:
                  default_mtu: int = 0) -> None:
         self.config = config
         # A pod without spec.mtu gets this (0: the kernel's); in tunnel mode the underlay's
-        # less the encapsulation (services.routed.tunnel.pod_mtu).
+        # less the encapsulation (services.datapath.mtu.pod_mtu).
         self.default_mtu = default_mtu
         self.router_ip = str(config.router_ip)
         self.endpoints = endpoints

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from prometheus_client import Gauge
 
-from services.datapath import loader
+from services.datapath import loader, mtu
 from services.datapath.map_metrics import MapOpsCollector, MapPressureCollector
 from services.datapath.maps.conntrack import PIN_NAME as CT_PIN
 from services.datapath.maps.endpoints import PIN_NAME as ENDPOINTS_PIN
@@ -73,6 +73,9 @@ class EndpointService(Service):
         os.close(programs[FROM_OVERLAY])
         self.endpoints = EndpointMap(Path(self.config.datapath.bpfRoot))
         self.plumber = Plumber(self.config, self.endpoints, programs[FROM_CONTAINER], programs[TO_CONTAINER])
+        if self.config.cluster.enabled and self.config.cluster.routing == "tunnel":
+            self.plumber.default_mtu = await self.worker.run(mtu.pod_mtu_on, self.plumber.nl,
+                                                             self.config.cluster.underlayIP)
         self.ct_gc = ConntrackGC(self.config, self.worker, self.ipam.addresses, self.registry, self.log)
         self._cilium_metrics()
 

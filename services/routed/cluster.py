@@ -3,7 +3,9 @@
 Every heartbeatInterval this node rewrites its record in capillary_nodes (a new `beat`), makes
 capillary_endpoints hold exactly its own pods, reads both buckets whole, and brings the kernel
 in line with services.routed.membership: a route to each alive peer's pod CIDR via the peer's
-underlay address (native routing), an ipcache entry (source "remote") for each of its pods.
+underlay address (native routing), an ipcache entry (source "remote") for each of its pods,
+which in tunnel mode names the peer's underlay address as its tunnel endpoint, so that
+from_container encapsulates to it through the VXLAN device (services.routed.tunnel).
 A read that fails changes nothing: the last known state stays until a read succeeds (an
 unreadable bucket is unknown, never empty). Routes this node made carry protocol
 RTPROT_CAPILLARY, so a restart finds and reconciles them.
@@ -31,19 +33,25 @@ class ClusterAgent:
         self.beat = 0
         self.started = time.time()
         self.routes: dict[str, str] = {}            # pod CIDR -> underlay IP, in the kernel
-        # ip/32 -> the pod, in the ipcache; its underlay_ip is the node a tunnel sends it to
-        # (ipcache_info.tunnel_endpoint in tunnel mode)
-        self.remote: dict[str, RemotePod] = {}
+        # ip/32 -> (identity, tunnel endpoint) in the ipcache: the endpoint is the underlay
+        # address of the pod's node in tunnel mode, "" in native mode
+        self.remote: dict[str, tuple[int, str]] = {}
         self._task: asyncio.Task | None = None
 
     async def start(self) -> None:
         replicas = self.cluster.kv_replicas
         self.kv_nodes = await self.bus.kv(subjects.BUCKET_NODES, create=True, replicas=replicas)
         self.kv_endpoints = await self.bus.kv(subjects.BUCKET_CLUSTER_ENDPOINTS, create=True, replicas=replicas)
+        if self.tunnel:
+            await self.routed.ensure_tunnel()
         self.routes = await self.routed.worker.run(self.routed.nl.cluster_routes)
-        self.remote = {cidr: RemotePod(ident, "", "") for cidr in self.routed.claims.of_source("remote")
-                       for ident in [self.routed.claims.sources(cidr)["remote"]]}
+        self.remote = {cidr: (claim.identity, claim.tunnel_endpoint) for cidr in self.routed.claims.of_source("remote")
+                       for claim in [self.routed.claims.get(cidr, "remote")]}
         self._task = asyncio.create_task(self._loop())
+
+    @property
+    def tunnel(self) -> bool:
+        return self.cluster.routing == "tunnel"
 
     async def stop(self) -> None:
         if self._task:
@@ -107,13 +115,14 @@ class ClusterAgent:
             await worker.run(nl.delete_route, cidr)
             self.routed.log.info("route to a node's pods removed", cidr=cidr)
         self.routes = routes
+        wanted = {cidr: (pod.identity, pod.underlay_ip if self.tunnel else "") for cidr, pod in pods.items()}
         async with self.routed.lock:
-            for cidr, pod in pods.items():
-                if self.remote.get(cidr) != pod:
-                    self.routed.set_claim(cidr, "remote", pod.identity)
-            for cidr in set(self.remote) - set(pods):
+            for cidr, (identity, endpoint) in wanted.items():
+                if self.remote.get(cidr) != (identity, endpoint):
+                    self.routed.set_claim(cidr, "remote", identity, endpoint)
+            for cidr in set(self.remote) - set(wanted):
                 self.routed.set_claim(cidr, "remote", None)
-            self.remote = pods
+            self.remote = wanted
             self.routed.after_change()
 
     def status(self, now: float) -> list[dict]:

@@ -161,13 +161,13 @@ class RoutedService(Service):
     def lock(self) -> asyncio.Lock:
         return self._lock
 
-    def set_claim(self, cidr: str, source: str, identity: int | None) -> None:
+    def set_claim(self, cidr: str, source: str, identity: int | None, tunnel_endpoint: str = "") -> None:
         """As _set; the caller holds the lock and calls after_change() once done."""
-        self._set(cidr, source, identity)
+        self._set(cidr, source, identity, tunnel_endpoint)
 
     def after_change(self) -> None:
         self._save_shadowed()
-        self.entries_gauge.set(len(self.ipcache.all()))
+        self.entries_gauge.set(len(self.claims))
 
     async def list_nodes(self, _req: ListRequest) -> list[dict]:
         return self.cluster.status(time.monotonic())

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from services.datapath import bpfsys, loader
 from services.datapath.maps.tunnel import FROM_OVERLAY, TunnelMap
+from services.datapath.mtu import OVERHEAD, pod_mtu, pod_mtu_on  # noqa: F401 - this module's API too
 from services.datapath.netlink import TC_INGRESS, Netlink
 from services.runtime.bus import ServiceError
 from services.runtime.config import NodeConfig
@@ -25,22 +26,8 @@ from services.wire.messages import INVALID
 
 DEVICE = "cap_vxlan"
 PORT = 8472                  # Linux's and Cilium's VXLAN port (IANA's is 4789)
-OVERHEAD = 50                # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
 REMOTE_SOURCE = "remote"     # the ipcache claim source of a pod on another node
 MAX_VNI = (1 << 24) - 1      # the VNI carries the source identity
-
-
-def pod_mtu(underlay_mtu: int) -> int:
-    """The MTU a pod's eth0 needs so that its packets, encapsulated, fit the underlay."""
-    if underlay_mtu - OVERHEAD < 576:
-        raise ValueError(f"underlay MTU {underlay_mtu} leaves no room for {OVERHEAD} bytes of VXLAN")
-    return underlay_mtu - OVERHEAD
-
-
-def pod_mtu_on(nl: Netlink, underlay_ip: str) -> int:
-    """pod_mtu() of the link that holds UNDERLAY_IP (this node's address on the underlay):
-    what endpointd gives pods without spec.mtu in tunnel mode (Plumber's default_mtu)."""
-    return pod_mtu(nl.mtu(nl.link_of_address(underlay_ip).index))
 
 
 def overlay_program(config: NodeConfig) -> int:

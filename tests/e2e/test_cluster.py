@@ -1,7 +1,8 @@
 """Three capillary nodes, each in its own host namespace on an underlay bridge, on one NATS
-cluster (`capillary cluster up`): membership, placement, cross-node pod to pod in native
-routing with label policies, a node down and back, a nats-server killed, and conflicting
-policy applies. `cluster down --purge` must leave nothing behind."""
+cluster (`capillary cluster up`): membership, placement, cross-node pod to pod with label
+policies, a node down and back, a nats-server killed, and conflicting policy applies, once
+in native routing and once in tunnel mode (VXLAN, the source identity in the VNI).
+`cluster down --purge` must leave nothing behind."""
 import os
 import signal
 import subprocess
@@ -32,9 +33,9 @@ def ingress_policy(name: str, target: str, allowed: str) -> str:
                                     "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": allowed}}}]}]}})
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    c = LabCluster(tmp_path_factory.mktemp("lab"))
+@pytest.fixture(scope="module", params=["native", "tunnel"])
+def cluster(request, tmp_path_factory):
+    c = LabCluster(tmp_path_factory.mktemp("lab"), routing=request.param)
     try:
         c.up()
         names = [n.name for n in c.lab.nodes]
@@ -80,11 +81,17 @@ def test_an_unknown_node_is_an_error_that_makes_nothing(cluster):
 
 def test_routes_and_ipcache_for_remote_pods(cluster):
     p1 = ip_of(cluster, "x/p1")
-    wait_for(lambda: f"{cluster.node(1).pod_cidr} via {cluster.node(1).underlay_ip}" in cluster.routes(0),
-             "node 0 routes node 1's pod CIDR via its underlay address")
     wait_for(lambda: cluster.ipcache(0).get(f"{p1}/32", {}).get("source") == "remote",
              "node 0's ipcache holds node 1's pod")
-    assert cluster.ipcache(0)[f"{p1}/32"]["identity"] == cluster.pods()["x/p1"]["status"]["identity"]
+    entry = cluster.ipcache(0)[f"{p1}/32"]
+    assert entry["identity"] == cluster.pods()["x/p1"]["status"]["identity"]
+    route = f"{cluster.node(1).pod_cidr} via {cluster.node(1).underlay_ip}"
+    if cluster.routing == "native":
+        wait_for(lambda: route in cluster.routes(0), "node 0 routes node 1's pod CIDR via its underlay address")
+        assert not entry.get("tunnel_endpoint")
+    else:   # the datapath encapsulates to the node: no route, the tunnel endpoint in the entry
+        assert entry["tunnel_endpoint"] == cluster.node(1).underlay_ip
+        assert route not in cluster.routes(0)
 
 
 def test_label_policy_allows_and_denies_across_nodes(cluster):
@@ -180,7 +187,8 @@ def test_a_node_down_and_back(cluster):
     assert not cluster.nodes(0)[gone.name]["healthy"]
     proc = cluster.node_cli(2, "up", "--detach", "--timeout", "180", timeout=240)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    wait_for(lambda: f"{gone.pod_cidr} via {gone.underlay_ip}" in cluster.routes(0), "the route comes back")
+    if cluster.routing == "native":
+        wait_for(lambda: f"{gone.pod_cidr} via {gone.underlay_ip}" in cluster.routes(0), "the route comes back")
     wait_for(lambda: cluster.ipcache(0).get(f"{before['podIP']}/32", {}).get("identity") == before["identity"],
              "the pod's entry comes back with its identity")
     after = cluster.pods()["x/p2"]["status"]
