@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from services.cli import bpf, debuginfo, monitor, node, objects, observe, walk
+from services.cli import bpf, debuginfo, monitor, node, objects, observe, walk, webpage
 from services.cli.client import Client, follow, run
 from services.cli.output import error
 from services.runtime.bus import ServiceError
@@ -70,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     walk.add_parser(sub)
     monitor.add_parser(sub)
     debuginfo.add_parser(sub)
+    webpage.add_parser(sub)
 
     e = sub.add_parser("exec", help="run a command in a pod's network namespace")
     e.add_argument("pod", metavar="NS/NAME")
@@ -131,6 +132,8 @@ def dispatch(args) -> int:
         return run(debuginfo.debuginfo(config, args.file))
     if cmd == "walk":
         return follow(_with_client(config, walk.walk, args), interrupted=INTERRUPTED)
+    if cmd == "web":
+        return webpage.show(config, args.token)
     if cmd == "exec":
         argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
         path = run(_with_client(config, objects.netns_of, args.pod))

@@ -139,6 +139,14 @@ GRANTS: dict[str, Grants] = {
     ),
 }
 
+# Users that are clients, not services: they call requests and listen, and serve nothing.
+# web: the service map page (services/web), which lists pods and namespaces, shows flows and
+# walks a pair with `capillary walk`'s code (a flow subscription and pod.list).
+WEB = "web"
+CLIENTS: dict[str, Grants] = {
+    WEB: Grants(serves=(), calls=(NAMESPACE_LIST, POD_LIST), listens=(f"{FLOWS}.>",)),
+}
+
 # Users that are not services. They only read: no publishing at all (hence no requests and
 # no inbox), and subscriptions to what is listed here.
 FLOWS_READER = "flows"      # subscribers to flows, e.g. examples/subscribe_flows.py
