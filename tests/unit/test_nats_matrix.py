@@ -1,6 +1,6 @@
 """The bus permissions matrix against a real nats-server: every user x every subject in
 services.wire.subjects, publish and subscribe, must be allowed exactly as GRANTS (and
-READERS) say; anonymous and wrong passwords are refused; beyond loopback only TLS clients
+CLIENTS and READERS) say; anonymous and wrong passwords are refused; beyond loopback only TLS clients
 with the node's certificates get in."""
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def every_subject() -> list[str]:
 def expected(user: str, action: str, subject: str) -> bool:
     if user == natsserver.ADMIN:
         return True
-    g = subjects.GRANTS.get(user) or subjects.READERS[user]
+    g = subjects.GRANTS.get(user) or subjects.CLIENTS.get(user) or subjects.READERS[user]
     if user in subjects.READERS:
         patterns = g.listens if action == "subscribe" else ()
     else:
@@ -49,7 +49,7 @@ def expected(user: str, action: str, subject: str) -> bool:
 
 def test_the_subject_list_covers_every_grant():
     listed = every_subject()
-    grants = [*subjects.GRANTS.values(), *subjects.READERS.values()]
+    grants = [*subjects.GRANTS.values(), *subjects.CLIENTS.values(), *subjects.READERS.values()]
     for pattern in {p for g in grants for p in (*g.serves, *g.calls, *g.publishes, *g.listens)}:
         assert any(matches(pattern, s) for s in listed), pattern
 

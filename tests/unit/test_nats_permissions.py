@@ -41,8 +41,9 @@ def test_admin_has_no_restrictions():
     assert natsserver.permissions(natsserver.ADMIN) == {}
 
 
-def test_users_are_admin_every_service_and_the_readers():
-    assert natsserver.USERS == ("admin", *SERVICES, "flows")
+def test_users_are_admin_every_service_the_clients_and_the_readers():
+    assert natsserver.USERS == ("admin", *SERVICES, "web", "flows")
+    assert set(subjects.CLIENTS) == {subjects.WEB}
     assert set(GRANTS) == set(SERVICES)
     assert set(subjects.READERS) == {subjects.FLOWS_READER}
 
@@ -50,6 +51,26 @@ def test_users_are_admin_every_service_and_the_readers():
 def test_the_flows_reader_only_subscribes_to_flows():
     assert natsserver.permissions("flows") == {"publish": {"deny": [">"]},
                                                "subscribe": {"allow": [f"{subjects.FLOWS}.>"]}}
+
+
+def test_the_web_client_calls_lists_and_listens_to_flows_and_serves_nothing():
+    assert natsserver.permissions("web") == {
+        "publish": {"allow": [subjects.NAMESPACE_LIST, subjects.POD_LIST]},
+        "subscribe": {"allow": [f"{subjects.FLOWS}.>", "_INBOX_web.>"]}}
+
+
+def test_every_client_call_is_served():
+    served = {s for g in GRANTS.values() for s in g.serves}
+    assert {s for g in subjects.CLIENTS.values() for s in g.calls} <= served
+
+
+def test_the_web_token_is_derived_from_the_admin_password_and_private(tmp_path):
+    config = NodeConfig(node="n1", stateDir=str(tmp_path / "state"))
+    creds = natsserver.ensure_credentials(config)
+    token = config.web_token_path.read_text().strip()
+    assert token == natsserver.web_token(creds["admin"]["password"], "n1")
+    assert token != natsserver.web_token(creds["admin"]["password"], "n2")
+    assert config.web_token_path.stat().st_mode & 0o777 == 0o600
 
 
 @pytest.mark.parametrize("service", SERVICES)
