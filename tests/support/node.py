@@ -78,7 +78,8 @@ class Node:
         return self.cli("apply", "-f", "-", input=text, check=check)
 
     def up(self) -> None:
-        self.cli("up", "--detach", timeout=90)
+        # generous: on a loaded 2-core machine compiling the programs alone can take a minute
+        self.cli("up", "--detach", "--timeout", "240", timeout=300)
 
     def down(self) -> None:
         self.cli("down", timeout=60)
