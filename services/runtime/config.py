@@ -170,7 +170,9 @@ class MetricsConfig:
 @dataclass(frozen=True)
 class WebConfig:
     """The service map page (services/web): where it listens. Every request needs the
-    token `capillary web` prints (derived from the admin context), on loopback too."""
+    token `capillary web` prints (derived from the admin context), on loopback too; beyond
+    loopback the page is served over HTTPS with the node's server certificate (its CA:
+    <stateDir>/nats/tls/ca.pem), so the token never crosses a network in clear."""
 
     enabled: bool = True
     host: str = "127.0.0.1"
@@ -182,11 +184,20 @@ class WebConfig:
             raise ConfigError(f"web.port: {self.port!r} is not a port number")
 
     @property
+    def loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+    @property
     def url(self) -> str:
         """Where a browser on this machine reaches the page."""
         host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
         host = f"[{host}]" if ":" in host else host
-        return f"http://{host}:{self.port}/"
+        return f"{'http' if self.loopback else 'https'}://{host}:{self.port}/"
 
 
 @dataclass(frozen=True)

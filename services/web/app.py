@@ -3,7 +3,8 @@
 
 Every request needs the node's web token (natsserver.web_token; `capillary web` prints a
 link with it): as a cookie, which `/?token=...` and the login form set, or as
-`Authorization: Bearer ...`. There is no anonymous access, on loopback or beyond.
+`Authorization: Bearer ...`. There is no anonymous access, on loopback or beyond (where
+the page is HTTPS: service.py).
 """
 from __future__ import annotations
 
@@ -42,8 +43,8 @@ def _authorized(request: web.Request, token: str) -> bool:
     return bool(given) and hmac.compare_digest(given.encode(), token.encode())
 
 
-def _with_cookie(response: web.StreamResponse, token: str) -> web.StreamResponse:
-    response.set_cookie(COOKIE, token, httponly=True, samesite="Strict", path="/")
+def _with_cookie(response: web.StreamResponse, token: str, secure: bool) -> web.StreamResponse:
+    response.set_cookie(COOKIE, token, httponly=True, samesite="Strict", path="/", secure=secure)
     return response
 
 
@@ -56,7 +57,7 @@ async def auth(request: web.Request, handler):
     if offered is not None and request.method == "GET":
         if hmac.compare_digest(offered.encode(), token.encode()):
             query = {k: v for k, v in request.query.items() if k != "token"}
-            raise _with_cookie(web.HTTPFound(request.rel_url.with_query(query)), token)
+            raise _with_cookie(web.HTTPFound(request.rel_url.with_query(query)), token, request.secure)
         return web.Response(status=401, text=LOGIN_PAGE.format(message="That token is not this node's."),
                             content_type="text/html")
     if _authorized(request, token):
@@ -75,7 +76,7 @@ async def login(request: web.Request) -> web.StreamResponse:
     token = request.app[SERVICE].token()
     form = await request.post()
     if hmac.compare_digest(str(form.get("token", "")).strip().encode(), token.encode()):
-        raise _with_cookie(web.HTTPFound("/"), token)
+        raise _with_cookie(web.HTTPFound("/"), token, request.secure)
     return web.Response(status=401, text=LOGIN_PAGE.format(message="That token is not this node's."),
                         content_type="text/html")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import ssl
 import time
 
 import structlog
@@ -12,6 +13,7 @@ from aiohttp import web
 
 from services.cli import walk, walkpath
 from services.cli.client import Client
+from services.runtime import natsserver, tls
 from services.runtime.bus import Bus, Credentials, ServiceError
 from services.runtime.config import NodeConfig
 from services.wire import codec, subjects
@@ -91,6 +93,15 @@ class WebService:
             result = await walk.run(client, source, destination, port, protocol, WALK_TIMEOUT)
         return result.to_json(), walkpath.render(result)
 
+    def _tls(self) -> ssl.SSLContext | None:
+        """Beyond loopback: HTTPS with the node's server certificate (natsserver's CA signs it)."""
+        if self.config.web.loopback:
+            return None
+        files = tls.TlsFiles.under(natsserver.tls_dir(self.config))
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(files.server_cert, files.server_key)
+        return context
+
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -103,7 +114,7 @@ class WebService:
         pods = asyncio.create_task(self._list_pods())
         runner = web.AppRunner(make_app(self), access_log=None, shutdown_timeout=2.0)
         await runner.setup()
-        site = web.TCPSite(runner, self.config.web.host, self.config.web.port)
+        site = web.TCPSite(runner, self.config.web.host, self.config.web.port, ssl_context=self._tls())
         await site.start()
         log.info("serving", url=self.config.web.url, pid=os.getpid())
         try:

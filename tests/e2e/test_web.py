@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from tests.support.node import docs, namespace_doc, pod_doc
-from tests.support.traffic import Servers, probe
+from tests.support.traffic import Servers, ping, probe
 from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -35,7 +35,7 @@ DB_FROM_WEB = {
 def shop(node):
     """shop/web, shop/batch and shop/db (serving DB, CACHE and SHUT). batch reaches db before
     the policy and is dropped after it (a link with both verdicts); web reaches db on DB and
-    is dropped on CACHE."""
+    is dropped on CACHE; the host pings web."""
     node.apply(docs(namespace_doc("shop"), *(pod_doc("shop", n, {"app": n}) for n in ("web", "batch", "db"))))
     servers = Servers()
     try:
@@ -46,6 +46,7 @@ def shop(node):
         wait_for(lambda: not probe(node.netns("shop/batch"), "tcp", db, DB), "the policy drops batch -> db")
         assert probe(node.netns("shop/web"), "tcp", db, DB)
         assert not probe(node.netns("shop/web"), "tcp", db, CACHE)
+        assert ping(None, node.pod_ip("shop/web"))
         yield node
     finally:
         servers.close()
@@ -108,6 +109,7 @@ def test_cards_and_arrows(page):
     }""")
     assert stroke(page, "shop/web", "shop/db", DB) == (GREEN, "none")
     assert stroke(page, "shop/web", "shop/db", CACHE) == (RED, "none")
+    assert stroke(page, "host", "shop/web", 0) == (GREEN, "none")
     both = link(page, "shop/batch", "shop/db", DB)
     assert both.get_attribute("data-verdict") == "both"
     colour, dashes = stroke(page, "shop/batch", "shop/db", DB)

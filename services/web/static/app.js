@@ -1,7 +1,7 @@
 // capillary's service map page: cards and arrows from /api/map, flows from /api/flows (SSE).
 "use strict";
 
-const CARD_W = 200, CARD_H = 74, GAP_X = 90, GAP_Y = 40, MAX_ROWS = 300;
+const CARD_W = 200, CARD_H = 74, GAP_X = 150, GAP_Y = 70, MAX_ROWS = 300;
 const $ = (id) => document.getElementById(id);
 const SVG = "http://www.w3.org/2000/svg";
 const state = { namespace: "", selected: null, stream: null, shown: 0, matched: 0, flows: new Map() };
@@ -59,8 +59,10 @@ function drawCard(card, p) {
   g.appendChild(el("text", { x: 10, y: 20, class: "name" }, card.namespace ? card.name : card.key));
   const pods = card.pods.length ? `${card.pods.length} pod${card.pods.length > 1 ? "s" : ""}` : "";
   g.appendChild(el("text", { x: 10, y: 38, class: "sub" }, [card.namespace, pods].filter(Boolean).join(" · ")));
-  const ports = card.ports.length ? "ports " + card.ports.join(", ") : "no traffic seen";
-  g.appendChild(el("text", { x: 10, y: 58, class: "sub ports" }, ports.length > 34 ? ports.slice(0, 33) + "…" : ports));
+  const ports = card.ports.length ? "reached on " + card.ports.join(", ") : "not reached (no flows seen)";
+  const portsText = el("text", { x: 10, y: 58, class: "sub ports" }, ports.length > 34 ? ports.slice(0, 33) + "…" : ports);
+  portsText.appendChild(el("title", {}, ports));
+  g.appendChild(portsText);
   return g;
 }
 
@@ -78,10 +80,13 @@ function drawLink(link, pos, index) {
   } else {
     const ca = { x: a.x + CARD_W / 2, y: a.y + CARD_H / 2 }, cb = { x: b.x + CARD_W / 2, y: b.y + CARD_H / 2 };
     const s = edgePoint(a, cb), t = edgePoint(b, ca);
-    const nx = -(t.y - s.y), ny = t.x - s.x, len = Math.hypot(nx, ny) || 1, bend = 18 * index;
-    const mx = (s.x + t.x) / 2 + (nx / len) * bend, my = (s.y + t.y) / 2 + (ny / len) * bend;
-    d = `M${s.x},${s.y} Q${mx},${my} ${t.x},${t.y}`;
-    label = { x: mx + 4, y: my - 4 };
+    // the links of one pair fan out: 0, +1, -1, +2, ... times the spacing
+    const nx = -(t.y - s.y), ny = t.x - s.x, len = Math.hypot(nx, ny) || 1;
+    const bend = 34 * (index % 2 ? (index + 1) / 2 : -index / 2);
+    const cx = (s.x + t.x) / 2 + (nx / len) * bend * 2, cy = (s.y + t.y) / 2 + (ny / len) * bend * 2;
+    d = `M${s.x},${s.y} Q${cx},${cy} ${t.x},${t.y}`;
+    // the label sits on the curve's own midpoint
+    label = { x: (s.x + 2 * cx + t.x) / 4 + 4, y: (s.y + 2 * cy + t.y) / 4 - 4 };
   }
   g.appendChild(el("path", { d, class: "hit" }));
   g.appendChild(el("path", { d, class: "line" }));
