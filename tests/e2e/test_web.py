@@ -76,7 +76,7 @@ def page(shop, browser):
         yield page
     finally:
         if os.environ.get("CAPILLARY_SCREENSHOT"):
-            page.screenshot(path=os.environ["CAPILLARY_SCREENSHOT"], full_page=True)
+            page.screenshot(path=os.environ["CAPILLARY_SCREENSHOT"])
         context.close()
 
 
