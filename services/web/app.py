@@ -120,7 +120,8 @@ async def flow_stream(request: web.Request) -> web.StreamResponse:
     try:
         while not svc.stopping.is_set():
             batch = {**sub.take(), **svc.counts()}
-            await response.write(f"event: flows\ndata: {json.dumps(batch)}\n\n".encode())
+            # default=str: codec.decode_flow does not check field types (bytes would not serialise)
+            await response.write(f"event: flows\ndata: {json.dumps(batch, default=str)}\n\n".encode())
             try:
                 await asyncio.wait_for(svc.stopping.wait(), timeout=BATCH_EVERY)
             except asyncio.TimeoutError:

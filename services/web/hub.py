@@ -23,6 +23,7 @@ L4 = (("TCP", "TCP"), ("UDP", "UDP"), ("ICMPv4", "ICMP"))
 RECENT = 500                    # flows kept for a new subscriber's first screen
 BATCH = 40                      # flows a subscriber is sent per batch at most
 VERDICTS = ("FORWARDED", "DROPPED", "AUDIT")
+CARD_CACHE = 65536
 
 
 def protocol_port(flow: dict) -> tuple[str, int]:
@@ -107,8 +108,11 @@ class Subscriber:
     rand: random.Random = field(default_factory=random.Random)
 
     def offer(self, flow: dict) -> None:
-        if not self.filter.matches(flow):
-            return
+        if self.filter.matches(flow):
+            self.take_matched(flow)
+
+    def take_matched(self, flow: dict) -> None:
+        """FLOW, which the filter matched: into the sample with probability size/matched."""
         self.matched += 1
         if len(self.sample) < self.size:
             self.sample.append(flow)
@@ -132,26 +136,54 @@ class Hub:
         self.subscribers: set[Subscriber] = set()
         self.received = 0
         self.undecodable = 0
+        self._cards: dict[tuple, Card] = {}
 
     def add(self, flow: dict) -> None:
+        """Count FLOW, offer it to every subscriber and add it to its link. A flow whose
+        fields have the wrong types (codec.decode_flow checks only the envelope) is counted
+        as undecodable and goes nowhere."""
         self.received += 1
-        self.recent.append(flow)
-        for sub in self.subscribers:
-            sub.offer(flow)
-        outcome = decided(flow)
-        if outcome is None:
+        try:
+            outcome = decided(flow)
+            matched = [sub for sub in self.subscribers if sub.filter.matches(flow)]
+            if outcome is not None:
+                src, dst = flow.get("source", {}), flow.get("destination", {})
+                ends = (self._card(src), self._card(dst))
+                pods = (pod_ref(src), pod_ref(dst))
+                protocol, port = protocol_port(flow)
+        except (AttributeError, TypeError, KeyError, ValueError):
+            self.undecodable += 1
             return
-        src, dst = card_of_endpoint(flow.get("source", {})), card_of_endpoint(flow.get("destination", {}))
-        protocol, port = protocol_port(flow)
-        key = (src.key, dst.key, protocol, port)
+        self.recent.append(flow)
+        for sub in matched:
+            sub.take_matched(flow)
+        if outcome is not None:
+            self._count((ends[0].key, ends[1].key, protocol, port), ends, protocol, port, outcome, pods)
+
+    def reject(self) -> None:
+        """A payload that did not decode: received, and counted as undecodable."""
+        self.received += 1
+        self.undecodable += 1
+
+    def _card(self, endpoint: dict) -> Card:
+        """card_of_endpoint, remembered per (namespace, identity): an identity is a label set."""
+        key = (endpoint.get("namespace"), endpoint.get("identity"))
+        card = self._cards.get(key)
+        if card is None:
+            if len(self._cards) >= CARD_CACHE:
+                self._cards.clear()
+            card = self._cards[key] = card_of_endpoint(endpoint)
+        return card
+
+    def _count(self, key: tuple, ends: tuple[Card, Card], protocol: str, port: int, outcome: str,
+               pods: tuple[str, str]) -> None:
         link = self.links.get(key)
         if link is None:
-            link = self.links[key] = Link(src, dst, protocol, port)
+            link = self.links[key] = Link(ends[0], ends[1], protocol, port)
         if outcome == "dropped":
             link.dropped += 1
         else:
             link.forwarded += 1
-        pods = (pod_ref(flow.get("source", {})), pod_ref(flow.get("destination", {})))
         if all(pods):
             link.pods = pods
 

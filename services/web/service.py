@@ -17,7 +17,7 @@ from services.runtime import natsserver, tls
 from services.runtime.bus import Bus, Credentials, ServiceError
 from services.runtime.config import NodeConfig
 from services.wire import codec, subjects
-from services.wire.messages import FlowEvent, ListRequest, SchemaError
+from services.wire.messages import ListRequest
 from services.web.app import make_app
 from services.web.hub import Hub
 from services.web.workloads import card_of_pod
@@ -49,9 +49,11 @@ class WebService:
 
     async def _on_flow(self, msg) -> None:
         try:
-            self.hub.add(FlowEvent.from_wire(codec.decode(msg.data)).flow)
-        except (SchemaError, ValueError):
-            self.hub.undecodable += 1
+            flow = codec.decode_flow(msg.data)
+        except codec.DecodeError:
+            self.hub.reject()
+            return
+        self.hub.add(flow)
 
     async def _list_pods(self) -> None:
         while not self.stopping.is_set():

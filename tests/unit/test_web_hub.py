@@ -8,10 +8,14 @@ import pytest
 
 from services.datapath.numbers import EVENT_DROP, EVENT_POLICY_VERDICT, EVENT_TRACE, TRACE_FROM_LXC, TRACE_TO_LXC
 from services.web.hub import Filter, Hub, Subscriber, decided
+from services.wire import codec
+from services.wire.messages import SCHEMA_VERSION, FlowEvent
 from services.web.workloads import Card, card_of_endpoint, card_of_pod
 
 
-def pod(namespace: str, name: str, app: str | None, identity: int = 300) -> dict:
+def pod(namespace: str, name: str, app: str | None, identity: int = 0) -> dict:
+    """A flow endpoint; pods of one app share an identity (one label set), as policyd gives them."""
+    identity = identity or 1000 + sum(map(ord, f"{namespace}/{app}"))
     labels = [f"k8s:io.kubernetes.pod.namespace={namespace}"] + ([f"k8s:app={app}"] if app else [])
     return {"ID": 7, "identity": identity, "labels": labels, "namespace": namespace, "pod_name": name}
 
@@ -121,3 +125,20 @@ def test_a_new_subscriber_starts_with_the_recent_flows_it_matches():
     hub.unsubscribe(sub)
     hub.add(flow(web, db, EVENT_TRACE, TRACE_TO_LXC, port=150))
     assert sub.take()["matched"] == 0
+
+
+def test_flow_payloads_decode_by_their_envelope_and_bad_ones_are_counted():
+    good = flow(pod("a", "a", "a"), pod("a", "b", "b"), EVENT_TRACE, TRACE_TO_LXC)
+    assert codec.decode_flow(codec.encode(FlowEvent(good).to_wire())) == good
+    for bad in (b"\xc1", codec.encode({"v": 1, "kind": "pod", "flow": {}}),
+                codec.encode({"v": SCHEMA_VERSION + 1, "kind": "flow", "flow": {}}),
+                codec.encode({"v": 1, "kind": "flow", "flow": [1]}), codec.encode([1, 2])):
+        with pytest.raises(codec.DecodeError):
+            codec.decode_flow(bad)
+    hub = Hub()
+    hub.subscribe(Filter(pod="a"))
+    hub.add({**good, "source": "not a map"})          # fields of the wrong type
+    hub.add({**good, "event_type": {"type": EVENT_TRACE, "sub_type": TRACE_TO_LXC}, "l4": {"TCP": 5}})
+    hub.reject()
+    hub.add(good)
+    assert (hub.received, hub.undecodable, len(hub.links), len(hub.recent)) == (4, 3, 1, 1)
