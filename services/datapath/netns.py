@@ -114,30 +114,50 @@ def _host_netns() -> set[tuple[int, int]]:
     return found
 
 
-def check_pod_netns(path: Path | str) -> None:
-    """Raise NotAPodNetns unless PATH is a network namespace file (a bind mount of one, or
-    /proc/PID/ns/net) other than the host's. Never blocks: the path is opened with O_PATH,
-    which neither opens a FIFO nor a device, and reopened for reading only once statfs has
-    shown a namespace file."""
+def _open_pod_netns(path: Path | str) -> int:
+    """A read-only fd of the network namespace at PATH, once it is shown to be a network
+    namespace file (a bind mount of one, or /proc/PID/ns/net) other than the host's; raise
+    NotAPodNetns otherwise. Never blocks: the path is opened with O_PATH, which neither opens
+    a FIFO nor a device, and the namespace is reopened for reading through that same fd only
+    once statfs has shown a namespace file."""
     try:
         fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
     except OSError as exc:
         raise NotAPodNetns(f"{path} is not a network namespace ({exc.strerror})") from None
+    ns = -1
     try:
         st = os.fstat(fd)
         if _fs_type(fd) != NSFS_MAGIC:
             raise NotAPodNetns(f"{path} is not a network namespace ({_kind(st.st_mode)})")
         ns = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        try:
-            kind = fcntl.ioctl(ns, NS_GET_NSTYPE)
-        finally:
-            os.close(ns)
+        kind = fcntl.ioctl(ns, NS_GET_NSTYPE)
         if kind != CLONE_NEWNET:
             raise NotAPodNetns(f"{path} is not a network namespace (a {NS_TYPES.get(kind, hex(kind))} namespace)")
         if (st.st_dev, st.st_ino) in _host_netns():
             raise NotAPodNetns(f"{path} is the host's own network namespace")
+        ns, checked = -1, ns
+        return checked
     except OSError as exc:
         raise NotAPodNetns(f"{path} cannot be checked ({exc.strerror})") from None
+    finally:
+        os.close(fd)
+        if ns >= 0:
+            os.close(ns)
+
+
+def check_pod_netns(path: Path | str) -> None:
+    """Raise NotAPodNetns unless PATH may be a pod's network namespace (see _open_pod_netns)."""
+    os.close(_open_pod_netns(path))
+
+
+@contextlib.contextmanager
+def pinned_pod_netns(path: Path | str) -> Iterator[Path]:
+    """Check PATH as check_pod_netns does and yield a path to exactly the namespace that was
+    checked (/proc/self/fd/N of an fd held for the body). Whatever later replaces or unmounts
+    PATH, work done through the yielded path reaches the checked namespace, never another."""
+    fd = _open_pod_netns(path)
+    try:
+        yield Path(f"/proc/self/fd/{fd}")
     finally:
         os.close(fd)
 

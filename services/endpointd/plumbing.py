@@ -89,30 +89,42 @@ class Plumber:
         path = netns.NETNS_RUN_DIR / netns_name(self.config, spec.namespace, spec.name) if owned else Path(spec.netns)
         # With a peer left here, the runtime makes the netns and moves the peer in later.
         if not owned and not wiring.peer:
-            try:
-                netns.check_pod_netns(path)
-            except netns.NotAPodNetns as exc:
-                raise NetnsInvalid(f"spec.netns: {exc}") from None
-            with PodNetlink(path) as pod:
-                if pod.has_link(spec.interface):
-                    raise PodHasInterface(f"spec.netns: {spec.netns} already has an {spec.interface}")
+            return self._create_in(spec, wiring, ifname, path)
         made_netns = False
         try:
             if owned:
                 netns.create(path.name)
                 made_netns = True
-            status = self._wire(spec, wiring, ifname, path, owned)
+            status = self._wire(spec, wiring, ifname, path, path, owned)
         except BaseException:
             self._remove(ifname, wiring.pod_ip, wiring.endpoint_id, path if made_netns else None)
             raise
         return status
 
-    def _wire(self, spec: PodSpec, wiring: Wiring, ifname: str, path: Path, owned: bool) -> PodStatus:
+    def _create_in(self, spec: PodSpec, wiring: Wiring, ifname: str, path: Path) -> PodStatus:
+        """Wire a pod into the namespace a runtime made at PATH: checked once, then every step
+        goes through the checked namespace itself, so swapping PATH meanwhile changes nothing."""
+        try:
+            with netns.pinned_pod_netns(path) as pinned:
+                with PodNetlink(pinned) as pod:
+                    if pod.has_link(spec.interface):
+                        raise PodHasInterface(f"spec.netns: {spec.netns} already has an {spec.interface}")
+                try:
+                    return self._wire(spec, wiring, ifname, pinned, path, owned=False)
+                except BaseException:
+                    self._remove(ifname, wiring.pod_ip, wiring.endpoint_id, None)
+                    raise
+        except netns.NotAPodNetns as exc:
+            raise NetnsInvalid(f"spec.netns: {exc}") from None
+
+    def _wire(self, spec: PodSpec, wiring: Wiring, ifname: str, pinned: Path, path: Path,
+              owned: bool) -> PodStatus:
+        """PINNED is where the work happens; PATH is what the pod records as its netns."""
         if wiring.peer:
             host, eth0 = self.nl.create_veth(ifname, wiring.peer)
         else:
-            host = self.nl.create_veth_into(ifname, spec.interface, path)
-            with PodNetlink(path) as pod:
+            host = self.nl.create_veth_into(ifname, spec.interface, pinned)
+            with PodNetlink(pinned) as pod:
                 eth0 = pod.configure(spec.interface, wiring.pod_ip, self.router_ip, spec.mtu)
         status = PodStatus(pod_ip=wiring.pod_ip, host_ifname=ifname, host_ifindex=host.index,
                            host_mac=host.mac, pod_mac=eth0.mac, netns=str(path), netns_owned=owned,

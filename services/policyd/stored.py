@@ -5,8 +5,11 @@ may reject it at the next start. Skipping it would drop the endpoints it selecte
 default allow. Instead it is replaced by a stand-in that allows nothing and puts those
 endpoints in default deny in both directions: the ones its endpointSelector (podSelector)
 selects when that much still parses, else every endpoint in its namespace, else every
-endpoint (a cluster-wide policy, or one whose namespace cannot be read). The stand-in keeps
-the stored document, so `get` shows it; applying a good version or deleting it lifts it.
+endpoint (a cluster-wide policy, or one whose namespace cannot be read). When the broken
+document has deny rules (ingressDeny, egressDeny), the stand-in denies everything in both
+directions instead: which of its denies would hold is unknown, and default deny alone would
+let another policy's allow reopen what it denied. The stand-in keeps the stored document, so
+`get` shows it; applying a good version or deleting it lifts it.
 """
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ from typing import Any
 
 from services.policyd.compiler import Universe, compile_rules
 from services.policyd.fields import selector
-from services.policyd.model import DIRECTIONS, Policy, Selector
+from services.policyd.model import DIRECTIONS, Policy, Rule, Selector
 from services.policyd.parse import CCNP, CNP, NETWORK_POLICY, parse_policy
 from services.wire.manifests import DEFAULT_NAMESPACE, DNS_LABEL
 
@@ -46,8 +49,15 @@ def stand_in(kv_key: str, raw: Any) -> Policy:
     if kind is None or name is None:
         kind, name = CCNP, kv_key                 # nothing to scope it by: every endpoint
     namespace = "" if kind == CCNP else _namespace(meta)
+    rules = tuple(Rule(direction, deny=True) for direction in DIRECTIONS) if _has_deny(doc) else ()
     return Policy(kind=kind, name=name, namespace=namespace, subject=_subject(kind, doc),
-                  enforces=frozenset(DIRECTIONS), rules=(), document=doc or {"stored": repr(raw)[:200]})
+                  enforces=frozenset(DIRECTIONS), rules=rules, document=doc or {"stored": repr(raw)[:200]})
+
+
+def _has_deny(doc: dict) -> bool:
+    """Whether any spec of DOC has an ingressDeny or egressDeny key (at any value)."""
+    specs = [doc.get("spec")] + (doc.get("specs") if isinstance(doc.get("specs"), list) else [])
+    return any(isinstance(spec, dict) and ({"ingressDeny", "egressDeny"} & spec.keys()) for spec in specs)
 
 
 def _namespace(meta: dict) -> str:

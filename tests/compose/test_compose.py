@@ -1,7 +1,8 @@
 """capillary deployed with compose.yaml on a real engine: six containers from one image,
-the CLI from the host and from inside a container, pods, a policy and the flows it produces
-(exactly those the end-to-end suite expects of an embedded node), `down` + `up` keeping pods
-and their connectivity, a bad setting refused, and `down -v` plus a purge leaving nothing.
+the CLI from the host and from inside a container, the disruption suite's steady traffic
+through `down` + `up` (no connection broken, no ping lost, no denied connect answered), pods,
+a policy and the flows it produces (exactly those the end-to-end suite expects of an embedded
+node), `down` + `up` keeping pods and their connectivity, a bad setting refused, and `down -v` plus a purge leaving nothing.
 
 Run with `make compose-test`; the tests share one deployment and run in order."""
 from __future__ import annotations
@@ -16,6 +17,7 @@ import pytest
 import yaml
 
 from tests.e2e.flow_model import shape
+from tests.support import disruption
 from tests.e2e.test_flows import CLIENT_POLICY, EXPECTED, SERVER_POLICY, C, S
 from tests.support.compose import TIMINGS, Deployment
 from tests.support.flows import FlowCollector
@@ -136,6 +138,16 @@ def test_the_cli_runs_in_a_container_of_the_cli_service(deployment):
     assert {i["id"] for i in json.loads(out)} >= {1, 2}
     # a service's container has only its own credentials: the CLI there gets nowhere
     assert deployment.exec("policyd", "capillary", "status", check=False).returncode != 0
+
+
+def _compose_down_up(deployment) -> None:
+    deployment.down()
+    TIMINGS["up -d again under steady traffic"] = deployment.up()
+
+
+def test_compose_down_then_up_interrupts_nothing(deployment):
+    with disruption.scene(deployment) as sc:
+        disruption.run(deployment, sc, _compose_down_up, "compose down + up")
 
 
 def test_pods_connect_and_a_policy_denies_in_the_kernel(scene):

@@ -14,64 +14,23 @@ CAPILLARY_DISRUPTION_ROUNDS=N repeats each disruption N times under one set of c
 """
 from __future__ import annotations
 
-import json
 import os
 
 import pytest
-import yaml
 
 from tests.support import disruption
-from tests.support.node import docs, namespace_doc, pod_doc
-from tests.support.traffic import Servers
 
-NS = "dis"
-ECHO_PORT, DENIED_PORT = 7000, 7001
 ROUNDS = int(os.environ.get("CAPILLARY_DISRUPTION_ROUNDS", "1"))
-POLICIES = [
-    {"apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy", "metadata": {"name": "server", "namespace": NS},
-     "spec": {"endpointSelector": {"matchLabels": {"app": "server"}},
-              "ingress": [{"fromEndpoints": [{"matchLabels": {"app": "client"}}]}],
-              "ingressDeny": [{"fromEndpoints": [{"matchLabels": {"app": "client"}}],
-                               "toPorts": [{"ports": [{"port": str(DENIED_PORT), "protocol": "TCP"}]}]}]}},
-    {"apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy", "metadata": {"name": "client", "namespace": NS},
-     "spec": {"endpointSelector": {"matchLabels": {"app": "client"}},
-              "ingress": [{"fromEndpoints": [{"matchLabels": {"app": "third"}}]}],
-              "egress": [{"toEndpoints": [{"matchLabels": {"app": "server"}}]}]}},
-]
 
 
 @pytest.fixture(scope="module")
 def scene(node):
-    node.apply(docs(namespace_doc(NS), pod_doc(NS, "client", {"app": "client"}),
-                    pod_doc(NS, "server", {"app": "server"}), pod_doc(NS, "third", {"app": "third"})))
-    node.apply(docs(*(yaml.safe_dump(p) for p in POLICIES)))
-    servers = Servers()
-    try:
-        servers.start(node.netns(f"{NS}/server"), ECHO_PORT, DENIED_PORT)
-        yield {"client": node.netns(f"{NS}/client"), "server_ip": node.pod_ip(f"{NS}/server")}
-    finally:
-        servers.close()
+    with disruption.scene(node) as sc:
+        yield sc
 
 
 def run(node, scene, disrupt, name: str) -> None:
-    before_state = disruption.desired_state(node)
-    steady = disruption.Steady(scene["client"], scene["server_ip"], ECHO_PORT, DENIED_PORT)
-    try:
-        disruption.settle(2)
-        start = steady.snapshot()
-        for _ in range(ROUNDS):
-            disrupt(node)
-            disruption.settle()
-        figures = disruption.delta(start, steady.stop())
-    finally:
-        steady.kill()
-    after_state = disruption.desired_state(node)
-    print(f"\ndisruption {name} x{ROUNDS}: " + json.dumps(figures))
-    assert figures["exchanges"] > 0 and figures["pings_sent"] > 0 and figures["denied_tries"] > 0, figures
-    assert figures["denied_ok"] == 0, f"{name}: a denied connection was answered: {figures}"
-    assert figures["broken"] == 0, f"{name}: connections broke: {figures['broken_detail']}"
-    assert figures["pings_lost"] == 0, f"{name}: pings lost: {figures}"
-    assert after_state == before_state
+    disruption.run(node, scene, disrupt, name, ROUNDS)
 
 
 @pytest.mark.parametrize("service", ["endpointd", "policyd", "routed", "flowd"])

@@ -2,9 +2,11 @@
 
 Each disruption returns once the node is healthy again. Steady runs tests/support/steady.py
 in a client pod (long-lived TCP echo connections, a 50 pps ping, a loop of connects to a
-denied port) and reads its counts."""
+denied port) and reads its counts. `scene` and `run` set up and measure the same thing on
+anything that applies manifests and lists pods: an embedded node or a compose deployment."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -14,12 +16,74 @@ import sys
 import time
 from pathlib import Path
 
-from tests.support.node import Node
+import yaml
+
+from tests.support.node import Node, docs, namespace_doc, pod_doc
+from tests.support.traffic import Servers
 
 STEADY = str(Path(__file__).with_name("steady.py"))
 SETTLE = 7.0            # seconds of traffic after the node is healthy again: more than the
                         # 5 s reply timeout, so a connection the disruption broke is counted
 RESTART_TIMEOUT = 60.0
+
+NS = "dis"
+ECHO_PORT, DENIED_PORT = 7000, 7001
+# Both directions are under policy: the client's ingress allows only a third pod, so the
+# server's replies pass only as replies its connection tracking knows; the server's ingress
+# allows the client but denies it the denied port.
+POLICIES = [
+    {"apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy", "metadata": {"name": "server", "namespace": NS},
+     "spec": {"endpointSelector": {"matchLabels": {"app": "server"}},
+              "ingress": [{"fromEndpoints": [{"matchLabels": {"app": "client"}}]}],
+              "ingressDeny": [{"fromEndpoints": [{"matchLabels": {"app": "client"}}],
+                               "toPorts": [{"ports": [{"port": str(DENIED_PORT), "protocol": "TCP"}]}]}]}},
+    {"apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy", "metadata": {"name": "client", "namespace": NS},
+     "spec": {"endpointSelector": {"matchLabels": {"app": "client"}},
+              "ingress": [{"fromEndpoints": [{"matchLabels": {"app": "third"}}]}],
+              "egress": [{"toEndpoints": [{"matchLabels": {"app": "server"}}]}]}},
+]
+
+
+@contextlib.contextmanager
+def scene(target):
+    """Client, server (echo servers on ECHO_PORT and DENIED_PORT) and third pods in NS with
+    POLICIES, on TARGET (a Node or a compose Deployment); the namespace goes afterwards."""
+    target.apply(docs(namespace_doc(NS), pod_doc(NS, "client", {"app": "client"}),
+                      pod_doc(NS, "server", {"app": "server"}), pod_doc(NS, "third", {"app": "third"})))
+    servers = Servers()
+    try:
+        target.apply(docs(*(yaml.safe_dump(p) for p in POLICIES)))
+        pods = target.pods()
+        servers.start(pods[f"{NS}/server"]["spec"]["netns"], ECHO_PORT, DENIED_PORT)
+        yield {"client": pods[f"{NS}/client"]["spec"]["netns"], "server_ip": pods[f"{NS}/server"]["status"]["podIP"]}
+    finally:
+        servers.close()
+        for policy in POLICIES:
+            target.cli("delete", "cnp", policy["metadata"]["name"], "-n", NS, check=False)
+        target.cli("delete", "namespace", NS, check=False)
+
+
+def run(target, sc: dict, disrupt, name: str, rounds: int = 1) -> None:
+    """Steady traffic through ROUNDS of DISRUPT(target); assert it broke, lost and let
+    through nothing, and that every pod's IP, identity and endpoint are unchanged."""
+    before_state = desired_state(target)
+    steady = Steady(sc["client"], sc["server_ip"], ECHO_PORT, DENIED_PORT)
+    try:
+        settle(2)
+        start = steady.snapshot()
+        for _ in range(rounds):
+            disrupt(target)
+            settle()
+        figures = delta(start, steady.stop())
+    finally:
+        steady.kill()
+    after_state = desired_state(target)
+    print(f"\ndisruption {name} x{rounds}: " + json.dumps(figures))
+    assert figures["exchanges"] > 0 and figures["pings_sent"] > 0 and figures["denied_tries"] > 0, figures
+    assert figures["denied_ok"] == 0, f"{name}: a denied connection was answered: {figures}"
+    assert figures["broken"] == 0, f"{name}: connections broke: {figures['broken_detail']}"
+    assert figures["pings_lost"] == 0, f"{name}: pings lost: {figures}"
+    assert after_state == before_state
 
 
 class Steady:
@@ -96,7 +160,7 @@ def reboot(node: Node) -> None:
     node.wait_healthy()
 
 
-def desired_state(node: Node) -> dict:
+def desired_state(node) -> dict:
     """What must survive any disruption: each pod's IP, identity and endpoint, and the
     identities with their labels."""
     pods = {ref: {k: p["status"].get(k) for k in ("podIP", "identity", "endpointID")}

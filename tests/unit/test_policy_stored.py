@@ -68,6 +68,26 @@ def test_an_unreadable_namespace_or_document_falls_back_to_every_endpoint():
     assert all(denied_both_ways(stored.policy, i) for i in (WEB, DB, OTHER_NS))
 
 
+def denied_entirely(policy, identity) -> bool:
+    """Every peer and port denied outright, in both directions: no other policy's allow wins."""
+    entries = compile_endpoint(Endpoint(1, identity), [policy], U)
+    return len(entries) >= 2 and all(v.flags & POLICY_DENY for v in entries.values()) and \
+        any(not v.flags & POLICY_DEFAULT for v in entries.values())
+
+
+def test_a_broken_policy_with_deny_rules_denies_everything_for_what_it_selects():
+    stored = load("k", broken(ingressDeny=[{"fromEndpoints": "not a list"}]), U)
+    assert stored.problem and "ingressDeny" in stored.problem
+    assert denied_entirely(stored.policy, WEB)
+    allow_all = load("k2", {**GOOD, "metadata": {"name": "open", "namespace": "x"},
+                            "spec": {"endpointSelector": {}, "ingress": [{"fromEntities": ["all"]}],
+                                     "egress": [{"toEntities": ["all"]}]}}, U).policy
+    entries = compile_endpoint(Endpoint(1, WEB), [stored.policy, allow_all], U)
+    assert entries and all(v.flags & POLICY_DENY for v in entries.values())
+    assert allowed_both_ways(stored.policy, DB)
+    assert not denied_entirely(load("k", broken(ingress=[{"fromEndpoints": "x"}]), U).policy, WEB)
+
+
 def test_a_document_the_parser_crashes_on_fails_closed():
     deep: dict = {}
     cursor = deep
