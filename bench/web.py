@@ -13,7 +13,9 @@ reads the unfiltered /api/flows stream, as an open page does. Per rate:
   stream      seconds between two batches of the flow stream: median and max (nominal 0.25)
   sampled     flows the stream shipped of those its batches said matched (the page's
               "showing X of Y"); matched must equal received
-  cpu         the web process's CPU over the step (utime + stime / wall)
+  cpu         the web process's CPU over the step (utime + stime / wall), and per flow
+              received: on a machine shared with other work the process may get less than
+              a core, and then CPU per flow, not the drain, says what one core would take
 
     flock /tmp/capillary-bench.lock .venv/bin/python bench/web.py [--rates 10000,20000] [--seconds 5]
 
@@ -137,13 +139,15 @@ async def step(config, context: str, pid: int, rate: int, seconds: float) -> dic
             await asyncio.sleep(0.05)
             got = await received() - before
         drain = time.monotonic() - published_at
-        cpu = (cpu_seconds(pid) - cpu0) / (time.monotonic() - wall0)
+        used = cpu_seconds(pid) - cpu0
+        cpu = used / (time.monotonic() - wall0)
         await asyncio.sleep(0.6)        # the stream's last batch
         reader.cancel()
     return {"rate": rate, "sent": out["sent"], "achieved": out["sent"] / out["seconds"], "received": got,
             "drain_s": drain, "map_median_ms": 1000 * statistics.median(latencies), "map_max_ms": 1000 * max(latencies),
             "batch_gap_median_s": statistics.median(stream["gaps"]), "batch_gap_max_s": max(stream["gaps"]),
-            "matched": stream["matched"], "shown": stream["shown"], "cpu": cpu}
+            "matched": stream["matched"], "shown": stream["shown"], "cpu": cpu,
+            "cpu_us_per_flow": 1e6 * used / max(got, 1), "loadavg": os.getloadavg()[0]}
 
 
 async def main(rates: list[int], seconds: float) -> None:
@@ -168,11 +172,12 @@ async def main(rates: list[int], seconds: float) -> None:
                 server.terminate()
                 server.wait(timeout=30)
     print(table(["offered/s", "sent", "achieved/s", "received", "drain s", "map ms (med/max)", "batch gap s (med/max)",
-                 "shown of matched", "web cpu"],
+                 "shown of matched", "web cpu", "cpu us/flow", "load"],
                 [[str(r["rate"]), str(r["sent"]), f"{r['achieved']:.0f}", str(r["received"]), f"{r['drain_s']:.2f}",
                   f"{r['map_median_ms']:.1f}/{r['map_max_ms']:.1f}",
                   f"{r['batch_gap_median_s']:.2f}/{r['batch_gap_max_s']:.2f}",
-                  f"{r['shown']}/{r['matched']}", f"{100 * r['cpu']:.0f}%"] for r in rows]))
+                  f"{r['shown']}/{r['matched']}", f"{100 * r['cpu']:.1f}%", f"{r['cpu_us_per_flow']:.1f}",
+                  f"{r['loadavg']:.1f}"] for r in rows]))
     print(f"written {write_results('web', {'environment': environment(), 'steps': rows})}")
 
 
