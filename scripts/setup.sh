@@ -8,7 +8,8 @@ cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(python3-bpfcc python3-venv python3-pip iproute2 iptables iputils-ping
               netcat-openbsd iperf3 sockperf tcpdump util-linux procps git
-              podman runc containernetworking-plugins containerd busybox-static docker.io docker-compose)
+              podman runc containernetworking-plugins containerd busybox-static docker.io docker-compose
+              chromium)
 
 log() { printf 'setup: %s\n' "$*"; }
 

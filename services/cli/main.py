@@ -6,7 +6,7 @@ import sys
 
 from pathlib import Path
 
-from services.cli import bpf, cluster, debuginfo, dryrun, monitor, node, objects, observe, walk
+from services.cli import bpf, cluster, debuginfo, dryrun, monitor, node, objects, observe, walk, webpage
 from services.cli.client import Client, follow, run
 from services.cli.output import error
 from services.runtime.bus import ServiceError
@@ -78,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     walk.add_parser(sub)
     monitor.add_parser(sub)
     debuginfo.add_parser(sub)
+    webpage.add_parser(sub)
 
     c = sub.add_parser("cluster", help="a local cluster: N host namespaces on an underlay bridge, a node in each")
     c_sub = c.add_subparsers(dest="cluster_command", required=True, metavar="up|down")
@@ -161,6 +162,8 @@ def dispatch(args) -> int:
         return run(debuginfo.debuginfo(config, args.file))
     if cmd == "walk":
         return follow(_with_client(config, walk.walk, args), interrupted=INTERRUPTED)
+    if cmd == "web":
+        return webpage.show(config, args.token)
     if cmd == "exec":
         argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
         path = run(_with_client(config, objects.netns_of, args.pod))

@@ -116,6 +116,7 @@ async def status_report(config: NodeConfig) -> dict:
     """What `capillary status` shows; report["healthy"] says whether every service is."""
     report: dict = {"node": config.node, "context": str(context_path(config)),
                     "state_dir": config.stateDir, "supervisor": None, "services": {},
+                    "web": config.web.url if config.web.enabled else None,
                     "nats": {"url": config.nats.url, "connected": False},
                     "datapath": {"mode": config.datapath.mode, "bpf_root": config.datapath.bpfRoot,
                                  "pinned_maps": loader.pinned_maps(config)}}
@@ -168,6 +169,10 @@ def _print_status(r: dict) -> None:
     else:
         print(f"NATS:        {nats['url']} unreachable: {r.get('error', '')}")
     print(f"Context:     {r['context']}")
+    web = ((sup or {}).get("children") or {}).get("web")
+    if web:
+        state = f"pid {web['pid']}" if web.get("running") else f"not running (last exit {web.get('last_exit')})"
+        print(f"Web:         {r['web']} ({state}, restarts {web['restarts']}); `capillary web` prints its link")
     dp = r["datapath"]
     print(f"Datapath:    mode {dp['mode']}, {len(dp['pinned_maps'])} pinned maps in {dp['bpf_root']}, "
           f"{dp['programs_attached']} programs attached")

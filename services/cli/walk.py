@@ -99,10 +99,15 @@ def _moved(before: dict[str, int], after: dict[str, int]) -> list[str]:
             if after[rule] > before.get(rule, 0)]
 
 
-async def walk(client: Client, args: argparse.Namespace) -> int:
-    if args.protocol != "icmp" and not 0 < args.port < 65536:
-        raise ServiceError(INVALID, f"--port: {args.port} is not a port (1-65535); {args.protocol} needs one")
-    (src, src_netns), (dst, _) = await _pod(client, args.source), await _pod(client, args.destination)
+async def run(client: Client, source: str, destination: str, port: int, protocol: str = "tcp",
+              timeout: float = PROBE_TIMEOUT) -> walkpath.Walk:
+    """Walk one probe from SOURCE to DESTINATION (NS/NAME each): the command's work, also
+    what the service map page runs for "walk this"."""
+    if protocol not in walkpath.L4_KEYS:
+        raise ServiceError(INVALID, f"protocol: {protocol!r} is not one of {', '.join(walkpath.L4_KEYS)}")
+    if protocol != "icmp" and not 0 < port < 65536:
+        raise ServiceError(INVALID, f"--port: {port} is not a port (1-65535); {protocol} needs one")
+    (src, src_netns), (dst, _) = await _pod(client, source), await _pod(client, destination)
     flows: list[dict] = []
     last_flow = [time.monotonic()]
 
@@ -111,20 +116,27 @@ async def walk(client: Client, args: argparse.Namespace) -> int:
         last_flow[0] = time.monotonic()
 
     sub = await client.bus.nc.subscribe(subjects.flows(client.config.node, "*"), cb=collect)
-    await client.bus.nc.flush()
-    def dropped(sport: int) -> bool:
-        probe = walkpath.Probe(args.protocol, args.port, sport, "", 0.0)
-        return any(walkpath.is_drop(f) and walkpath.is_probe(f, src, dst, probe, reply=False) for f in flows)
+    try:
+        await client.bus.nc.flush()
 
-    counters = await asyncio.to_thread(iptables.rule_counters)
-    probe = await _probe(src_netns, args.protocol, dst.ip, args.port, args.timeout, dropped)
-    moved = _moved(counters, await asyncio.to_thread(iptables.rule_counters))
-    deadline = time.monotonic() + SETTLE_MAX
-    while time.monotonic() < deadline and time.monotonic() - last_flow[0] < SETTLE:
-        await asyncio.sleep(0.05)
-    await sub.unsubscribe()
+        def dropped(sport: int) -> bool:
+            probe = walkpath.Probe(protocol, port, sport, "", 0.0)
+            return any(walkpath.is_drop(f) and walkpath.is_probe(f, src, dst, probe, reply=False) for f in flows)
+
+        counters = await asyncio.to_thread(iptables.rule_counters)
+        probe = await _probe(src_netns, protocol, dst.ip, port, timeout, dropped)
+        moved = _moved(counters, await asyncio.to_thread(iptables.rule_counters))
+        deadline = time.monotonic() + SETTLE_MAX
+        while time.monotonic() < deadline and time.monotonic() - last_flow[0] < SETTLE:
+            await asyncio.sleep(0.05)
+    finally:
+        await sub.unsubscribe()
     pod_route, host_route = await asyncio.to_thread(_routes, src, dst, src_netns)
-    result = walkpath.build(flows, src, dst, probe, client.config.datapath.mode, pod_route, host_route, moved)
+    return walkpath.build(flows, src, dst, probe, client.config.datapath.mode, pod_route, host_route, moved)
+
+
+async def walk(client: Client, args: argparse.Namespace) -> int:
+    result = await run(client, args.source, args.destination, args.port, args.protocol, args.timeout)
     if args.output == "json":
         print(json.dumps(result.to_json(), indent=2))
     else:

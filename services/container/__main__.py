@@ -1,7 +1,7 @@
 """`capillary-container`: the image's entrypoint.
 
     capillary-container nats                 credentials (once) and server.conf, then nats-server
-    capillary-container endpointd|policyd|routed|flowd
+    capillary-container endpointd|policyd|routed|flowd|web
     capillary-container health nats|SERVICE  exit 0 when it is up and ready (for healthchecks)
     capillary-container CMD [ARG...]         anything else, e.g. `capillary get pods`, `sh`
 
@@ -85,7 +85,21 @@ def _check(config: NodeConfig, target: str) -> str:
     return f"{target}: ready, pid {health['pid']}"
 
 
+def _check_web(config: NodeConfig) -> str:
+    """The page answers its sign-in form (everything else needs the token)."""
+    import urllib.request
+    with urllib.request.urlopen(f"{config.web.url}login", timeout=HEALTH_TIMEOUT) as response:
+        return f"web: answering on {config.web.url} ({response.status})"
+
+
 def health(config: NodeConfig, target: str) -> int:
+    if target == "web":
+        try:
+            print(_check_web(config))
+            return 0
+        except OSError as exc:
+            print(f"unhealthy: {exc}")
+            return 1
     if target != "nats" and target not in subjects.SERVICES:
         print(f"error: health: unknown target {target!r}", file=sys.stderr)
         return 2
@@ -114,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
             if procsys.ensure_writable():
                 print("remounted /proc/sys writable", file=sys.stderr)
             argv = [sys.executable, "-m", f"services.{argv[0]}", "--config", str(DEFAULT_CONFIG_PATH)]
+        elif argv[0] == "web":
+            argv = [sys.executable, "-m", "services.web", "--config", str(DEFAULT_CONFIG_PATH)]
     except (ConfigError, headers.HeadersError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -39,6 +39,9 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "CAPILLARY_METRICS_POLICYD": ("metrics", "policyd"),
     "CAPILLARY_METRICS_ROUTED": ("metrics", "routed"),
     "CAPILLARY_METRICS_FLOWD": ("metrics", "flowd"),
+    "CAPILLARY_WEB_ENABLED": ("web", "enabled"),
+    "CAPILLARY_WEB_HOST": ("web", "host"),
+    "CAPILLARY_WEB_PORT": ("web", "port"),
 }
 
 _TRUE = ("1", "true", "yes", "on")

@@ -191,6 +191,39 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class WebConfig:
+    """The service map page (services/web): where it listens. Every request needs the
+    token `capillary web` prints (derived from the admin context), on loopback too; beyond
+    loopback the page is served over HTTPS with the node's server certificate (its CA:
+    <stateDir>/nats/tls/ca.pem), so the token never crosses a network in clear."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 9966
+
+    def __post_init__(self) -> None:
+        _check_host(self.host, "web.host")
+        if isinstance(self.port, bool) or not isinstance(self.port, int) or not 1 <= self.port <= 65535:
+            raise ConfigError(f"web.port: {self.port!r} is not a port number")
+
+    @property
+    def loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+    @property
+    def url(self) -> str:
+        """Where a browser on this machine reaches the page."""
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        host = f"[{host}]" if ":" in host else host
+        return f"{'http' if self.loopback else 'https'}://{host}:{self.port}/"
+
+
+@dataclass(frozen=True)
 class DockerConfig:
     """endpointd as Docker's network and IPAM driver (libnetwork's remote driver protocol).
 
@@ -228,6 +261,7 @@ class NodeConfig:
     docker: DockerConfig = field(default_factory=DockerConfig)
     hubble: HubbleConfig = field(default_factory=HubbleConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    web: WebConfig = field(default_factory=WebConfig)
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", self.node):
@@ -276,6 +310,11 @@ class NodeConfig:
     def nats_dir(self) -> Path:
         return self.state_path / "nats"
 
+    @property
+    def web_token_path(self) -> Path:
+        """The service map page's token (natsserver.web_token), mode 0600."""
+        return self.nats_dir / "web.token"
+
     def credentials_path(self, user: str) -> Path:
         """The NATS context file of USER (e.g. ADMIN), written by services.runtime.natsserver."""
         return self.nats_dir / f"{user}.context.json"
@@ -300,7 +339,7 @@ def _check_host(host: str, where: str) -> None:
 
 _SECTIONS = {"datapath": DatapathConfig, "maps": MapSizes, "events": EventsConfig,
              "policy": PolicyConfig, "nats": NatsConfig, "metrics": MetricsConfig, "docker": DockerConfig,
-             "hubble": HubbleConfig, "cluster": ClusterConfig}
+             "hubble": HubbleConfig, "cluster": ClusterConfig, "web": WebConfig}
 
 
 _SCALARS = {"str": str, "int": int, "bool": bool}

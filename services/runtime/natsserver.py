@@ -4,9 +4,9 @@ Every service gets its own user whose permissions come from services.wire.subjec
 it may subscribe only to what it serves or listens to (plus its own reply inbox), publish only
 what it calls or publishes (plus replies to requests it received), and touch only the
 JetStream KV buckets it owns. Readers (subjects.READERS: `flows`) may subscribe to what they
-read and publish nothing; clients (subjects.CLIENTS: `cni`, the CNI plugin) may publish what
-they call and subscribe to their own reply inbox. The admin user (CLI and people) may do
-everything. Each user's
+read and publish nothing; clients (subjects.CLIENTS: `cni`, the CNI plugin; `web`, the service
+map page) may publish what they call and subscribe to what they listen to and to their own
+reply inbox; they serve nothing. The admin user (CLI and people) may do everything. Each user's
 credentials are a NATS CLI context file, mode 0600.
 
 Whenever NATS listens beyond loopback (or nats.tls is set) it runs with TLS (services.runtime.
@@ -15,6 +15,8 @@ checks the server against the CA.
 """
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
 import secrets
@@ -110,7 +112,25 @@ def ensure_credentials(config: NodeConfig) -> dict[str, dict]:
             path.write_text(json.dumps(data, indent=2))
             os.chmod(path, 0o600)
         creds[user] = data
+    token = web_token(creds[ADMIN]["password"], config.node)
+    path = config.web_token_path
+    if not path.exists() or path.read_text().strip() != token:
+        _write_private(path, token + "\n")
     return creds
+
+
+def web_token(admin_password: str, node: str) -> str:
+    """The service map page's access token: derived from the admin's password, so whoever
+    holds the admin context (the CLI: `capillary web`) can make it, and the page itself
+    needs only this file, never the password."""
+    return hmac.new(admin_password.encode(), f"capillary web {node}".encode(), hashlib.sha256).hexdigest()
+
+
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(path, 0o600)
 
 
 def _kv_publish(bucket: str) -> list[str]:
@@ -130,8 +150,9 @@ def permissions(user: str, cluster: bool = False) -> dict:
         return {"publish": {"deny": [">"]},
                 "subscribe": {"allow": list(subjects.READERS[user].listens)}}
     if user in subjects.CLIENTS:
-        return {"publish": {"allow": list(subjects.CLIENTS[user].calls)},
-                "subscribe": {"allow": [f"{subjects.inbox_prefix(user)}.>"]}}
+        g = subjects.CLIENTS[user]
+        return {"publish": {"allow": list(g.calls)},
+                "subscribe": {"allow": [*g.listens, f"{subjects.inbox_prefix(user)}.>"]}}
     g = subjects.GRANTS[user]
     node = "*" if cluster else None
     publish = [subjects.on_node(s, node) for s in (*g.calls, *g.publishes)] + ["$JS.API.INFO"]

@@ -1,4 +1,5 @@
-"""`capillary up`: runs nats-server and the four services, restarts what crashes.
+"""`capillary up`: runs nats-server, the four services and the service map page (services/web),
+restarts what crashes.
 
 The supervisor holds an exclusive lock on {stateDir}/run/capillary.pid for its lifetime, so
 two nodes never run on one state directory. It answers capillary.node.status with its
@@ -175,6 +176,12 @@ class Supervisor:
                 argv += ["--config", str(Path(self.config_path).resolve())]
             self.children[name] = Child(name, argv)
             tasks.append(asyncio.create_task(self._watch(self.children[name])))
+        if self.config.web.enabled:
+            argv = [sys.executable, "-m", "services.web"]
+            if self.config_path:
+                argv += ["--config", str(Path(self.config_path).resolve())]
+            self.children["web"] = Child("web", argv)
+            tasks.append(asyncio.create_task(self._watch(self.children["web"])))
         log.info("node up", node=self.config.node, nats=self.config.nats.url,
                  context=str(self.config.credentials_path(natsserver.ADMIN)))
         await self._stopping.wait()

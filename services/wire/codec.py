@@ -42,3 +42,25 @@ def decode(data: bytes) -> dict:
     except LimitError as exc:
         raise DecodeError(str(exc)) from None
     return obj
+
+
+def decode_flow(data: bytes) -> dict:
+    """The flow of a payload on flows(node, verdict) (FlowEvent(flow).to_wire()), for
+    subscribers that keep up with the export rate. The envelope is checked (a map of schema
+    version <= SCHEMA_VERSION, kind "flow", and the flow a map), the tree is not walked as
+    decode() walks it: only flowd and admin may publish there (subjects.GRANTS), and
+    msgpack's own nesting limit bounds the depth. Raises DecodeError."""
+    from services.wire.messages import SCHEMA_VERSION, FlowEvent
+    try:
+        obj = msgpack.unpackb(data, raw=False, strict_map_key=False, ext_hook=_no_ext, timestamp=1)
+    except DecodeError:
+        raise
+    except (msgpack.UnpackException, ValueError, TypeError) as exc:
+        raise DecodeError(f"payload is not valid msgpack: {exc}") from None
+    if not isinstance(obj, dict) or obj.get("kind") != FlowEvent.KIND:
+        raise DecodeError("payload is not a flow event")
+    version, flow = obj.get("v"), obj.get("flow")
+    if type(version) is not int or not 1 <= version <= SCHEMA_VERSION or not isinstance(flow, dict):
+        raise DecodeError(f"flow event of schema version {version!r} (this side reads 1-{SCHEMA_VERSION}) "
+                          "or without a flow map")
+    return flow

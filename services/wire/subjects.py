@@ -186,10 +186,16 @@ READERS: dict[str, Grants] = {
     FLOWS_READER: Grants(serves=(), listens=(f"{FLOWS}.>",)),
 }
 
-# Users that are not services and only call: publish to what is listed, replies on their own
-# inbox (nothing else to subscribe to). The CNI plugin (`cni`) makes, checks and deletes pods.
+# Users that are clients, not services: they publish to the requests they call, subscribe to
+# what they listen to and to their own reply inbox, and serve nothing.
+# cni: the CNI plugin, which makes, checks and deletes pods.
+# web: the service map page (services/web), which lists pods and namespaces, shows flows,
+# previews a policy and walks a pair with `capillary walk`'s code (a flow subscription and
+# pod.list).
 CNI_CLIENT = "cni"
+WEB = "web"
 CLIENTS: dict[str, Grants] = {
     CNI_CLIENT: Grants(serves=(), calls=(NAMESPACE_APPLY, NAMESPACE_DELETE, NAMESPACE_LIST, POD_APPLY,
                                          POD_DELETE, POD_LIST, POD_CHECK, *(health(s) for s in SERVICES))),
+    WEB: Grants(serves=(), calls=(NAMESPACE_LIST, POD_LIST, POLICY_PREVIEW), listens=(f"{FLOWS}.>",)),
 }

@@ -1,4 +1,4 @@
-"""capillary deployed with compose.yaml on a real engine: five containers from one image,
+"""capillary deployed with compose.yaml on a real engine: six containers from one image,
 the CLI from the host and from inside a container, the disruption suite's steady traffic
 through `down` + `up` (no connection broken, no ping lost, no denied connect answered), pods,
 a policy and the flows it produces (exactly those the end-to-end suite expects of an embedded
@@ -76,8 +76,8 @@ def scene(deployment):
         sc.close()
 
 
-def test_five_containers_healthy_with_only_the_access_they_need(deployment):
-    assert deployment.health() == {s: "healthy" for s in ("nats", *SERVICES)}
+def test_six_containers_healthy_with_only_the_access_they_need(deployment):
+    assert deployment.health() == {s: "healthy" for s in ("nats", *SERVICES, "web")}
     for c in deployment.containers().values():
         service, host = c["Config"]["Labels"]["com.docker.compose.service"], c["HostConfig"]
         assert host["NetworkMode"] == "host" and not host["Privileged"], service
@@ -87,6 +87,9 @@ def test_five_containers_healthy_with_only_the_access_they_need(deployment):
             continue
         assert sorted(host["CapAdd"]) == ["NET_ADMIN", "SYS_ADMIN"], service
         propagation = {m["Destination"]: m["Propagation"] for m in c["Mounts"] if m["Type"] == "bind"}
+        if service == "web":        # walks probe from inside pods; it reads no map
+            assert propagation["/run/netns"] == "rshared" and "/sys/fs/bpf" not in propagation
+            continue
         assert propagation["/sys/fs/bpf"] == propagation["/run/netns"] == "rshared", service
 
 
@@ -98,11 +101,14 @@ def test_each_service_has_only_its_own_credentials_and_checks_health_with_them(d
             continue
         assert c["Config"]["Healthcheck"]["Test"] == ["CMD", "capillary-container", "health", service]
         seen = deployment.exec(service, "sh", "-c", f"cd {nats_dir} && ls -A . tls").stdout.split()
+        # the page also has its token and, for HTTPS beyond loopback, the server's certificate
+        extra = ["web.token", "server.pem", "server-key.pem"] if service == "web" else []
         assert sorted(seen) == sorted([".:", f"{service}.context.json", "tls", "tls:",
-                                       "ca.pem", "client-key.pem", "client.pem"]), service
+                                       "ca.pem", "client-key.pem", "client.pem", *extra]), service
         assert deployment.exec(service, "cat", str(nats_dir / "admin.context.json"), check=False).returncode != 0
         check = deployment.exec(service, "capillary-container", "health", service)
-        assert check.stdout.startswith(f"{service}: ready"), check.stdout
+        ready = "web: answering" if service == "web" else f"{service}: ready"
+        assert check.stdout.startswith(ready), check.stdout
 
 
 def test_nats_beyond_loopback_runs_with_tls(deployment):

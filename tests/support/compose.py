@@ -16,7 +16,7 @@ from pathlib import Path
 from tests.support.node import REPO, free_port
 
 COMPOSE = ["docker-compose"] if shutil.which("docker-compose") else ["docker", "compose"]
-SERVICES = ("nats", "policyd", "routed", "flowd", "endpointd")
+SERVICES = ("nats", "policyd", "routed", "flowd", "endpointd", "web")
 TIMINGS: dict[str, float] = {}      # what took how long, reported at the end of the run
 
 
@@ -95,6 +95,7 @@ class Deployment:
             # beyond loopback: NATS with TLS, which every container and the host's CLI use
             "CAPILLARY_NATS_HOST": "0.0.0.0",
             **{f"CAPILLARY_METRICS_{s.upper()}": str(free_port()) for s in ("endpointd", "policyd", "routed", "flowd")},
+            "CAPILLARY_WEB_PORT": str(free_port()),
             **settings,
         }
         self.env_file = workdir / "compose.env"

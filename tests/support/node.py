@@ -48,6 +48,7 @@ class Node:
         self.config_path = self.workdir / "config.yaml"
         self.state_dir = self.workdir / "state"
         self.nats_port = free_port()
+        self.web_port = free_port()
         config = {
             "kind": "NodeConfig", "node": self.name, "stateDir": str(self.state_dir),
             "podCIDR": self.pod_cidr,
@@ -60,6 +61,7 @@ class Node:
             **({"docker": self.docker} if self.docker else {}),
             **({"hubble": self.hubble} if self.hubble else {}),
             "metrics": {s: free_port() for s in ("endpointd", "policyd", "routed", "flowd")},
+            "web": {"port": self.web_port},
         }
         self.config_path.write_text(yaml.safe_dump(config))
 

@@ -232,3 +232,16 @@ def test_the_docker_driver_is_off_by_default_and_named_after_its_socket():
 def test_bad_docker_settings_are_named(text, field):
     with pytest.raises(ConfigError, match=field):
         parse_config(text)
+
+
+def test_the_web_page_listens_on_loopback_by_default():
+    web = parse_config("").web
+    assert (web.enabled, web.host, web.port, web.url) == (True, "127.0.0.1", 9966, "http://127.0.0.1:9966/")
+    assert parse_config("web: {host: 0.0.0.0, port: 8080}").web.url == "https://127.0.0.1:8080/"   # TLS
+
+
+@pytest.mark.parametrize("text, field", [("web: {port: 0}", "web.port"), ("web: {host: 'a b'}", "web.host"),
+                                         ("web: {enabled: 1}", "web.enabled"), ("web: {tls: true}", "web.tls")])
+def test_bad_web_settings_are_named(text, field):
+    with pytest.raises(ConfigError, match=field):
+        parse_config(text)

@@ -1,6 +1,6 @@
 """The bus permissions matrix against a real nats-server: every user x every subject in
 services.wire.subjects, publish and subscribe, must be allowed exactly as GRANTS (and
-READERS) say; anonymous and wrong passwords are refused; beyond loopback only TLS clients
+CLIENTS and READERS) say; anonymous and wrong passwords are refused; beyond loopback only TLS clients
 with the node's certificates get in."""
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def expected(user: str, action: str, subject: str) -> bool:
     if user in subjects.READERS:
         patterns = g.listens if action == "subscribe" else ()
     elif user in subjects.CLIENTS:
-        patterns = () if action == "subscribe" else g.calls
+        patterns = g.listens if action == "subscribe" else g.calls
     else:
         patterns = [*g.serves, *g.listens] if action == "subscribe" else [*g.calls, *g.publishes]
     return any(matches(p, subject) for p in patterns)

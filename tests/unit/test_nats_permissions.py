@@ -42,10 +42,10 @@ def test_admin_has_no_restrictions():
 
 
 def test_users_are_admin_every_service_the_readers_and_the_clients():
-    assert natsserver.USERS == ("admin", *SERVICES, "flows", "cni")
+    assert natsserver.USERS == ("admin", *SERVICES, "flows", "cni", "web")
+    assert set(subjects.CLIENTS) == {subjects.CNI_CLIENT, subjects.WEB}
     assert set(GRANTS) == set(SERVICES)
     assert set(subjects.READERS) == {subjects.FLOWS_READER}
-    assert set(subjects.CLIENTS) == {subjects.CNI_CLIENT}
 
 
 def test_the_cni_client_calls_endpointd_and_health_and_hears_only_its_inbox():
@@ -57,6 +57,26 @@ def test_the_cni_client_calls_endpointd_and_health_and_hears_only_its_inbox():
 def test_the_flows_reader_only_subscribes_to_flows():
     assert natsserver.permissions("flows") == {"publish": {"deny": [">"]},
                                                "subscribe": {"allow": [f"{subjects.FLOWS}.>"]}}
+
+
+def test_the_web_client_calls_lists_and_listens_to_flows_and_serves_nothing():
+    assert natsserver.permissions("web") == {
+        "publish": {"allow": [subjects.NAMESPACE_LIST, subjects.POD_LIST, subjects.POLICY_PREVIEW]},
+        "subscribe": {"allow": [f"{subjects.FLOWS}.>", "_INBOX_web.>"]}}
+
+
+def test_every_client_call_is_served():
+    served = {s for g in GRANTS.values() for s in g.serves}
+    assert {s for g in subjects.CLIENTS.values() for s in g.calls} <= served
+
+
+def test_the_web_token_is_derived_from_the_admin_password_and_private(tmp_path):
+    config = NodeConfig(node="n1", stateDir=str(tmp_path / "state"))
+    creds = natsserver.ensure_credentials(config)
+    token = config.web_token_path.read_text().strip()
+    assert token == natsserver.web_token(creds["admin"]["password"], "n1")
+    assert token != natsserver.web_token(creds["admin"]["password"], "n2")
+    assert config.web_token_path.stat().st_mode & 0o777 == 0o600
 
 
 @pytest.mark.parametrize("service", SERVICES)
