@@ -139,6 +139,20 @@ class HubbleConfig:
         return parse_metrics(self.metrics)
 
 
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _reachable(host: str) -> str:
+    """Where a client on this machine reaches a listener on HOST (loopback for "any")."""
+    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+
+
 @dataclass(frozen=True)
 class NatsConfig:
     host: str = "127.0.0.1"
@@ -148,12 +162,7 @@ class NatsConfig:
 
     @property
     def loopback(self) -> bool:
-        if self.host == "localhost":
-            return True
-        try:
-            return ipaddress.ip_address(self.host).is_loopback
-        except ValueError:
-            return False
+        return _loopback(self.host)
 
     @property
     def tls_enabled(self) -> bool:
@@ -162,8 +171,7 @@ class NatsConfig:
     @property
     def url(self) -> str:
         """Where this node's own clients connect (loopback when listening on every address)."""
-        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
-        return f"{'tls' if self.tls_enabled else 'nats'}://{host}:{self.port}"
+        return f"{'tls' if self.tls_enabled else 'nats'}://{_reachable(self.host)}:{self.port}"
 
     def __post_init__(self) -> None:
         if isinstance(self.port, bool) or not isinstance(self.port, int) or not 1 <= self.port <= 65535:
@@ -208,17 +216,12 @@ class WebConfig:
 
     @property
     def loopback(self) -> bool:
-        if self.host == "localhost":
-            return True
-        try:
-            return ipaddress.ip_address(self.host).is_loopback
-        except ValueError:
-            return False
+        return _loopback(self.host)
 
     @property
     def url(self) -> str:
         """Where a browser on this machine reaches the page."""
-        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        host = _reachable(self.host)
         host = f"[{host}]" if ":" in host else host
         return f"{'http' if self.loopback else 'https'}://{host}:{self.port}/"
 
