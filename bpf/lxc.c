@@ -109,6 +109,20 @@ static __always_inline int enforce(struct __sk_buff *skb, const struct event_met
 	return 0;
 }
 
+/* A new connection into a local pod (from the host stack or another node): the pod's
+ * ingress policy, then its conntrack entry. Returns 0 to go on, or TC_ACT_SHOT. */
+static __always_inline int admit_ingress(struct __sk_buff *skb, const struct event_meta *m, __be32 saddr,
+					 __be32 daddr, __u8 proto, struct l4_tuple *l4)
+{
+	struct ct_new n = { .slot = CT_SLOT_TO_CONTAINER };
+
+	if (enforce(skb, m, proto, l4, &n))
+		return TC_ACT_SHOT;
+	if (l4->valid)
+		ct_create(saddr, daddr, proto, l4, skb->len, &n);
+	return 0;
+}
+
 /* Drop a packet before conntrack saw it, reporting REASON about what M knows. */
 static __always_inline int drop(struct __sk_buff *skb, struct event_meta *m, __u8 reason)
 {
@@ -319,14 +333,8 @@ static __always_inline int to_container_ipv4(struct __sk_buff *skb)
 		 trace_wanted(ct, CT_SLOT_TO_CONTAINER | (m.reason == CT_REPLY), &l4);
 	if (traced && !local)
 		m.src_identity = lookup_identity(saddr);
-	if (m.reason == CT_NEW) {
-		struct ct_new n = { .slot = CT_SLOT_TO_CONTAINER };
-
-		if (enforce(skb, &m, proto, &l4, &n))
-			return TC_ACT_SHOT;
-		if (l4.valid)
-			ct_create(saddr, daddr, proto, &l4, skb->len, &n);
-	}
+	if (m.reason == CT_NEW && admit_ingress(skb, &m, saddr, daddr, proto, &l4))
+		return TC_ACT_SHOT;
 	count(skb, METRIC_INGRESS, REASON_FORWARDED);
 	count_endpoint(skb, dst->endpoint_id, 1);
 	if (traced)
@@ -385,14 +393,8 @@ static __always_inline int overlay_ipv4(struct __sk_buff *skb, __u32 src_identit
 		 trace_wanted(ct, CT_SLOT_TO_CONTAINER | (m.reason == CT_REPLY), &l4);
 	if (traced)
 		emit_trace(skb, &m, TRACE_FROM_OVERLAY);
-	if (m.reason == CT_NEW) {
-		struct ct_new n = { .slot = CT_SLOT_TO_CONTAINER };
-
-		if (enforce(skb, &m, proto, &l4, &n))
-			return TC_ACT_SHOT;
-		if (l4.valid)
-			ct_create(saddr, daddr, proto, &l4, skb->len, &n);
-	}
+	if (m.reason == CT_NEW && admit_ingress(skb, &m, saddr, daddr, proto, &l4))
+		return TC_ACT_SHOT;
 	{
 		__u32 ifindex = dst->ifindex;
 
