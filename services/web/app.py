@@ -1,5 +1,5 @@
 """The page's HTTP side (aiohttp): the token check, the page, the map, the flow stream
-(server-sent events) and "walk this".
+(server-sent events), "walk this" and a policy's preview.
 
 Every request needs the node's web token (natsserver.web_token; `capillary web` prints a
 link with it): as a cookie, which `/?token=...` and the login form set, or as
@@ -148,6 +148,26 @@ async def walk(request: web.Request) -> web.Response:
     return web.json_response({"walk": result, "text": text})
 
 
+MAX_POLICY_TEXT = 4 << 20      # bytes of a previewed policy (services.wire.limits' file limit)
+
+
+async def preview(request: web.Request) -> web.Response:
+    """POST {"policy": "<YAML or JSON of one policy>"}: what applying it would change, as
+    `capillary apply --dry-run` reports it (policy.preview; nothing is written)."""
+    try:
+        body = await request.json()
+        text = body["policy"]
+        if not isinstance(text, str) or len(text.encode()) > MAX_POLICY_TEXT:
+            raise ValueError(f"policy must be text of at most {MAX_POLICY_TEXT} bytes")
+    except (ValueError, KeyError, TypeError) as exc:
+        return web.json_response({"error": f"preview: needs policy, the policy's text ({exc})"}, status=400)
+    try:
+        result, lines = await request.app[SERVICE].preview(text)
+    except ServiceError as exc:
+        return web.json_response({"error": exc.message}, status=400)
+    return web.json_response({"preview": result, "text": "\n".join(lines)})
+
+
 def make_app(service: "WebService") -> web.Application:
     app = web.Application(middlewares=[auth])
     app[SERVICE] = service
@@ -159,5 +179,5 @@ def make_app(service: "WebService") -> web.Application:
     app.router.add_get("/api/map", service_map)
     app.router.add_get("/api/flows", flow_stream)
     app.router.add_post("/api/walk", walk)
-    # policy preview (`capillary.policy.preview`) belongs here: POST /api/preview
+    app.router.add_post("/api/preview", preview)
     return app

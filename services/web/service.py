@@ -11,13 +11,16 @@ import time
 import structlog
 from aiohttp import web
 
-from services.cli import walk, walkpath
+from services.cli import dryrun, walk, walkpath
 from services.cli.client import Client
+from services.policyd.parse import POLICY_KINDS
 from services.runtime import natsserver, tls
 from services.runtime.bus import Bus, Credentials, ServiceError
 from services.runtime.config import NodeConfig
 from services.wire import codec, subjects
-from services.wire.messages import ListRequest
+from services.wire.limits import LimitError
+from services.wire.manifests import ManifestError, load_documents
+from services.wire.messages import INVALID, ListRequest, PolicyPreview, PolicyPreviewRequest
 from services.web.app import make_app
 from services.web.hub import Hub
 from services.web.workloads import card_of_pod
@@ -26,6 +29,7 @@ log = structlog.get_logger().bind(service="web")
 
 PODS_EVERY = 2.0            # seconds between two pod lists
 WALK_TIMEOUT = 2.0          # the probe's answer timeout, as `capillary walk`'s default
+PREVIEW_TIMEOUT = 60.0      # policy.preview, as `capillary apply --dry-run`
 
 
 class WebService:
@@ -94,6 +98,21 @@ class WebService:
         async with self._walking:
             result = await walk.run(client, source, destination, port, protocol, WALK_TIMEOUT)
         return result.to_json(), walkpath.render(result)
+
+    async def preview(self, text: str) -> tuple[dict, list[str]]:
+        """`capillary apply -f - --dry-run` of the one policy in TEXT (YAML or JSON): policyd's
+        answer to policy.preview, and the lines the CLI prints for it. Nothing is written."""
+        try:
+            docs = load_documents(text)
+        except (LimitError, ManifestError) as exc:
+            raise ServiceError(INVALID, f"policy: {exc}") from None
+        if len(docs) != 1:
+            raise ServiceError(INVALID, f"policy: {len(docs)} documents; the preview takes exactly one policy")
+        if (docs[0].api_version, docs[0].kind) not in POLICY_KINDS:
+            raise ServiceError(INVALID, f"{docs[0].label}: a preview takes a policy, not a {docs[0].kind}")
+        result = await self.bus.request(subjects.POLICY_PREVIEW, PolicyPreviewRequest(docs[0].body),
+                                        timeout=PREVIEW_TIMEOUT)
+        return result, dryrun.text(PolicyPreview.from_wire(result))
 
     def _tls(self) -> ssl.SSLContext | None:
         """Beyond loopback: HTTPS with the node's server certificate (natsserver's CA signs it)."""

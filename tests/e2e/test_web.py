@@ -145,3 +145,25 @@ def test_walk_an_arrow(page):
     page.click("#walk")
     page.wait_for_function("() => (document.querySelector('#walk-outcome') || {}).textContent?.startsWith('DELIVERED')")
     assert "ALLOWED by CiliumNetworkPolicy shop/db-from-web rule 0" in page.inner_text("#walk-result ol.hops")
+
+
+def test_preview_a_policy_writes_nothing(page, shop):
+    before = shop.cli("get", "cnp", "-n", "shop", "-o", "json").stdout
+    allow_batch = {**DB_FROM_WEB, "metadata": {"name": "db-from-batch", "namespace": "shop"},
+                   "spec": {**DB_FROM_WEB["spec"],
+                            "ingress": [{"fromEndpoints": [{"matchLabels": {"app": "batch"}}],
+                                         "toPorts": [{"ports": [{"port": str(DB), "protocol": "TCP"}]}]}]}}
+    page.click("#preview-open")
+    page.fill("#preview-policy", yaml.safe_dump(allow_batch))
+    page.click("#preview-run")
+    summary = page.locator("#preview-summary")
+    summary.wait_for()
+    assert summary.inner_text().startswith("ciliumnetworkpolicy/db-from-batch would be created")
+    cells = page.inner_text("#preview-result ul.preview-cells")
+    assert f"shop/batch → shop/db TCP {DB}\ndenied → allowed" in cells
+    assert not probe(shop.netns("shop/batch"), "tcp", shop.pod_ip("shop/db"), DB)    # nothing applied
+    assert shop.cli("get", "cnp", "-n", "shop", "-o", "json").stdout == before
+    page.fill("#preview-policy", "kind: Pod\napiVersion: v1\nmetadata: {name: x}")
+    page.click("#preview-run")
+    page.locator("#preview-result .problem").wait_for()
+    assert "a preview takes a policy, not a Pod" in page.inner_text("#preview-result")

@@ -178,6 +178,57 @@ async function runWalk(link, out, button) {
   }
 }
 
+// ---- the panel: a policy's preview (policy.preview; nothing is written) -------------------
+
+function showPreview() {
+  const panel = $("panel");
+  const text = html("textarea");
+  text.id = "preview-policy";
+  text.rows = 14;
+  text.placeholder = "a NetworkPolicy or CiliumNetworkPolicy, YAML or JSON";
+  const button = html("button", "preview");
+  button.id = "preview-run";
+  const out = html("div");
+  out.id = "preview-result";
+  panel.replaceChildren(html("h3", "preview a policy"),
+    html("p", "What applying it would change, cell by cell, with the node's own compiler; nothing is applied.", "hint"),
+    text, button, out);
+  button.addEventListener("click", () => runPreview(text.value, out, button));
+}
+
+async function runPreview(policy, out, button) {
+  button.disabled = true;
+  out.replaceChildren(html("p", "previewing…", "hint"));
+  try {
+    const { preview, text } = await api("/api/preview", { method: "POST", headers: { "Content-Type": "application/json" },
+                                                           body: JSON.stringify({ policy }) });
+    const changed = preview.cells.filter((c) => c.before.verdict !== c.after.verdict);
+    const list = html("ul", undefined, "preview-cells");
+    for (const c of changed) {
+      const li = html("li");
+      li.appendChild(html("div", `${c.source} → ${c.destination} ${c.protocol} ${c.port}`, "hop-where"));
+      const what = html("div");
+      what.appendChild(html("span", c.before.verdict, `badge ${c.before.verdict}`));
+      what.appendChild(document.createTextNode(" → "));
+      what.appendChild(html("span", c.after.verdict, `badge ${c.after.verdict}`));
+      li.appendChild(what);
+      li.appendChild(html("div", `${c.before.reason} → ${c.after.reason}`, "stats"));
+      list.appendChild(li);
+    }
+    const summary = html("p", `${preview.kind.toLowerCase()}/${preview.name} would be ${preview.action}: ` +
+      `${changed.length} of ${preview.cells.length} cells change`);
+    summary.id = "preview-summary";
+    const raw = html("details");
+    raw.appendChild(html("summary", "as `capillary apply --dry-run` prints it"));
+    raw.appendChild(html("pre", text));
+    out.replaceChildren(summary, list, raw);
+  } catch (err) {
+    out.replaceChildren(html("p", `preview failed: ${err.message}`, "problem"));
+  } finally {
+    button.disabled = false;
+  }
+}
+
 const RULES = ["ingress_allowed_by", "ingress_denied_by", "egress_allowed_by", "egress_denied_by"];
 
 function attribution(flow) {
@@ -291,6 +342,7 @@ async function init() {
   for (const id of ["f-pod", "f-port"]) {
     $(id).addEventListener("input", () => { clearTimeout(typing); typing = setTimeout(openStream, 400); });
   }
+  $("preview-open").addEventListener("click", showPreview);
   openStream();
   await refreshMap();
   setInterval(refreshMap, 1000);
