@@ -73,20 +73,14 @@ def share_secrets(source: Path, config: NodeConfig) -> None:
     os.chmod(config.nats_dir, 0o700)
     for user in USERS:
         data = json.loads((source / f"{user}.context.json").read_text())
-        _write_private(config.credentials_path(user), {"description": f"capillary {user} on {config.node}",
-                                                       **_connection(config), "user": user,
-                                                       "password": data["password"]})
+        _write_private(config.credentials_path(user),
+                       json.dumps({"description": f"capillary {user} on {config.node}", **_connection(config),
+                                   "user": user, "password": data["password"]}, indent=2))
     target = tls_dir(config)
     target.mkdir(parents=True, exist_ok=True)
     for name, mode in (("ca.pem", 0o644), ("ca-key.pem", 0o600)):
         shutil.copyfile(source / "tls" / name, target / name)
         os.chmod(target / name, mode)
-
-
-def _write_private(path: Path, data: dict) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
 
 
 def ensure_credentials(config: NodeConfig) -> dict[str, dict]:
