@@ -180,8 +180,9 @@ class PolicyService(Service):
     @property
     def detail(self) -> str:
         if self._detail == "ok" and getattr(self, "broken", None):
-            return (f"{len(self.broken)} stored policies no longer compile, their endpoints held at "
-                    f"default deny: " + "; ".join(f"{k}: {p}" for k, (_, p) in sorted(self.broken.items())))
+            problems = "; ".join(f"{k}: {p}" for k, (_, p) in sorted(self.broken.items()))
+            return (f"{len(self.broken)} stored policies no longer compile, their endpoints held closed "
+                    f"(default deny; deny-all where they had deny rules): {problems}")
         return self._detail
 
     @detail.setter
