@@ -225,6 +225,16 @@ class Bus:
         kv = await self.kv(bucket, create=True, history=history, replicas=replicas)
         return NodeKV(kv, self.node) if self.node else kv
 
+    async def on_kv_write(self, bucket: str, callback: Callable[[], None]) -> None:
+        """Call CALLBACK whenever anyone, on any server of the cluster, writes or deletes a key
+        of BUCKET (a core subscription to its subjects: no consumer, nothing replayed). A
+        trigger to read the bucket again, never the state itself: a write missed while
+        disconnected is caught by the caller's periodic full read."""
+        async def poke(_msg) -> None:
+            callback()
+
+        self._subs.append(await self.nc.subscribe(f"$KV.{bucket}.>", cb=poke))
+
     async def kv_items(self, kv: KeyValue) -> dict[str, dict]:
         """Every live key in KV's bucket (see kv_items below: raises StateUnreadable)."""
         return await kv_items(self.js, kv)

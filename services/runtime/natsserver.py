@@ -152,7 +152,8 @@ def permissions(user: str, cluster: bool = False) -> dict:
     publish = [subjects.on_node(s, node) for s in (*g.calls, *g.publishes)] + ["$JS.API.INFO"]
     for bucket in g.buckets:
         publish += _kv_publish(bucket)
-    subscribe = [*(subjects.on_node(s, node) for s in (*g.serves, *g.listens)), f"{subjects.inbox_prefix(user)}.>"]
+    subscribe = [*(subjects.on_node(s, node) for s in (*g.serves, *g.listens)), f"{subjects.inbox_prefix(user)}.>",
+                 *(f"$KV.{bucket}.>" for bucket in g.buckets)]     # its buckets' writes, as they happen
     return {"publish": {"allow": publish}, "subscribe": {"allow": subscribe},
             "allow_responses": True}
 

@@ -80,9 +80,10 @@ def test_the_web_token_is_derived_from_the_admin_password_and_private(tmp_path):
 
 
 @pytest.mark.parametrize("service", SERVICES)
-def test_service_subscribes_only_to_what_it_serves_listens_to_and_its_inbox(service):
+def test_service_subscribes_only_to_what_it_serves_listens_to_its_inbox_and_its_buckets_writes(service):
     g = GRANTS[service]
-    assert sorted(allowed(service, "subscribe")) == sorted([*g.serves, *g.listens, f"_INBOX_{service}.>"])
+    assert sorted(allowed(service, "subscribe")) == sorted([*g.serves, *g.listens, f"_INBOX_{service}.>",
+                                                            *(f"$KV.{b}.>" for b in g.buckets)])
 
 
 @pytest.mark.parametrize("service", SERVICES)
@@ -99,7 +100,7 @@ def test_permissions_follow_grants(monkeypatch):
     monkeypatch.setitem(GRANTS, "routed", Grants(serves=("x.serve",), calls=("x.call",),
                                                  listens=("x.listen",), buckets=("b1",)))
     perms = natsserver.permissions("routed")
-    assert perms["subscribe"]["allow"] == ["x.serve", "x.listen", "_INBOX_routed.>"]
+    assert perms["subscribe"]["allow"] == ["x.serve", "x.listen", "_INBOX_routed.>", "$KV.b1.>"]
     assert "x.call" in perms["publish"]["allow"]
     assert "$KV.b1.>" in perms["publish"]["allow"]
 
