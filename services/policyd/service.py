@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from prometheus_client import Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from services.datapath import loader
 from services.datapath.maps.policy import PolicyMap
@@ -38,6 +38,7 @@ from services.policyd.parse import PolicyError, parse_policy
 from services.runtime.app import Service
 from services.policyd.stored import load as load_stored
 from services.runtime.bus import ServiceError
+from services.runtime.config import NodeConfig
 from services.wire import codec, subjects
 from services.wire.messages import (EXHAUSTED, INVALID, NOT_FOUND, Apply, EndpointPolicy, Identity,
                                     IdentityAllocate, IdentityRelease, ListRequest, ObjectRef,
@@ -58,6 +59,11 @@ def kv_key(policy_key: str) -> str:
 class PolicyService(Service):
     NAME = "policyd"
 
+    def __init__(self, config: NodeConfig, registry: CollectorRegistry | None = None) -> None:
+        super().__init__(config, registry)
+        self.remote_ids: dict[int, dict[str, str]] = {}     # other nodes' identities (a cluster)
+        self.cluster_ids = None                             # their numbers' allocator (a cluster)
+
     async def start(self) -> None:
         self._lock = asyncio.Lock()
         self.identities = IdentityAllocator()
@@ -74,8 +80,6 @@ class PolicyService(Service):
         self.kv_ids = await self.bus.node_kv(subjects.BUCKET_IDENTITIES, replicas=replicas)
         self.kv_policies = await self.bus.kv(subjects.BUCKET_POLICIES, create=True, history=5, replicas=replicas)
         self.kv_endpoints = await self.bus.node_kv(subjects.BUCKET_POLICY_ENDPOINTS, replicas=replicas)
-        self.remote_ids: dict[int, dict[str, str]] = {}     # other nodes' identities (a cluster)
-        self.cluster_ids = None
         if self.config.cluster.enabled:
             self.cluster_ids = await clustersync.open_identities(self.bus, replicas)
         endpoints = await self._load()
