@@ -11,6 +11,9 @@
  *   another node's pods sent here through the overlay. Takes the source identity from the
  *   VNI, checks the destination pod's ingress policy as to_container does, and delivers
  *   the packet straight into the pod. (The sending side is lib/overlay.h.)
+ * from_netdev: tc ingress of the node's underlay device (native routing): the same for
+ *   packets another node's pods sent here natively routed, the source identity from the
+ *   ipcache. (The sending side is lib/host_routing.h.)
  * Only IPv4 and ARP are handled, as Cilium with IPv6 disabled: every other ethertype is
  * dropped both ways (DROP_UNKNOWN_L3). A packet to an address of the pod CIDR that is no
  * known endpoint is dropped (DROP_UNKNOWN_TARGET): a pod being deleted, or an endpoint
@@ -30,6 +33,7 @@
 #include "lib/l3.h"
 #include "lib/events.h"
 #include "lib/overlay.h"
+#include "lib/host_routing.h"
 
 #define TCP_FLAGS_OFF  13
 
@@ -200,6 +204,9 @@ static __always_inline int handle_ipv4(struct __sk_buff *skb)
 
 		if (sent != OVERLAY_PASS)
 			return sent;
+		sent = host_route(skb, &m, daddr, traced);
+		if (sent != HOST_ROUTE_PASS)
+			return sent;
 	}
 #ifndef HOST_STACK
 	if (dst && ttl > 1) {
@@ -357,11 +364,12 @@ int to_container(struct __sk_buff *skb)
 	return drop_early(skb, METRIC_INGRESS, DROP_UNKNOWN_L3);
 }
 
-/* A packet from a pod on another node, decapsulated: SRC_IDENTITY is the sender's, from the
- * VNI. Only a local endpoint receives; a source inside this node's pod CIDR cannot come
+/* A packet from a pod on another node, decapsulated (from_overlay: SRC_IDENTITY from the
+ * VNI) or natively routed (from_netdev: from the ipcache); POINT: the trace's observation
+ * point. Only a local endpoint receives; a source inside this node's pod CIDR cannot come
  * from another node. The destination's ingress policy is applied for a new connection (the
  * sending node judged only egress), then the packet goes straight into the pod. */
-static __always_inline int overlay_ipv4(struct __sk_buff *skb, __u32 src_identity)
+static __always_inline int from_node_ipv4(struct __sk_buff *skb, __u32 src_identity, __u8 point)
 {
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
@@ -392,7 +400,7 @@ static __always_inline int overlay_ipv4(struct __sk_buff *skb, __u32 src_identit
 	traced = m.reason == CT_NEW ||
 		 trace_wanted(ct, CT_SLOT_TO_CONTAINER | (m.reason == CT_REPLY), &l4);
 	if (traced)
-		emit_trace(skb, &m, TRACE_FROM_OVERLAY);
+		emit_trace(skb, &m, point);
 	if (m.reason == CT_NEW && admit_ingress(skb, &m, saddr, daddr, proto, &l4))
 		return TC_ACT_SHOT;
 	{
@@ -421,5 +429,25 @@ int from_overlay(struct __sk_buff *skb)
 		return drop_early(skb, METRIC_INGRESS, DROP_UNKNOWN_L3);
 	if (bpf_skb_get_tunnel_key(skb, &key, sizeof(key), 0) < 0)
 		return drop_early(skb, METRIC_INGRESS, DROP_INVALID);
-	return overlay_ipv4(skb, key.tunnel_id);
+	return from_node_ipv4(skb, key.tunnel_id, TRACE_FROM_OVERLAY);
+}
+
+/* tc ingress of the node's underlay device in native routing with BPF host routing (Cilium's
+ * from-netdev): a packet from another node for a local pod goes straight into the pod, its
+ * ingress policy judged with the source identity from the ipcache, as from_overlay does.
+ * Everything else (the host's own traffic, replies to masqueraded connections, ARP, what
+ * is not addressed to this host, a source claiming a local pod's address, a TTL about to
+ * expire) goes on to the host stack untouched, where it is handled as without this program. */
+int from_netdev(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct iphdr *ip4 = data + ETH_HLEN;
+
+	if ((void *)(ip4 + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IP) || skb->pkt_type != PACKET_HOST)
+		return TC_ACT_OK;
+	if (ip4->ttl <= 1 || IN_POD_CIDR(ip4->saddr) || !lookup_endpoint(ip4->daddr))
+		return TC_ACT_OK;
+	return from_node_ipv4(skb, lookup_identity(ip4->saddr), TRACE_FROM_NETWORK);
 }

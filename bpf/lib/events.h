@@ -32,6 +32,8 @@
 #define TRACE_TO_OVERLAY  4   /* encapsulated for another node (Hubble: TO_OVERLAY) */
 #define TRACE_FROM_LXC    5   /* sent by a pod (Hubble: FROM_ENDPOINT) */
 #define TRACE_FROM_OVERLAY 9  /* decapsulated from another node (Hubble: FROM_OVERLAY) */
+#define TRACE_FROM_NETWORK 10 /* from another node, natively routed (Hubble: FROM_NETWORK) */
+#define TRACE_TO_NETWORK  11  /* sent to another node, natively routed (Hubble: TO_NETWORK) */
 
 /* Why a packet was traced: its connection tracking state, Cilium's trace reasons. */
 #define TRACE_REASON_POLICY          0   /* a new connection */

@@ -15,6 +15,10 @@
 #define IDENTITY_HOST    1
 #define IDENTITY_WORLD   2
 
+/* ipcache_info.flags: who wrote the entry. Only this one is read by the datapath (a pod on
+ * another node, lib/host_routing.h); shared with services/routed/service.py (SOURCES). */
+#define IPCACHE_SOURCE_REMOTE 5
+
 struct ipcache_key {
 	__u32  prefixlen;    /* LPM tries match on this many bits of ip */
 	__be32 ip;

@@ -21,8 +21,8 @@ import time
 from services.cli.client import Client
 from services.datapath.numbers import (EVENT_DROP, EVENT_POLICY_VERDICT, EVENT_TRACE, METRIC_INGRESS, POLICY_MATCH_NAMES,
                                        REASON_NAMES, TRACE_FROM_LXC, TRACE_REASON_CT_ESTABLISHED, TRACE_REASON_CT_REPLY,
-                                       TRACE_FROM_OVERLAY, TRACE_REASON_POLICY, TRACE_TO_LXC,
-                                       TRACE_TO_OVERLAY, TRACE_TO_STACK, VERDICT_AUDIT,
+                                       TRACE_FROM_NETWORK, TRACE_FROM_OVERLAY, TRACE_REASON_POLICY, TRACE_TO_LXC,
+                                       TRACE_TO_NETWORK, TRACE_TO_OVERLAY, TRACE_TO_STACK, VERDICT_AUDIT,
                                        VERDICT_DROPPED)
 from services.flowd import packet
 from services.flowd.decode import EventError, parse_event
@@ -71,7 +71,8 @@ def format_text(raw: bytes, ifnames: dict[int, str]) -> str:
         state = STATES.get(hdr.reason, "unknown")
         where = {TRACE_TO_LXC: f"-> endpoint {hdr.endpoint_id}", TRACE_TO_STACK: "-> stack",
                  TRACE_FROM_LXC: f"<- endpoint {hdr.endpoint_id}", TRACE_TO_OVERLAY: "-> overlay",
-                 TRACE_FROM_OVERLAY: "<- overlay"}.get(hdr.subtype, f"trace {hdr.subtype}")
+                 TRACE_FROM_OVERLAY: "<- overlay", TRACE_TO_NETWORK: "-> network",
+                 TRACE_FROM_NETWORK: "<- network"}.get(hdr.subtype, f"trace {hdr.subtype}")
         return f"{where}, {identities} state {state} ifindex {ifname}: {summary(data)}"
     if hdr.type == EVENT_DROP:
         reason = REASON_NAMES.get(hdr.subtype, f"reason {hdr.subtype}")

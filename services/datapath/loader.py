@@ -59,6 +59,8 @@ def cflags(config: NodeConfig) -> list[str]:
     ]
     if config.datapath.mode == "host-stack":
         flags.append("-DHOST_STACK")
+    if config.datapath.hostLegacyRouting:
+        flags.append("-DHOST_LEGACY_ROUTING")
     return flags
 
 

@@ -376,6 +376,14 @@ class Netlink(_Links):
             except NetlinkError as exc2:
                 raise _kernel(f"attach {name} on ifindex {index}", exc2) from None
 
+    def detach_bpf(self, index: int, parent: str = TC_INGRESS) -> None:
+        """Our program at PARENT of INDEX removed; none there (or no clsact) is success."""
+        try:
+            self.ipr.tc("del-filter", "bpf", index, parent=parent, info=BPF_FILTER_PRIO << 16)
+        except NetlinkError as exc:
+            if exc.code not in (errno.ENOENT, errno.EINVAL, errno.ENODEV):
+                raise _kernel(f"detach the program on ifindex {index}", exc) from None
+
     def bpf_filters(self, index: int, parent: str = TC_INGRESS) -> list[str]:
         """Names of the BPF programs attached at PARENT of INDEX."""
         try:

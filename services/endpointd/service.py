@@ -24,7 +24,7 @@ from services.datapath.map_metrics import MapOpsCollector, MapPressureCollector
 from services.datapath.maps.conntrack import PIN_NAME as CT_PIN
 from services.datapath.maps.endpoints import PIN_NAME as ENDPOINTS_PIN
 from services.datapath.maps.endpoints import EndpointMap
-from services.datapath.maps.tunnel import FROM_OVERLAY
+from services.datapath.maps.tunnel import FROM_NETDEV, FROM_OVERLAY
 from services.datapath.netlink import Worker
 from services.endpointd import check
 from services.endpointd.ctgc import ConntrackGC
@@ -67,10 +67,12 @@ class EndpointService(Service):
             await self._wait_for(owner)
         # Compiled in a child process, which pins the programs: endpointd attaches them by
         # fd and never loads LLVM itself (see services/datapath/bpfsys.py).
-        # from_overlay is pinned for routed, which attaches it to the VXLAN device in tunnel mode.
+        # from_overlay and from_netdev are pinned for routed, which attaches them to the VXLAN
+        # device in tunnel mode and to the underlay device in native routing.
         programs = await self.worker.run(loader.pin_programs, "lxc.c", self.config,
-                                         (FROM_CONTAINER, TO_CONTAINER, FROM_OVERLAY))
+                                         (FROM_CONTAINER, TO_CONTAINER, FROM_OVERLAY, FROM_NETDEV))
         os.close(programs[FROM_OVERLAY])
+        os.close(programs[FROM_NETDEV])
         self.endpoints = EndpointMap(Path(self.config.datapath.bpfRoot))
         self.plumber = Plumber(self.config, self.endpoints, programs[FROM_CONTAINER], programs[TO_CONTAINER])
         if self.config.cluster.enabled and self.config.cluster.routing == "tunnel":

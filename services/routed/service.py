@@ -25,7 +25,7 @@ from services.datapath.maps.ipcache import IpcacheMap
 from services.datapath.netlink import Netlink, Worker
 from services.datapath.numbers import IDENTITY_HOST, IDENTITY_WORLD
 from services.datapath.pinned import MapFull
-from services.routed import iptables, tunnel
+from services.routed import iptables, netdev, tunnel
 from services.routed.claims import Claim, Claims
 from services.routed.cluster import ClusterAgent
 from services.routed.router import ensure_router
@@ -205,6 +205,11 @@ class RoutedService(Service):
         """Tunnel mode: the VXLAN device up with from_overlay at its ingress, and the datapath
         told its ifindex (services.routed.tunnel.ensure). Returns the ifindex."""
         return await self.worker.run(tunnel.ensure, self.nl, self.config)
+
+    async def ensure_netdev(self) -> int:
+        """Native routing: from_netdev at the underlay device's ingress, or none with
+        datapath.hostLegacyRouting (services.routed.netdev.ensure). Returns the ifindex."""
+        return await self.worker.run(netdev.ensure, self.nl, self.config)
 
     async def remove_tunnel(self) -> None:
         """Out of tunnel mode: what would be encapsulated is dropped, the device removed."""

@@ -30,13 +30,19 @@ REMOTE_SOURCE = "remote"     # the ipcache claim source of a pod on another node
 MAX_VNI = (1 << 24) - 1      # the VNI carries the source identity
 
 
-def overlay_program(config: NodeConfig) -> int:
-    """An fd of from_overlay: the copy endpointd pinned with its programs (it compiles lxc.c
-    once its maps' owners are ready), else compiled and pinned now, in a child process."""
+def pinned_program(config: NodeConfig, name: str) -> int:
+    """An fd of lxc.c's program NAME (from_overlay, from_netdev): the copy endpointd pinned
+    with its programs (it compiles lxc.c once its maps' owners are ready), else compiled and
+    pinned now, in a child process."""
     try:
-        return bpfsys.obj_get(str(Path(config.datapath.bpfRoot) / loader.PROGRAMS_DIR / FROM_OVERLAY))
+        return bpfsys.obj_get(str(Path(config.datapath.bpfRoot) / loader.PROGRAMS_DIR / name))
     except FileNotFoundError:
-        return loader.pin_programs("lxc.c", config, (FROM_OVERLAY,))[FROM_OVERLAY]
+        return loader.pin_programs("lxc.c", config, (name,))[name]
+
+
+def overlay_program(config: NodeConfig) -> int:
+    """An fd of from_overlay (pinned_program)."""
+    return pinned_program(config, FROM_OVERLAY)
 
 
 def ensure(nl: Netlink, config: NodeConfig, name: str = DEVICE) -> int:

@@ -60,6 +60,10 @@ class DatapathConfig:
     routerPeer: str = "cap_net"
     lxcPrefix: str = "lxc"
     conntrackGCInterval: int = 60        # seconds between sweeps of the conntrack map
+    # Native cluster routing through the host stack's forwarding (routing, netfilter) instead
+    # of BPF host routing (bpf/lib/host_routing.h, from_netdev): Cilium's
+    # --enable-host-legacy-routing. For hosts whose own forwarding rules must see pod traffic.
+    hostLegacyRouting: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -73,6 +77,8 @@ class DatapathConfig:
                 raise ConfigError(f"datapath.{name}: not a valid interface name")
         if not re.fullmatch(r"[a-z]{1,4}", self.lxcPrefix):
             raise ConfigError("datapath.lxcPrefix: 1 to 4 lowercase letters")
+        if not isinstance(self.hostLegacyRouting, bool):
+            raise ConfigError(f"datapath.hostLegacyRouting: {self.hostLegacyRouting!r} is not true or false")
         gc = self.conntrackGCInterval
         if isinstance(gc, bool) or not isinstance(gc, int) or not 1 <= gc <= 86400:
             raise ConfigError(f"datapath.conntrackGCInterval: {gc!r} is not a number of seconds from 1 to 86400")

@@ -5,18 +5,14 @@ source identity carried in the VNI, and pod b's label policy decides on it."""
 from __future__ import annotations
 
 import contextlib
-import ctypes as ct
-import time
 
 import pytest
 
-from services.datapath.maps.events import FlowEvent
 from services.datapath.netlink import Netlink
 from services.datapath.numbers import (DROP_NO_TUNNEL_ENDPOINT, DROP_POLICY_DENY, EVENT_DROP, EVENT_TRACE, METRIC_INGRESS,
                                        TRACE_FROM_OVERLAY, TRACE_TO_OVERLAY)
-from services.datapath.ringbuf import RingBuffer
 from services.routed import tunnel
-from tests.support.twonodes import UNDERLAY_MTU, TwoNodes, pod_labels
+from tests.support.twonodes import UNDERLAY_MTU, Events, TwoNodes, ping, pod_labels, until
 
 ID_A, ID_B = 1001, 1002
 IDENTITIES = {ID_A: pod_labels("default", {"app": "a"}), ID_B: pod_labels("default", {"app": "b"})}
@@ -40,41 +36,6 @@ def cluster(tmp_path_factory):
         two.a.learn_remote(pb, two.b.underlay_ip)
         two.b.learn_remote(pa, two.a.underlay_ip)
         yield two, pa, pb
-
-
-class Events:
-    """The flow events one node's datapath reported since this was opened."""
-
-    def __init__(self, node) -> None:
-        self.ring = RingBuffer(node.root / "events")
-        self.ring.drain(1 << 20)             # what came before is not ours
-
-    def close(self) -> None:
-        self.ring.close()
-
-    def wait_for(self, match, deadline: float = 30.0) -> FlowEvent:
-        seen = []
-        end = time.monotonic() + deadline
-        while time.monotonic() < end:
-            for record in self.ring.poll(0.5, 1024):
-                event = FlowEvent.from_buffer_copy(record[:ct.sizeof(FlowEvent)])
-                seen.append((event.type, event.subtype, event.src_identity))
-                if match(event):
-                    return event
-        raise AssertionError(f"no such event; seen (type, subtype, source identity): {seen[-20:]}")
-
-
-def ping(pod, dst: str, size: int = 56) -> bool:
-    return pod.run("ping", "-c", "1", "-W", "3", "-M", "do", "-s", str(size), dst).returncode == 0
-
-
-def until(predicate, deadline: float = 30.0) -> bool:
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return False
 
 
 def test_pod_reaches_a_pod_on_another_node_through_vxlan(cluster):

@@ -13,23 +13,28 @@ never with `ip netns exec`, which would remount /sys and hide the bpffs mounts.
 from __future__ import annotations
 
 import contextlib
+import ctypes as ct
 import secrets
 import shutil
 import subprocess
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from services.datapath import loader, netns
 from services.datapath.maps.endpoints import EndpointMap
+from services.datapath.maps.events import FlowEvent
 from services.datapath.maps.ipcache import IpcacheMap
 from services.datapath.maps.policy import PolicyMap
 from services.datapath.netlink import Netlink
+from services.datapath.ringbuf import RingBuffer
 from services.datapath.numbers import IDENTITY_WORLD
 from services.endpointd.plumbing import FROM_CONTAINER, TO_CONTAINER, Plumber, Wiring
 from services.policyd.compiler import Endpoint, Universe, compile_endpoint
 from services.policyd.model import POD_NAMESPACE, SOURCE
 from services.policyd.parse import parse_policy
-from services.routed import tunnel
+from services.datapath.maps.tunnel import FROM_NETDEV
+from services.routed import netdev, tunnel
 from services.routed.router import ensure_router
 from services.runtime.config import DatapathConfig, NodeConfig
 from services.wire.messages import PodSpec, PodStatus
@@ -91,15 +96,16 @@ class DatapathNode:
         return subprocess.run(["ip", "netns", "exec", self.netns.name, *argv], capture_output=True, text=True,
                               timeout=timeout, check=check)
 
-    def start(self, tunnel_mode: bool) -> None:
-        """Router device, maps, programs, the world entry; in tunnel mode the VXLAN device."""
+    def start(self, tunnel_mode: bool, host_routing: bool) -> None:
+        """Router device, maps, programs, the world entry; in tunnel mode the VXLAN device;
+        with HOST_ROUTING from_netdev at the underlay device (services.routed.netdev)."""
         with self.entered():
             nl = Netlink()
             try:
                 ensure_router(nl, self.config)
                 for source in ("routed_maps.c", "policyd_maps.c", "flowd_maps.c"):
                     loader.pin_maps(source, self.config)
-                names = (FROM_CONTAINER, TO_CONTAINER, tunnel.FROM_OVERLAY)
+                names = (FROM_CONTAINER, TO_CONTAINER, tunnel.FROM_OVERLAY, FROM_NETDEV)
                 fds = loader.pin_programs("lxc.c", self.config, names)
                 with contextlib.closing(IpcacheMap(self.root)) as ipcache:
                     ipcache.upsert("0.0.0.0/0", IDENTITY_WORLD, RESERVED_FLAG)
@@ -108,6 +114,8 @@ class DatapathNode:
                                        fds[TO_CONTAINER], default_mtu=mtu)
                 if tunnel_mode:
                     tunnel.ensure_device(nl, self.config, fds[tunnel.FROM_OVERLAY])
+                if host_routing:
+                    netdev.attach(nl, nl.link_of_address(self.underlay_ip).index, fds[FROM_NETDEV])
             finally:
                 nl.close()
 
@@ -155,13 +163,17 @@ class TwoNodes:
     device (pods whose ipcache entry names a tunnel endpoint go through it) and pods get
     the tunnel MTU by default; ROUTES: each pod CIDR is routed via its node's underlay
     address (native routing, for pods learnt without a tunnel endpoint). Both may be on.
-    TAG_PREFIX starts the tag every name made here carries (bench runs use their own)."""
+    LEGACY: native routing through the host stacks (datapath.hostLegacyRouting), else BPF
+    host routing (from_netdev at each underlay device). TAG_PREFIX starts the tag every
+    name made here carries (bench runs use their own)."""
 
-    def __init__(self, workdir: Path, tunnel_mode: bool, routes: bool = False, tag_prefix: str = "") -> None:
+    def __init__(self, workdir: Path, tunnel_mode: bool, routes: bool = False, tag_prefix: str = "",
+                 legacy: bool = False) -> None:
         self.tag = (tag_prefix + secrets.token_hex(3))[:6]
         self.workdir = workdir
         self.tunnel_mode = tunnel_mode
         self.routes = routes
+        self.legacy = legacy
         self.underlay = netns.NETNS_RUN_DIR / f"capu-{self.tag}"
         self.nodes: list[DatapathNode] = []
 
@@ -191,7 +203,7 @@ class TwoNodes:
         for i, letter in enumerate("ab", start=1):
             self._add_node(letter, i)
         for node in self.nodes:
-            node.start(self.tunnel_mode)
+            node.start(self.tunnel_mode, host_routing=self.routes and not self.legacy)
         if self.routes:
             for here, there in ((self.a, self.b), (self.b, self.a)):
                 ip("-n", here.netns.name, "route", "replace", there.config.podCIDR, "via", there.underlay_ip)
@@ -202,7 +214,7 @@ class TwoNodes:
         mount = Path(f"/sys/fs/bpf/capillary-{name}")
         node = DatapathNode(name, path, f"192.168.77.{i}", NodeConfig(
             node=name, stateDir=str(self.workdir / name), podCIDR=f"10.77.{i}.0/24",
-            datapath=DatapathConfig(bpfRoot=str(mount))), mount)
+            datapath=DatapathConfig(bpfRoot=str(mount), hostLegacyRouting=self.legacy)), mount)
         self.nodes.append(node)            # removed by close() from here on, whatever fails next
         mount.mkdir()
         subprocess.run(["mount", "-t", "bpf", "bpf", str(mount)], check=True, capture_output=True)
@@ -228,3 +240,38 @@ class TwoNodes:
             shutil.rmtree(node.config.stateDir, ignore_errors=True)
         netns.remove(self.underlay)
         self.nodes = []
+
+
+class Events:
+    """The flow events one node's datapath reported since this was opened."""
+
+    def __init__(self, node) -> None:
+        self.ring = RingBuffer(node.root / "events")
+        self.ring.drain(1 << 20)             # what came before is not ours
+
+    def close(self) -> None:
+        self.ring.close()
+
+    def wait_for(self, match, deadline: float = 30.0) -> FlowEvent:
+        seen = []
+        end = time.monotonic() + deadline
+        while time.monotonic() < end:
+            for record in self.ring.poll(0.5, 1024):
+                event = FlowEvent.from_buffer_copy(record[:ct.sizeof(FlowEvent)])
+                seen.append((event.type, event.subtype, event.src_identity))
+                if match(event):
+                    return event
+        raise AssertionError(f"no such event; seen (type, subtype, source identity): {seen[-20:]}")
+
+
+def ping(pod, dst: str, size: int = 56) -> bool:
+    return pod.run("ping", "-c", "1", "-W", "3", "-M", "do", "-s", str(size), dst).returncode == 0
+
+
+def until(predicate, deadline: float = 30.0) -> bool:
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return False

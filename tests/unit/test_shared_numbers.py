@@ -103,3 +103,9 @@ def test_a_number_on_one_side_only_is_reported():
 def test_a_define_that_is_not_a_literal_fails():
     with pytest.raises(AssertionError, match="DROP_X"):
         defines("#define DROP_X (DROP_POLICY + 1)\n", ("DROP",))
+
+
+def test_the_ipcache_source_the_datapath_reads_is_routeds():
+    from services.routed.service import SOURCES
+    found = re.search(r"^#define IPCACHE_SOURCE_REMOTE\s+(\d+)", (BPF_LIB / "ipcache.h").read_text(), re.MULTILINE)
+    assert found and int(found[1]) == SOURCES["remote"]

@@ -13,6 +13,7 @@ from services.datapath.pinned import PinnedMap, filled
 PIN_NAME = "tunnel"
 TUNNEL_KEY = 0            # shared with bpf/lib/tunnel.h
 FROM_OVERLAY = "from_overlay"     # bpf/lxc.c's program for the device's tc ingress
+FROM_NETDEV = "from_netdev"       # ... and for the underlay device's (native routing; services/routed/netdev.py)
 
 
 class TunnelInfo(ct.Structure):

@@ -1,0 +1,40 @@
+"""Native routing with BPF host routing: from_netdev at the node's underlay device.
+
+In native cluster routing, from_container sends a packet for a pod on another node straight
+out of the underlay device (bpf/lib/host_routing.h), and the receiving node's from_netdev, at
+its underlay device's tc ingress, judges the pod's ingress policy and delivers the packet
+into the pod (bpf/lxc.c): neither node's host stack forwards it. The underlay device is the
+link holding cluster.underlayIP. With datapath.hostLegacyRouting (Cilium's
+--enable-host-legacy-routing) the host stack forwards instead: from_container passes such
+packets to it, and from_netdev is taken off the device, so that to_container judges them.
+
+Synchronous netlink work, for the netlink worker thread of the node's namespace.
+"""
+from __future__ import annotations
+
+import os
+
+from services.datapath.maps.tunnel import FROM_NETDEV
+from services.datapath.netlink import TC_INGRESS, Netlink
+from services.routed.tunnel import pinned_program
+from services.runtime.config import NodeConfig
+
+
+def ensure(nl: Netlink, config: NodeConfig) -> int:
+    """from_netdev at the underlay device's ingress (none with hostLegacyRouting). The
+    device's ifindex."""
+    link = nl.link_of_address(config.cluster.underlayIP)
+    if config.datapath.hostLegacyRouting:
+        if FROM_NETDEV in nl.bpf_filters(link.index, TC_INGRESS):
+            nl.detach_bpf(link.index, TC_INGRESS)
+        return link.index
+    fd = pinned_program(config, FROM_NETDEV)
+    try:
+        attach(nl, link.index, fd)
+    finally:
+        os.close(fd)
+    return link.index
+
+
+def attach(nl: Netlink, index: int, program_fd: int) -> None:
+    nl.attach_bpf(index, program_fd, FROM_NETDEV, TC_INGRESS)
