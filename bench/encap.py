@@ -5,9 +5,12 @@ Two node namespaces on one underlay bridge (tests/support/twonodes.py: capillary
 programs compiled for each, on a bpffs mount of its own), each with the VXLAN device and a
 route to the other's pod CIDR via its underlay address. Three variants, in alternating
 rounds (the order rotates each round):
-  native    a pod on node a to a pod on node b, learnt without a tunnel endpoint: the
-            kernel routes it over the underlay; node b's to_container checks its policy
-            with the source identity from its ipcache (pod MTU 1500)
+  native    a pod on node a to a pod on node b, learnt without a tunnel endpoint, with
+            BPF host routing: from_container sends it out of node a's underlay device
+            (bpf_fib_lookup), node b's from_netdev checks its policy with the source
+            identity from its ipcache and delivers it (pod MTU 1500); with --legacy-routing
+            (datapath.hostLegacyRouting) both host stacks forward it and node b's
+            to_container checks the policy
   tunnel    another pair of pods, learnt with the other node's underlay address:
             from_container encapsulates (VNI = the source identity), node b's from_overlay
             checks policy and delivers (pod MTU 1450: the underlay's less 50 bytes of VXLAN)
@@ -18,6 +21,7 @@ per-round ratio. Targets: native >= 0.95x and tunnel >= 0.85x in throughput, p50
 <= 1.10x and tunnel <= 1.20x.
 
     .venv/bin/python bench/encap.py [--rounds 5] [--seconds 2] [--quick] [--cpus split|same|none]
+                                    [--legacy-routing]
 
 Prints tables and writes bench/results/encap.json. Everything it makes (namespaces capu-x*,
 capn-x*, cap-ox*, bpffs mounts /sys/fs/bpf/capillary-ox*, servers) is removed at the end,
@@ -50,8 +54,8 @@ BASELINE = "underlay"
 TARGETS = {v: {"gbps_1": gbps, "gbps_4": gbps, "p50_us": p50} for v, (gbps, p50) in ENCAP_TARGETS.items()}
 
 
-def set_up(cleanup, workdir: Path, cpus: Placement) -> list[Pair]:
-    two = TwoNodes(workdir, tunnel_mode=True, routes=True, tag_prefix=BENCH_TAG)
+def set_up(cleanup, workdir: Path, cpus: Placement, legacy: bool) -> list[Pair]:
+    two = TwoNodes(workdir, tunnel_mode=True, routes=True, tag_prefix=BENCH_TAG, legacy=legacy)
     cleanup.push("two nodes", two.close)
     log(f"building nodes {two.tag}a and {two.tag}b (4 bcc compiles)")
     two.__enter__()
@@ -113,6 +117,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, help="rounds, every variant once per round (default 5; quick 1)")
     parser.add_argument("--seconds", type=int, help="length of each iperf3/sockperf run (default 2; quick 1)")
     parser.add_argument("--quick", action="store_true", help="one short round")
+    parser.add_argument("--legacy-routing", action="store_true",
+                        help="native variant through the host stacks (datapath.hostLegacyRouting)")
     parser.add_argument("--cpus", choices=PLACEMENTS, default="split",
                         help="client/server CPUs: split 0/1 (default), same 1/1, none (unpinned)")
     args = parser.parse_args(argv)
@@ -128,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     cpus = Placement(*PLACEMENTS[args.cpus])
     began = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="capillary-bench-encap-") as tmp, cleaned_up() as cleanup:
-        pairs, two = set_up(cleanup, Path(tmp), cpus)
+        pairs, two = set_up(cleanup, Path(tmp), cpus, args.legacy_routing)
         before = vxlan_packets(two)
         rounds = run_rounds(pairs, cpus, args.rounds, args.seconds)
         after = vxlan_packets(two)
@@ -141,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     path = write_results("encap", {
         "benchmark": "encap", "environment": environment(),
         "parameters": {"rounds": args.rounds, "seconds": args.seconds, "variants": list(VARIANTS), "cpus": args.cpus,
+                       "legacy_routing": args.legacy_routing,
                        "underlay_mtu": UNDERLAY_MTU, "tunnel_pod_mtu": tunnel.pod_mtu(UNDERLAY_MTU),
                        "targets_vs_underlay": TARGETS},
         "rounds": [{"order": r["order"], "samples": {v: asdict(s) for v, s in r["samples"].items()}} for r in rounds],
