@@ -105,6 +105,9 @@ def test_label_policy_allows_and_denies_across_nodes(cluster):
         assert not cluster.ping(2, "x/p2", target)
     flows = cluster.cli(1, "observe", "--node", cluster.node(1).name, "--last", "50", "-o", "json").stdout
     assert "Policy denied" in flows or "POLICY_DENIED" in flows
+    # p0's packets reached node 1 by its underlay device's from_netdev (BPF host routing) or
+    # through the VXLAN device's from_overlay
+    assert ("FROM_NETWORK" if cluster.routing == "native" else "FROM_OVERLAY") in flows
     cluster.cli(0, "delete", "networkpolicy", "p1-from-p0", "-n", "x")
     wait_for(lambda: cluster.ping(2, "x/p2", target), "p2 reaches p1 again once the policy is gone")
 
