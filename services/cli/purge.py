@@ -1,5 +1,5 @@
-"""Remove every trace of a node: pods' links and namespaces, the router device, iptables
-chains, pinned maps and the state directory."""
+"""Remove every trace of a node: pods' links and namespaces, the router device, from_netdev on
+the underlay device, iptables chains, pinned maps and the state directory."""
 from __future__ import annotations
 
 import errno
@@ -9,7 +9,7 @@ from pathlib import Path
 from services.datapath import netns
 from services.datapath.netlink import Netlink
 from services.endpointd.plumbing import is_host_ifname, netns_prefix
-from services.routed import iptables
+from services.routed import iptables, netdev
 from services.runtime.config import NodeConfig
 
 
@@ -23,6 +23,8 @@ def purge_node(config: NodeConfig) -> list[str]:
         for name in (config.datapath.routerDevice, config.datapath.routerPeer):
             if nl.delete_veth(name):
                 removed.append(f"link {name}")
+        if netdev.remove(nl, config):
+            removed.append(f"{netdev.FROM_NETDEV} on the underlay device")
     finally:
         nl.close()
     if netns.NETNS_RUN_DIR.is_dir():

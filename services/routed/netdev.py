@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 
 from services.datapath.maps.tunnel import FROM_NETDEV
-from services.datapath.netlink import TC_INGRESS, Netlink
+from services.datapath.netlink import TC_INGRESS, InterfaceNotFound, Netlink
 from services.routed.tunnel import pinned_program
 from services.runtime.config import NodeConfig
 
@@ -25,8 +25,7 @@ def ensure(nl: Netlink, config: NodeConfig) -> int:
     device's ifindex."""
     link = nl.link_of_address(config.cluster.underlayIP)
     if config.datapath.hostLegacyRouting:
-        if FROM_NETDEV in nl.bpf_filters(link.index, TC_INGRESS):
-            nl.detach_bpf(link.index, TC_INGRESS)
+        detach(nl, link.index)
         return link.index
     fd = pinned_program(config, FROM_NETDEV)
     try:
@@ -38,3 +37,22 @@ def ensure(nl: Netlink, config: NodeConfig) -> int:
 
 def attach(nl: Netlink, index: int, program_fd: int) -> None:
     nl.attach_bpf(index, program_fd, FROM_NETDEV, TC_INGRESS)
+
+
+def detach(nl: Netlink, index: int) -> bool:
+    """from_netdev off the device INDEX (another program there is left alone). Whether it was on."""
+    if FROM_NETDEV not in nl.bpf_filters(index, TC_INGRESS):
+        return False
+    nl.detach_bpf(index, TC_INGRESS)
+    return True
+
+
+def remove(nl: Netlink, config: NodeConfig) -> bool:
+    """from_netdev off the underlay device, if there is one holding cluster.underlayIP (purge)."""
+    if not config.cluster.enabled:
+        return False
+    try:
+        index = nl.link_of_address(config.cluster.underlayIP).index
+    except InterfaceNotFound:
+        return False
+    return detach(nl, index)

@@ -8,11 +8,16 @@ to_container judges it. Either way the same label policy decides, with the sourc
 from the receiving node's ipcache."""
 from __future__ import annotations
 
+import contextlib
+import os
+
 import pytest
 
 from services.datapath.maps.tunnel import FROM_NETDEV
+from services.datapath.netlink import Netlink
 from services.datapath.numbers import (DROP_POLICY_DENY, EVENT_DROP, EVENT_TRACE, METRIC_INGRESS, TRACE_FROM_NETWORK,
                                        TRACE_TO_LXC, TRACE_TO_NETWORK, TRACE_TO_STACK)
+from services.routed import netdev, tunnel
 from tests.support.twonodes import Events, TwoNodes, ping, pod_labels, until
 
 ID_A, ID_B = 1001, 1002
@@ -122,3 +127,25 @@ def test_a_ttl_that_expires_on_the_way_is_answered_as_by_routers(cluster):
     assert pa.run("ping", "-c", "1", "-W", "3", "-t", "3", pb.ip).returncode == 0
     expired = pa.run("ping", "-c", "1", "-W", "3", "-t", "2", pb.ip)
     assert expired.returncode != 0 and "Time to live exceeded" in expired.stdout, expired.stdout
+
+
+def test_from_netdev_comes_off_the_device_and_the_host_stack_takes_over(cluster):
+    two, pa, pb, legacy = cluster
+    if legacy:
+        pytest.skip("nothing attached with hostLegacyRouting")
+    two.b.apply_policies([], IDENTITIES)
+    with two.b.entered(), contextlib.closing(Netlink()) as nl:
+        index = nl.link_of_address(two.b.underlay_ip).index
+        assert netdev.detach(nl, index) and not netdev.detach(nl, index)     # gone is success
+        assert FROM_NETDEV not in nl.bpf_filters(index)
+    try:
+        before = forwarded(two.b)
+        assert until(lambda: ping(pa, pb.ip)), "node b's host stack does not deliver without from_netdev"
+        assert forwarded(two.b) > before
+    finally:
+        fd = tunnel.pinned_program(two.b.config, FROM_NETDEV)      # as TwoNodes pinned it
+        try:
+            with two.b.entered(), contextlib.closing(Netlink()) as nl:
+                netdev.attach(nl, nl.link_of_address(two.b.underlay_ip).index, fd)
+        finally:
+            os.close(fd)
