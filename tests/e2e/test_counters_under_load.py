@@ -72,8 +72,7 @@ def connection_packets(root: Path, key: CtKey) -> int:
 def counts(root: Path, ids: dict[str, int], key: CtKey) -> dict:
     endpoints, metrics, table = EndpointMetricsMap(root), MetricsMap(root), ConntrackMap(root)
     try:
-        by_id = {c.endpoint_id: c for c in endpoints.all()}
-        return {"ep": {pod: by_id[i] for pod, i in ids.items()}, "ct": table.ways(key),
+        return {"ep": {pod: endpoints.read(i) for pod, i in ids.items()}, "ct": table.ways(key),
                 "redirected": metrics.read(METRIC_EGRESS, REASON_REDIRECT_PEER).packets}
     finally:
         for m in (endpoints, metrics, table):
