@@ -7,7 +7,8 @@ reason: to an endpoint, to the stack, ...), which Cilium does not label, is in
 capillary_forward_count_total / capillary_forward_bytes_total{direction, path}. Per
 endpoint (cap_ep_metrics), which Cilium has no metric of its own for:
 capillary_endpoint_packets_total / capillary_endpoint_bytes_total{endpoint, namespace, pod,
-direction} of every pod flowd knows, where ingress is into the pod and egress out of it.
+direction} of every pod flowd knows that has sent or received a packet, where ingress is
+into the pod and egress out of it.
 """
 from __future__ import annotations
 
@@ -82,6 +83,8 @@ class DatapathCollector:
                 c = self._ep_map.read(endpoint_id)
             except MapError:
                 continue        # an id the counters have no slot for: nothing counted
+            if not (c.rx_packets or c.tx_packets):
+                continue        # nothing yet, or the pod went (its counters were zeroed)
             for direction, p, b in (("ingress", c.rx_packets, c.rx_bytes), ("egress", c.tx_packets, c.tx_bytes)):
                 packets.add_metric([str(c.endpoint_id), namespace, name, direction], p)
                 octets.add_metric([str(c.endpoint_id), namespace, name, direction], b)
