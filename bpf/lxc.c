@@ -14,6 +14,12 @@
  * from_netdev: tc ingress of the node's underlay device (native routing): the same for
  *   packets another node's pods sent here natively routed, the source identity from the
  *   ipcache. (The sending side is lib/host_routing.h.)
+ * An established connection's packets take a short way: its conntrack entry keeps, for each
+ * direction, a copy of what they need from the endpoint map, true while the map's generation
+ * is the one it was copied at (lib/conntrack.h, struct ct_way). A packet whose copy holds and
+ * that is not traced is checked against it (its source device: anti-spoofing), counted and
+ * delivered with no endpoint lookup; every other packet goes the whole way, which makes the
+ * copy.
  * Only IPv4 and ARP are handled, as Cilium with IPv6 disabled: every other ethertype is
  * dropped both ways (DROP_UNKNOWN_L3). A packet to an address of the pod CIDR that is no
  * known endpoint is dropped (DROP_UNKNOWN_TARGET): a pod being deleted, or an endpoint
@@ -144,6 +150,56 @@ static __always_inline int drop_early(struct __sk_buff *skb, __u8 dir, __u8 reas
 	return drop(skb, &m, reason);
 }
 
+/* The way of live entry CT that packet L4 in STATE travels, when it holds a copy of the
+ * endpoints made at generation GEN of the endpoint map (still true, then) saying the packet
+ * comes from the endpoint on FROM_IFINDEX (0: from outside the node's pods) and goes to a
+ * local pod, and the packet has no trace due in SLOT (events.aggregation none: always
+ * one). NULL otherwise. Changes nothing. */
+static __always_inline struct ct_way *known_way(struct ct_entry *ct, enum ct_state state,
+						struct l4_tuple *l4, __u64 gen, __u32 from_ifindex,
+						__u32 slot)
+{
+	struct ct_way *w = ct_way(ct, state);
+
+	if (w->gen != gen || w->from_ifindex != from_ifindex || !w->to_ifindex)
+		return 0;
+#if EVENTS_AGGREGATION == AGGREGATION_NONE
+	return 0;
+#else
+	if (ct_report_due(ct, slot | (state == CT_REPLY), l4))
+		return 0;
+	asm volatile("" ::: "memory");   /* the way's fields after its generation */
+	return w;
+#endif
+}
+
+#ifndef HOST_STACK
+#define FAST_MISS (-1)
+
+/* An established packet from a local pod to a local pod whose way knows both endpoints
+ * (known_way: the source is the endpoint on this device, so anti-spoofing holds) and that
+ * traces nothing: its counts and the redirect, with no endpoint lookup. Any other packet
+ * goes the whole way: FAST_MISS, nothing changed. */
+static __always_inline int established_fast(struct __sk_buff *skb, struct ct_entry *ct,
+					    enum ct_state state, struct l4_tuple *l4, __u64 gen,
+					    __u64 now, __u8 ttl)
+{
+	struct ct_way *w = known_way(ct, state, l4, gen, skb->ifindex, CT_SLOT_FROM_CONTAINER);
+	__u32 ifindex;
+
+	if (!w || ttl <= 1)
+		return FAST_MISS;
+	ifindex = w->to_ifindex;
+	ct_account(ct, state, l4, skb->len, now);
+	count_endpoint(skb, w->from_endpoint, 0);
+	if (ipv4_forward(skb, w->host_mac, w->pod_mac) < 0)
+		return drop_early(skb, METRIC_EGRESS, DROP_INVALID);
+	count(skb, METRIC_EGRESS, REASON_REDIRECT_PEER);
+	count_endpoint(skb, w->to_endpoint, 1);
+	return bpf_redirect_peer(ifindex, 0);
+}
+#endif
+
 static __always_inline int handle_ipv4(struct __sk_buff *skb)
 {
 	void *data = (void *)(long)skb->data;
@@ -155,6 +211,7 @@ static __always_inline int handle_ipv4(struct __sk_buff *skb)
 	struct ct_entry *ct;
 	enum ct_state state;
 	__be32 saddr, daddr;
+	__u64 gen, now;
 	__u8 ttl, proto;
 	int traced;
 
@@ -164,6 +221,18 @@ static __always_inline int handle_ipv4(struct __sk_buff *skb)
 	daddr = ip4->daddr;
 	ttl = ip4->ttl;
 	proto = ip4->protocol;
+	gen = endpoints_gen();
+	now = ct_clock();
+	/* Nothing is written before anti-spoofing passed: here by the way's copy of it. */
+	state = ct_open(saddr, daddr, proto, &l4, now, &ct);
+#ifndef HOST_STACK
+	if (ct) {
+		int fast = established_fast(skb, ct, state, &l4, gen, now, ttl);
+
+		if (fast != FAST_MISS)
+			return fast;
+	}
+#endif
 
 	/* Anti-spoofing: the source address must be the one this endpoint was given. */
 	src = lookup_endpoint(saddr);
@@ -176,7 +245,8 @@ static __always_inline int handle_ipv4(struct __sk_buff *skb)
 	if (!dst && IN_POD_CIDR(daddr) && daddr != ROUTER_IP)
 		return drop(skb, &m, DROP_UNKNOWN_TARGET);
 
-	state = ct_lookup(saddr, daddr, proto, &l4, skb->len, &ct);
+	if (ct)
+		ct_account(ct, state, &l4, skb->len, now);
 	m.reason = state;
 	traced = state == CT_NEW ||
 		 trace_wanted(ct, CT_SLOT_FROM_CONTAINER | (state == CT_REPLY), &l4);
@@ -212,6 +282,8 @@ static __always_inline int handle_ipv4(struct __sk_buff *skb)
 	if (dst && ttl > 1) {
 		__u32 ifindex = dst->ifindex;
 
+		if (ct)
+			ct_remember(ct_way(ct, state), gen, src->ifindex, src->endpoint_id, dst);
 		if (ipv4_forward(skb, dst->host_mac, dst->pod_mac) < 0)
 			return drop_early(skb, METRIC_EGRESS, DROP_INVALID);
 		count(skb, METRIC_EGRESS, REASON_REDIRECT_PEER);
@@ -313,8 +385,9 @@ static __always_inline int to_container_ipv4(struct __sk_buff *skb)
 	struct event_meta m = { .direction = METRIC_INGRESS };
 	struct endpoint_info *dst;
 	struct l4_tuple l4 = {};
-	struct ct_entry *ct;
+	struct ct_entry *ct = 0;
 	__be32 saddr, daddr;
+	__u64 gen, now;
 	__u8 proto;
 	int local, traced;
 
@@ -323,6 +396,22 @@ static __always_inline int to_container_ipv4(struct __sk_buff *skb)
 	saddr = ip4->saddr;
 	daddr = ip4->daddr;
 	proto = ip4->protocol;
+	gen = endpoints_gen();
+	now = ct_clock();
+	/* From outside the node's pods (local_source 0), established, and its way knows the
+	 * endpoint on this device: counted, with no endpoint lookup. */
+	if (!IN_POD_CIDR(saddr) || saddr == ROUTER_IP) {
+		struct ct_way *w;
+
+		m.reason = ct_open(saddr, daddr, proto, &l4, now, &ct);
+		w = ct ? known_way(ct, m.reason, &l4, gen, 0, CT_SLOT_TO_CONTAINER) : 0;
+		if (w && w->to_ifindex == skb->ifindex) {
+			ct_account(ct, m.reason, &l4, skb->len, now);
+			count(skb, METRIC_INGRESS, REASON_FORWARDED);
+			count_endpoint(skb, w->to_endpoint, 1);
+			return TC_ACT_OK;
+		}
+	}
 	/* Only the endpoint this device belongs to receives through it. */
 	dst = lookup_endpoint(daddr);
 	if (!dst || dst->ifindex != skb->ifindex)
@@ -335,7 +424,13 @@ static __always_inline int to_container_ipv4(struct __sk_buff *skb)
 	if (local && judged_by_source(skb, &m, ip4, &l4))
 		return TC_ACT_OK;
 
-	m.reason = ct_lookup(saddr, daddr, proto, &l4, skb->len, &ct);
+	if (local)
+		m.reason = ct_open(saddr, daddr, proto, &l4, now, &ct);
+	if (ct) {
+		ct_account(ct, m.reason, &l4, skb->len, now);
+		if (!local)
+			ct_remember(ct_way(ct, m.reason), gen, 0, 0, dst);
+	}
 	traced = m.reason == CT_NEW ||
 		 trace_wanted(ct, CT_SLOT_TO_CONTAINER | (m.reason == CT_REPLY), &l4);
 	if (traced && !local)
@@ -378,7 +473,9 @@ static __always_inline int from_node_ipv4(struct __sk_buff *skb, __u32 src_ident
 	struct endpoint_info *dst;
 	struct l4_tuple l4 = {};
 	struct ct_entry *ct;
+	struct ct_way *w;
 	__be32 saddr, daddr;
+	__u64 gen, now;
 	__u8 ttl, proto;
 	int traced;
 
@@ -388,6 +485,22 @@ static __always_inline int from_node_ipv4(struct __sk_buff *skb, __u32 src_ident
 	daddr = ip4->daddr;
 	ttl = ip4->ttl;
 	proto = ip4->protocol;
+	gen = endpoints_gen();
+	now = ct_clock();
+	m.reason = ct_open(saddr, daddr, proto, &l4, now, &ct);
+	/* Established, and its way knows the local pod it goes to: no endpoint lookup. */
+	w = ct && !IN_POD_CIDR(saddr) && ttl > 1 ? known_way(ct, m.reason, &l4, gen, 0, CT_SLOT_TO_CONTAINER) : 0;
+	if (w) {
+		__u32 ifindex = w->to_ifindex;
+
+		m.endpoint_id = w->to_endpoint;
+		ct_account(ct, m.reason, &l4, skb->len, now);
+		if (ipv4_forward(skb, w->host_mac, w->pod_mac) < 0)
+			return drop(skb, &m, DROP_INVALID);
+		count(skb, METRIC_INGRESS, REASON_REDIRECT_PEER);
+		count_endpoint(skb, w->to_endpoint, 1);
+		return bpf_redirect_peer(ifindex, 0);
+	}
 	dst = lookup_endpoint(daddr);
 	if (!dst)
 		return drop(skb, &m, DROP_UNKNOWN_TARGET);
@@ -396,7 +509,8 @@ static __always_inline int from_node_ipv4(struct __sk_buff *skb, __u32 src_ident
 	if (IN_POD_CIDR(saddr) || ttl <= 1)
 		return drop(skb, &m, IN_POD_CIDR(saddr) ? DROP_INVALID_SIP : DROP_INVALID);
 
-	m.reason = ct_lookup(saddr, daddr, proto, &l4, skb->len, &ct);
+	if (ct)
+		ct_account(ct, m.reason, &l4, skb->len, now);
 	traced = m.reason == CT_NEW ||
 		 trace_wanted(ct, CT_SLOT_TO_CONTAINER | (m.reason == CT_REPLY), &l4);
 	if (traced)
@@ -406,6 +520,8 @@ static __always_inline int from_node_ipv4(struct __sk_buff *skb, __u32 src_ident
 	{
 		__u32 ifindex = dst->ifindex;
 
+		if (ct)
+			ct_remember(ct_way(ct, m.reason), gen, 0, 0, dst);
 		if (ipv4_forward(skb, dst->host_mac, dst->pod_mac) < 0)
 			return drop(skb, &m, DROP_INVALID);
 		count(skb, METRIC_INGRESS, REASON_REDIRECT_PEER);

@@ -3,14 +3,18 @@
  * (services/datapath/maps/conntrack.py mirrors these structs; a test compares them).
  *
  * The two directions of a connection usually run on two CPUs (a request on the client's,
- * its reply on the server's), and both look up the same entry. So an established packet
- * writes nothing there unless something changed (a flag, last_seen at most once per
- * CT_TOUCH_NS), and counts into cap_ct_acct, per CPU: a line both CPUs write would move
- * between their caches on every packet. */
+ * its reply on the server's), and both look up the same entry. So an entry is laid out in
+ * cache lines by who writes them: the map's own header and the key (line 0) and the shared
+ * fields (line 1) are read by both directions and written only when something changes (a
+ * flag, last_seen at most once per CT_TOUCH_NS); each direction ("way") has a line of its
+ * own (lines 2 and 3) for its counts, which the CPU that sends that direction adds to.
+ * (The LRU hash's element header is 48 bytes and the key 16, so the value starts at 64 and
+ * a 192-byte value makes 256-byte elements: every line is one element's.) */
 #ifndef CAPILLARY_CONNTRACK_H
 #define CAPILLARY_CONNTRACK_H
 
 #include "common.h"
+#include "endpoints.h"
 
 #ifndef CT_MAP_SIZE
 #define CT_MAP_SIZE 65536
@@ -52,28 +56,41 @@ struct ct_key {
 	__u8   pad[3];
 };
 
+/* One direction of a connection: way 0 is the direction it was opened in, way 1 its
+ * replies. Its counts (atomic adds: only the CPUs sending this direction write the line, one
+ * at a time as a rule), and what delivering its packets needs from cap_endpoints, copied
+ * when the endpoint map's generation was GEN (lib/endpoints.h): while the generation is the
+ * same, the endpoint map has not changed since, and an established packet needs neither
+ * endpoint lookup. */
+struct ct_way {
+	__u64 packets;
+	__u64 bytes;
+	__u64 gen;           /* cap_endpoints_gen when what follows was copied; 0: never */
+	__u32 from_ifindex;  /* the source endpoint's lxc device (anti-spoofing); 0: not a local pod */
+	__u32 to_ifindex;    /* the destination endpoint's lxc device; 0: not a local pod */
+	__u16 from_endpoint; /* the source endpoint's id (its tx counts) */
+	__u16 to_endpoint;   /* the destination endpoint's id (its rx counts) */
+	__u8  host_mac[6];   /* the destination's gateway MAC (its lxc device's) */
+	__u8  pod_mac[6];    /* the destination's eth0 */
+	__u8  pad[16];
+};
+
 struct ct_entry {
 	__u64 created;       /* bpf_ktime_get_ns() */
 	__u64 last_seen;     /* within CT_TOUCH_NS of the last packet */
 	__u32 flags;
 	__u32 rule_id;       /* egress rule at the source, the one that allowed it */
 	__u16 reported[4];   /* trace aggregation state, see CT_SLOT_* (races: a duplicate trace) */
+	__u8  pad[32];
+	struct ct_way way[2];
 };
+
+_Static_assert(sizeof(struct ct_way) == 64, "a way is one cache line");
+_Static_assert(sizeof(struct ct_entry) == 192 && __builtin_offsetof(struct ct_entry, way) == 64,
+	       "the shared fields and each way on lines of their own");
 
 BPF_TABLE_PINNED("lru_hash", struct ct_key, struct ct_entry, cap_ct, CT_MAP_SIZE,
 		 PIN_ROOT "/ct");
-
-/* A connection's packets and bytes, both directions, per CPU (readers sum the CPUs), under
- * the key of its cap_ct entry. ct_create starts it afresh; endpointd deletes it with the
- * entry. An LRU of its own: should it lose the counts of a connection cap_ct kept, the next
- * packet starts them again (they then count from there). */
-struct ct_acct {
-	__u64 packets;
-	__u64 bytes;
-};
-
-BPF_TABLE_PINNED("lru_percpu_hash", struct ct_key, struct ct_acct, cap_ct_acct, CT_MAP_SIZE,
-		 PIN_ROOT "/ct_acct");
 
 struct l4_tuple {
 	__be16 sport;
@@ -134,24 +151,22 @@ static __always_inline int ct_may_reply(__u8 proto, struct l4_tuple *l4)
 }
 
 /* The live entry of the packet's connection and whether the packet is a reply; NULL (and
- * CT_NEW) when there is none or it expired. KEY: the key looked up last (the entry's when
- * found). Touches nothing. */
+ * CT_NEW) when there is none or it expired. Touches nothing. */
 static __always_inline enum ct_state ct_find(__be32 saddr, __be32 daddr, __u8 proto,
-					     struct l4_tuple *l4, __u64 now, struct ct_key *key,
-					     struct ct_entry **entry)
+					     struct l4_tuple *l4, __u64 now, struct ct_entry **entry)
 {
 	enum ct_state state = CT_ESTABLISHED;
+	struct ct_key key = { .saddr = saddr, .daddr = daddr, .sport = l4->sport,
+			      .dport = l4->dport, .protocol = proto };
 	struct ct_entry *e = 0;
 
 	*entry = 0;
-	*key = (struct ct_key){ .saddr = saddr, .daddr = daddr, .sport = l4->sport,
-				.dport = l4->dport, .protocol = proto };
 	if (ct_may_forward(proto, l4))
-		e = cap_ct.lookup(key);
+		e = cap_ct.lookup(&key);
 	if (!e && ct_may_reply(proto, l4)) {
-		*key = (struct ct_key){ .saddr = daddr, .daddr = saddr, .sport = l4->dport,
-					.dport = l4->sport, .protocol = proto };
-		e = cap_ct.lookup(key);
+		key = (struct ct_key){ .saddr = daddr, .daddr = saddr, .sport = l4->dport,
+				       .dport = l4->sport, .protocol = proto };
+		e = cap_ct.lookup(&key);
 		state = CT_REPLY;
 	}
 	if (!e || ct_expired(e, proto, now))
@@ -160,52 +175,69 @@ static __always_inline enum ct_state ct_find(__be32 saddr, __be32 daddr, __u8 pr
 	return state;
 }
 
-/* The connection's state for this packet, accounting it. *ENTRY: the entry (NULL if new).
- * Invariant: CT_ESTABLISHED and CT_REPLY are only returned for a live entry of a
- * connection whose first packet passed policy. A bare SYN always starts a new connection
- * (so a reused 4-tuple meets today's policy), and an idle or closed entry expires. */
-static __always_inline enum ct_state ct_lookup(__be32 saddr, __be32 daddr, __u8 proto,
-					       struct l4_tuple *l4, __u32 len,
-					       struct ct_entry **entry)
+/* The connection this packet belongs to, as ct_find, except that a bare SYN always starts a
+ * new connection (so a reused 4-tuple meets today's policy). Touches nothing: the caller
+ * accounts the packet (ct_account) once it knows the packet may pass. Invariant:
+ * CT_ESTABLISHED and CT_REPLY are only returned for a live entry of a connection whose first
+ * packet passed policy; an idle or closed entry expires. */
+static __always_inline enum ct_state ct_open(__be32 saddr, __be32 daddr, __u8 proto,
+					     struct l4_tuple *l4, __u64 now, struct ct_entry **entry)
 {
-	__u64 now = ct_clock();
-	enum ct_state state;
-	struct ct_entry *e;
-	struct ct_acct *a;
-	struct ct_key key;
-
 	*entry = 0;
 	if (proto == IPPROTO_TCP && (l4->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN)
 		return CT_NEW;
-	state = ct_find(saddr, daddr, proto, l4, now, &key, &e);
-	if (!e)
-		return CT_NEW;
-	*entry = e;
-	a = cap_ct_acct.lookup(&key);
-	if (a) {
-		a->packets += 1;     /* this CPU's own copy: no other writer */
-		a->bytes += len;
-	} else {
-		struct ct_acct fresh = { .packets = 1, .bytes = len };
+	return ct_find(saddr, daddr, proto, l4, now, entry);
+}
 
-		cap_ct_acct.update(&key, &fresh);
-	}
+/* The way of entry E a packet in STATE (CT_ESTABLISHED or CT_REPLY) travels. */
+static __always_inline struct ct_way *ct_way(struct ct_entry *e, enum ct_state state)
+{
+	return state == CT_REPLY ? &e->way[1] : &e->way[0];
+}
+
+/* Account a packet of LEN bytes in STATE to its live entry E: its way's counts, last_seen
+ * (at most once per CT_TOUCH_NS) and the flags a reply or a FIN/RST sets. */
+static __always_inline void ct_account(struct ct_entry *e, enum ct_state state, struct l4_tuple *l4,
+				       __u32 len, __u64 now)
+{
+	struct ct_way *w = ct_way(e, state);
+
+	__sync_fetch_and_add(&w->packets, 1);
+	__sync_fetch_and_add(&w->bytes, len);
 	if (ct_idle(e, now) >= CT_TOUCH_NS)
 		e->last_seen = now;
 	if (state == CT_REPLY && !(e->flags & CT_SEEN_REPLY))
 		e->flags |= CT_SEEN_REPLY;
 	if ((l4->tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST)) && !(e->flags & CT_CLOSING))
 		e->flags |= CT_CLOSING;
-	return state;
 }
 
-/* Like ct_lookup without accounting: for a second look at a packet already counted. */
+/* The live entry of a packet already counted (ct_find, without the bare-SYN rule): for a
+ * second look at it. */
 static __always_inline enum ct_state ct_peek(__be32 saddr, __be32 daddr, __u8 proto,
 					     struct l4_tuple *l4, struct ct_entry **entry)
 {
-	struct ct_key key;
+	return ct_find(saddr, daddr, proto, l4, ct_clock(), entry);
+}
 
-	return ct_find(saddr, daddr, proto, l4, ct_clock(), &key, entry);
+/* Copy into way W what delivery needs: the source endpoint's device and id (0 and 0 for a
+ * source outside the node's pods) and the destination endpoint DST, as read at generation GEN
+ * of the endpoint map. Written only when the generation moved. Two CPUs copying the same way
+ * at once copy the same thing; a packet reading it during a copy may take the previous
+ * generation's values (as a packet that looked the endpoints up just before the change would). */
+static __always_inline void ct_remember(struct ct_way *w, __u64 gen, __u32 from_ifindex,
+					__u16 from_endpoint, const struct endpoint_info *dst)
+{
+	if (w->gen == gen)
+		return;
+	w->from_ifindex = from_ifindex;
+	w->to_ifindex = dst->ifindex;
+	w->from_endpoint = from_endpoint;
+	w->to_endpoint = dst->endpoint_id;
+	__builtin_memcpy(w->host_mac, dst->host_mac, ETH_ALEN);
+	__builtin_memcpy(w->pod_mac, dst->pod_mac, ETH_ALEN);
+	asm volatile("" ::: "memory");   /* the generation last (x86 keeps stores in order) */
+	w->gen = gen;
 }
 
 /* The reported[] bits a packet in SLOT stands for. */
@@ -214,19 +246,24 @@ static __always_inline __u16 ct_report_bits(struct l4_tuple *l4)
 	return CT_REPORTED_PACKET | l4->tcp_flags;
 }
 
-/* Whether a trace of this packet is news for entry E in SLOT: the first packet of its
- * direction, or a TCP flag not reported yet. Records it as reported. No entry: always. */
+/* Whether a trace of this packet would be news for entry E in SLOT: the first packet of its
+ * direction, or a TCP flag not reported yet. Records nothing. */
+static __always_inline int ct_report_due(struct ct_entry *e, __u32 slot, struct l4_tuple *l4)
+{
+	__u16 bits = ct_report_bits(l4), seen = e->reported[slot & 3];
+
+	return (seen | bits) != seen;
+}
+
+/* Whether a trace of this packet is news for entry E in SLOT (ct_report_due), recording it
+ * as reported. No entry: always. */
 static __always_inline int ct_report(struct ct_entry *e, __u32 slot, struct l4_tuple *l4)
 {
-	__u16 bits = ct_report_bits(l4), seen;
-
 	if (!e)
 		return 1;
-	slot &= 3;
-	seen = e->reported[slot];
-	if ((seen | bits) == seen)
+	if (!ct_report_due(e, slot, l4))
 		return 0;
-	e->reported[slot] = seen | bits;
+	e->reported[slot & 3] |= ct_report_bits(l4);
 	return 1;
 }
 
@@ -245,12 +282,12 @@ static __always_inline void ct_create(__be32 saddr, __be32 daddr, __u8 proto,
 			      .dport = l4->dport, .protocol = proto };
 	struct ct_entry e = { .created = now, .last_seen = now, .flags = n->flags,
 			      .rule_id = n->rule_id };
-	struct ct_acct acct = { .packets = 1, .bytes = len };
 
 	if (!ct_may_forward(proto, l4))
 		return;              /* an echo reply opens nothing: only a request has replies */
 	e.reported[n->slot & 3] = ct_report_bits(l4);
-	cap_ct_acct.update(&key, &acct);
+	e.way[0].packets = 1;
+	e.way[0].bytes = len;
 	cap_ct.update(&key, &e);
 }
 

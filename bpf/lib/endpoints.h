@@ -25,6 +25,22 @@ struct endpoint_info {
 BPF_TABLE_PINNED("hash", struct endpoint_key, struct endpoint_info, cap_endpoints,
 		 ENDPOINTS_MAP_SIZE, PIN_ROOT "/endpoints", BPF_F_NO_PREALLOC);
 
+/* The endpoint map's generation: after every change to cap_endpoints its owner writes here
+ * a value it never wrote before (services/datapath/maps/endpoints.py), so a copy of endpoint
+ * entries made at generation G (conntrack's ct_way) is still true while the generation is
+ * G. Read it before the entries it stands for. */
+#define ENDPOINTS_GEN_KEY 0
+
+BPF_TABLE_PINNED("array", __u32, __u64, cap_endpoints_gen, 1, PIN_ROOT "/endpoints_gen");
+
+static __always_inline __u64 endpoints_gen(void)
+{
+	__u32 key = ENDPOINTS_GEN_KEY;
+	__u64 *gen = cap_endpoints_gen.lookup(&key);
+
+	return gen ? *gen : 0;
+}
+
 static __always_inline struct endpoint_info *lookup_endpoint(__be32 ip)
 {
 	struct endpoint_key key = { .ip = ip };

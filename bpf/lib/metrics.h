@@ -1,7 +1,8 @@
 /* Per-CPU packet and byte counters by (direction, reason), and per endpoint. Owner:
  * endpointd, read by flowd and `capillary status`. cap_metrics index = direction << 8 | reason.
- * cap_ep_metrics is keyed by endpoint id: endpointd creates an endpoint's entry with the
- * endpoint and deletes it with it; the datapath only counts into entries that exist. */
+ * cap_ep_metrics index = endpoint id: endpointd gives each endpoint the lowest free id, at
+ * most ENDPOINTS_MAP_SIZE (services/endpointd/service.py), and zeroes an endpoint's counters
+ * when it goes, so a reused id starts from zero. */
 #ifndef CAPILLARY_METRICS_H
 #define CAPILLARY_METRICS_H
 
@@ -29,8 +30,10 @@ struct ep_metrics {
 #define ENDPOINTS_MAP_SIZE 4096
 #endif
 
-BPF_TABLE_PINNED("percpu_hash", __u32, struct ep_metrics, cap_ep_metrics,
-		 ENDPOINTS_MAP_SIZE, PIN_ROOT "/ep_metrics");
+/* An array, not a hash: the verifier inlines a lookup as an index, where a hash map would
+ * hash the id and walk a bucket, for the sender and again for the receiver of each packet. */
+BPF_TABLE_PINNED("percpu_array", __u32, struct ep_metrics, cap_ep_metrics,
+		 ENDPOINTS_MAP_SIZE + 1, PIN_ROOT "/ep_metrics");
 
 static __always_inline void count_endpoint(struct __sk_buff *skb, __u32 endpoint_id, int rx)
 {

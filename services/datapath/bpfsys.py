@@ -218,3 +218,14 @@ def test_run(fd: int, data: bytes, repeat: int) -> tuple[int, int]:
     attr = _TestRunAttr(prog_fd=fd, data_size_in=len(data), data_in=_addr(buf), repeat=repeat)
     _bpf(BPF_PROG_TEST_RUN, attr)
     return attr.retval, attr.duration
+
+
+def run_once(fd: int, data: bytes) -> tuple[int, bytes]:
+    """Run the program once on a packet DATA in the kernel: (its return value, the packet as
+    the program left it)."""
+    buf = ct.create_string_buffer(data, len(data))
+    out = ct.create_string_buffer(len(data) + 256)
+    attr = _TestRunAttr(prog_fd=fd, data_size_in=len(data), data_in=_addr(buf),
+                        data_size_out=len(out), data_out=_addr(out), repeat=1)
+    _bpf(BPF_PROG_TEST_RUN, attr)
+    return attr.retval, out.raw[:attr.data_size_out]

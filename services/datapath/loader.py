@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from services.datapath import bpfsys
-from services.datapath.maps import ipcache
+from services.datapath.maps import conntrack, ipcache, metrics
 from services.datapath.numbers import AGGREGATION_LEVELS
 from services.runtime.config import NodeConfig
 
@@ -153,6 +153,9 @@ def pin_programs(source: str, config: NodeConfig, names: tuple[str, ...]) -> dic
 def _run_child(source: str, config: NodeConfig, programs: list[str]) -> None:
     if source != MAP_SOURCES["routed"]:
         ipcache.check_layout(Path(config.datapath.bpfRoot))
+    if source == MAP_SOURCES["endpointd"]:
+        conntrack.drop_old_layout(Path(config.datapath.bpfRoot))
+        metrics.drop_old_layout(Path(config.datapath.bpfRoot))
     proc = subprocess.run([sys.executable, "-m", "services.datapath.loader", source, config.datapath.bpfRoot,
                            ",".join(programs), *cflags(config)],
                           capture_output=True, text=True, env={**os.environ, BPF_DIR_ENV: str(bpf_dir())},

@@ -167,6 +167,10 @@ class PinnedMap(Generic[K, V]):
         _count(self.path, "update", True)
         return True
 
+    def put_zero(self, key: K) -> None:
+        """Set KEY's value to zero (on every CPU, for a per-CPU map)."""
+        self.update(key, self._raw() if self.percpu else self.value_type())
+
     def delete(self, key: K) -> bool:
         """Delete KEY; False when it was not there."""
         try:

@@ -319,11 +319,14 @@ class EndpointService(Service):
         return pod
 
     def _endpoint_id(self) -> int:
+        """The lowest free id, at most maps.endpoints: the per-endpoint counters are an array
+        of that size (bpf/lib/metrics.h)."""
         used = {p.status.endpoint_id for p in self.pods.values()}
-        for candidate in range(1, MAX_ENDPOINT_ID + 1):
+        limit = min(MAX_ENDPOINT_ID, self.config.maps.endpoints)
+        for candidate in range(1, limit + 1):
             if candidate not in used:
                 return candidate
-        raise ServiceError(EXHAUSTED, f"no free endpoint id (limit {MAX_ENDPOINT_ID})")
+        raise ServiceError(EXHAUSTED, f"no free endpoint id (limit {limit}, maps.endpoints)")
 
     async def delete_pod(self, req: ObjectRef) -> Applied:
         namespace = req.namespace or DEFAULT_NAMESPACE

@@ -7,7 +7,8 @@ reason: to an endpoint, to the stack, ...), which Cilium does not label, is in
 capillary_forward_count_total / capillary_forward_bytes_total{direction, path}. Per
 endpoint (cap_ep_metrics), which Cilium has no metric of its own for:
 capillary_endpoint_packets_total / capillary_endpoint_bytes_total{endpoint, namespace, pod,
-direction}, where ingress is into the pod and egress out of it.
+direction} of every pod flowd knows that has sent or received a packet, where ingress is
+into the pod and egress out of it.
 """
 from __future__ import annotations
 
@@ -77,9 +78,13 @@ class DatapathCollector:
                                       "(egress) each pod, counted by the datapath", labels=labels)
         octets = CounterMetricFamily("capillary_endpoint_bytes", "Bytes into (ingress) and out of (egress) "
                                      "each pod, counted by the datapath", labels=labels)
-        pods = self.pods()
-        for c in self._ep_map.all():
-            namespace, name = pods.get(c.endpoint_id, ("", ""))
+        for endpoint_id, (namespace, name) in sorted(self.pods().items()):
+            try:
+                c = self._ep_map.read(endpoint_id)
+            except MapError:
+                continue        # an id the counters have no slot for: nothing counted
+            if not (c.rx_packets or c.tx_packets):
+                continue        # nothing yet, or the pod went (its counters were zeroed)
             for direction, p, b in (("ingress", c.rx_packets, c.rx_bytes), ("egress", c.tx_packets, c.tx_bytes)):
                 packets.add_metric([str(c.endpoint_id), namespace, name, direction], p)
                 octets.add_metric([str(c.endpoint_id), namespace, name, direction], b)

@@ -11,7 +11,7 @@ import pytest
 from services.datapath import loader
 from services.datapath.maps.endpoints import EndpointInfo, EndpointKey
 from services.datapath.maps.ipcache import IpcacheInfo, IpcacheKey
-from services.datapath.maps.conntrack import CtAcct, CtEntry, CtKey
+from services.datapath.maps.conntrack import CtEntry, CtKey, CtWay
 from services.datapath.maps.events import EventStats, FlowEvent
 from services.datapath.maps.metrics import EndpointMetricsValue, MetricsValue
 from services.datapath.maps.policy import PolicyEntry, PolicyKey
@@ -52,7 +52,6 @@ def compiled(tmp_path_factory):
     ("policyd_maps.c", "cap_policy", PolicyKey, PolicyEntry),
     ("lxc.c", "cap_policy", PolicyKey, PolicyEntry),
     ("lxc.c", "cap_ct", CtKey, CtEntry),
-    ("lxc.c", "cap_ct_acct", CtKey, CtAcct),
     ("flowd_maps.c", "cap_events_stats", None, EventStats),
     ("lxc.c", "cap_events_stats", None, EventStats),
     (LAYOUT_SOURCE, "layout_flow_event", None, FlowEvent),
@@ -65,6 +64,19 @@ def test_python_layout_matches_c(compiled, source, table, key, value):
     leaf = getattr(t, "sLeaf", t.Leaf)          # per-CPU maps: one CPU's value
     assert ct.sizeof(leaf) == ct.sizeof(value)
     assert layout(leaf) == layout(value)
+
+
+def test_conntrack_ways_match_c(compiled):
+    """struct ct_way, nested in struct ct_entry's way[2]: bcc names it, so compare it too."""
+    leaf = compiled["lxc.c"][b"cap_ct"].Leaf
+    way = leaf._fields_[-1][1]._type_
+    assert ct.sizeof(way) == ct.sizeof(CtWay) == 64
+    assert layout(way) == layout(CtWay)
+
+
+def test_endpoint_generation_is_one_u64(compiled):
+    table = compiled["lxc.c"][b"cap_endpoints_gen"]
+    assert ct.sizeof(table.Leaf) == ct.sizeof(ct.c_uint64)
 
 
 def test_programs_load_in_both_modes(tmp_path):

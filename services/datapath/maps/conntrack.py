@@ -1,7 +1,7 @@
-"""cap_ct: connection tracking (LRU), and cap_ct_acct: each connection's packet and byte
-counts, per CPU, under the same key. Owner: endpointd; read by the CLI and flowd.
+"""cap_ct: connection tracking (LRU), each entry with its connection's packet and byte counts
+per direction. Owner: endpointd; read by the CLI and flowd.
 
-Must match struct ct_key / struct ct_entry / struct ct_acct in bpf/lib/conntrack.h.
+Must match struct ct_key / struct ct_entry / struct ct_way in bpf/lib/conntrack.h.
 
 The map is an LRU hash, as Cilium's CT maps: when it is full, a new connection's entry
 takes the place of the least recently used one, so connections that carry packets keep
@@ -10,11 +10,17 @@ the connection's next packet meets policy again. endpointd removes a pod's entri
 pod goes, and sweeps the map (sweep()) for expired entries and entries of pod addresses no
 pod holds, so a new pod given a reused address inherits no connection. Whatever removes an
 entry here removes its counts with it.
+
+Each direction of an entry (a "way") also holds a copy of what delivering its packets needs
+from the endpoint map, valid while the endpoint map's generation is the one it names
+(endpoints.py); an entry written here starts with none (generation 0), and the datapath
+copies it on the connection's next packet.
 """
 from __future__ import annotations
 
 import ctypes as ct
 import ipaddress
+import os
 import socket
 import time
 from dataclasses import dataclass
@@ -22,10 +28,11 @@ from pathlib import Path
 
 from services.datapath.numbers import (CT_AUDIT, CT_CLOSING, CT_LIFETIME_CLOSING, CT_LIFETIME_OTHER,
                                        CT_LIFETIME_TCP, CT_SEEN_REPLY)
-from services.datapath.pinned import MapError, PinnedMap, possible_cpus
+from services.datapath import bpfsys
+from services.datapath.pinned import PinnedMap
 
 PIN_NAME = "ct"
-ACCT_PIN_NAME = "ct_acct"
+OLD_ACCT_PIN_NAME = "ct_acct"      # per-CPU connection counts, beside the entries until 2026-11
 PROTOCOLS = {6: "TCP", 17: "UDP", 132: "SCTP", 1: "ICMP"}
 PROTO_TCP = 6
 NS = 1_000_000_000
@@ -36,14 +43,18 @@ class CtKey(ct.Structure):
                 ("dport", ct.c_uint16), ("protocol", ct.c_uint8), ("pad", ct.c_uint8 * 3)]
 
 
+class CtWay(ct.Structure):
+    """One direction of a connection (0: the one it was opened in, 1: its replies)."""
+    _fields_ = [("packets", ct.c_uint64), ("bytes", ct.c_uint64), ("gen", ct.c_uint64),
+                ("from_ifindex", ct.c_uint32), ("to_ifindex", ct.c_uint32),
+                ("from_endpoint", ct.c_uint16), ("to_endpoint", ct.c_uint16),
+                ("host_mac", ct.c_ubyte * 6), ("pod_mac", ct.c_ubyte * 6), ("pad", ct.c_ubyte * 16)]
+
+
 class CtEntry(ct.Structure):
     _fields_ = [("created", ct.c_uint64), ("last_seen", ct.c_uint64), ("flags", ct.c_uint32),
-                ("rule_id", ct.c_uint32), ("reported", ct.c_uint16 * 4)]
-
-
-class CtAcct(ct.Structure):
-    """One CPU's share of a connection's counts (both directions)."""
-    _fields_ = [("packets", ct.c_uint64), ("bytes", ct.c_uint64)]
+                ("rule_id", ct.c_uint32), ("reported", ct.c_uint16 * 4), ("pad", ct.c_ubyte * 32),
+                ("way", CtWay * 2)]
 
 
 @dataclass(frozen=True)
@@ -101,35 +112,56 @@ class Orphans:
                    for raw in (bytes(key.saddr), bytes(key.daddr)))
 
 
+def drop_old_layout(bpf_root: Path) -> bool:
+    """Before lxc.c compiles: unpin a conntrack map whose entries have another layout than
+    struct ct_entry (a program compiled against it would not load), and the separate counts
+    map older versions kept. Whether anything went. Losing the entries is what an LRU eviction
+    does: each connection's next packet meets policy again and makes a new one."""
+    path, removed = bpf_root / PIN_NAME, False
+    if path.exists():
+        fd = bpfsys.obj_get(str(path))
+        try:
+            size = bpfsys.map_info(fd).value_size
+        finally:
+            os.close(fd)
+        if size != ct.sizeof(CtEntry):
+            path.unlink()
+            removed = True
+    old_acct = bpf_root / OLD_ACCT_PIN_NAME
+    if old_acct.exists():
+        old_acct.unlink()
+        removed = True
+    return removed
+
+
 class ConntrackMap:
     def __init__(self, bpf_root: Path) -> None:
         self.map = PinnedMap(bpf_root / PIN_NAME, CtKey, CtEntry)
-        try:
-            self.acct = PinnedMap(bpf_root / ACCT_PIN_NAME, CtKey, CtAcct, percpu=True)
-        except MapError:
-            self.map.close()
-            raise
+
+    def ways(self, key: CtKey) -> list[tuple[int, int]]:
+        """(packets, bytes) of each direction of KEY's connection; [] when it has no entry."""
+        entry = self.map.get(key)
+        return [] if entry is None else [(w.packets, w.bytes) for w in entry.way]
 
     def counts(self, key: CtKey) -> tuple[int, int]:
-        """(packets, bytes) of KEY's connection, summed over the CPUs; (0, 0) when it has none."""
-        shares = self.acct.get_percpu(key)
-        return sum(s.packets for s in shares), sum(s.bytes for s in shares)
+        """(packets, bytes) of KEY's connection, both directions; (0, 0) when it has none."""
+        ways = self.ways(key)
+        return sum(p for p, _ in ways), sum(b for _, b in ways)
 
     def put(self, key: CtKey, entry: CtEntry, packets: int = 0, size: int = 0) -> None:
-        """Write an entry and its counts (all on the first CPU), as ct_create does."""
-        shares = (CtAcct * possible_cpus())(CtAcct(packets, size))
-        self.acct.update(key, shares)
+        """Write an entry, with PACKETS and SIZE bytes counted in its first direction, as
+        ct_create does."""
+        entry.way[0].packets, entry.way[0].bytes = packets, size
         self.map.update(key, entry)
 
     def _delete(self, key: CtKey) -> int:
-        self.acct.delete(key)
         return self.map.delete(key)
 
     def all(self) -> list[Connection]:
         now = _monotonic_ns()
         out = []
         for k, v in self.map.items():
-            packets, size = self.counts(k)
+            packets, size = sum(w.packets for w in v.way), sum(w.bytes for w in v.way)
             out.append(Connection(
                 protocol=PROTOCOLS.get(k.protocol, str(k.protocol)),
                 source=str(ipaddress.IPv4Address(bytes(k.saddr))), sport=socket.ntohs(k.sport),
@@ -170,10 +202,7 @@ class ConntrackMap:
         keys = list(self.map.keys())
         for k in keys:
             self._delete(k)
-        for k in list(self.acct.keys()):
-            self.acct.delete(k)
         return len(keys)
 
     def close(self) -> None:
         self.map.close()
-        self.acct.close()

@@ -1,17 +1,27 @@
-"""cap_endpoints: local pods by IPv4 address. Owner: endpointd.
+"""cap_endpoints: local pods by IPv4 address, and cap_endpoints_gen: the map's generation.
+Owner: endpointd.
 
 Must match struct endpoint_key / struct endpoint_info in bpf/lib/endpoints.h.
+
+The datapath keeps copies of endpoint entries in conntrack (what an established connection's
+packets need to be delivered), each with the generation it was read at. So every change
+here is followed by a new generation, one never used before: the copies of older ones are
+then taken for stale, and the next packet of each connection reads the entries again.
 """
 from __future__ import annotations
 
 import ctypes as ct
+import errno
 import ipaddress
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.datapath.pinned import PinnedMap, filled
+from services.datapath.pinned import MapError, PinnedMap, filled
 
 PIN_NAME = "endpoints"
+GEN_PIN_NAME = "endpoints_gen"
+GEN_KEY = 0             # the one key of cap_endpoints_gen (ENDPOINTS_GEN_KEY)
 FLAG_AUDIT = 1          # endpoint_info.flags: policy audit mode for this endpoint
 
 
@@ -65,15 +75,41 @@ def key_for(ip: str) -> EndpointKey:
     return k
 
 
+def next_generation(current: int, now_ns: int) -> int:
+    """A generation after CURRENT: the monotonic clock, or one more than CURRENT if the clock
+    is not past it. Clock readings make it one never used before, also across processes
+    (and restarts: the pinned map outlives endpointd, CLOCK_MONOTONIC lasts as long)."""
+    return max(current + 1, now_ns)
+
+
 class EndpointMap:
     def __init__(self, bpf_root: Path) -> None:
         self.map = PinnedMap(bpf_root / PIN_NAME, EndpointKey, EndpointInfo)
+        try:
+            self.gen = PinnedMap(bpf_root / GEN_PIN_NAME, ct.c_uint32, ct.c_uint64)
+        except MapError:
+            self.map.close()
+            raise
 
     def upsert(self, ep: Endpoint) -> None:
         self.map.update(ep.key(), ep.value())
+        self._next_generation()
 
     def delete(self, ip: str) -> bool:
-        return self.map.delete(key_for(ip))
+        try:
+            return self.map.delete(key_for(ip))
+        finally:
+            self._next_generation()
+
+    def generation(self) -> int:
+        value = self.gen.get(ct.c_uint32(GEN_KEY))
+        if value is None:
+            raise MapError(errno.ENOENT, f"{self.gen.path} has no key {GEN_KEY}")
+        return value.value
+
+    def _next_generation(self) -> None:
+        now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        self.gen.update(ct.c_uint32(GEN_KEY), ct.c_uint64(next_generation(self.generation(), now)))
 
     def get(self, ip: str) -> Endpoint | None:
         v = self.map.get(key_for(ip))
@@ -88,6 +124,7 @@ class EndpointMap:
 
     def close(self) -> None:
         self.map.close()
+        self.gen.close()
 
 
 def _endpoint(ip: str, v: EndpointInfo) -> Endpoint:

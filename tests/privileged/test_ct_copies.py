@@ -1,0 +1,117 @@
+"""An established connection's packets are delivered from what its conntrack entry copied of
+the endpoint map (struct ct_way in bpf/lib/conntrack.h), and only while the endpoint map is
+the same: after any change through its owner the next packet reads the endpoints again, so
+a moved destination gets the packet at its new place and a source address that moved to
+another device is dropped there (anti-spoofing). from_container, compiled as a node compiles
+it, runs in the kernel's test loop (BPF_PROG_TEST_RUN) on the loopback device, the sender's
+"lxc" device here."""
+from __future__ import annotations
+
+import ipaddress
+import os
+import shutil
+import socket
+import struct
+import time
+from pathlib import Path
+
+import pytest
+
+from services.datapath import bpfsys, loader
+from services.datapath.maps.conntrack import ConntrackMap, CtEntry, CtKey
+from services.datapath.maps.endpoints import Endpoint, EndpointMap
+from services.datapath.maps.metrics import EndpointMetricsMap
+from services.datapath.numbers import CT_SEEN_REPLY
+from services.runtime.config import DatapathConfig, NodeConfig
+
+CLIENT, SERVER = "10.237.0.2", "10.237.0.3"
+SPORT, DPORT = 40000, 5201
+LOOPBACK = 1                   # the test loop's device
+TC_ACT_SHOT, TC_ACT_REDIRECT = 2, 7
+FRAME = 64
+
+
+def packet(src: str, dst: str) -> bytes:
+    """An Ethernet + IPv4 + TCP ACK frame of a connection's later packet."""
+    header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, FRAME - 14, 0, 0x4000, 64, 6, 0,
+                         socket.inet_aton(src), socket.inet_aton(dst))
+    tcp = struct.pack("!HHIIBBHHH", SPORT, DPORT, 1, 1, 0x50, 0x10, 65535, 0, 0)
+    frame = b"\x02" * 6 + b"\x04" * 6 + b"\x08\x00" + header + tcp
+    return frame + bytes(FRAME - len(frame))
+
+
+def server(pod_mac: str = "04:00:00:00:00:03", ifindex: int = LOOPBACK) -> Endpoint:
+    return Endpoint(SERVER, ifindex, 1003, 3, "02:00:00:00:00:03", pod_mac)
+
+
+def client(ifindex: int = LOOPBACK) -> Endpoint:
+    return Endpoint(CLIENT, ifindex, 1002, 2, "02:00:00:00:00:02", "04:00:00:00:00:02")
+
+
+def connection_key() -> CtKey:
+    key = CtKey(protocol=6, sport=socket.htons(SPORT), dport=socket.htons(DPORT))
+    key.saddr[:] = ipaddress.IPv4Address(CLIENT).packed
+    key.daddr[:] = ipaddress.IPv4Address(SERVER).packed
+    return key
+
+
+@pytest.fixture
+def node():
+    """from_container's fd, the endpoint map and the conntrack map of a node with the two
+    endpoints and their established connection."""
+    root = Path(f"/sys/fs/bpf/capillary-ct-copies-test-{os.getpid()}")
+    config = NodeConfig(podCIDR="10.237.0.0/16", datapath=DatapathConfig(bpfRoot=str(root)))
+    try:
+        loaded = loader.compile_source("lxc.c", config)
+        endpoints, conntrack, counters = EndpointMap(root), ConntrackMap(root), EndpointMetricsMap(root)
+        for ep in (client(), server()):
+            endpoints.upsert(ep)
+            counters.create(ep.endpoint_id)
+        now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        conntrack.put(connection_key(), CtEntry(created=now, last_seen=now, flags=CT_SEEN_REPLY),
+                      packets=1, size=FRAME)
+        yield loaded.program_fd("from_container"), endpoints, conntrack, counters
+        for m in (endpoints, conntrack, counters):
+            m.close()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def send(fd: int) -> tuple[int, str]:
+    """(verdict, destination MAC) of one request packet through from_container."""
+    verdict, out = bpfsys.run_once(fd, packet(CLIENT, SERVER))
+    return verdict, ":".join(f"{b:02x}" for b in out[:6])
+
+
+def test_packets_go_by_the_copy_until_the_endpoint_map_changes(node):
+    fd, endpoints, conntrack, counters = node
+    assert send(fd) == (TC_ACT_REDIRECT, "04:00:00:00:00:03")     # reads the endpoints, copies them
+    way = conntrack.map.get(connection_key()).way[0]
+    assert (way.gen, way.from_ifindex, way.to_ifindex, way.to_endpoint) == \
+        (endpoints.generation(), LOOPBACK, LOOPBACK, 3)
+    assert send(fd) == (TC_ACT_REDIRECT, "04:00:00:00:00:03")     # by the copy
+
+    endpoints.upsert(server(pod_mac="04:00:00:00:00:33"))
+    assert send(fd) == (TC_ACT_REDIRECT, "04:00:00:00:00:33")
+    assert send(fd) == (TC_ACT_REDIRECT, "04:00:00:00:00:33")
+
+    # Every packet counted once, whichever way it went.
+    assert conntrack.ways(connection_key())[0] == (1 + 4, (1 + 4) * FRAME)
+    by_id = {c.endpoint_id: c for c in counters.all()}
+    assert (by_id[2].tx_packets, by_id[3].rx_packets) == (4, 4)
+
+
+def test_a_source_address_moved_to_another_device_is_dropped(node):
+    fd, endpoints, _, _ = node
+    assert send(fd)[0] == TC_ACT_REDIRECT
+    assert send(fd)[0] == TC_ACT_REDIRECT
+    endpoints.upsert(client(ifindex=LOOPBACK + 1000))
+    assert send(fd)[0] == TC_ACT_SHOT
+
+
+def test_a_deleted_destination_gets_nothing(node):
+    fd, endpoints, _, _ = node
+    assert send(fd)[0] == TC_ACT_REDIRECT
+    assert send(fd)[0] == TC_ACT_REDIRECT
+    endpoints.delete(SERVER)
+    assert send(fd)[0] == TC_ACT_SHOT          # an address of the pod CIDR no endpoint holds
