@@ -133,7 +133,7 @@ def dispatch(args) -> int:
         return node.up_detached(config, args.config, args.timeout) if args.detach \
             else node.up_foreground(config, args.config)
     if cmd == "down":
-        rc = node.down(config)
+        rc = node.down(config, leaving=args.purge)
         return node.purge(config) if rc == 0 and args.purge else rc
     if cmd == "status":
         return run(node.status(config, args.output))

@@ -15,7 +15,7 @@ from services.cli.output import age, table
 from services.datapath import loader
 from services.runtime.bus import RemoteError, ServiceError
 from services.runtime.config import NodeConfig
-from services.runtime.supervisor import Supervisor, open_log, read_pid
+from services.runtime.supervisor import Supervisor, leaving_path, open_log, read_pid
 from services.wire import subjects
 
 READY_TIMEOUT = 60.0      # seconds: three bcc compiles on a busy 2-core machine can take most of it
@@ -85,11 +85,16 @@ async def _check_ready(config: NodeConfig) -> dict:
         return await _health_all(client)
 
 
-def down(config: NodeConfig, timeout: float = 30.0) -> int:
+def down(config: NodeConfig, timeout: float = 30.0, leaving: bool = False) -> int:
+    """Stop the node; LEAVING (`down --purge`): for good, so that a cluster node's record
+    leaves the cluster as it stops (supervisor.leaving_path)."""
     pid = read_pid(config)
     if pid is None:
         print("node is not running")
         return 0
+    if leaving:
+        leaving_path(config).parent.mkdir(parents=True, exist_ok=True)
+        leaving_path(config).touch()
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -89,6 +89,12 @@ def pid_path(config: NodeConfig) -> Path:
     return config.state_path / "run" / "capillary.pid"
 
 
+def leaving_path(config: NodeConfig) -> Path:
+    """Present while the node stops to be purged (`down --purge`): a cluster node's routed
+    then takes the node's record out of the cluster as it stops (services.routed.cluster)."""
+    return config.state_path / "run" / "leaving"
+
+
 def read_pid(config: NodeConfig) -> int | None:
     """The running supervisor's pid, or None (a stale file is ignored)."""
     try:
@@ -173,6 +179,7 @@ class Supervisor:
 
     async def run(self) -> int:
         self._take_lock()
+        leaving_path(self.config).unlink(missing_ok=True)     # from a purge that did not happen
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stopping.set)

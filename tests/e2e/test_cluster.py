@@ -243,3 +243,16 @@ def test_a_node_down_and_back(cluster):
     after = cluster.pods()["x/p2"]["status"]
     assert (after["podIP"], after["identity"]) == (before["podIP"], before["identity"])
     wait_for(lambda: cluster.ping(0, "x/p0", after["podIP"]), "p0 reaches p2 again")
+
+
+def test_a_purged_node_leaves_the_cluster(cluster):
+    """`down --purge` takes the node's record (and its pods) out of the shared buckets: the
+    other nodes forget it at once, where a plain `down` leaves it NotReady
+    (test_a_node_down_and_back). Last in this module: the node does not come back."""
+    gone = cluster.node(2)
+    p2 = ip_of(cluster, "x/p2")
+    proc = cluster.node_cli(2, "down", "--purge", timeout=180)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for i in (0, 1):
+        wait_for(lambda i=i: gone.name not in cluster.nodes(i), f"node {i} no longer lists the purged node")
+    assert f"{p2}/32" not in cluster.ipcache(0)
