@@ -121,3 +121,15 @@ def test_else_the_images_headers_are_linked_as_on_a_host(tmp_path):
 def test_no_headers_anywhere_is_a_clear_error(tmp_path):
     with pytest.raises(headers.HeadersError, match="no kernel headers under"):
         headers.ensure("6.18.0", tmp_path / "modules", tmp_path / "src", tmp_path / "none")
+
+
+def test_a_cluster_nodes_healthchecks_ask_its_own_services():
+    """In a cluster the services answer health on their node's subject (Bus.serve scopes
+    it): the containers' healthchecks must ask that one, not the bare subject."""
+    from services.container.__main__ import health_subject
+    from services.wire import subjects
+    lone, _ = env.render({})
+    member, _ = env.render(CLUSTER)
+    assert health_subject(lone, "routed") == subjects.health("routed")
+    assert health_subject(member, "routed") == subjects.on_node(subjects.health("routed"), "m2") != \
+        subjects.health("routed")
