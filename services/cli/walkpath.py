@@ -253,7 +253,8 @@ def reply_text(reply: list[dict], nodes: bool = False) -> list[str]:
         kind, sub = _kind(flow)
         on = f"node {flow.get('node_name', '')}: " if nodes else ""
         if kind == EVENT_TRACE:
-            where = flow.get("interface", {}).get("name", "")
+            iface = flow.get("interface", {})
+            where = iface.get("name") or f"ifindex {iface.get('index', 0)}"      # not a pod's device
             point = TRACE_NAMES.get(sub, str(sub))
             out.append(f"{on}{point} at {where}: {flow.get('Summary', '')}")
         elif kind == EVENT_DROP:
@@ -272,8 +273,8 @@ def render(walk: Walk) -> str:
     previous, node = "", ""
     for n, hop in enumerate(walk.hops, start=1):
         if hop.node != node:
+            lines += [""] * bool(node) + [f"on node {hop.node}:"]
             node, previous = hop.node, ""
-            lines.append(f"on node {node}:")
         where = hop.where if hop.where != previous else ""
         previous = hop.where
         lines.append(f"{n:>2}  {where:<{width}}  {hop.what}")
