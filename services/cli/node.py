@@ -191,6 +191,22 @@ def _print_status(r: dict) -> None:
         print(table(["SERVICE", "HEALTHY", "PID", "UPTIME", "RESTARTS", "STATE"], rows))
 
 
+async def leave_cluster(config: NodeConfig) -> None:
+    """A cluster node purged while it was already stopped: its routed cannot take it out of
+    the cluster, so this does, through a peer's NATS. Nothing reachable: said, not hidden."""
+    from services.routed.cluster import LEAVE_TIMEOUT, forget
+    try:
+        async with Client(config) as client:
+            nodes = await client.bus.kv(subjects.BUCKET_NODES)
+            endpoints = await client.bus.kv(subjects.BUCKET_CLUSTER_ENDPOINTS)
+            if await asyncio.wait_for(forget(client.bus, nodes, endpoints, config.node), LEAVE_TIMEOUT):
+                print(f"removed node {config.node} from cluster {config.cluster.name}")
+    except Exception as exc:     # any failure: the record stays (NotReady), and the user is told
+        print(f"warning: node {config.node} could not be removed from cluster {config.cluster.name}'s "
+              f"records ({getattr(exc, 'message', None) or exc or type(exc).__name__}): the others list it "
+              "NotReady", file=sys.stderr)
+
+
 def purge(config: NodeConfig) -> int:
     """Remove everything the node made in the kernel and on disk. The node must be down."""
     from services.cli.purge import purge_node

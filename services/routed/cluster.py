@@ -29,6 +29,18 @@ from services.wire.messages import SchemaError
 LEAVE_TIMEOUT = 5.0         # seconds for a leaving node to take its keys out (the supervisor waits 10)
 
 
+async def forget(bus: Bus, kv_nodes, kv_endpoints, node: str) -> bool:
+    """Take NODE's record and its pods out of the shared buckets; False when it had none."""
+    endpoints = await bus.kv_items(kv_endpoints)
+    for key in endpoints:
+        if key.startswith(f"{node}."):
+            await kv_endpoints.purge(key)
+    if node not in await bus.kv_items(kv_nodes):
+        return False
+    await kv_nodes.purge(node)
+    return True
+
+
 class ClusterAgent:
     def __init__(self, routed, bus: Bus, config: NodeConfig) -> None:
         self.routed = routed            # the RoutedService: its claims, lock, netlink worker
@@ -79,11 +91,7 @@ class ClusterAgent:
             self.routed.log.warning("could not remove this node from the cluster", error=str(exc))
 
     async def _forget(self) -> None:
-        endpoints = await self.bus.kv_items(self.kv_endpoints)
-        for key in endpoints:
-            if key.startswith(f"{self.config.node}."):
-                await self.kv_endpoints.purge(key)
-        await self.kv_nodes.purge(self.config.node)
+        await forget(self.bus, self.kv_nodes, self.kv_endpoints, self.config.node)
 
     async def _loop(self) -> None:
         while True:
