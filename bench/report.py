@@ -22,7 +22,8 @@ from bench import plots  # noqa: E402
 from bench.profile import lines as profile_lines  # noqa: E402
 from bench.targets import closing_note, evaluate  # noqa: E402
 
-NAMES = ("datapath", "policy", "cplane", "pods", "footprint", "flows", "cni", "encap", "cidr_scale")
+NAMES = ("datapath", "policy", "cplane", "pods", "footprint", "flows", "cni", "encap", "cidr_scale",
+         "cluster_policy")
 README_BEGIN, README_END = "<!-- bench:begin (written by bench/report.py) -->", "<!-- bench:end -->"
 
 
@@ -368,6 +369,21 @@ def cidr_scale_section(d: dict | None) -> list[str]:
                              rows), ""]
 
 
+def cluster_policy_section(d: dict | None) -> list[str]:
+    lines = ["## 10. Across nodes: a policy published on one node, in force on another", ""]
+    if not d or "summary" not in d:
+        return lines + ["Not run.", ""]
+    s = d["summary"]
+    lines += ["`capillary cluster up --nodes 3` (native routing), a client pod on node A and a target pod on node C; "
+              "each round publishes one revision of a CiliumNetworkPolicy on node A's `policy.apply` only (one "
+              "request to A's policyd), the revision allowing the client a port no earlier one named, and is timed "
+              "until node C's own policy map holds the entry for that port (`bench/cluster_policy.py`).", ""]
+    verdict = "met" if s["met"] else f"missed by {s['p99_ms'] - s['target_ms']:.1f} ms"
+    return lines + [md_table(["revisions", "p50", "p99", "max", "target"],
+                             [[str(s["rounds"]), f"{s['p50_ms']:.1f} ms", f"{s['p99_ms']:.1f} ms",
+                               f"{s['ms']['max']:.1f} ms", f"p99 ≤ {s['target_ms']:.0f} ms: {verdict}"]]), ""]
+
+
 def _p99(values: list[float]) -> str:
     if not values:
         return "none answered"
@@ -417,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
              *cplane_section(results["cplane"], rel, plot_dir), *pods_section(results["pods"], rel, plot_dir),
              *flows_section(results["flows"], rel, plot_dir), *footprint_section(results["footprint"], rel, plot_dir),
              *cni_section(results["cni"]), *encap_section(results["encap"]),
-             *cidr_scale_section(results["cidr_scale"]),
+             *cidr_scale_section(results["cidr_scale"]), *cluster_policy_section(results["cluster_policy"]),
              *closing_note(verdicts, results)]
     args.out.write_text("\n".join(lines).rstrip() + "\n")
     if args.readme:

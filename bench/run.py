@@ -48,6 +48,8 @@ STEPS = {
     "cni": ("cni.py", [], ["--containers", "4", "--adds", "5"], (420, 150)),
     "encap": ("encap.py", [], ["--quick"], (420, 180)),
     "cidr_scale": ("cidr_scale.py", [], ["--quick"], (900, 150)),
+    # three nodes come up first (three bcc compiles on 2 cores: minutes), then the rounds
+    "cluster_policy": ("cluster_policy.py", ["--rounds", "50"], ["--quick"], (900, 600)),
 }
 
 
@@ -139,19 +141,25 @@ def display(argv: list[str]) -> str:
 
 # ---- leftovers --------------------------------------------------------------------------------
 
+# bench/cluster_policy.py's cluster is named b<HHMMSS>: its host namespaces and bpffs mounts
+CLUSTER_HOST, CLUSTER_BPFFS = r"caphost-b\d{6}-\d+\b", r"capillary-b\d{6}-\d+$"
+
+
 def leftovers() -> list[str]:
     """Anything with a name only benchmarks use, still in the kernel or running."""
     found = []
     netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split("\n")
     found += [f"netns {n.split()[0]}" for n in netns
               if n.startswith(("capb-", "cnib-", f"cap-t{BENCH_TAG}", f"cap-o{BENCH_TAG}", f"capu-{BENCH_TAG}",
-                               f"capn-{BENCH_TAG}"))]
+                               f"capn-{BENCH_TAG}")) or re.match(CLUSTER_HOST, n)]
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout.splitlines()
     names = [line.split(": ")[1].split("@")[0] for line in links]
     found += [f"link {n}" for n in names if n.startswith((BENCH_PREFIX, "vethb", f"ct{BENCH_TAG}", f"cbr{BENCH_TAG}"))]
     bpffs = Path("/sys/fs/bpf")
     found += [f"bpffs {p}" for pattern in (f"capillary-t{BENCH_TAG}*", f"capillary-o{BENCH_TAG}*")
               for p in bpffs.glob(pattern)] if bpffs.is_dir() else []
+    found += [f"bpffs {p}" for p in bpffs.glob("capillary-b*") if re.match(CLUSTER_BPFFS, p.name)] \
+        if bpffs.is_dir() else []
     rules = subprocess.run(["iptables-save"], capture_output=True, text=True).stdout
     found += sorted({f"iptables {m}" for m in re.findall(r"BENCH-FWD-\w+", rules)})
     procs = subprocess.run(["pgrep", "-af", "capillary-bench-"], capture_output=True, text=True).stdout

@@ -171,10 +171,20 @@ def _cidr_scale(d: dict | None) -> list[dict]:
     return out
 
 
+def _cluster_policy(d: dict | None) -> dict:
+    name = "policy publish on node A → enforced on node C, p99 with 3 nodes"
+    s = (d or {}).get("summary")
+    if not s:
+        return _verdict("cluster_policy_p99", name, "≤ 50 ms", "not run", None)
+    return _verdict("cluster_policy_p99", name, f"≤ {s['target_ms']:.0f} ms",
+                    f"p99 {s['p99_ms']:.1f} ms (p50 {s['p50_ms']:.1f} ms, {s['rounds']} revisions)", s["met"])
+
+
 def evaluate(results: dict) -> list[dict]:
     return [*_datapath(results["datapath"]), _policy(results["policy"]), _cplane(results["cplane"]),
             _pods(results["pods"]), _flows(results["flows"]), _footprint(results["footprint"]),
-            *_cni(results["cni"]), *_encap(results.get("encap")), *_cidr_scale(results.get("cidr_scale"))]
+            *_cni(results["cni"]), *_encap(results.get("encap")), *_cidr_scale(results.get("cidr_scale")),
+            _cluster_policy(results.get("cluster_policy"))]
 
 
 # ---- where the time goes, for a miss -----------------------------------------------------------

@@ -15,7 +15,7 @@ from services.cli.output import age, table
 from services.datapath import loader
 from services.runtime.bus import RemoteError, ServiceError
 from services.runtime.config import NodeConfig
-from services.runtime.supervisor import Supervisor, open_log, read_pid
+from services.runtime.supervisor import Supervisor, leaving_path, open_log, read_pid
 from services.wire import subjects
 
 READY_TIMEOUT = 60.0      # seconds: three bcc compiles on a busy 2-core machine can take most of it
@@ -85,11 +85,16 @@ async def _check_ready(config: NodeConfig) -> dict:
         return await _health_all(client)
 
 
-def down(config: NodeConfig, timeout: float = 30.0) -> int:
+def down(config: NodeConfig, timeout: float = 30.0, leaving: bool = False) -> int:
+    """Stop the node; LEAVING (`down --purge`): for good, so that a cluster node's record
+    leaves the cluster as it stops (supervisor.leaving_path)."""
     pid = read_pid(config)
     if pid is None:
         print("node is not running")
         return 0
+    if leaving:
+        leaving_path(config).parent.mkdir(parents=True, exist_ok=True)
+        leaving_path(config).touch()
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -184,6 +189,22 @@ def _print_status(r: dict) -> None:
     if rows:
         print()
         print(table(["SERVICE", "HEALTHY", "PID", "UPTIME", "RESTARTS", "STATE"], rows))
+
+
+async def leave_cluster(config: NodeConfig) -> None:
+    """A cluster node purged while it was already stopped: its routed cannot take it out of
+    the cluster, so this does, through a peer's NATS. Nothing reachable: said, not hidden."""
+    from services.routed.cluster import LEAVE_TIMEOUT, forget
+    try:
+        async with Client(config) as client:
+            nodes = await client.bus.kv(subjects.BUCKET_NODES)
+            endpoints = await client.bus.kv(subjects.BUCKET_CLUSTER_ENDPOINTS)
+            if await asyncio.wait_for(forget(client.bus, nodes, endpoints, config.node), LEAVE_TIMEOUT):
+                print(f"removed node {config.node} from cluster {config.cluster.name}")
+    except Exception as exc:     # any failure: the record stays (NotReady), and the user is told
+        print(f"warning: node {config.node} could not be removed from cluster {config.cluster.name}'s "
+              f"records ({getattr(exc, 'message', None) or exc or type(exc).__name__}): the others list it "
+              "NotReady", file=sys.stderr)
 
 
 def purge(config: NodeConfig) -> int:

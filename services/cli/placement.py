@@ -25,7 +25,7 @@ def healthy(nodes: list[dict]) -> list[str]:
     return [n["name"] for n in nodes if n["healthy"]]
 
 
-def _target(value: str | None, own: str) -> str | None:
+def target(value: str | None, own: str) -> str | None:
     """None for this node (a lone node's subjects carry no name)."""
     return None if value in (None, own) else value
 
@@ -44,9 +44,9 @@ async def targets(client: Client, docs: list[Document]) -> list[list[str | None]
             if wanted not in names:
                 raise ServiceError(INVALID, f'{doc.label}: spec.nodeName: unknown node "{wanted}" '
                                             f"(nodes: {', '.join(names)})")
-            out.append([_target(wanted, own)])
+            out.append([target(wanted, own)])
         else:
-            out.append([_target(n, own) for n in healthy(nodes)])
+            out.append([target(n, own) for n in healthy(nodes)])
     return out
 
 
@@ -55,7 +55,7 @@ async def pods_by_node(client: Client, namespace: str) -> list[tuple[str, dict]]
     out = []
     for name in healthy(await members(client)):
         pods = await client.call(subjects.POD_LIST, ListRequest(namespace=namespace),
-                                 node=_target(name, client.config.node))
+                                 node=target(name, client.config.node))
         out += [(name, p) for p in pods]
     return out
 
@@ -63,5 +63,5 @@ async def pods_by_node(client: Client, namespace: str) -> list[tuple[str, dict]]
 async def node_of_pod(client: Client, namespace: str, name: str) -> str | None:
     for node, pod in await pods_by_node(client, namespace):
         if pod["spec"]["name"] == name:
-            return _target(node, client.config.node)
+            return target(node, client.config.node)
     return None

@@ -5,6 +5,12 @@ The flows come from flowd over NATS (subscribed before the probe leaves); the pr
 inside SRC's network namespace (services/cli/probe.py); the routes come from the kernel, and
 the iptables rules from their packet counters before and after the probe. walkpath.py turns
 all of it into hops. Exit status: 0 delivered, 1 dropped or not known to have arrived.
+
+In a cluster the two pods may be on two nodes: the flows of both nodes are collected, and
+walknodes.py lists each node's hops under its name. Routes and iptables counters are read
+in each node's host namespace, found from its supervisor's status when that node runs on
+this machine (otherwise they are reported unknown). The probe itself runs in the source
+pod's namespace, so the walk runs on the source pod's machine.
 """
 from __future__ import annotations
 
@@ -14,13 +20,15 @@ import json
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-from services.cli import walkpath
+from services.cli import placement, walknodes, walkpath
 from services.cli.client import Client
 from services.cli.objects import split_ref
 from services.datapath.netlink import KernelError, Netlink, PodNetlink
 from services.routed import iptables
+from services.runtime import supervisor
 from services.runtime.bus import ServiceError
 from services.wire import codec, subjects
 from services.wire.messages import INVALID, NOT_FOUND, FlowEvent, ListRequest
@@ -43,12 +51,53 @@ def add_parser(sub) -> None:
 
 async def _pod(client: Client, ref: str) -> tuple[walkpath.Pod, str]:
     namespace, name = split_ref(ref)
-    for pod in await client.call(subjects.POD_LIST, ListRequest(namespace=namespace)):
+    for node, pod in await placement.pods_by_node(client, namespace):
         if pod["spec"]["name"] == name:
             st = pod["status"]
             return walkpath.Pod(f"{namespace}/{name}", st["pod_ip"], st["endpoint_id"], st["identity"],
-                                st["host_ifname"], st["host_ifindex"]), st["netns"]
+                                st["host_ifname"], st["host_ifindex"], node), st["netns"]
     raise ServiceError(NOT_FOUND, f'pod "{namespace}/{name}" not found')
+
+
+@dataclass(frozen=True)
+class Where:
+    """Where a node's host namespace is, seen from here."""
+    node: str
+    netns: str | None           # a path; None: this process's own (a lone node)
+    here: bool = True           # False: not proven to be on this machine
+
+    @property
+    def unknown(self) -> str:
+        return f"unknown: node {self.node}'s host namespace is not on this machine"
+
+
+async def _where(client: Client, node: str) -> Where:
+    if not client.config.cluster.enabled:
+        return Where(node, None)
+    try:
+        status = await client.call(subjects.NODE_STATUS, timeout=5.0, node=placement.target(node, client.config.node))
+    except ServiceError:
+        return Where(node, None, here=False)
+    netns = supervisor.host_namespace(status) if isinstance(status, dict) else None
+    return Where(node, netns, here=netns is not None)
+
+
+def _route(where: Where, dst: str, src: str | None = None, iif: int | None = None) -> str:
+    """`ip route get DST [from SRC iif IIF]` in WHERE's host namespace."""
+    if not where.here:
+        return where.unknown
+    try:
+        nl = PodNetlink(where.netns) if where.netns else Netlink()
+        try:
+            return nl.route_get(dst, src=src, iif=iif).text()
+        finally:
+            nl.close()
+    except (KernelError, OSError) as exc:
+        return f"none: {exc}"
+
+
+def _counters(where: Where) -> dict[str, int] | None:
+    return iptables.rule_counters(netns=where.netns) if where.here else None
 
 
 async def _probe(netns: str, protocol: str, ip: str, port: int, timeout: float,
@@ -77,37 +126,59 @@ async def _probe(netns: str, protocol: str, ip: str, port: int, timeout: float,
         await proc.wait()
 
 
-def _routes(src: walkpath.Pod, dst: walkpath.Pod, netns: str) -> tuple[str, str]:
-    """(the route SRC's kernel picks for DST, the host's forwarding decision for it)."""
+def _pod_route(netns: str, dst: walkpath.Pod) -> str:
+    """The route SRC's kernel (in NETNS) picks for DST."""
     try:
         with PodNetlink(netns) as pod:
-            pod_route = pod.route_get(dst.ip).text()
+            return pod.route_get(dst.ip).text()
     except KernelError as exc:
-        pod_route = f"none: {exc}"
-    host = Netlink()
-    try:
-        host_route = host.route_get(dst.ip, src=src.ip, iif=src.ifindex).text()
-    except KernelError as exc:
-        host_route = f"none: {exc}"
-    finally:
-        host.close()
-    return pod_route, host_route
+        return f"none: {exc}"
 
 
-def _moved(before: dict[str, int], after: dict[str, int]) -> list[str]:
+def _moved(before: dict[str, int] | None, after: dict[str, int] | None) -> list[str]:
+    if before is None or after is None:
+        return ["unknown: the node's host namespace is not on this machine"]
     return [f"{rule} (+{after[rule] - before.get(rule, 0)} packets while the probe ran)" for rule in after
             if after[rule] > before.get(rule, 0)]
 
 
 async def run(client: Client, source: str, destination: str, port: int, protocol: str = "tcp",
               timeout: float = PROBE_TIMEOUT) -> walkpath.Walk:
-    """Walk one probe from SOURCE to DESTINATION (NS/NAME each): the command's work, also
-    what the service map page runs for "walk this"."""
+    """Walk one probe from SOURCE to DESTINATION (NS/NAME each), on one node or across two:
+    the command's work, also what the service map page runs for "walk this"."""
     if protocol not in walkpath.L4_KEYS:
         raise ServiceError(INVALID, f"protocol: {protocol!r} is not one of {', '.join(walkpath.L4_KEYS)}")
     if protocol != "icmp" and not 0 < port < 65536:
         raise ServiceError(INVALID, f"--port: {port} is not a port (1-65535); {protocol} needs one")
     (src, src_netns), (dst, _) = await _pod(client, source), await _pod(client, destination)
+    if not Path(src_netns).exists():
+        raise ServiceError(INVALID, f"{src.ref} runs on node {src.node}, whose pods' namespaces are not on this "
+                                    f"machine ({src_netns}): run walk there")
+    hosts = {node: await _where(client, node) for node in dict.fromkeys((src.node, dst.node))}
+    flows, probe, moved = await _observe(client, src, dst, src_netns, walkpath.Probe(protocol, port, 0, "", 0.0),
+                                         timeout, hosts)
+    pod_route = await asyncio.to_thread(_pod_route, src_netns, dst)
+    mode = client.config.datapath.mode
+    if src.node == dst.node:
+        host_route = await asyncio.to_thread(_route, hosts[src.node], dst.ip, src.ip, src.ifindex)
+        return walkpath.build(flows, src, dst, probe, mode, pod_route, host_route, moved[src.node])
+    members = {row["name"]: row for row in await placement.members(client)}
+    routing = members.get(src.node, {}).get("routing") or client.config.cluster.routing
+    under = {node: members.get(node, {}).get("underlay_ip", "?") for node in hosts}
+    if routing == "tunnel":
+        routes = {src.node: await asyncio.to_thread(_route, hosts[src.node], under[dst.node]), dst.node: ""}
+    else:
+        routes = {src.node: await asyncio.to_thread(_route, hosts[src.node], dst.ip, src.ip, src.ifindex),
+                  dst.node: await asyncio.to_thread(_route, hosts[dst.node], dst.ip)}
+    side = {node: walknodes.Host(node, under[node], routes[node], tuple(moved[node])) for node in hosts}
+    return walknodes.build(flows, src, dst, probe, f"{mode}, {routing} routing between nodes", routing, pod_route,
+                           side[src.node], side[dst.node])
+
+
+async def _observe(client: Client, src: walkpath.Pod, dst: walkpath.Pod, src_netns: str, want: walkpath.Probe,
+                   timeout: float, hosts: dict[str, Where]) -> tuple[list[dict], walkpath.Probe, dict[str, list[str]]]:
+    """Send the probe WANT from SRC to DST, and collect every flow the nodes of both
+    publish meanwhile, and each node's iptables rules that counted packets."""
     flows: list[dict] = []
     last_flow = [time.monotonic()]
 
@@ -115,24 +186,28 @@ async def run(client: Client, source: str, destination: str, port: int, protocol
         flows.append(FlowEvent.from_wire(codec.decode(msg.data)).flow)
         last_flow[0] = time.monotonic()
 
-    sub = await client.bus.nc.subscribe(subjects.flows(client.config.node, "*"), cb=collect)
+    subs = [await client.bus.nc.subscribe(subjects.flows(node, "*"), cb=collect) for node in hosts]
     try:
         await client.bus.nc.flush()
 
         def dropped(sport: int) -> bool:
-            probe = walkpath.Probe(protocol, port, sport, "", 0.0)
+            probe = walkpath.Probe(want.protocol, want.port, sport, "", 0.0)
             return any(walkpath.is_drop(f) and walkpath.is_probe(f, src, dst, probe, reply=False) for f in flows)
 
-        counters = await asyncio.to_thread(iptables.rule_counters)
-        probe = await _probe(src_netns, protocol, dst.ip, port, timeout, dropped)
-        moved = _moved(counters, await asyncio.to_thread(iptables.rule_counters))
+        def arrived() -> bool:      # the destination's node has reported the probe (or it was dropped)
+            return dropped(probe.sport) or any(f.get("node_name") == dst.node and
+                                                walkpath.is_probe(f, src, dst, probe, reply=False) for f in flows)
+
+        before = {node: await asyncio.to_thread(_counters, where) for node, where in hosts.items()}
+        probe = await _probe(src_netns, want.protocol, dst.ip, want.port, timeout, dropped)
+        moved = {node: _moved(before[node], await asyncio.to_thread(_counters, where)) for node, where in hosts.items()}
         deadline = time.monotonic() + SETTLE_MAX
-        while time.monotonic() < deadline and time.monotonic() - last_flow[0] < SETTLE:
+        while time.monotonic() < deadline and (time.monotonic() - last_flow[0] < SETTLE or not arrived()):
             await asyncio.sleep(0.05)
     finally:
-        await sub.unsubscribe()
-    pod_route, host_route = await asyncio.to_thread(_routes, src, dst, src_netns)
-    return walkpath.build(flows, src, dst, probe, client.config.datapath.mode, pod_route, host_route, moved)
+        for sub in subs:
+            await sub.unsubscribe()
+    return flows, probe, moved
 
 
 async def walk(client: Client, args: argparse.Namespace) -> int:

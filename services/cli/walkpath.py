@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 
 from services.cli.flowprint import POLICY_VERDICT_WORDS
 from services.datapath.numbers import (EVENT_DROP, EVENT_POLICY_VERDICT, EVENT_TRACE, POLICY_MATCH_NAMES,
-                                       TRACE_FROM_LXC, TRACE_TO_LXC, TRACE_TO_STACK)
+                                       TRACE_FROM_LXC, TRACE_NAMES, TRACE_TO_LXC, TRACE_TO_STACK)
 
 L4_KEYS = {"tcp": "TCP", "udp": "UDP", "icmp": "ICMPv4"}
 ICMP_ECHO = 8
@@ -29,6 +29,7 @@ class Pod:
     identity: int
     ifname: str             # the host-side veth
     ifindex: int
+    node: str = ""          # the node it runs on
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ class Hop:
     rule: dict | None = None        # the policy rule behind the verdict (flow attribution)
     details: list[str] = field(default_factory=list)
     flows: list[str] = field(default_factory=list)      # uuids of the flows this hop rests on
+    node: str = ""                  # the node it happened on (set when a walk crosses nodes)
 
 
 @dataclass
@@ -98,11 +100,11 @@ def is_drop(flow: dict) -> bool:
     return _kind(flow)[0] == EVENT_DROP
 
 
-def _trace(flows: list[dict], point: int) -> dict | None:
+def trace_of(flows: list[dict], point: int) -> dict | None:
     return next((f for f in flows if _kind(f) == (EVENT_TRACE, point)), None)
 
 
-def _verdict(flows: list[dict], direction: str, endpoint: Pod) -> dict | None:
+def verdict_of(flows: list[dict], direction: str, endpoint: Pod) -> dict | None:
     side = "source" if direction == "EGRESS" else "destination"
     return next((f for f in flows if _kind(f)[0] == EVENT_POLICY_VERDICT and f.get("traffic_direction") == direction
                  and f.get(side, {}).get("ID") == endpoint.endpoint_id), None)
@@ -128,7 +130,7 @@ DEFAULTS = {"default-allow": "no {direction} policy selects {pod}: everything is
             "default-deny": "{direction} policies select {pod} and no rule of theirs allows this"}
 
 
-def _policy_hop(flow: dict | None, where: str, whose: Pod, direction: str) -> Hop:
+def policy_hop(flow: dict | None, where: str, whose: Pod, direction: str) -> Hop:
     if flow is None:
         return Hop(where, f"{direction} policy of {whose.ref}: no verdict reported "
                           "(events lost? see `capillary status`)")
@@ -154,49 +156,77 @@ def build(flows: list[dict], src: Pod, dst: Pod, probe: Probe, mode: str, pod_ro
         delivered = probe.outcome in DELIVERED_OUTCOMES
         return Walk(src, dst, probe, mode, [hop], "DELIVERED" if delivered else "UNKNOWN",
                     f"the probe {'was answered' if delivered else 'got no answer'} inside the pod", [])
-    request = [f for f in flows if is_probe(f, src, dst, probe, reply=False)]
-    reply = [f for f in flows if is_probe(f, src, dst, probe, reply=True)]
+    request, reply = split(flows, src, dst, probe)
+    hops = sending(request, src, dst, probe, pod_route)
+    lxc = f"host {src.ifname}"
+    egress = verdict_of(request, "EGRESS", src)
+    if egress is None or egress["verdict"] != "DROPPED":
+        hop = policy_hop(verdict_of(request, "INGRESS", dst), lxc, dst, "ingress")
+        hop.details.append("decided here too: from_container enforces the policy of a destination on this node")
+        hops.append(hop)
+    dropped = drop_hop(request, src.ifname)
+    if dropped is not None:
+        hops.append(dropped[0])
+        return Walk(src, dst, probe, mode, hops, "DROPPED", dropped[1], reply_text(reply))
+    hops += _forwarding(request, src, dst, host_route, iptables)
+    return arrival(request, src, dst, probe, mode, hops, reply_text(reply))
+
+
+def split(flows: list[dict], src: Pod, dst: Pod, probe: Probe) -> tuple[list[dict], list[dict]]:
+    """(the probe's request flows, its reply's) among FLOWS."""
+    return ([f for f in flows if is_probe(f, src, dst, probe, reply=False)],
+            [f for f in flows if is_probe(f, src, dst, probe, reply=True)])
+
+
+def sending(request: list[dict], src: Pod, dst: Pod, probe: Probe, pod_route: str) -> list[Hop]:
+    """The source's hops: the pod sends, from_container takes it, the egress policy decides."""
     lxc = f"host {src.ifname}"
     if probe.protocol == "icmp":
         what = f"sends ICMP echo request {src.ip} -> {dst.ip} (id {probe.sport})"
     else:
         what = f"sends {probe.protocol.upper()} {src.ip}:{probe.sport} -> {dst.ip}:{probe.port}"
     hops = [Hop(f"{src.ref} eth0", what, details=[f"route: {pod_route}"])]
-    sent = _trace(request, TRACE_FROM_LXC)
+    sent = trace_of(request, TRACE_FROM_LXC)
     hops.append(Hop(lxc, f"from_container (tc ingress), endpoint {src.endpoint_id}, identity {src.identity}",
                     details=[] if sent else ["no from-endpoint trace reported"],
                     flows=[sent["uuid"]] if sent else []))
-    egress = _verdict(request, "EGRESS", src)
-    hops.append(_policy_hop(egress, lxc, src, "egress"))
+    hops.append(policy_hop(verdict_of(request, "EGRESS", src), lxc, src, "egress"))
+    return hops
+
+
+def drop_hop(request: list[dict], ifname: str) -> tuple[Hop, str] | None:
+    """The hop where the request was dropped, and why and where in words (IFNAME: where, when
+    the event names no device)."""
     drop = next((f for f in request if is_drop(f)), None)
-    ingress = _verdict(request, "INGRESS", dst)
-    if egress is None or egress["verdict"] != "DROPPED":
-        hop = _policy_hop(ingress, lxc, dst, "ingress")
-        hop.details.append("decided here too: from_container enforces the policy of a destination on this node")
-        hops.append(hop)
-    if drop is not None:
-        where = drop.get("interface", {}).get("name") or src.ifname
-        why = f"{drop.get('drop_reason_desc', '')} (drop reason {drop.get('drop_reason', 0)})"
-        hops.append(Hop(f"host {where}", f"DROPPED: {why}", verdict="DROPPED", rule=rule_of(drop),
-                        flows=[drop["uuid"]]))
-        return Walk(src, dst, probe, mode, hops, "DROPPED", f"{why} at {where}", _reply_text(reply))
-    hops += _forwarding(request, src, dst, host_route, iptables)
+    if drop is None:
+        return None
+    where = drop.get("interface", {}).get("name") or ifname
+    why = f"{drop.get('drop_reason_desc', '')} (drop reason {drop.get('drop_reason', 0)})"
+    return (Hop(f"host {where}", f"DROPPED: {why}", verdict="DROPPED", rule=rule_of(drop), flows=[drop["uuid"]]),
+            f"{why} at {where}")
+
+
+OUTCOMES = {"answered": "the destination answered", "refused": "the destination's stack refused it "
+            "(nothing listens on the port)", "timeout": "no answer", "unreachable": "an ICMP error came back",
+            "dropped": "dropped"}
+
+
+def arrival(request: list[dict], src: Pod, dst: Pod, probe: Probe, mode: str, hops: list[Hop],
+            reply: list[str], node: str = "") -> Walk:
+    """The walk, ending with the destination pod: delivered, or not seen arriving."""
     delivered = next((f for f in request if _kind(f) == (EVENT_TRACE, TRACE_TO_LXC)), None)
     answered = probe.outcome in DELIVERED_OUTCOMES
-    outcome = {"answered": "the destination answered", "refused": "the destination's stack refused it "
-               "(nothing listens on the port)", "timeout": "no answer", "unreachable": "an ICMP error came back",
-               "dropped": "dropped"}
-    seen = f"{outcome.get(probe.outcome, probe.outcome)} after {probe.seconds * 1000:.1f} ms"
+    seen = f"{OUTCOMES.get(probe.outcome, probe.outcome)} after {probe.seconds * 1000:.1f} ms"
     hops.append(Hop(f"{dst.ref} eth0", "delivered" if delivered or answered else "not seen arriving",
-                    details=[f"probe: {seen}"], flows=[delivered["uuid"]] if delivered else []))
+                    details=[f"probe: {seen}"], flows=[delivered["uuid"]] if delivered else [], node=node))
     if delivered or answered:
-        return Walk(src, dst, probe, mode, hops, "DELIVERED", seen, _reply_text(reply))
+        return Walk(src, dst, probe, mode, hops, "DELIVERED", seen, reply)
     return Walk(src, dst, probe, mode, hops, "UNKNOWN", "no delivery or drop was reported and the probe got no answer",
-                _reply_text(reply))
+                reply)
 
 
 def _forwarding(request: list[dict], src: Pod, dst: Pod, host_route: str, iptables: list[str]) -> list[Hop]:
-    to_stack = _trace(request, TRACE_TO_STACK)
+    to_stack = trace_of(request, TRACE_TO_STACK)
     if to_stack is not None:
         hops = [Hop("host stack", "from_container passes the packet on (TC_ACT_OK): the kernel routes it",
                     details=[f"route: {host_route}"] +
@@ -216,17 +246,19 @@ def _forwarding(request: list[dict], src: Pod, dst: Pod, host_route: str, iptabl
     return [Hop("forwarding", "no forwarding decision reported (events lost? see `capillary status`)")]
 
 
-def _reply_text(reply: list[dict]) -> list[str]:
+def reply_text(reply: list[dict], nodes: bool = False) -> list[str]:
+    """The reply's flows, one line each; with NODES, each names the node that reported it."""
     out = []
     for flow in reply:
         kind, sub = _kind(flow)
+        on = f"node {flow.get('node_name', '')}: " if nodes else ""
         if kind == EVENT_TRACE:
-            where = flow.get("interface", {}).get("name", "")
-            point = {TRACE_FROM_LXC: "from-endpoint", TRACE_TO_LXC: "to-endpoint",
-                     TRACE_TO_STACK: "to-stack"}.get(sub, str(sub))
-            out.append(f"{point} at {where}: {flow.get('Summary', '')}")
+            iface = flow.get("interface", {})
+            where = iface.get("name") or f"ifindex {iface.get('index', 0)}"      # not a pod's device
+            point = TRACE_NAMES.get(sub, str(sub))
+            out.append(f"{on}{point} at {where}: {flow.get('Summary', '')}")
         elif kind == EVENT_DROP:
-            out.append(f"dropped: {flow.get('drop_reason_desc', '')}")
+            out.append(f"{on}dropped: {flow.get('drop_reason_desc', '')}")
     return out
 
 
@@ -238,8 +270,11 @@ def render(walk: Walk) -> str:
              f"{p.protocol.upper()}{' port ' + str(p.port) if p.protocol != 'icmp' else ''}  "
              f"datapath mode: {walk.mode}", ""]
     width = max(len(h.where) for h in walk.hops)
-    previous = ""
+    previous, node = "", ""
     for n, hop in enumerate(walk.hops, start=1):
+        if hop.node != node:
+            lines += [""] * bool(node) + [f"on node {hop.node}:"]
+            node, previous = hop.node, ""
         where = hop.where if hop.where != previous else ""
         previous = hop.where
         lines.append(f"{n:>2}  {where:<{width}}  {hop.what}")

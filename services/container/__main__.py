@@ -60,6 +60,12 @@ def run_nats(config: NodeConfig) -> None:
     _exec([natsserver.nats_server_binary(), "-c", str(conf)])
 
 
+def health_subject(config: NodeConfig, target: str) -> str:
+    """Where the service TARGET of this node answers health requests: in a cluster every
+    node's services share the bus, so the subject carries the node's name."""
+    return subjects.on_node(subjects.health(target), config.node if config.cluster.enabled else None)
+
+
 def _check(config: NodeConfig, target: str) -> str:
     """Ask TARGET whether it is ready, as TARGET's own user (the only credentials its
     container has). nats: JetStream's account info, asked as NATS_CHECK_USER."""
@@ -70,7 +76,7 @@ def _check(config: NodeConfig, target: str) -> str:
         context = tls.client_context(creds["ca"], creds.get("cert"), creds.get("key")) if creds.get("ca") else None
     except (OSError, ValueError, KeyError) as exc:
         raise probe.ProbeError(f"no usable NATS credentials at {path}: {exc}") from None
-    subject = "$JS.API.INFO" if target == "nats" else subjects.health(target)
+    subject = "$JS.API.INFO" if target == "nats" else health_subject(config, target)
     reply = probe.request(creds["url"], creds["user"], creds["password"], subject,
                           subjects.inbox_prefix(creds["user"]), timeout=HEALTH_TIMEOUT, tls=context)
     if target == "nats":

@@ -42,6 +42,15 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "CAPILLARY_WEB_ENABLED": ("web", "enabled"),
     "CAPILLARY_WEB_HOST": ("web", "host"),
     "CAPILLARY_WEB_PORT": ("web", "port"),
+    # the cluster section (services/runtime/clusterconfig.py); no name: a lone node
+    "CAPILLARY_CLUSTER_NAME": ("cluster", "name"),
+    "CAPILLARY_UNDERLAY_IP": ("cluster", "underlayIP"),
+    "CAPILLARY_CLUSTER_ROUTES": ("cluster", "routes"),       # HOST:PORT[,HOST:PORT...]
+    "CAPILLARY_CLUSTER_PORT": ("cluster", "port"),
+    "CAPILLARY_ROUTING": ("cluster", "routing"),
+    "CAPILLARY_HEARTBEAT_INTERVAL": ("cluster", "heartbeatInterval"),
+    "CAPILLARY_HEARTBEAT_TIMEOUT": ("cluster", "heartbeatTimeout"),
+    "CAPILLARY_CLUSTER_REPLICAS": ("cluster", "replicas"),
 }
 
 _TRUE = ("1", "true", "yes", "on")
@@ -60,6 +69,8 @@ def _convert(variable: str, type_name: str, raw: str) -> Any:
             return int(value, 0)
         except ValueError:
             raise ConfigError(f"{variable}: {raw!r} is not an integer") from None
+    if type_name == "tuple":        # a list: items separated by commas or spaces
+        return [item for item in value.replace(",", " ").split() if item]
     if type_name == "bool":
         if value.lower() in _TRUE:
             return True
@@ -122,7 +133,7 @@ def render(environ: Mapping[str, str], base_text: str = "") -> tuple[NodeConfig,
 
 def _variable_for(message: str) -> str:
     """'podCIDR: ...' -> 'CAPILLARY_POD_CIDR: ' when a variable sets that field."""
-    where = message.split(":", 1)[0]
+    where = message.split(":", 1)[0].split("[", 1)[0]       # cluster.routes[1] -> cluster.routes
     for variable, (section, name) in VARIABLES.items():
         if where == (f"{section}.{name}" if section else name):
             return f"{variable}: "

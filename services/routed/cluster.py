@@ -15,12 +15,30 @@ from __future__ import annotations
 import asyncio
 import time
 
+from nats.errors import Error as NatsError
+from nats.js.errors import Error as JetStreamError
+
 from services.routed.membership import Membership, RemotePod, pods_for, routes_for
 from services.runtime.bus import Bus, StateUnreadable
 from services.runtime.config import NodeConfig
 from services.wire import codec, subjects
 from services.wire.cluster import NodeRecord, RemoteEndpoint, endpoint_key
 from services.wire.messages import SchemaError
+
+
+LEAVE_TIMEOUT = 5.0         # seconds for a leaving node to take its keys out (the supervisor waits 10)
+
+
+async def forget(bus: Bus, kv_nodes, kv_endpoints, node: str) -> bool:
+    """Take NODE's record and its pods out of the shared buckets; False when it had none."""
+    endpoints = await bus.kv_items(kv_endpoints)
+    for key in endpoints:
+        if key.startswith(f"{node}."):
+            await kv_endpoints.purge(key)
+    if node not in await bus.kv_items(kv_nodes):
+        return False
+    await kv_nodes.purge(node)
+    return True
 
 
 class ClusterAgent:
@@ -58,6 +76,24 @@ class ClusterAgent:
     async def stop(self) -> None:
         if self._task:
             self._task.cancel()
+
+    async def leave(self) -> None:
+        """This node leaves the cluster for good (it is being purged): its heartbeat stops and
+        its record and its pods go from the shared buckets, so every other node forgets it
+        at once (services.routed.membership: a record gone is a node that left) instead of
+        listing it NotReady for ever. A failure is logged: the record then stays, NotReady."""
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        try:
+            await asyncio.wait_for(self._forget(), LEAVE_TIMEOUT)
+            self.routed.log.info("left the cluster: node record and pods removed", node=self.config.node)
+        except (StateUnreadable, asyncio.TimeoutError, NatsError, JetStreamError) as exc:
+            self.routed.log.warning("could not remove this node from the cluster", error=str(exc))
+
+    async def _forget(self) -> None:
+        await forget(self.bus, self.kv_nodes, self.kv_endpoints, self.config.node)
 
     async def _loop(self) -> None:
         while True:

@@ -104,12 +104,14 @@ def forward_packets(pod_cidr: str) -> int:
     return total
 
 
-def rule_counters(chains: tuple[str, ...] = ("FORWARD", FORWARD_CHAIN)) -> dict[str, int]:
+def rule_counters(chains: tuple[str, ...] = ("FORWARD", FORWARD_CHAIN), netns: str | None = None) -> dict[str, int]:
     """Packet counters of every rule in CHAINS (filter table), keyed by a readable rule
-    ("FORWARD #1 -> CAPILLARY-FORWARD"), for seeing which rules a packet went through."""
+    ("FORWARD #1 -> CAPILLARY-FORWARD"), for seeing which rules a packet went through;
+    in the network namespace at NETNS (a path) when given."""
     out: dict[str, int] = {}
+    inside = ["nsenter", f"--net={netns}", "--"] if netns else []
     for chain in chains:
-        proc = subprocess.run(["iptables", "-w", "-t", "filter", "-n", "-v", "-x", "--line-numbers", "-L", chain],
+        proc = subprocess.run([*inside, "iptables", "-w", "-t", "filter", "-n", "-v", "-x", "--line-numbers", "-L", chain],
                               capture_output=True, text=True)
         for line in proc.stdout.splitlines()[2:]:
             parts = line.split(None, 10)

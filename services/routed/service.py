@@ -30,6 +30,7 @@ from services.routed.router import ensure_router
 from services.routed.shadowed import ShadowStore
 from services.runtime.app import Service
 from services.runtime.bus import ServiceError
+from services.runtime.supervisor import leaving_path
 from services.wire import subjects
 from services.wire.messages import (EXHAUSTED, INVALID, IPCACHE_BATCH_MAX, IpcacheBatch, IpcacheBatchDone,
                                     IpcacheDelete, IpcacheEntry, IpcacheUpsert, ListRequest)
@@ -81,6 +82,10 @@ class RoutedService(Service):
         await self.bus.serve(subjects.IPCACHE_DELETE, IpcacheDelete, self.delete)
         await self.bus.serve(subjects.IPCACHE_LIST, ListRequest, self.list)
         await self.bus.serve(subjects.IPCACHE_BATCH, IpcacheBatch, self.batch)
+
+    async def stopping(self) -> None:
+        if getattr(self, "cluster", None) and leaving_path(self.config).exists():
+            await self.cluster.leave()
 
     async def stop(self) -> None:
         if getattr(self, "cluster", None):

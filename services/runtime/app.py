@@ -44,6 +44,9 @@ class Service:
     async def stop(self) -> None:
         """Release what start() acquired (kernel state stays: it outlives the process)."""
 
+    async def stopping(self) -> None:
+        """Last work on the bus as the service stops, before the bus drains."""
+
     async def counters(self) -> dict[str, int]:
         """What this service reports in `capillary status` (maps filled, programs attached)."""
         return {}
@@ -73,6 +76,7 @@ class Service:
             self.log.info("ready", seconds=round(time.time() - self.started, 3))
             await self._stop.wait()
             self.log.info("stopping")
+            await self.stopping()
         finally:
             self.ready = False
             await self.bus.drain()

@@ -163,7 +163,9 @@ def _reachable(host: str) -> str:
 class NatsConfig:
     host: str = "127.0.0.1"
     port: int = 4222
-    external: bool = False              # True: a server we do not start (compose)
+    # True: the supervisor does not start nats-server; compose's nats container runs it, from
+    # the server.conf capillary writes (cluster block included: services.container run_nats)
+    external: bool = False
     tls: bool = False                   # TLS on loopback too (beyond loopback it always is)
 
     @property
@@ -296,8 +298,6 @@ class NodeConfig:
         underlay = ipaddress.IPv4Address(self.cluster.underlayIP)
         if underlay in net:
             raise ConfigError(f"cluster.underlayIP: {underlay} is inside podCIDR {net}")
-        if self.nats.external:
-            raise ConfigError("cluster: a cluster node runs its own nats-server (nats.external must be false)")
         if self.nats.loopback:
             raise ConfigError(f"nats.host: {self.nats.host} is loopback; in a cluster the other nodes' "
                               f"services must reach it (use cluster.underlayIP {underlay} or 0.0.0.0)")

@@ -143,12 +143,13 @@ def permissions(user: str, cluster: bool = False) -> dict:
     if user in subjects.READERS:
         return {"publish": {"deny": [">"]},
                 "subscribe": {"allow": list(subjects.READERS[user].listens)}}
+    node = "*" if cluster else None
     if user in subjects.CLIENTS:
         g = subjects.CLIENTS[user]
-        return {"publish": {"allow": list(g.calls)},
-                "subscribe": {"allow": [*g.listens, f"{subjects.inbox_prefix(user)}.>"]}}
+        return {"publish": {"allow": [subjects.on_node(s, node) for s in g.calls]},
+                "subscribe": {"allow": [*(subjects.on_node(s, node) for s in g.listens),
+                                        f"{subjects.inbox_prefix(user)}.>"]}}
     g = subjects.GRANTS[user]
-    node = "*" if cluster else None
     publish = [subjects.on_node(s, node) for s in (*g.calls, *g.publishes)] + ["$JS.API.INFO"]
     for bucket in g.buckets:
         publish += _kv_publish(bucket)

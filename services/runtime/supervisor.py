@@ -3,8 +3,10 @@ restarts what crashes.
 
 The supervisor holds an exclusive lock on {stateDir}/run/capillary.pid for its lifetime, so
 two nodes never run on one state directory. It answers capillary.node.status with its
-process table. Services log to {stateDir}/logs/<service>.log, mode 0640 (logs name pods,
-addresses and policies: readable by root and the directory's group, not by everyone).
+process table and its host: the machine's boot id and its network namespace's inode, by
+which a client on the same machine finds the node's host namespace (host_namespace).
+Services log to {stateDir}/logs/<service>.log, mode 0640 (logs name pods, addresses and
+policies: readable by root and the directory's group, not by everyone).
 """
 from __future__ import annotations
 
@@ -32,6 +34,28 @@ STABLE_AFTER = 60.0     # a process up this long gets its backoff reset
 STOP_GRACE = 10.0
 LOG_MODE = 0o640
 LOG_DIR_MODE = 0o750
+
+
+BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+
+
+def host_identity() -> dict:
+    """This machine (its boot id) and this process's network namespace (its inode)."""
+    return {"boot_id": BOOT_ID.read_text().strip(), "netns": os.stat("/proc/self/ns/net").st_ino}
+
+
+def host_namespace(status: dict) -> str | None:
+    """The host network namespace of the node whose STATUS (capillary.node.status) this is,
+    as a path here; None unless it is proven on this machine (same boot id, and the
+    supervisor's pid still in a namespace of the inode it reported)."""
+    host, pid = status.get("host") or {}, status.get("pid")
+    if not isinstance(pid, int) or host.get("boot_id") != BOOT_ID.read_text().strip():
+        return None
+    path = f"/proc/{pid}/ns/net"
+    try:
+        return path if os.stat(path).st_ino == host.get("netns") else None
+    except OSError:
+        return None
 
 
 @dataclass
@@ -63,6 +87,12 @@ def open_log(config: NodeConfig, name: str):
 
 def pid_path(config: NodeConfig) -> Path:
     return config.state_path / "run" / "capillary.pid"
+
+
+def leaving_path(config: NodeConfig) -> Path:
+    """Present while the node stops to be purged (`down --purge`): a cluster node's routed
+    then takes the node's record out of the cluster as it stops (services.routed.cluster)."""
+    return config.state_path / "run" / "leaving"
 
 
 def read_pid(config: NodeConfig) -> int | None:
@@ -142,13 +172,14 @@ class Supervisor:
                 natsserver.write_config(self.config)
 
     async def _status(self, _req) -> dict:
-        return {"node": self.config.node, "pid": os.getpid(), "started": self.started,
+        return {"node": self.config.node, "pid": os.getpid(), "host": host_identity(), "started": self.started,
                 "state_dir": self.config.stateDir, "nats_url": self.config.nats.url,
                 "context": str(self.config.credentials_path(natsserver.ADMIN)),
                 "children": {name: c.row() for name, c in self.children.items()}}
 
     async def run(self) -> int:
         self._take_lock()
+        leaving_path(self.config).unlink(missing_ok=True)     # from a purge that did not happen
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stopping.set)

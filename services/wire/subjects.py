@@ -193,12 +193,14 @@ READERS: dict[str, Grants] = {
 # what they listen to and to their own reply inbox, and serve nothing.
 # cni: the CNI plugin, which makes, checks and deletes pods.
 # web: the service map page (services/web), which lists pods and namespaces, shows flows,
-# previews a policy and walks a pair with `capillary walk`'s code (a flow subscription and
-# pod.list).
+# previews a policy and walks a pair with `capillary walk`'s code (a flow subscription,
+# pod.list, and in a cluster the members and their supervisors' status, to find each pod's
+# node and that node's host).
 CNI_CLIENT = "cni"
 WEB = "web"
 CLIENTS: dict[str, Grants] = {
     CNI_CLIENT: Grants(serves=(), calls=(NAMESPACE_APPLY, NAMESPACE_DELETE, NAMESPACE_LIST, POD_APPLY,
                                          POD_DELETE, POD_LIST, POD_CHECK, *(health(s) for s in SERVICES))),
-    WEB: Grants(serves=(), calls=(NAMESPACE_LIST, POD_LIST, POLICY_PREVIEW), listens=(f"{FLOWS}.>",)),
+    WEB: Grants(serves=(), calls=(NAMESPACE_LIST, POD_LIST, POLICY_PREVIEW, NODES_LIST, NODE_STATUS),
+                listens=(f"{FLOWS}.>",)),
 }

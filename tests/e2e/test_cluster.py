@@ -3,6 +3,7 @@ cluster (`capillary cluster up`): membership, placement, cross-node pod to pod w
 policies, a node down and back, a nats-server killed, and conflicting policy applies, once
 in native routing and once in tunnel mode (VXLAN, the source identity in the VNI).
 `cluster down --purge` must leave nothing behind."""
+import json
 import os
 import signal
 import subprocess
@@ -112,6 +113,57 @@ def test_label_policy_allows_and_denies_across_nodes(cluster):
     wait_for(lambda: cluster.ping(2, "x/p2", target), "p2 reaches p1 again once the policy is gone")
 
 
+def walk(cluster, src: str, dst: str, port: int) -> tuple[int, dict, list[tuple[str, str, str]]]:
+    proc = cluster.cli(0, "walk", src, dst, "--port", str(port), "-o", "json", check=False, timeout=120)
+    assert proc.returncode in (0, 1), proc.stdout + proc.stderr
+    result = json.loads(proc.stdout)
+    return proc.returncode, result, [(h["node"], h["where"], h["what"]) for h in result["hops"]]
+
+
+def test_walk_follows_a_probe_across_two_nodes(cluster):
+    """`walk` from p0 (node 0) to p1 (node 1) lists node 0's hops, then node 1's: the
+    encapsulation and decapsulation in tunnel mode, both hosts' routes in native mode, and
+    node 1's ingress decision; a denied probe stops on node 1."""
+    n0, n1, n2 = (cluster.node(i) for i in range(3))
+    target = ip_of(cluster, "x/p1")
+    servers = Servers()
+    servers.start(cluster.pods()["x/p1"]["spec"]["netns"], ECHO_PORT)
+    try:
+        wait_for(lambda: cluster.ping(0, "x/p0", target), "p0 (node 0) reaches p1 (node 1)")
+        rc, result, hops = walk(cluster, "x/p0", "x/p1", ECHO_PORT)
+        assert rc == 0 and result["result"] == "DELIVERED" and result["probe"]["outcome"] == "answered", result
+        nodes = [node for node, _, _ in hops]
+        assert nodes == sorted(nodes, key=[n0.name, n1.name].index), "node 0's hops, then node 1's"
+        mine, theirs = [h for h in hops if h[0] == n0.name], [h for h in hops if h[0] == n1.name]
+        if cluster.routing == "tunnel":
+            assert any(what.startswith(f"to-overlay: encapsulated in VXLAN for node {n1.name}") for _, _, what in mine)
+            assert any(what.startswith("from_overlay") for _, _, what in theirs), theirs
+            assert result["hops"][4]["details"] == [f"route: {n1.underlay_ip} dev underlay"]
+        else:
+            stack = next(h for h in result["hops"] if h["node"] == n0.name and h["where"] == "host stack")
+            assert stack["details"][0] == f"route: {target} via {n1.underlay_ip} dev underlay", stack
+        policy = [h for h in result["hops"] if h["node"] == n1.name and h["what"].startswith("ingress policy")]
+        assert policy and policy[0]["verdict"] == "ALLOWED" and policy[0]["flows"], policy
+        assert theirs[-1][1:] == ("x/p1 eth0", "delivered")
+        # the kernel's hops (routes, the outer packet leaving) rest on `ip route get`, the
+        # programs' on their flows
+        datapath = [h for h in result["hops"] if h["where"].startswith("host ") and h["where"] != "host stack"
+                    and not h["what"].startswith("the kernel")]
+        assert datapath and all(h["flows"] for h in datapath), "every datapath hop rests on a flow of its node"
+        text = cluster.cli(0, "walk", "x/p0", "x/p1", "--port", str(ECHO_PORT)).stdout
+        assert text.index(f"on node {n0.name}:") < text.index(f"on node {n1.name}:"), text
+
+        cluster.cli(0, "apply", "-f", "-", input=ingress_policy("walk-p1", "p1", "p0"))
+        wait_for(lambda: not cluster.ping(2, "x/p2", target), "p2 (node 2) is denied")
+        rc, result, hops = walk(cluster, "x/p2", "x/p1", ECHO_PORT)
+        assert rc == 1 and result["result"] == "DROPPED", result
+        assert hops[-1][0] == n1.name and hops[-1][2].startswith("DROPPED: POLICY_DENIED"), hops
+        assert {node for node, _, _ in hops} == {n2.name, n1.name}
+    finally:
+        servers.close()
+        cluster.cli(0, "delete", "networkpolicy", "walk-p1", "-n", "x", check=False)
+
+
 def test_conflicting_applies_converge(cluster):
     """Two nodes apply two revisions of one policy at the same moment: every node ends up
     with the same one."""
@@ -197,3 +249,16 @@ def test_a_node_down_and_back(cluster):
     after = cluster.pods()["x/p2"]["status"]
     assert (after["podIP"], after["identity"]) == (before["podIP"], before["identity"])
     wait_for(lambda: cluster.ping(0, "x/p0", after["podIP"]), "p0 reaches p2 again")
+
+
+def test_a_purged_node_leaves_the_cluster(cluster):
+    """`down --purge` takes the node's record (and its pods) out of the shared buckets: the
+    other nodes forget it at once, where a plain `down` leaves it NotReady
+    (test_a_node_down_and_back). Last in this module: the node does not come back."""
+    gone = cluster.node(2)
+    p2 = ip_of(cluster, "x/p2")
+    proc = cluster.node_cli(2, "down", "--purge", timeout=180)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for i in (0, 1):
+        wait_for(lambda i=i: gone.name not in cluster.nodes(i), f"node {i} no longer lists the purged node")
+    assert f"{p2}/32" not in cluster.ipcache(0)

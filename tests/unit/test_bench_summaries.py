@@ -48,13 +48,15 @@ def test_targets_met_missed_and_not_measured():
                          "small_apply_ms": [250.0, 250.0], "left_after_delete": 0}]}
     verdicts = {v["key"]: v["ok"] for v in evaluate(
         {"datapath": datapath, "policy": None, "cplane": None, "pods": pods, "flows": None, "footprint": None,
-         "cni": cni, "encap": encap, "cidr_scale": cidr})}
+         "cni": cni, "encap": encap, "cidr_scale": cidr,
+         "cluster_policy": {"summary": {"rounds": 50, "p50_ms": 20.0, "p99_ms": 49.0, "target_ms": 50.0,
+                                        "met": True}}})}
     assert verdicts == {"datapath_gbps": True, "datapath_p50": False, "floor_ns_rr": True, "floor_ns_bulk": False,
                         "floor_udp_pps": True, "floor_p50_us": True, "floor_gbps_1": False, "policy_10k": None,
                         "cplane_p99": None, "pods_100": True, "flows": None, "footprint": None, "cni_add": True,
                         "cni_ratio": False, "encap_native": True, "encap_tunnel": False,
                         "cidr_apply_10000": True, "cidr_apply_100000": None, "cidr_rss": None, "cidr_probe": False,
-                        "cidr_left": True}
+                        "cidr_left": True, "cluster_policy_p99": True}
     nothing = dict.fromkeys(("datapath", "policy", "cplane", "pods", "flows", "footprint", "cni"))
     assert {v["key"]: v["ok"] for v in evaluate(nothing)}["cni_add"] is None
     assert Spread.of([3, 1, 2]).median == 2

@@ -61,12 +61,22 @@ def test_the_flows_reader_only_subscribes_to_flows():
 
 def test_the_web_client_calls_lists_and_listens_to_flows_and_serves_nothing():
     assert natsserver.permissions("web") == {
-        "publish": {"allow": [subjects.NAMESPACE_LIST, subjects.POD_LIST, subjects.POLICY_PREVIEW]},
+        "publish": {"allow": [subjects.NAMESPACE_LIST, subjects.POD_LIST, subjects.POLICY_PREVIEW,
+                              subjects.NODES_LIST, subjects.NODE_STATUS]},
         "subscribe": {"allow": [f"{subjects.FLOWS}.>", "_INBOX_web.>"]}}
 
 
+def test_in_a_cluster_a_clients_calls_reach_every_nodes_services():
+    """Requests in a cluster carry the node's name (subjects.on_node): a client allowed only
+    the bare subjects could call nothing there."""
+    allowed = natsserver.permissions("web", cluster=True)["publish"]["allow"]
+    assert subjects.on_node(subjects.POD_LIST, "n2") != subjects.POD_LIST
+    assert subjects.on_node(subjects.POD_LIST, "*") in allowed and subjects.POD_LIST not in allowed
+    assert natsserver.permissions("web", cluster=True)["subscribe"]["allow"][0] == f"{subjects.FLOWS}.>"
+
+
 def test_every_client_call_is_served():
-    served = {s for g in GRANTS.values() for s in g.serves}
+    served = {s for g in GRANTS.values() for s in g.serves} | {subjects.NODE_STATUS}   # the supervisor's
     assert {s for g in subjects.CLIENTS.values() for s in g.calls} <= served
 
 

@@ -1,0 +1,97 @@
+"""The packet walk across two nodes, from flows decoded out of raw events as each node's
+datapath writes them (bpf/lxc.c, bpf/lib/overlay.h); tests/e2e/test_cluster.py walks a
+real cluster in both routing modes."""
+from __future__ import annotations
+
+from services.cli import walknodes, walkpath
+from services.cli.walkpath import Pod, Probe
+from services.datapath.numbers import (DROP_POLICY, EVENT_DROP, EVENT_POLICY_VERDICT, METRIC_INGRESS,
+                                       POLICY_MATCH_L3_L4, POLICY_MATCH_NONE, TRACE_FROM_OVERLAY,
+                                       TRACE_REASON_CT_REPLY, TRACE_TO_LXC, TRACE_TO_OVERLAY, TRACE_TO_STACK,
+                                       VERDICT_DROPPED, VERDICT_FORWARDED)
+from services.flowd.decode import decode
+from tests.unit.flowdata import A, B, ID_A, event, metadata, packet, tcp
+
+META = metadata()
+SRC = Pod("x/a", A, 1, ID_A, "lxca", 11, "n1")
+DST = Pod("x/b", B, 2, 257, "lxcb", 12, "n2")
+N1 = walknodes.Host("n1", "172.31.0.1", "10.200.0.0/24 via 172.31.0.2 dev underlay", ("FORWARD #1 -> ACCEPT",))
+N2 = walknodes.Host("n2", "172.31.0.2", "10.200.0.3 dev lxcb", ())
+SYN, SYNACK = 0x02, 0x12
+VXLAN_IFINDEX = 7
+
+
+def on(node: str, *raws: bytes) -> list[dict]:
+    return [decode(raw, META, node, 0, new_uuid=lambda: f"{node}-{i}") for i, raw in enumerate(raws)]
+
+
+def request(**kw) -> bytes:
+    return event(packet(A, B, 6, tcp(40000, 80, SYN)), **kw)
+
+
+def sent(point: int) -> list[dict]:
+    return on("n1", request(), request(type=EVENT_POLICY_VERDICT, subtype=0, verdict=VERDICT_FORWARDED,
+                                       match_type=POLICY_MATCH_NONE), request(subtype=point))
+
+
+def received(first: list[bytes], verdict: int = VERDICT_FORWARDED, ifindex: int = 12) -> list[dict]:
+    ingress = dict(endpoint_id=2, direction=METRIC_INGRESS, ifindex=ifindex)
+    raws = [*first, request(type=EVENT_POLICY_VERDICT, subtype=0, verdict=verdict, match_type=POLICY_MATCH_L3_L4,
+                            rule_id=77 if verdict == VERDICT_FORWARDED else 0, **ingress)]
+    if verdict == VERDICT_FORWARDED:
+        raws.append(request(subtype=TRACE_TO_LXC, **ingress))
+    else:
+        raws.append(request(type=EVENT_DROP, subtype=DROP_POLICY, **ingress))
+    return on("n2", *raws)
+
+
+def walk(fs: list[dict], routing: str, outcome: str = "answered") -> walkpath.Walk:
+    return walknodes.build(fs, SRC, DST, Probe("tcp", 80, 40000, outcome, 0.002), f"redirect, {routing}", routing,
+                           "10.200.0.3 via 10.200.0.1 dev eth0", N1, N2)
+
+
+def test_tunnel_mode_lists_each_nodes_hops_with_the_encapsulation():
+    overlay = request(subtype=TRACE_FROM_OVERLAY, endpoint_id=2, direction=METRIC_INGRESS, ifindex=VXLAN_IFINDEX)
+    reply = on("n2", event(packet(B, A, 6, tcp(80, 40000, SYNACK)), ifindex=12, reason=TRACE_REASON_CT_REPLY))
+    w = walk(sent(TRACE_TO_OVERLAY) + received([overlay], ifindex=VXLAN_IFINDEX) + reply, "tunnel")
+    assert w.result == "DELIVERED"
+    assert [(h.node, h.where) for h in w.hops] == [
+        ("n1", "x/a eth0"), ("n1", "host lxca"), ("n1", "host lxca"), ("n1", "host lxca"), ("n1", "host cap_vxlan"),
+        ("n2", "host cap_vxlan"), ("n2", "host cap_vxlan"), ("n2", "host cap_vxlan"), ("n2", "x/b eth0")]
+    assert w.hops[3].what.startswith("to-overlay: encapsulated in VXLAN for node n2")
+    assert w.hops[3].details == ["VNI 256: the source's security identity",
+                                 "outer packet: 172.31.0.1 -> 172.31.0.2 UDP 8472"]
+    assert w.hops[5].what == "from_overlay (tc ingress of cap_vxlan): decapsulated, from 172.31.0.1, " \
+                             "source identity 256 from the VNI"
+    assert w.hops[6].what == "ingress policy of x/b: ALLOWED by CiliumNetworkPolicy x/only-a rule 0"
+    assert w.hops[7].flows == ["n2-2"] and w.hops[7].what.startswith("bpf_redirect_peer into x/b eth0")
+    assert all(hop.flows for hop in w.hops[1:4] + w.hops[5:8]), "every datapath hop rests on a flow"
+    assert w.reply == ["node n2: from-endpoint at lxcb: TCP Flags: SYN, ACK"]
+    text = walkpath.render(w)
+    assert text.index("on node n1:") < text.index("to-overlay") < text.index("on node n2:") < text.index("from_overlay")
+
+
+def test_native_mode_goes_through_both_stacks_and_the_destination_decides_ingress():
+    w = walk(sent(TRACE_TO_STACK) + received([]), "native")
+    assert w.result == "DELIVERED"
+    assert [(h.node, h.where) for h in w.hops[3:]] == [("n1", "host stack"), ("n2", "host stack"),
+                                                       ("n2", "host lxcb"), ("n2", "host lxcb"), ("n2", "x/b eth0")]
+    assert w.hops[3].details == ["route: 10.200.0.0/24 via 172.31.0.2 dev underlay", "iptables: FORWARD #1 -> ACCEPT"]
+    assert w.hops[4].details[0] == "route: 10.200.0.3 dev lxcb"
+    assert w.hops[5].verdict == "ALLOWED" and "from its ipcache" in w.hops[5].details[-1]
+    assert w.hops[6].what == "to_container (tc egress) into x/b" and w.hops[6].flows == ["n2-1"]
+
+
+def test_a_drop_on_the_destination_node_ends_the_walk_there():
+    w = walk(sent(TRACE_TO_STACK) + received([], VERDICT_DROPPED), "native", outcome="dropped")
+    assert w.result == "DROPPED" and w.reason == "POLICY_DENIED (drop reason 133) at lxcb on node n2"
+    assert (w.hops[-1].node, w.hops[-2].verdict, w.hops[-2].rule["name"]) == ("n2", "DENIED", "default-deny")
+
+
+def test_the_source_nodes_flows_never_stand_for_the_destination():
+    """Endpoint ids and ifindexes are each node's own: without n2's flows the destination's
+    hops rest on nothing, whatever n1 reported."""
+    w = walk(sent(TRACE_TO_OVERLAY), "tunnel", outcome="timeout")
+    assert w.result == "UNKNOWN"
+    assert [h.flows for h in w.hops if h.node == "n2"] == [[], [], [], []]
+    assert "no verdict reported" in w.hops[6].what
