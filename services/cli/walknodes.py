@@ -7,12 +7,15 @@ bpf/lib/overlay.h); every flow carries the node_name of the node that reported i
       ingress is decided on node 2); then a drop event, or
       tunnel: trace TO_OVERLAY (the tunnel key set, the source identity as the VNI,
           redirected to the VXLAN device)
-      native: trace TO_STACK (the kernel routes it to node 2's underlay address)
+      native: trace TO_NETWORK (BPF host routing: the kernel's route lookup from the program,
+          sent out of the underlay device), or with datapath.hostLegacyRouting trace
+          TO_STACK (the kernel routes it to node 2's underlay address)
   node 2, tunnel: cap_vxlan from_overlay: trace FROM_OVERLAY (the identity from the VNI);
           policy verdict INGRESS (B's policy); a drop, or trace TO_ENDPOINT
           (bpf_redirect_peer into B)
-  node 2, native: lxcB to_container: policy verdict INGRESS (the source identity from node
-          2's ipcache); a drop, or trace TO_ENDPOINT
+  node 2, native: the underlay device's from_netdev: trace FROM_NETWORK, then as from_overlay
+          with the source identity from node 2's ipcache; with legacy host routing, lxcB's
+          to_container: policy verdict INGRESS; a drop, or trace TO_ENDPOINT
 Endpoint ids and interface indexes are each node's own: a node's flows are read only for
 that node's hops.
 """
@@ -22,7 +25,8 @@ from dataclasses import dataclass
 
 from services.cli import walkpath
 from services.cli.walkpath import Hop, Pod, Probe, Walk
-from services.datapath.numbers import TRACE_FROM_OVERLAY, TRACE_TO_LXC, TRACE_TO_OVERLAY, TRACE_TO_STACK
+from services.datapath.numbers import (TRACE_FROM_NETWORK, TRACE_FROM_OVERLAY, TRACE_TO_LXC, TRACE_TO_NETWORK,
+                                      TRACE_TO_OVERLAY, TRACE_TO_STACK)
 from services.routed.tunnel import DEVICE, PORT
 
 
@@ -45,6 +49,12 @@ def _uuids(flow: dict | None) -> list[str]:
     return [flow["uuid"]] if flow else []
 
 
+def _device(flow: dict) -> str:
+    """The device a flow was observed at (the underlay's has no pod: its ifindex)."""
+    interface = flow.get("interface", {})
+    return interface.get("name") or f"ifindex {interface.get('index', '?')}"
+
+
 def build(flows: list[dict], src: Pod, dst: Pod, probe: Probe, mode: str, routing: str, pod_route: str,
           source: Host, destination: Host) -> Walk:
     """The walk of PROBE from SRC (on SOURCE's node) to DST (on DESTINATION's), in ROUTING
@@ -60,7 +70,8 @@ def build(flows: list[dict], src: Pod, dst: Pod, probe: Probe, mode: str, routin
         return Walk(src, dst, probe, mode, hops, "DROPPED", f"{dropped[1]} on node {src.node}", replies)
     hops += _on(src.node, _leaving(here, src, dst, source, destination))
     hops += _on(dst.node, _entering(there, dst, routing, source, destination))
-    dropped = walkpath.drop_hop(there, DEVICE if routing == "tunnel" else dst.ifname)
+    network = walkpath.trace_of(there, TRACE_FROM_NETWORK)
+    dropped = walkpath.drop_hop(there, DEVICE if routing == "tunnel" else _device(network) if network else dst.ifname)
     if dropped is not None:
         hops += _on(dst.node, [dropped[0]])
         return Walk(src, dst, probe, mode, hops, "DROPPED", f"{dropped[1]} on node {dst.node}", replies)
@@ -79,6 +90,12 @@ def _leaving(here: list[dict], src: Pod, dst: Pod, source: Host, destination: Ho
                                              f"UDP {PORT}"], flows=_uuids(overlay)),
                 Hop(f"host {DEVICE}", f"the kernel sends the outer packet to node {dst.node} over the underlay",
                     details=[f"route: {source.route}"])]
+    network = walkpath.trace_of(here, TRACE_TO_NETWORK)
+    if network is not None:
+        return [Hop(f"host {src.ifname}", f"to-network: BPF host routing sends it out of {_device(network)} to node "
+                    f"{dst.node} ({destination.underlay_ip}), the next hop from the kernel's route lookup",
+                    details=[f"route: {source.route}", "the host stack (and its iptables) is not traversed"],
+                    flows=_uuids(network))]
     stack = walkpath.trace_of(here, TRACE_TO_STACK)
     if stack is not None:
         return [Hop("host stack", f"from_container passes the packet on (TC_ACT_OK): the kernel routes it to "
@@ -98,6 +115,11 @@ def _entering(there: list[dict], dst: Pod, routing: str, source: Host, destinati
                     f"{source.underlay_ip}" + (f", source identity {vni} from the VNI" if overlay else ""),
                     details=[] if overlay else ["no from-overlay trace reported"], flows=_uuids(overlay))]
         where, how = f"host {DEVICE}", "with the source identity the VNI carried"
+    elif (network := walkpath.trace_of(there, TRACE_FROM_NETWORK)) is not None:
+        hops = [Hop(f"host {_device(network)}", f"from_netdev (tc ingress of {_device(network)}): from "
+                    f"{source.underlay_ip}, natively routed", flows=_uuids(network))]
+        where, how = f"host {_device(network)}", "with the source identity from its ipcache (the packet carries " \
+                                                 "only its address)"
     else:
         hops = [Hop("host stack", f"arrives on the underlay from {source.underlay_ip}: the kernel routes it to "
                     f"{dst.ifname}", details=[f"route: {destination.route}"] +
@@ -112,8 +134,10 @@ def _entering(there: list[dict], dst: Pod, routing: str, source: Host, destinati
 def _delivering(there: list[dict], dst: Pod, routing: str) -> Hop:
     arrived = walkpath.trace_of(there, TRACE_TO_LXC)
     details = [] if arrived else ["no to-endpoint trace reported"]
-    if routing == "tunnel":
-        return Hop(f"host {DEVICE}", f"bpf_redirect_peer into {dst.ref} eth0 (the peer of {dst.ifname})",
+    network = walkpath.trace_of(there, TRACE_FROM_NETWORK)
+    if routing == "tunnel" or network is not None:
+        where = DEVICE if routing == "tunnel" else _device(network)
+        return Hop(f"host {where}", f"bpf_redirect_peer into {dst.ref} eth0 (the peer of {dst.ifname})",
                    details=details, flows=_uuids(arrived))
     return Hop(f"host {dst.ifname}", f"to_container (tc egress) into {dst.ref}", details=details,
                flows=_uuids(arrived))

@@ -122,7 +122,7 @@ def walk(cluster, src: str, dst: str, port: int) -> tuple[int, dict, list[tuple[
 
 def test_walk_follows_a_probe_across_two_nodes(cluster):
     """`walk` from p0 (node 0) to p1 (node 1) lists node 0's hops, then node 1's: the
-    encapsulation and decapsulation in tunnel mode, both hosts' routes in native mode, and
+    encapsulation and decapsulation in tunnel mode, BPF host routing in native mode, and
     node 1's ingress decision; a denied probe stops on node 1."""
     n0, n1, n2 = (cluster.node(i) for i in range(3))
     target = ip_of(cluster, "x/p1")
@@ -139,9 +139,11 @@ def test_walk_follows_a_probe_across_two_nodes(cluster):
             assert any(what.startswith(f"to-overlay: encapsulated in VXLAN for node {n1.name}") for _, _, what in mine)
             assert any(what.startswith("from_overlay") for _, _, what in theirs), theirs
             assert result["hops"][4]["details"] == [f"route: {n1.underlay_ip} dev underlay"]
-        else:
-            stack = next(h for h in result["hops"] if h["node"] == n0.name and h["where"] == "host stack")
-            assert stack["details"][0] == f"route: {target} via {n1.underlay_ip} dev underlay", stack
+        else:                                   # BPF host routing: neither host stack is crossed
+            sent = next(h for h in result["hops"] if h["node"] == n0.name and h["what"].startswith("to-network"))
+            assert sent["details"][0] == f"route: {target} via {n1.underlay_ip} dev underlay", sent
+            assert any(what.startswith("from_netdev") for _, _, what in theirs), theirs
+            assert not any(h["where"] == "host stack" for h in result["hops"]), result["hops"]
         policy = [h for h in result["hops"] if h["node"] == n1.name and h["what"].startswith("ingress policy")]
         assert policy and policy[0]["verdict"] == "ALLOWED" and policy[0]["flows"], policy
         assert theirs[-1][1:] == ("x/p1 eth0", "delivered")

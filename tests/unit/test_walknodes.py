@@ -6,8 +6,9 @@ from __future__ import annotations
 from services.cli import walknodes, walkpath
 from services.cli.walkpath import Pod, Probe
 from services.datapath.numbers import (DROP_POLICY, EVENT_DROP, EVENT_POLICY_VERDICT, METRIC_INGRESS,
-                                       POLICY_MATCH_L3_L4, POLICY_MATCH_NONE, TRACE_FROM_OVERLAY,
-                                       TRACE_REASON_CT_REPLY, TRACE_TO_LXC, TRACE_TO_OVERLAY, TRACE_TO_STACK,
+                                       POLICY_MATCH_L3_L4, POLICY_MATCH_NONE, TRACE_FROM_NETWORK, TRACE_FROM_OVERLAY,
+                                       TRACE_REASON_CT_REPLY, TRACE_TO_LXC, TRACE_TO_NETWORK, TRACE_TO_OVERLAY,
+                                       TRACE_TO_STACK,
                                        VERDICT_DROPPED, VERDICT_FORWARDED)
 from services.flowd.decode import decode
 from tests.unit.flowdata import A, B, ID_A, event, metadata, packet, tcp
@@ -19,6 +20,7 @@ N1 = walknodes.Host("n1", "172.31.0.1", "10.200.0.0/24 via 172.31.0.2 dev underl
 N2 = walknodes.Host("n2", "172.31.0.2", "10.200.0.3 dev lxcb", ())
 SYN, SYNACK = 0x02, 0x12
 VXLAN_IFINDEX = 7
+UNDERLAY_IFINDEX = 3
 
 
 def on(node: str, *raws: bytes) -> list[dict]:
@@ -71,7 +73,7 @@ def test_tunnel_mode_lists_each_nodes_hops_with_the_encapsulation():
     assert text.index("on node n1:") < text.index("to-overlay") < text.index("on node n2:") < text.index("from_overlay")
 
 
-def test_native_mode_goes_through_both_stacks_and_the_destination_decides_ingress():
+def test_legacy_native_mode_goes_through_both_stacks_and_the_destination_decides_ingress():
     w = walk(sent(TRACE_TO_STACK) + received([]), "native")
     assert w.result == "DELIVERED"
     assert [(h.node, h.where) for h in w.hops[3:]] == [("n1", "host stack"), ("n2", "host stack"),
@@ -80,6 +82,22 @@ def test_native_mode_goes_through_both_stacks_and_the_destination_decides_ingres
     assert w.hops[4].details[0] == "route: 10.200.0.3 dev lxcb"
     assert w.hops[5].verdict == "ALLOWED" and "from its ipcache" in w.hops[5].details[-1]
     assert w.hops[6].what == "to_container (tc egress) into x/b" and w.hops[6].flows == ["n2-1"]
+
+
+def test_native_mode_with_bpf_host_routing_skips_both_stacks():
+    network = request(subtype=TRACE_FROM_NETWORK, endpoint_id=2, direction=METRIC_INGRESS, ifindex=UNDERLAY_IFINDEX)
+    w = walk(sent(TRACE_TO_NETWORK) + received([network], ifindex=UNDERLAY_IFINDEX), "native")
+    assert w.result == "DELIVERED"
+    assert [(h.node, h.where) for h in w.hops[3:]] == [("n1", "host lxca"), ("n2", "host ifindex 3"),
+                                                       ("n2", "host ifindex 3"), ("n2", "host ifindex 3"),
+                                                       ("n2", "x/b eth0")]
+    assert w.hops[3].what.startswith("to-network: BPF host routing sends it out of ")
+    assert w.hops[3].details == ["route: 10.200.0.0/24 via 172.31.0.2 dev underlay",
+                                 "the host stack (and its iptables) is not traversed"]
+    assert w.hops[4].what == "from_netdev (tc ingress of ifindex 3): from 172.31.0.1, natively routed"
+    assert w.hops[5].verdict == "ALLOWED" and "from its ipcache" in w.hops[5].details[-1]
+    assert w.hops[6].what.startswith("bpf_redirect_peer into x/b eth0")
+    assert all(hop.flows for hop in w.hops[1:7]), "every datapath hop rests on a flow"
 
 
 def test_a_drop_on_the_destination_node_ends_the_walk_there():
