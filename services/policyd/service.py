@@ -326,7 +326,11 @@ class PolicyService(Service):
         await cidrs.persist(self.kv_ids, staged.identities, staged.released + staged.created,
                             self._legacy_cidr_keys)
         self._legacy_cidr_keys = []
-        self.identities, self.policies = staged.identities, staged.policies
+        if staged.released or staged.created:
+            self.identities = staged.identities
+        # (else its copy holds what self.identities holds: keeping the allocator keeps the
+        # Universe built from it, which 100,000 CIDR identities take a second to build again)
+        self.policies = staged.policies
         # Another staged change can still commit after this one when it compiled none of
         # these endpoints, unless identities came or went.
         touched = None if staged.released or staged.created else staged.endpoints
