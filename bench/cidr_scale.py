@@ -9,7 +9,10 @@ their latencies while the big apply runs are the "no head-of-line blocking" figu
 peak RSS of every service; then the delete, after which no CIDR identity or ipcache entry
 of the big policy may be left.
 
-    .venv/bin/python bench/cidr_scale.py [--peers 10000,100000] [--quick]
+    .venv/bin/python bench/cidr_scale.py [--peers 10000,100000] [--quick] [--profile]
+
+With --profile, py-spy samples policyd and routed during each big apply (their functions by
+own and inclusive time are printed and kept in the results; the sampling costs some speed).
 
 Prints a table and writes bench/results/cidr_scale.json. Its node (10.238.0.0/16, maps sized
 for 262,144 ipcache and policy entries) is purged at the end, also on failure or Ctrl-C.
@@ -19,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ipaddress
+import os
 import sys
 import tempfile
 import time
@@ -29,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import (Node, bench_node, cleaned_up, environment, log, percentile,  # noqa: E402
                           table, write_results)
 from bench.policy_wire import PolicyBus  # noqa: E402
+from bench.profile import Profile, lines  # noqa: E402
 from services.datapath.maps.policy import PolicyMap  # noqa: E402
 from services.wire import codec, subjects  # noqa: E402
 from services.wire.messages import ListRequest, ObjectRef  # noqa: E402
@@ -42,6 +47,8 @@ SMALL_RANGE = ipaddress.IPv4Network("198.18.0.0/15")     # the small policy's pe
 SMALL_PEERS = 10
 MAPS = {"ipcache": 262144, "policy": 262144}
 PROBE_INTERVAL = 0.05      # seconds between probes while the big apply runs
+PROFILED = ("policyd", "routed")
+METRICS_SERVER = ("socketserver.py",)   # the metrics endpoint's thread: not the apply's time
 TARGETS = {"apply_s": {10000: 2.0, 100000: 20.0}, "rss_mb": 150.0, "probe_p99_ms": 100.0}
 
 
@@ -125,27 +132,41 @@ def entries_of(node: Node, endpoint_id: int) -> int:
         policy_map.close()
 
 
-def peak_rss_mb(node: Node) -> dict[str, float]:
+def peak_rss_mb(node: Node, field: str = "VmHWM") -> dict[str, float]:
+    """Every service's peak RSS (FIELD VmRSS: its RSS now)."""
     out = {}
     for service, info in node.status()["services"].items():
         status = Path(f"/proc/{info['pid']}/status").read_text()
-        hwm = next(line for line in status.splitlines() if line.startswith("VmHWM:"))
+        hwm = next(line for line in status.splitlines() if line.startswith(f"{field}:"))
         out[service] = round(int(hwm.split()[1]) / 1024, 1)
     return out
 
 
-async def one_size(node: Node, server_ep: int, peers: int, timeout: float) -> dict:
+def rss_mb(node: Node) -> dict[str, float]:
+    return peak_rss_mb(node, "VmRSS")
+
+
+async def one_size(node: Node, server_ep: int, peers: int, timeout: float, profile: bool) -> dict:
     bus = await PolicyBus.connect(node, timeout)
+    profiles: list[Profile] = []
     try:
         await bus.apply(network_policy(SMALL, "cli", hosts(SMALL_RANGE, SMALL_PEERS), 80))   # its identities exist
         baseline = await identities(bus)
+        idle_rss = rss_mb(node)
         prober = Prober(bus)
         probing = asyncio.create_task(prober.run())
         await asyncio.sleep(PROBE_INTERVAL * 4)        # a few probes before, as a baseline
         before = len(prober.health), len(prober.small)
+        document = network_policy(BIG, "srv", hosts(BIG_RANGE, peers), 80)
+        if profile:
+            profiles = [Profile(node.service_pid(s), s, exclude=METRICS_SERVER).__enter__() for s in PROFILED]
         began = time.monotonic()
-        reply = await bus.apply(network_policy(BIG, "srv", hosts(BIG_RANGE, peers), 80))
-        apply_s = time.monotonic() - began
+        try:
+            reply = await bus.apply(document)
+        finally:
+            apply_s = time.monotonic() - began
+            for prof in profiles:
+                prof.__exit__(None, None, None)
         prober.stop()
         await probing
         entries = entries_of(node, server_ep)
@@ -161,7 +182,8 @@ async def one_size(node: Node, server_ep: int, peers: int, timeout: float) -> di
     return {"peers": peers, "apply_s": round(apply_s, 3), "delete_s": round(delete_s, 3),
             "written": reply.get("written"), "server_entries": entries,
             "ipcache_entries": in_ipcache, "cidr_identities": held, "left_after_delete": left,
-            "health_ms": health, "small_apply_ms": small, "probe_errors": prober.errors, "peak_rss_mb": rss}
+            "health_ms": health, "small_apply_ms": small, "probe_errors": prober.errors, "peak_rss_mb": rss,
+            "idle_rss_mb": idle_rss, "profile": [p.top() for p in profiles]}
 
 
 def summary_row(r: dict) -> list[str]:
@@ -179,6 +201,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="ipBlock peer counts, comma-separated (default 10000,100000; quick 1000)")
     parser.add_argument("--timeout", type=float, default=600, help="seconds one request may take (default 600)")
     parser.add_argument("--quick", action="store_true", help="one small size")
+    parser.add_argument("--profile", action="store_true", help="py-spy on policyd and routed during the big apply")
     args = parser.parse_args(argv)
     args.peers = args.peers or ([1000] if args.quick else [10000, 100000])
     if min(args.peers) < 1 or max(args.peers) > 200000:
@@ -197,11 +220,18 @@ def main(argv: list[str] | None = None) -> int:
         server_ep = node.pods()[f"{NAMESPACE}/srv"]["status"]["endpointID"]
         for peers in args.peers:
             log(f"applying a policy with {peers} ipBlock peers")
-            results.append(asyncio.run(one_size(node, server_ep, peers, args.timeout)))
-            log(f"{peers} peers: apply {results[-1]['apply_s']} s, delete {results[-1]['delete_s']} s")
+            results.append(asyncio.run(one_size(node, server_ep, peers, args.timeout, args.profile)))
+            log(f"{peers} peers: apply {results[-1]['apply_s']} s, delete {results[-1]['delete_s']} s, "
+                f"load average {os.getloadavg()[0]:.1f}")
     headers = ["peers", "apply s", "delete s", "ipcache", "server entries", "health p99 ms",
                "small apply p99 ms", "probe errors", "peak RSS MB", "left after delete"]
     print(table(headers, [summary_row(r) for r in results]))
+    for r in results:
+        print(f"\n{r['peers']} peers: RSS before the apply (MB) {r['idle_rss_mb']}")
+        for prof in r["profile"]:
+            for kind in ("self", "inclusive"):
+                print(f"py-spy on {prof['service']} during the apply ({prof['samples']} samples), by {kind} time:")
+                print("\n".join(lines(prof, kind, 25)))
     wall = round(time.monotonic() - began, 1)
     path = write_results("cidr_scale", {"benchmark": "cidr_scale", "environment": environment(),
                                         "parameters": {**vars(args), "maps": MAPS}, "targets": TARGETS,

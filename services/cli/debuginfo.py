@@ -102,7 +102,7 @@ def maps(config: NodeConfig) -> dict[str, Callable[[], bytes]]:
     return {
         "maps/endpoints.json": lambda: _json([asdict(e) for e in EndpointMap(root).all().values()]),
         "maps/ipcache.json": lambda: _json(IpcacheMap(root).all()),
-        "maps/policy.json": lambda: _json([{"key": asdict(k), "value": asdict(v.value), "packets": v.packets,
+        "maps/policy.json": lambda: _json([{"key": k._asdict(), "value": v.value._asdict(), "packets": v.packets,
                                             "bytes": v.bytes} for k, v in PolicyMap(root).all().items()]),
         "maps/conntrack.json": lambda: _json([c.__dict__ for c in ConntrackMap(root).all()]),
         "maps/metrics.json": lambda: _json([asdict(c) for c in MetricsMap(root).nonzero()]),

@@ -110,32 +110,45 @@ class PinnedMap(Generic[K, V]):
     NO_BATCH = (errno.EINVAL, errno.EOPNOTSUPP, 524)       # 524: the kernel's ENOTSUPP
 
     def update_many(self, pairs: list[tuple[K, V]]) -> None:
-        """Write every (key, value) of PAIRS: BPF_MAP_UPDATE_BATCH, BATCH_WRITE at a time,
-        where the kernel has it for this map, else one update per entry. Nothing is read.
-        On an error (MapFull when the map has no room) the exception's ``done`` says how
-        many of PAIRS, from the first, were written."""
+        """Write every (key, value) of PAIRS (see update_packed)."""
+        self.update_packed(b"".join(bytes(k) for k, _ in pairs), b"".join(bytes(v) for _, v in pairs))
+
+    def update_packed(self, keys: bytes, values: bytes) -> None:
+        """Write the entries whose keys and values lie end to end in KEYS and VALUES (the
+        bytes of the key and value structs): BPF_MAP_UPDATE_BATCH, BATCH_WRITE at a time,
+        where the kernel has it for this map, else one update per entry. Nothing is read,
+        and no Python object is made per entry. On an error (MapFull when the map has no
+        room) the exception's ``done`` says how many entries, from the first, were written."""
         if self.percpu:
-            raise TypeError("update_many is for maps that are not per-CPU")
+            raise TypeError("update_packed is for maps that are not per-CPU")
+        ksize, vsize = ct.sizeof(self.key_type), ct.sizeof(self.value_type)
+        count = len(keys) // ksize
+        if len(keys) != count * ksize or len(values) != count * vsize:
+            raise ValueError(f"{len(keys)} key bytes and {len(values)} value bytes are not whole "
+                             f"{ksize}- and {vsize}-byte entries of one count")
         done = 0
         try:
-            for start in range(0, len(pairs), self.BATCH_WRITE):
-                chunk = pairs[start:start + self.BATCH_WRITE]
-                if not self._batched or not self._update_batch(chunk):
-                    for key, value in chunk:
-                        self.update(key, value)
+            for start in range(0, count, self.BATCH_WRITE):
+                n = min(self.BATCH_WRITE, count - start)
+                chunk_keys = keys[start * ksize:(start + n) * ksize]
+                chunk_values = values[start * vsize:(start + n) * vsize]
+                if not self._batched or not self._update_batch(chunk_keys, chunk_values, n):
+                    for i in range(n):
+                        self.update(self.key_type.from_buffer_copy(chunk_keys, i * ksize),
+                                    self.value_type.from_buffer_copy(chunk_values, i * vsize))
                         done += 1
                 else:
-                    done += len(chunk)
+                    done += n
         except MapError as exc:
             exc.done = done + getattr(exc, "batch_done", 0)
             raise
 
-    def _update_batch(self, chunk: list[tuple[K, V]]) -> bool:
+    def _update_batch(self, keys: bytes, values: bytes, n: int) -> bool:
         """False (nothing written) when the kernel has no batch update for this map."""
-        keys = (self.key_type * len(chunk))(*(k for k, _ in chunk))
-        values = (self.value_type * len(chunk))(*(v for _, v in chunk))
+        key_array = (self.key_type * n).from_buffer_copy(keys)
+        value_array = (self.value_type * n).from_buffer_copy(values)
         try:
-            bpfsys.update_batch(self.fd, keys, values, len(chunk))
+            bpfsys.update_batch(self.fd, key_array, value_array, n)
         except OSError as exc:
             if exc.errno in self.NO_BATCH and exc.done == 0:
                 self._batched = False

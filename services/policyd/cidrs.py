@@ -15,9 +15,7 @@ import asyncio
 import zlib
 from collections.abc import Iterable
 
-from services.policyd import prefix
-from services.policyd.compiler import CIDR_LABEL
-from services.policyd.identity import Entry, IdentityAllocator
+from services.policyd.identity import CidrLabels, Entry, IdentityAllocator, cidr_label
 from services.policyd.model import Policy
 from services.runtime.bus import ServiceError
 from services.wire import codec, subjects
@@ -30,67 +28,55 @@ SHARD_PREFIX = "cidrs."
 KV_WINDOW = 256            # KV writes in flight at once
 
 
-def cidrs_of(policy: Policy) -> set[str]:
-    out = set()
-    for rule in policy.rules:
-        for peer in rule.peers:
-            if peer.cidr is not None:
-                out.add(_canonical(peer.cidr))
-                out.update(_canonical(e) for e in peer.except_)
-    return out
-
-
-def _canonical(cidr: str) -> str:
-    """The prefix's one spelling (the parser gives it; a stand-in may not)."""
-    plain = prefix.parse(cidr)
-    return cidr if plain is not None and not prefix.host_bits(*plain) else str(prefix.network(cidr))
-
-
 def cidr_of(entry: Entry) -> str:
-    return next(lbl[len(CIDR_LABEL):] for lbl in entry.labels if lbl.startswith(CIDR_LABEL))
+    return cidr_label(entry.labels)
 
 
 def cidr_entries(allocator: IdentityAllocator) -> dict[str, Entry]:
-    return {lbl[len(CIDR_LABEL):]: e for e in allocator.by_id.values()
-            for lbl in e.labels if lbl.startswith(CIDR_LABEL)}
+    return {cidr: allocator.by_id[i] for cidr, i in allocator.cidrs.items()}
 
 
 def resolve(allocator: IdentityAllocator, policies: dict[str, Policy]) -> tuple[list[Entry], list[Entry]]:
     """Give ALLOCATOR one local identity per prefix POLICIES name and release the rest.
     Returns (released, created). Pure: the caller persists and announces."""
-    wanted = set().union(*(cidrs_of(p) for p in policies.values())) if policies else set()
-    have = cidr_entries(allocator)
-    released = [have[c] for c in sorted(set(have) - wanted)]
+    wanted = set().union(*(p.cidrs for p in policies.values()))
+    have = allocator.cidrs
+    released = [allocator.by_id[have[c]] for c in sorted(have.keys() - wanted)]
+    missing = sorted(wanted - have.keys())
     for entry in released:
         allocator.release(entry.id, OWNER)
-    created = []
-    for cidr in sorted(wanted - set(have)):
-        entry, _ = allocator.allocate({f"{CIDR_LABEL}{cidr}": ""}, OWNER, local=True)
-        created.append(entry)
-    return released, created
+    return released, allocator.allocate_cidrs(missing, OWNER)
 
 
 def shard_of(cidr: str) -> str:
     return f"{SHARD_PREFIX}{zlib.crc32(cidr.encode()) % SHARDS:02x}"
 
 
+def shard_contents(allocator: IdentityAllocator, changed: Iterable[Entry]) -> dict[str, dict[str, int]]:
+    """The shards holding a CHANGED prefix, each as ALLOCATOR has it now ({} when emptied)."""
+    numbers = {zlib.crc32(cidr_of(e).encode()) % SHARDS for e in changed}
+    content: dict[int, dict[str, int]] = {n: {} for n in numbers}
+    crc32 = zlib.crc32
+    for cidr, identity in allocator.cidrs.items():
+        held = content.get(crc32(cidr.encode()) % SHARDS)
+        if held is not None:
+            held[cidr] = identity
+    return {f"{SHARD_PREFIX}{n:02x}": v for n, v in content.items()}
+
+
 def restore(allocator: IdentityAllocator, key: str, value: dict) -> None:
     """Put the identities of one KV shard back into ALLOCATOR."""
     for cidr, identity in value.items():
-        allocator.restore(Entry(int(identity), {f"{CIDR_LABEL}{cidr}": ""}, {OWNER}))
+        allocator.restore(Entry(int(identity), CidrLabels(cidr), {OWNER}))
 
 
 async def persist(kv, allocator: IdentityAllocator, changed: Iterable[Entry], legacy: Iterable[str] = ()) -> None:
     """Rewrite the shards holding a CHANGED prefix from ALLOCATOR (an emptied shard is
     deleted), KV_WINDOW writes in flight; then delete LEGACY keys (one identity per key)."""
-    shards = {shard_of(cidr_of(e)) for e in changed}
-    if not shards and not legacy:
+    changed = list(changed)
+    if not changed and not legacy:
         return
-    content: dict[str, dict[str, int]] = {s: {} for s in shards}
-    for cidr, entry in cidr_entries(allocator).items():
-        shard = shard_of(cidr)
-        if shard in content:
-            content[shard][cidr] = entry.id
+    content = await asyncio.to_thread(shard_contents, allocator, changed) if changed else {}
     writes = [kv.put(s, codec.encode(v)) if v else kv.delete(s) for s, v in sorted(content.items())]
     writes += [kv.delete(key) for key in legacy]
     for start in range(0, len(writes), KV_WINDOW):
@@ -107,10 +93,18 @@ def _chunks(cidrs: list[str], identities: list[int], released: list[str]) -> lis
     return out
 
 
+async def _batches(created: list[Entry], released: list[Entry]) -> list[IpcacheBatch]:
+    """The requests that make CREATED join and RELEASED leave the ipcache, built on a worker
+    thread when there are many (100,000 prefixes read from their labels hold up the event
+    loop for a tenth of a second)."""
+    def build() -> list[IpcacheBatch]:
+        return _chunks([cidr_of(e) for e in created], [e.id for e in created], [cidr_of(e) for e in released])
+    return await asyncio.to_thread(build) if len(created) + len(released) > 1000 else build()
+
+
 async def announce(bus, created: list[Entry], released: list[Entry], timeout: float) -> None:
     """RELEASED leave the ipcache, CREATED join it: IPCACHE_BATCH_MAX prefixes a request."""
-    cidrs = [cidr_of(e) for e in created]
-    for batch in _chunks(cidrs, [e.id for e in created], [cidr_of(e) for e in released]):
+    for batch in await _batches(created, released):
         await bus.request(subjects.IPCACHE_BATCH, batch, timeout=timeout)
 
 
@@ -118,8 +112,7 @@ async def check_room(bus, created: list[Entry], timeout: float) -> None:
     """Raise routed's EXHAUSTED error, having changed nothing, when the ipcache could not
     take CREATED. Each chunk says how many entries it would add to the ones there now."""
     added, now, capacity = 0, 0, 0
-    cidrs = [cidr_of(e) for e in created]
-    for batch in _chunks(cidrs, [e.id for e in created], []):
+    for batch in await _batches(created, []):
         done = IpcacheBatchDone.from_wire(await bus.request(
             subjects.IPCACHE_BATCH, IpcacheBatch(SOURCE, batch.cidrs, batch.identities, check=True), timeout=timeout))
         added, now, capacity = added + done.claimed, done.entries, done.capacity

@@ -60,8 +60,7 @@ class Enforcer:
         rest of what could never be written is not compiled)."""
         current, endpoints = self.state, self.endpoints
         if changed is not None:
-            only = {ep_id for ep_id, ep in endpoints.items()
-                    if any(p.selects(universe.identities.get(ep.identity, {})) for p in changed)}
+            only = self.selected(changed, universe)
         targets = set(endpoints) | set(current) if only is None else set(only)
         diffs: dict[int, Diff] = {}
         total = self.entry_count
@@ -77,6 +76,11 @@ class Enforcer:
             if not d.empty:
                 diffs[ep_id] = d
         return diffs, total
+
+    def selected(self, policies: list[Policy], universe: Universe) -> set[int]:
+        """The endpoints in the record one of POLICIES selects."""
+        return {ep_id for ep_id, ep in self.endpoints.items()
+                if any(p.selects(universe.identities.get(ep.identity, {})) for p in policies)}
 
     def check_capacity(self, total: int) -> None:
         if total > self.capacity:

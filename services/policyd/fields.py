@@ -11,7 +11,7 @@ import json
 import re
 from typing import Any, Iterable
 
-from services.policyd import prefix
+from services.wire import prefix
 
 from services.policyd.model import OPERATORS, Peer, Requirement, Selector
 from services.wire.manifests import LABEL_VALUE, valid_label_key
@@ -192,6 +192,19 @@ def network(value: Any, path: str, *, bare_address: bool = False) -> ipaddress.I
     except ValueError:
         raise FieldError(path, f"{show(value)} has host bits set (the network is {net})") from None
     return net
+
+
+def plain_cidr_peer(obj: Any) -> Peer | None:
+    """The Peer of an ipBlock / CIDRSet item that is just {cidr: "a.b.c.d/n"} in its one
+    spelling (what an allow-list of 100,000 peers is made of), read without building an
+    IPv4Network or a field path; None for every other form, which cidr_peer reads."""
+    if type(obj) is not dict or len(obj) != 1:
+        return None
+    text = obj.get("cidr")
+    if type(text) is not str:
+        return None
+    plain = prefix.parse(text)
+    return Peer(cidr=text) if plain is not None and not prefix.host_bits(*plain) else None
 
 
 def cidr_peer(obj: Any, path: str, *, strict_subset: bool, unsupported: Iterable[str] = ()) -> Peer:

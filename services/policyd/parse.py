@@ -22,9 +22,10 @@ import yaml
 
 from services.policyd.compiler import keys_per_peer
 from services.policyd.fields import (FieldError, boolean, cidr_peer, end_port, join, label_key,
-                                     labels, listing, mapping, network, port_value, required,
-                                     selector, show, string)
-from services.policyd.model import EGRESS, ENTITIES, INGRESS, Peer, Policy, PortRule, Rule, Selector
+                                     labels, listing, mapping, network, plain_cidr_peer, port_value,
+                                     required, selector, show, string)
+from services.policyd.model import (EGRESS, ENTITIES, INGRESS, PackedDocument, Peer, Policy, PortRule, Rule,
+                                    Selector, plain_document)
 from services.wire import codec
 from services.wire.labels import AUDIT_ANNOTATION, POD_NAMESPACE, SOURCE
 from services.wire.limits import LimitError, check_tree
@@ -79,7 +80,11 @@ class Parsed:
     warnings: list[str]
 
 
-def parse_policy(doc: dict) -> Parsed:
+def parse_policy(doc: dict, owned: bool = False) -> Parsed:
+    """DOC as a Policy. OWNED: the caller hands DOC over (a request body nothing else holds):
+    a Cilium shorthand is rewritten in place, and the policy keeps its canonical document
+    packed (model.PackedDocument), where otherwise DOC is copied (a 100,000-peer policy is
+    ~50 MB of objects)."""
     if not isinstance(doc, dict):
         raise PolicyError("policy", "document", f"expected a mapping, got {type(doc).__name__}")
     where = _where(doc)
@@ -88,16 +93,18 @@ def parse_policy(doc: dict) -> Parsed:
     except LimitError as exc:
         raise PolicyError(where, "document", str(exc).removeprefix("document: ")) from None
     try:
-        return _parse(doc, where)
+        return _parse(doc, where, owned)
     except FieldError as exc:
         raise PolicyError(where, exc.path, exc.problem) from None
 
 
-def _parse(doc: dict, where: str) -> Parsed:
+def _parse(doc: dict, where: str, owned: bool) -> Parsed:
     kind = _kind(doc)
     notes: list[str] = []
+    mine = owned                    # may DOC's parts be kept and changed?
     if kind != NETWORK_POLICY:
-        doc, notes = _normalize_cilium(doc)
+        doc, mine = (doc if owned else _copy(doc)), True
+        notes = _normalize_cilium(doc)
     mapping(doc, "", _TOP_FIELDS[kind])
     name, namespace, meta = _metadata(doc, kind)
     if kind == NETWORK_POLICY:
@@ -108,7 +115,9 @@ def _parse(doc: dict, where: str) -> Parsed:
     if terms > MAX_POLICY_TERMS:
         raise FieldError("spec", f"{terms} peer and port combinations over all rules are over the "
                                  f"limit of {MAX_POLICY_TERMS} for one policy (split it)")
-    document = _canonical(doc, kind, meta)
+    document = _canonical(doc, kind, meta, mine)
+    if owned:
+        document = PackedDocument(codec.encode(document))   # the caller lets DOC go: keep it packed
     policy = Policy(kind=kind, name=name, namespace=namespace, subject=subject,
                     enforces=frozenset(enforces), rules=tuple(rules),
                     audit=meta.get("annotations", {}).get(AUDIT_ANNOTATION) == "true",
@@ -116,11 +125,25 @@ def _parse(doc: dict, where: str) -> Parsed:
     warnings = []
     if notes:
         warnings.append(f"{where}: accepted shorthand: {'; '.join(notes)}. Stored in canonical form:\n"
-                        + yaml.safe_dump(document, sort_keys=False))
+                        + yaml.safe_dump(plain_document(document), sort_keys=False))
     return Parsed(policy, warnings)
 
 
 # ---- header and metadata -------------------------------------------------------------------
+
+def policy_key_of(doc: Any) -> str | None:
+    """The Policy.key parsing DOC would give, read without parsing it (a 100,000-peer policy
+    takes a while to parse: its applies queue by key as they arrive); None when DOC has no
+    kind or name to read, which parsing refuses."""
+    kind = doc.get("kind") if isinstance(doc, dict) else None
+    meta = doc.get("metadata") if isinstance(doc, dict) else None
+    if not isinstance(kind, str) or not isinstance(meta, dict) or not isinstance(meta.get("name"), str):
+        return None
+    if kind == CCNP:
+        return f"{kind}/{meta['name']}"
+    namespace = DEFAULT_NAMESPACE if meta.get("namespace") is None else meta["namespace"]
+    return f"{kind}/{namespace}/{meta['name']}" if isinstance(namespace, str) and namespace else None
+
 
 def _where(doc: dict) -> str:
     """'<Kind> <ns>/<name>' from whatever the document holds, for error messages."""
@@ -185,11 +208,11 @@ def _annotations(obj: Any, path: str) -> dict[str, str]:
     return dict(obj)
 
 
-def _canonical(doc: dict, kind: str, meta: dict) -> dict:
+def _canonical(doc: dict, kind: str, meta: dict, owned: bool) -> dict:
     out = {"apiVersion": API_OF[kind], "kind": kind, "metadata": meta}
     for key in ("spec", "specs"):
         if doc.get(key) is not None:
-            out[key] = _copy(doc[key])
+            out[key] = doc[key] if owned else _copy(doc[key])
     return out
 
 
@@ -232,14 +255,17 @@ def _policy_types(spec: dict) -> set[str]:
 def _k8s_rule(raw: Any, path: str, direction: str, peers_key: str, namespace: str, index: int) -> Rule:
     rule = mapping(raw, path, (peers_key, "ports"))
     peers_path, ports_path = join(path, peers_key), join(path, "ports")
-    peers = tuple(_k8s_peer(p, f"{peers_path}[{j}]", namespace)
+    peers = tuple(_k8s_peer(p, peers_path, j, namespace)
                   for j, p in enumerate(listing(rule.get(peers_key), peers_path)))
     ports = tuple(_k8s_port(p, f"{ports_path}[{j}]")
                   for j, p in enumerate(listing(rule.get("ports"), ports_path)))
     return Rule(direction=direction, deny=False, peers=peers, ports=ports, index=index)
 
 
-def _k8s_peer(raw: Any, path: str, namespace: str) -> Peer:
+def _k8s_peer(raw: Any, peers_path: str, index: int, namespace: str) -> Peer:
+    if type(raw) is dict and len(raw) == 1 and (plain := plain_cidr_peer(raw.get("ipBlock"))) is not None:
+        return plain
+    path = f"{peers_path}[{index}]"
     peer = mapping(raw, path, ("podSelector", "namespaceSelector", "ipBlock"))
     pods, namespaces = peer.get("podSelector"), peer.get("namespaceSelector")
     if peer.get("ipBlock") is not None:
@@ -368,6 +394,9 @@ def _cilium_peers(rule: dict, path: str, keys: tuple[str, ...], namespace: str |
     for key in keys:
         form = key.removeprefix("from").removeprefix("to")
         for i, item in enumerate(listing(rule.get(key), join(path, key))):
+            if form == "CIDRSet" and (plain := plain_cidr_peer(item)) is not None:
+                yield plain
+                continue
             item_path = f"{path}.{key}[{i}]"
             if form == "Endpoints":
                 sel = selector(item, item_path, sourced=True)
@@ -433,10 +462,9 @@ def _icmps(entries: list, path: str) -> Iterator[PortRule]:
 
 # ---- cilium.io/v1 and the toPorts shorthand ------------------------------------------------
 
-def _normalize_cilium(doc: dict) -> tuple[dict, list[str]]:
-    """A copy of DOC in cilium.io/v2 form, and a note for each shorthand it used. Shapes it
-    does not recognise are left alone for the parser to report."""
-    doc = copy.deepcopy(doc)
+def _normalize_cilium(doc: dict) -> list[str]:
+    """Rewrite DOC (the parser's own copy) in cilium.io/v2 form; a note for each shorthand it
+    used. Shapes it does not recognise are left alone for the parser to report."""
     notes = []
     if doc.get("apiVersion") == CILIUM_V1:
         doc["apiVersion"] = CILIUM_API
@@ -456,7 +484,7 @@ def _normalize_cilium(doc: dict) -> tuple[dict, list[str]]:
                         port["port"] = str(port["port"])
     if bare:
         notes.append('bare port numbers in toPorts (each means ports: [{port: "N", protocol: TCP}])')
-    return doc, notes
+    return notes
 
 
 def _is_bare_port(entry: Any) -> bool:

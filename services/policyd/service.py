@@ -18,9 +18,9 @@ never plans from state it could not read.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -28,21 +28,23 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from services.datapath import loader
 from services.datapath.maps.policy import PolicyMap
 from services.policyd import cidrs, dryrun
+from services.policyd.staging import ChangeLog, Staged
+from services.policyd import staging
 from services.policyd import metrics as policyd_metrics
 from services.policyd.compiler import CIDR_LABEL, Endpoint, Universe, names_as_peer, rule_id, rule_table
 from services.policyd.enforcer import Enforcer, PolicyMapFull
 from services.policyd import clustersync
 from services.policyd.identity import RESERVED, Entry, IdentitiesExhausted, IdentityAllocator, labels_key
-from services.policyd.model import Policy
-from services.policyd.parse import PolicyError, parse_policy
+from services.policyd.model import PackedDocument, Policy, plain_document
+from services.policyd.parse import PolicyError, parse_policy, policy_key_of
 from services.runtime.app import Service
 from services.policyd.stored import load as load_stored
 from services.runtime.bus import ServiceError
 from services.runtime.config import NodeConfig
 from services.wire import codec, subjects
-from services.wire.messages import (EXHAUSTED, INVALID, NOT_FOUND, Apply, EndpointPolicy, Identity,
+from services.wire.messages import (EXHAUSTED, INTERNAL, INVALID, NOT_FOUND, Apply, EndpointPolicy, Identity,
                                     IdentityAllocate, IdentityRelease, ListRequest, ObjectRef,
-                                    PolicyApplied, PolicyPreviewRequest, PolicyRule)
+                                    Plain, PolicyApplied, PolicyPreviewRequest, PolicyRule)
 
 IPCACHE_TIMEOUT = 60.0      # seconds for one ipcache.batch request (IPCACHE_BATCH_MAX prefixes)
 STAGE_ATTEMPTS = 3          # stagings of a policy change outside the lock before one under it
@@ -157,7 +159,7 @@ class PolicyService(Service):
         stored = await self.bus.kv_items(self.kv_policies)
         endpoints = await self.bus.kv_items(self.kv_endpoints)
         self._legacy_cidr_keys: list[str] = []        # CIDR identities stored one a key, moved to shards
-        self._version = 0              # goes up with every change a staged policy change depends on
+        self._changes = ChangeLog()    # what a staged policy change depends on
         self._universe_of: tuple[IdentityAllocator, int, Universe] | None = None
         for key, raw in identities.items():
             if key.startswith(cidrs.SHARD_PREFIX):
@@ -217,8 +219,8 @@ class PolicyService(Service):
             self._universe_of = (self.identities, self.identities.generation, self.remote_ids, universe)
         return self._universe_of[3]
 
-    def _write(self, diffs) -> tuple[int, int]:
-        self._version += 1
+    def _write(self, diffs, touched: frozenset[int] | None = None) -> tuple[int, int]:
+        self._changes.bump(touched)
         written, removed = self.enforcer.apply(diffs)
         self.writes.labels("write").inc(written)
         self.writes.labels("delete").inc(removed)
@@ -236,7 +238,7 @@ class PolicyService(Service):
         if not req.labels:
             raise ServiceError(INVALID, "labels: an identity needs at least one label")
         async with self._lock:
-            self._version += 1         # what a staged policy change planned against
+            self._changes.bump()       # what a staged policy change planned against
             try:
                 number = None
                 if self.cluster_ids is not None and labels_key(req.labels) not in self.identities.keys():
@@ -261,7 +263,7 @@ class PolicyService(Service):
 
     async def release(self, req: IdentityRelease) -> dict:
         async with self._lock:
-            self._version += 1         # what a staged policy change planned against
+            self._changes.bump()       # what a staged policy change planned against
             gone = self.identities.release(req.identity, req.owner)
             await self._persist_identity(self.identities.by_id.get(req.identity), req.identity)
             if gone is not None:
@@ -280,9 +282,13 @@ class PolicyService(Service):
         naming = [p for p in self.policies.values() if names_as_peer(p, labels)]
         return self.enforcer.plan(list(self.policies.values()), self._universe(), changed=naming)
 
-    async def list_identities(self, _req: ListRequest) -> list[Identity]:
+    async def list_identities(self, _req: ListRequest) -> Plain:
+        """Every identity (Identity messages), put in wire form on a worker thread: with
+        100,000 CIDR identities that is seconds of work, and flowd asks every 30 s."""
+        entries = list(self.identities.by_id.items())          # a snapshot; sorted off the loop
         reserved = [Identity(i, {name: ""}) for i, name in RESERVED.items()]
-        return reserved + [_wire(e) for _, e in sorted(self.identities.by_id.items())]
+        return await asyncio.to_thread(
+            lambda: Plain(m.to_wire() for m in reserved + [_wire(e) for _, e in sorted(entries)]))
 
     async def _sync_cidr_identities(self) -> None:
         released, created = cidrs.resolve(self.identities, self.policies)
@@ -292,22 +298,27 @@ class PolicyService(Service):
 
     # ---- policies -----------------------------------------------------------------------------
 
-    def _stage(self, policies: dict[str, Policy], changed: list[Policy]) -> "_Staged":
+    def _stage(self, policies: dict[str, Policy], changed: list[Policy]) -> Staged:
         """Plan making POLICIES the ones in force, or raise; changes nothing. CHANGED holds
         the old and new versions of what differs: only endpoints they select are
-        recompiled, unless the set of CIDR identities changes (then every endpoint is)."""
+        recompiled, and when the set of CIDR identities changes, those of the policies
+        whose peers resolve differently because of it (staging.widen)."""
+        base = self.enforcer.entry_count
         trial = self.identities.copy()
-        released, created = cidrs.resolve(trial, policies)
-        universe = Universe({**self.remote_ids, **{i: e.labels for i, e in trial.by_id.items()}})
         try:
-            diffs, total = self.enforcer.plan(list(policies.values()), universe,
-                                              None if released or created else changed)
+            released, created = cidrs.resolve(trial, policies)
+            # The identities in force, unless this change makes or drops CIDR identities.
+            # (Should they change meanwhile, _change stages this again.)
+            universe = Universe({**self.remote_ids, **{i: e.labels for i, e in trial.by_id.items()}}) \
+                if released or created else self._universe()
+            only = self.enforcer.selected(staging.widen(changed, policies, released, created), universe)
+            diffs, total = self.enforcer.plan(list(policies.values()), universe, only=only)
             self.enforcer.check_capacity(total)
         except (PolicyMapFull, IdentitiesExhausted) as exc:
             raise ServiceError(EXHAUSTED, str(exc)) from None
-        return _Staged(policies, trial, released, created, diffs)
+        return Staged(policies, trial, released, created, diffs, frozenset(only), total, base)
 
-    async def _commit(self, staged: "_Staged") -> tuple[int, int]:
+    async def _commit(self, staged: Staged) -> tuple[int, int]:
         """Put a staged change in force, all but announcing its new CIDR identities (the
         caller's next step); the policy itself is already in KV."""
         # Removed CIDRs leave the ipcache before their entries go; new ones join it after.
@@ -315,29 +326,43 @@ class PolicyService(Service):
         await cidrs.persist(self.kv_ids, staged.identities, staged.released + staged.created,
                             self._legacy_cidr_keys)
         self._legacy_cidr_keys = []
-        self.identities, self.policies = staged.identities, staged.policies
-        self._version += 1
-        return await asyncio.to_thread(self._write, staged.diffs)
+        if staged.released or staged.created:
+            self.identities = staged.identities
+        # (else its copy holds what self.identities holds: keeping the allocator keeps the
+        # Universe built from it, which 100,000 CIDR identities take a second to build again)
+        self.policies = staged.policies
+        # Another staged change can still commit after this one when it compiled none of
+        # these endpoints, unless identities came or went.
+        touched = None if staged.released or staged.created else staged.endpoints
+        self._changes.bump(touched)
+        return await asyncio.to_thread(self._write, staged.diffs, touched)
 
     async def apply_policy(self, req: Apply) -> PolicyApplied:
         started = time.perf_counter()
-        try:
-            parsed = await asyncio.to_thread(parse_policy, req.document)
-        except PolicyError as exc:
-            raise ServiceError(INVALID, str(exc)) from None
-        policy = parsed.policy
-        async with self._policy_lock(policy.key):
+        # The policy's lock is taken before it is parsed: changes to one policy are put in
+        # force in the order they arrive, however long each takes to parse.
+        arrival = policy_key_of(req.document)
+        create_only, document = req.create_only, [req.document]
+        del req                            # the body goes once parsed (the policy keeps it packed)
+        async with self._policy_lock(arrival or ""):
+            try:
+                parsed = await asyncio.to_thread(parse_policy, document.pop(), True)
+            except PolicyError as exc:
+                raise ServiceError(INVALID, str(exc)) from None
+            policy = parsed.policy
+            if policy.key != arrival:
+                raise ServiceError(INTERNAL, f"policy key {policy.key} was read as {arrival} before parsing")
             current = self.policies.get(policy.key)
-            if current is not None and req.create_only:
+            if current is not None and create_only:
                 raise ServiceError("exists", f"{policy.kind} {policy.key} already exists")
-            if current is not None and current == policy and current.document == policy.document:
+            if current is not None and await asyncio.to_thread(_same, current, policy):
                 entry = await self.kv_policies.get(kv_key(policy.key))
                 return PolicyApplied(policy.kind, policy.name, policy.namespace, "unchanged",
                                      entry.revision, parsed.warnings)
             changed = [policy] + ([current] if current is not None else [])
 
             async def store() -> int:
-                revision = await self.kv_policies.put(kv_key(policy.key), codec.encode(policy.document))
+                revision = await self.kv_policies.put(kv_key(policy.key), await _packed(policy))
                 self.broken.pop(policy.key, None)
                 return revision
 
@@ -385,37 +410,48 @@ class PolicyService(Service):
     async def _change(self, wanted, changed: list[Policy], store) -> tuple[int, int, int]:
         """Put WANTED() (the policies with this change) in force: staged (compiled, checked)
         on a worker thread without self._lock, so that other requests go on meanwhile; then,
-        under self._lock, STORE() writes KV and the change is committed, if nothing was
-        committed since it was staged (else it is staged again; after STAGE_ATTEMPTS, under
-        the lock). New CIDR identities join the ipcache after the lock is let go: the
-        policy's own lock still keeps its next change behind that."""
+        under self._lock, STORE() writes KV and the change is committed, if what was
+        committed since it was staged left its plan valid (services.policyd.staging; else
+        it is staged again; after STAGE_ATTEMPTS, under the lock, still on a worker thread).
+        New CIDR identities join the ipcache after the lock is let go: the policy's own
+        lock still keeps its next change behind that."""
         result = None
         for _ in range(STAGE_ATTEMPTS):
-            version = self._version
+            version = self._changes.version
             try:
                 staged = await asyncio.to_thread(self._stage, wanted(), changed)
             except RuntimeError:          # state changed under the worker's feet: stage again
                 continue
             await cidrs.check_room(self.bus, staged.created, IPCACHE_TIMEOUT)
             async with self._lock:
-                if self._version == version:
-                    result = await self._commit_staged(staged, store)
+                if self._changes.untouched_since(version, staged.endpoints):
+                    result = await self._commit_staged(self._rebased(staged, wanted()), store)
                     break
         if result is None:
             async with self._lock:
-                staged = self._stage(wanted(), changed)
+                staged = await asyncio.to_thread(self._stage, wanted(), changed)
                 await cidrs.check_room(self.bus, staged.created, IPCACHE_TIMEOUT)
                 result = await self._commit_staged(staged, store)
         await cidrs.announce(self.bus, staged.created, [], IPCACHE_TIMEOUT)
         return result
 
-    async def _commit_staged(self, staged: "_Staged", store) -> tuple[int, int, int]:
+    def _rebased(self, staged: Staged, policies: dict[str, Policy]) -> Staged:
+        """STAGED with POLICIES (those in force now, with this change) and the map's entry
+        count now: changes committed since it was staged touched none of its endpoints."""
+        total = staged.total - staged.base + self.enforcer.entry_count
+        try:
+            self.enforcer.check_capacity(total)
+        except PolicyMapFull as exc:
+            raise ServiceError(EXHAUSTED, str(exc)) from None
+        return dataclasses.replace(staged, policies=policies, total=total, base=self.enforcer.entry_count)
+
+    async def _commit_staged(self, staged: Staged, store) -> tuple[int, int, int]:
         revision = await store()
         written, removed = await self._commit(staged)
         return revision, written, removed
 
     async def list_policies(self, _req: ListRequest) -> list[dict]:
-        return [p.document for _, p in sorted(self.policies.items())]
+        return [plain_document(p.document) for _, p in sorted(self.policies.items())]
 
     async def list_rules(self, _req: ListRequest) -> list[PolicyRule]:
         """Every rule in force, by the rule_id its map entries (and flows) carry."""
@@ -429,7 +465,7 @@ class PolicyService(Service):
         restores at its start): record it in KV, then write its entries."""
         ep = Endpoint(req.endpoint_id, req.identity, req.audit)
         async with self._lock:
-            self._version += 1         # what a staged policy change planned against
+            self._changes.bump()       # what a staged policy change planned against
             record = self.enforcer.endpoints
             before = record.get(ep.endpoint_id)
             record[ep.endpoint_id] = ep
@@ -450,7 +486,7 @@ class PolicyService(Service):
     async def endpoint_forget(self, req: EndpointPolicy) -> dict:
         """endpointd removed an endpoint: drop it from the record in KV, then its entries."""
         async with self._lock:
-            self._version += 1         # what a staged policy change planned against
+            self._changes.bump()       # what a staged policy change planned against
             record = self.enforcer.endpoints
             if req.endpoint_id in record:
                 await self.kv_endpoints.delete(str(req.endpoint_id))
@@ -479,19 +515,19 @@ class PolicyService(Service):
 
 
 
+async def _packed(policy: Policy) -> bytes:
+    """POLICY's document as KV stores it (encoded on a worker thread: 4 MB at 100,000 peers)."""
+    if isinstance(policy.document, PackedDocument):
+        return policy.document.raw
+    return await asyncio.to_thread(codec.encode, policy.document)
+
+
+def _same(a: Policy, b: Policy) -> bool:
+    return a == b and a.document == b.document
+
+
 def _restore(record: dict, key, before) -> None:
     if before is None:
         record.pop(key, None)
     else:
         record[key] = before
-
-
-@dataclass(frozen=True)
-class _Staged:
-    """A planned policy change, checked and not yet in force."""
-
-    policies: dict[str, Policy]
-    identities: IdentityAllocator
-    released: list[Entry]
-    created: list[Entry]
-    diffs: dict

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 PRECEDENCE = ("cidr-policy", "remote", "endpoint", "node", "reserved")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Claim:
     source: str
     identity: int
@@ -30,47 +30,72 @@ def rank(source: str) -> int:
 
 
 class Claims:
+    """Every source's claim on each prefix. A prefix one source claims (nearly all of them:
+    100,000 CIDRs of a policy) holds its Claim itself, not a map of one."""
+
     def __init__(self) -> None:
-        self._by_cidr: dict[str, dict[str, Claim]] = {}
+        self._by_cidr: dict[str, Claim | dict[str, Claim]] = {}
         self._multi: set[str] = set()          # prefixes more than one source claims
 
     def __len__(self) -> int:
         """Prefixes claimed: the entries the map holds (one per prefix, the winner's)."""
         return len(self._by_cidr)
 
+    def _all(self, cidr: str) -> dict[str, Claim]:
+        held = self._by_cidr.get(cidr)
+        if held is None:
+            return {}
+        return {held.source: held} if isinstance(held, Claim) else held
+
     def winner(self, cidr: str) -> Claim | None:
         """The claim in force for CIDR (what the map must hold), or None."""
-        claims = self._by_cidr.get(cidr)
-        if not claims:
-            return None
-        return claims[max(claims, key=rank)]
+        held = self._by_cidr.get(cidr)
+        if held is None or isinstance(held, Claim):
+            return held
+        return held[max(held, key=rank)]
 
     def get(self, cidr: str, source: str) -> Claim | None:
-        return self._by_cidr.get(cidr, {}).get(source)
+        held = self._by_cidr.get(cidr)
+        if isinstance(held, Claim):
+            return held if held.source == source else None
+        return None if held is None else held.get(source)
 
     def sources(self, cidr: str) -> dict[str, int]:
-        return {s: c.identity for s, c in self._by_cidr.get(cidr, {}).items()}
+        return {s: c.identity for s, c in self._all(cidr).items()}
+
+    def claimed(self, cidr: str) -> bool:
+        return cidr in self._by_cidr
 
     def claim(self, cidr: str, source: str, identity: int, tunnel_endpoint: str = "") -> Claim:
         """Record SOURCE's claim on CIDR; returns the claim now in force."""
-        claims = self._by_cidr.setdefault(cidr, {})
-        claims[source] = Claim(source, identity, tunnel_endpoint)
-        if len(claims) > 1:
-            self._multi.add(cidr)
+        new = Claim(source, identity, tunnel_endpoint)
+        held = self._by_cidr.get(cidr)
+        if held is None or (isinstance(held, Claim) and held.source == source):
+            self._by_cidr[cidr] = new
+            return new
+        claims = self._all(cidr)
+        claims[source] = new
+        self._by_cidr[cidr] = claims
+        self._multi.add(cidr)
         return self.winner(cidr)
 
     def release(self, cidr: str, source: str) -> Claim | None:
         """Drop SOURCE's claim on CIDR; returns the claim now in force, or None."""
-        claims = self._by_cidr.get(cidr, {})
+        claims = self._all(cidr)
         claims.pop(source, None)
         if len(claims) < 2:
             self._multi.discard(cidr)
         if not claims:
             self._by_cidr.pop(cidr, None)
+        elif len(claims) == 1:
+            self._by_cidr[cidr] = next(iter(claims.values()))
+        else:
+            self._by_cidr[cidr] = claims
         return self.winner(cidr)
 
     def of_source(self, source: str) -> set[str]:
-        return {cidr for cidr, claims in self._by_cidr.items() if source in claims}
+        return {cidr for cidr, held in self._by_cidr.items()
+                if (held.source == source if isinstance(held, Claim) else source in held)}
 
     def shadowed(self) -> list[tuple]:
         """Every claim not in force, as (cidr, source, identity), with the tunnel endpoint
@@ -78,7 +103,7 @@ class Claims:
         out = []
         for cidr in sorted(self._multi):
             top = self.winner(cidr)
-            for s, c in sorted(self._by_cidr[cidr].items()):
+            for s, c in sorted(self._all(cidr).items()):
                 if s != top.source:
                     out.append((cidr, s, c.identity, c.tunnel_endpoint) if c.tunnel_endpoint else
                                (cidr, s, c.identity))

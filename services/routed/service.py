@@ -9,7 +9,6 @@ entries) or stale (host addresses that went away).
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import time
 from pathlib import Path
 
@@ -31,7 +30,7 @@ from services.routed.shadowed import ShadowStore
 from services.runtime.app import Service
 from services.runtime.bus import ServiceError
 from services.runtime.supervisor import leaving_path
-from services.wire import subjects
+from services.wire import prefix, subjects
 from services.wire.messages import (EXHAUSTED, INVALID, IPCACHE_BATCH_MAX, IpcacheBatch, IpcacheBatchDone,
                                     IpcacheDelete, IpcacheEntry, IpcacheUpsert, ListRequest)
 
@@ -278,7 +277,7 @@ class RoutedService(Service):
         cidrs, released = _batch_input(req)
         async with self._lock:
             gone = {c for c in released if set(self.claims.sources(c)) == {req.source}} - set(cidrs)
-            new = {c for c in cidrs if not self.claims.sources(c)}
+            new = {c for c in cidrs if not self.claims.claimed(c)}
             after = len(self.claims) - len(gone) + len(new)
             capacity = self.config.maps.ipcache
             if after > capacity:
@@ -353,6 +352,6 @@ def _batch_input(req: IpcacheBatch) -> tuple[list[str], list[str]]:
 
 def _cidr(text: str, field: str = "cidr") -> str:
     try:
-        return str(ipaddress.IPv4Network(text, strict=True))
+        return prefix.strict(text)
     except ValueError as exc:
         raise ServiceError(INVALID, f"{field}: {exc}") from None

@@ -137,8 +137,13 @@ class Bus:
             started = time.perf_counter()
             try:
                 body = codec.decode(msg.data) if msg.data else {}
-                request = schema.from_wire(body) if schema else body
-                result = await handler(request)
+                request = schema.from_wire(body, decoded=True) if schema else body
+                # The handler's call holds the only reference to the request: it may let a
+                # large one go before it is done (policyd parses a 100,000-peer policy and
+                # keeps it packed).
+                call = handler(request)
+                del body, request
+                result = await call
                 reply = ok_reply(result)
             except (SchemaError, codec.DecodeError) as exc:
                 reply = error_reply(INVALID, str(exc))
@@ -173,7 +178,7 @@ class Bus:
 
         async def on_msg(msg) -> None:
             try:
-                await handler(schema.from_wire(codec.decode(msg.data)))
+                await handler(schema.from_wire(codec.decode(msg.data), decoded=True))
             except (SchemaError, codec.DecodeError) as exc:
                 log.warning("bad event dropped", subject=msg.subject, error=str(exc))
             except Exception:

@@ -1,6 +1,7 @@
 """CIDR-heavy policies on a real node: identities and ipcache entries shared by two policies
 and removed with the last of them, `except` carve-outs at scale, a small apply that finishes
-while a large one is still being worked on, and policies that would overflow the ipcache or
+while a large one is still being worked on, changes to one policy in the order they arrive,
+and policies that would overflow the ipcache or
 the policy map refused with nothing changed."""
 import asyncio
 import ipaddress
@@ -146,6 +147,30 @@ def test_a_small_apply_finishes_while_a_large_one_is_worked_on(node):
     finally:
         delete(node, "large")
         delete(node, "small")
+
+
+def test_changes_to_one_policy_take_effect_in_the_order_they_arrive(node):
+    """A large version of a policy, then a small one of the same policy right behind it: the
+    small one, parsed in no time, waits for the large one, and is the one left in force."""
+    large = allow_list("order", "b", [{"cidr": c} for c in hosts("100.96.0.1", 25000)])
+    small = allow_list("order", "b", [{"cidr": c} for c in hosts("100.96.0.1", 3)])
+
+    async def body():
+        bus = await _bus(node)
+        try:
+            big = asyncio.ensure_future(bus.request(subjects.POLICY_APPLY, Apply(large), timeout=300))
+            await asyncio.sleep(0)                      # the large request goes out first
+            little = await bus.request(subjects.POLICY_APPLY, Apply(small), timeout=300)
+            return little, await big
+        finally:
+            await bus.close()
+
+    little, done = asyncio.run(body())
+    try:
+        assert done["revision"] < little["revision"]
+        assert sorted(c for c in policy_ipcache(node) if c.startswith("100.96.")) == hosts("100.96.0.1", 3)
+    finally:
+        delete(node, "order")
 
 
 def _refused(node: Node, doc: dict) -> str:

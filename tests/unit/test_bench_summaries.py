@@ -39,7 +39,9 @@ def test_targets_met_missed_and_not_measured():
         "floor": {"ns_rr": _spread(1.4), "ns_bulk": _spread(2.0), "udp_pps": _spread(0.95), "p50_us": _spread(1.0),
                   "gbps_1": _spread(0.97)}}}}}
     pods = {"sizes": {"100": {"summary": {"apply_s": _spread(3.0), "create_per_s": _spread(33.0),
-                                          "first_packet_s": _spread(2.9)}}}}
+                                          "first_packet_s": _spread(2.9)}},
+                      "1000": {"summary": {"apply_s": _spread(21.0), "create_per_s": _spread(48.0),
+                                           "first_packet_s": _spread(20.5)}}}}
     cni = {"summary": {"add_total_ms": _spread(120.0), "add_startup_ms": _spread(90.0), "add_work_ms": _spread(30.0),
                        "ratio_to_bridge": _spread(1.7)}}
     encap = {"summary": {"native": {"ratio_to_underlay": {**ratio, "gbps_1": _spread(0.97), "p50_us": _spread(1.08)}},
@@ -53,7 +55,7 @@ def test_targets_met_missed_and_not_measured():
                                         "met": True}}})}
     assert verdicts == {"datapath_gbps": True, "datapath_p50": False, "floor_ns_rr": True, "floor_ns_bulk": False,
                         "floor_udp_pps": True, "floor_p50_us": True, "floor_gbps_1": False, "policy_10k": None,
-                        "cplane_p99": None, "pods_100": True, "flows": None, "footprint": None, "cni_add": True,
+                        "cplane_p99": None, "pods_100": True, "pods_1000": False, "flows": None, "footprint": None, "cni_add": True,
                         "cni_ratio": False, "encap_native": True, "encap_tunnel": False,
                         "cidr_apply_10000": True, "cidr_apply_100000": None, "cidr_rss": None, "cidr_probe": False,
                         "cidr_left": True, "cluster_policy_p99": True}

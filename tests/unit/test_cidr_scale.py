@@ -8,7 +8,8 @@ import pytest
 
 from services.datapath.maps.policy import FakePolicyMap
 from services.datapath.numbers import IDENTITY_WORLD
-from services.policyd import cidrs, prefix
+from services.policyd import cidrs
+from services.wire import prefix
 from services.policyd.compiler import CIDR_LABEL, Endpoint, Universe
 from services.policyd.enforcer import Enforcer, PolicyMapFull
 from services.policyd.identity import FIRST_LOCAL, IdentityAllocator

@@ -21,8 +21,8 @@ def test_same_labels_same_identity_whatever_the_order():
     ids = IdentityAllocator()
     first, _ = ids.allocate(WEB, "pod:shop/web-1")
     second, created = ids.allocate(dict(reversed(list(WEB.items()))), "pod:shop/web-2")
-    assert second is first and created is False
-    assert first.owners == {"pod:shop/web-1", "pod:shop/web-2"}
+    assert second.id == first.id and second.labels == first.labels and created is False
+    assert second.owners == ids.by_id[first.id].owners == {"pod:shop/web-1", "pod:shop/web-2"}
 
 
 def test_distinct_label_sets_get_distinct_ids_in_order():
@@ -42,7 +42,7 @@ def test_the_allocator_keeps_its_own_copy_of_the_labels():
     entry, _ = ids.allocate(labels, "a")
     labels["k8s:app"] = "changed"
     assert entry.labels == WEB
-    assert ids.allocate(WEB, "b")[0] is entry
+    assert ids.allocate(WEB, "b")[0].id == entry.id
 
 
 def test_release_by_one_of_two_owners_keeps_the_identity():
@@ -118,4 +118,5 @@ def test_a_copy_allocates_and_releases_without_touching_the_original():
     assert ids.allocate(DB, "c")[0].id == db.id    # the same number comes next in both
     assert trial.by_id[web.id].owners == {"b"}
     trial.release(web.id, "b")
-    assert web.id in ids.by_id and ids.allocate(WEB, "z")[0] is web
+    assert web.id in ids.by_id and ids.allocate(WEB, "z")[0].id == web.id
+    assert ids.by_id[web.id].owners == {"a", "z"}

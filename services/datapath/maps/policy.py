@@ -7,9 +7,11 @@ id through the peer identity to the protocol and port.
 from __future__ import annotations
 
 import ctypes as ct
+import struct
 from collections.abc import Container
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from services.datapath.numbers import (POLICY_AUDIT, POLICY_DEFAULT, POLICY_DENY, POLICY_EGRESS,
                                        POLICY_INGRESS, VERDICT_AUDIT, VERDICT_DROPPED, VERDICT_FORWARDED)
@@ -29,6 +31,13 @@ class PolicyEntry(ct.Structure):
                 ("rule_id", ct.c_uint32), ("packets", ct.c_uint64), ("bytes", ct.c_uint64)]
 
 
+# The same layouts for packing many entries at once (write_many): struct policy_key with its
+# prefixlen in host order given as the byte-swapped big-endian number (prefixlen < 256, so
+# prefixlen << 24), and struct policy_entry in host order.
+_KEY_BYTES = struct.Struct(">IHBBIBBH")
+_ENTRY_BYTES = struct.Struct("=HBBIQQ")
+assert _KEY_BYTES.size == ct.sizeof(PolicyKey) and _ENTRY_BYTES.size == ct.sizeof(PolicyEntry)
+
 # prefixlen counts the bits after the prefixlen field itself
 PREFIX_DEFAULT = 32          # endpoint + direction
 PREFIX_PEER = 64             # + identity
@@ -36,9 +45,10 @@ PREFIX_PROTO = 72            # + protocol
 PREFIX_PORT_BASE = 80        # + port bits
 
 
-@dataclass(frozen=True, order=True, slots=True)
-class Key:
-    """One entry's key, in host terms. prefixlen as in the map (see PREFIX_*)."""
+class Key(NamedTuple):
+    """One entry's key, in host terms. prefixlen as in the map (see PREFIX_*). A tuple: the
+    compiler and the mirror of the map hash and compare hundreds of thousands of them, and a
+    tuple does both in C."""
 
     endpoint_id: int
     egress: bool
@@ -63,8 +73,17 @@ class Key:
         return cls(k.endpoint_id, k.egress == POLICY_EGRESS, k.identity, k.protocol, k.dport, prefixlen)
 
 
-@dataclass(frozen=True, slots=True)
-class Value:
+def _key_bytes(key: Key) -> bytes:
+    """KEY as the bytes of its PolicyKey (as Key.raw(), without a struct per field)."""
+    try:
+        return _KEY_BYTES.pack(key.prefixlen << 24, key.endpoint_id, POLICY_EGRESS if key.egress else POLICY_INGRESS,
+                               0, key.identity, key.protocol, 0, key.port)
+    except struct.error:
+        key.raw()                          # the ValueError that names the field
+        raise
+
+
+class Value(NamedTuple):
     flags: int
     rule_id: int
     match_type: int = 0       # POLICY_MATCH_*: what kind of rule made the entry
@@ -141,23 +160,25 @@ class PolicyMap:
         """Write ENTRIES in map batches. Keys in PRESENT are in the map already: their packet
         and byte counts are read and kept; the others start at zero, unread. On an error the
         exception's ``done`` counts the entries written, from the first."""
-        pairs = []
+        keys = bytearray()
+        values = bytearray()
+        pack_entry = _ENTRY_BYTES.pack
         for key, value in entries:
-            raw = key.raw()
-            current = self.map.get(raw) if key in present else None
-            pairs.append((raw, PolicyEntry(flags=value.flags, match_type=value.match_type, rule_id=value.rule_id,
-                                           packets=current.packets if current else 0,
-                                           bytes=current.bytes if current else 0)))
-        self.map.update_many(pairs)
+            raw = _key_bytes(key)
+            keys += raw
+            current = self.map.get(PolicyKey.from_buffer_copy(raw)) if key in present else None
+            values += pack_entry(value.flags, value.match_type, 0, value.rule_id,
+                                 current.packets if current else 0, current.bytes if current else 0)
+        self.map.update_packed(bytes(keys), bytes(values))
 
     def delete(self, key: Key) -> bool:
-        return self.map.delete(key.raw())
+        return self.map.delete(PolicyKey.from_buffer_copy(_key_bytes(key)))
 
     def counted(self, keys: list[Key]) -> dict[Key, Counted]:
         """KEYS' entries as the map holds them now (the missing ones left out)."""
         out = {}
         for key in keys:
-            v = self.map.get(key.raw())
+            v = self.map.get(PolicyKey.from_buffer_copy(_key_bytes(key)))
             if v is not None:
                 out[key] = Counted(Value(v.flags, v.rule_id, v.match_type), v.packets, v.bytes)
         return out

@@ -38,3 +38,21 @@ def network(text: str) -> ipaddress.IPv4Network:
     """TEXT as an IPv4Network (host bits cleared), built from numbers when TEXT is plain."""
     first, _last, plen = bounds(text)
     return ipaddress.IPv4Network((first, plen))
+
+
+def canonical(text: str) -> str:
+    """The one spelling of the IPv4 prefix TEXT (host bits cleared); TEXT itself, not a
+    copy, when it is that spelling already. ValueError when TEXT is not an IPv4 prefix."""
+    plain = parse(text)
+    if plain is not None and not host_bits(*plain):
+        return text
+    return str(network(text))
+
+
+def strict(text: str) -> str:
+    """TEXT when it is an IPv4 prefix in its one spelling with no host bits set; ValueError
+    (ipaddress's, naming the problem) otherwise."""
+    plain = parse(text)
+    if plain is not None and not host_bits(*plain):
+        return text
+    return str(ipaddress.IPv4Network(text, strict=True))
