@@ -42,7 +42,7 @@ from services.wire.manifests import DEFAULT_NAMESPACE, Document, ManifestError, 
 from services.wire.messages import (EXHAUSTED, EXISTS, INVALID, NOT_FOUND, Applied, Apply,
                                     EndpointEvent, EndpointPolicy, IdentityAllocate, IdentityRelease,
                                     IpcacheDelete, IpcacheUpsert, ListRequest, NamespaceSpec,
-                                    ObjectRef, Pod, PodCheck, PodSpec)
+                                    ObjectRef, Pod, PodApplied, PodCheck, PodSpec)
 
 MAX_ENDPOINT_ID = 0xFFFF
 
@@ -249,11 +249,11 @@ class EndpointService(Service):
 
     # ---- pods ----------------------------------------------------------------------------------
 
-    async def apply_pod(self, req: Apply) -> Applied:
+    async def apply_pod(self, req: Apply) -> PodApplied:
         return await self.add_pod(_parse(parse_pod, req.document), req.create_only)
 
     async def add_pod(self, spec: PodSpec, create_only: bool = False, ip: str | None = None,
-                      peer: str = "") -> Applied:
+                      peer: str = "") -> PodApplied:
         """Create SPEC's pod. IP: an address already claimed for it (the Docker IPAM driver's);
         PEER: leave the pod side in this netns under that name (libnetwork moves it)."""
         key = pod_key(spec.namespace, spec.name)
@@ -266,7 +266,7 @@ class EndpointService(Service):
                 if create_only:
                     raise ServiceError(EXISTS, f'pod "{key}" already exists')
                 if current.spec == spec:
-                    return Applied("Pod", spec.name, spec.namespace, "unchanged")
+                    return PodApplied("Pod", spec.name, spec.namespace, "unchanged", current, self.plumber.router_ip)
                 raise ServiceError(INVALID, f'pod "{key}" already exists with a different spec; '
                                             "pods are immutable here: delete it first")
             if spec.namespace not in self.namespaces:
@@ -276,7 +276,7 @@ class EndpointService(Service):
             self.pods_gauge.set(len(self.pods))
         await self.bus.publish(subjects.endpoint_event("created"), EndpointEvent(pod))
         self.log.info("pod created", pod=key, ip=pod.status.pod_ip, ifname=pod.status.host_ifname)
-        return Applied("Pod", spec.name, spec.namespace, "created")
+        return PodApplied("Pod", spec.name, spec.namespace, "created", pod, self.plumber.router_ip)
 
     async def _create_pod(self, spec: PodSpec, ip: str | None = None, peer: str = "") -> Pod:
         revert = RevertStack()
