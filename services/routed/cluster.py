@@ -123,7 +123,7 @@ class ClusterAgent:
             for cidr in set(self.remote) - set(wanted):
                 self.routed.set_claim(cidr, "remote", None)
             self.remote = wanted
-            self.routed.after_change()
+            await self.routed.after_change()
 
     def status(self, now: float) -> list[dict]:
         """Every known node with its health, for `capillary get nodes`."""

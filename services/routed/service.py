@@ -2,7 +2,7 @@
 
 The ipcache map is the record of truth for the claims in force: it is pinned, so it survives
 a restart, and each entry's flags hold its source. Claims a higher one shadows (services.routed.
-claims) are kept in {stateDir}/routed/ipcache-shadowed.json, written whenever they change.
+claims) are kept in JetStream KV (services.routed.shadowed), written whenever they change.
 routed re-reads both at start-up and only adds what is missing (reserved world and host
 entries) or stale (host addresses that went away).
 """
@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import json
-import os
 import time
 from pathlib import Path
 
@@ -29,6 +27,7 @@ from services.routed import iptables, tunnel
 from services.routed.claims import Claim, Claims
 from services.routed.cluster import ClusterAgent
 from services.routed.router import ensure_router
+from services.routed.shadowed import ShadowStore
 from services.runtime.app import Service
 from services.runtime.bus import ServiceError
 from services.wire import subjects
@@ -65,11 +64,13 @@ class RoutedService(Service):
         await self.worker.run(iptables.ensure, self.config.podCIDR,
                               self.config.datapath.routerDevice, self.config.masquerade)
         self._lock = asyncio.Lock()
+        self.shadow = ShadowStore(self.bus, self.config.cluster.kv_replicas,
+                                  self.config.state_path / "routed" / "ipcache-shadowed.json")
+        self.shadow_unsaved = 0
         async with self._lock:
-            self._load_claims()
+            await self._load_claims()
             self._set("0.0.0.0/0", "reserved", IDENTITY_WORLD)
             await self._refresh_host_entries()
-            self._save_shadowed()
         self._refresher = asyncio.create_task(self._refresh_loop())
         self.cluster = None
         if self.config.cluster.enabled:
@@ -90,47 +91,38 @@ class RoutedService(Service):
             self.worker.close()
 
     async def counters(self) -> dict[str, int]:
-        return {"ipcache_entries": len(self.claims), "ipcache_capacity": self.config.maps.ipcache}
+        return {"ipcache_entries": len(self.claims), "ipcache_capacity": self.config.maps.ipcache,
+                "ipcache_shadowed_unsaved": self.shadow_unsaved}
 
     # ---- claims: every source's, the highest in the map -----------------------------------------
 
-    @property
-    def _shadowed_path(self) -> Path:
-        return self.config.state_path / "routed" / "ipcache-shadowed.json"
-
-    def _load_claims(self) -> None:
-        """The claims in force from the map, the shadowed ones from their file; the map is
-        then brought in line (a shadowed claim whose map entry went missing is in force)."""
+    async def _load_claims(self) -> None:
+        """The claims in force from the map, the shadowed ones from KV; the map is then
+        brought in line (a shadowed claim whose map entry went missing is in force)."""
         self.claims = Claims()
         in_map = self._entries()
         for cidr, claim in in_map.items():
             self.claims.claim(cidr, claim.source, claim.identity, claim.tunnel_endpoint)
         try:
-            shadowed = json.loads(self._shadowed_path.read_text()) if self._shadowed_path.exists() else []
+            shadowed = await self.shadow.load()
             for cidr, source, identity, *tunnel in shadowed:
                 if source not in SOURCES or len(tunnel) > 1:
                     raise ValueError(f"bad entry for {cidr}")
                 self.claims.claim(_cidr(cidr), source, int(identity), *map(str, tunnel))
         except (OSError, ValueError, TypeError, ServiceError) as exc:
-            raise RuntimeError(f"cannot read the shadowed ipcache claims {self._shadowed_path}: {exc}") from None
+            raise RuntimeError(f"cannot read the shadowed ipcache claims: {exc}") from None
         for cidr in {c for c, *_ in shadowed}:
             self._write(cidr, in_map.get(cidr), self.claims.winner(cidr))
-        self._saved = self.claims.shadowed()
 
-    def _save_shadowed(self) -> None:
-        now = self.claims.shadowed()
-        if now == self._saved:
-            return
-        path = self._shadowed_path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(now, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        self._saved = now
+    async def _save_shadowed(self) -> None:
+        """Shadowed claims to KV. A write that fails keeps what is in force and is reported
+        (status counters, log) until a later save, at the latest the next host refresh."""
+        unsaved = await self.shadow.save(self.claims.shadowed())
+        if unsaved and not self.shadow_unsaved:
+            self.log.error("shadowed ipcache claims not stored; retrying", prefixes=unsaved)
+        elif self.shadow_unsaved and not unsaved:
+            self.log.info("shadowed ipcache claims stored again")
+        self.shadow_unsaved = unsaved
 
     def _write(self, cidr: str, before: Claim | None, after: Claim | None) -> None:
         if after is None:
@@ -165,8 +157,8 @@ class RoutedService(Service):
         """As _set; the caller holds the lock and calls after_change() once done."""
         self._set(cidr, source, identity, tunnel_endpoint)
 
-    def after_change(self) -> None:
-        self._save_shadowed()
+    async def after_change(self) -> None:
+        await self._save_shadowed()
         self.entries_gauge.set(len(self.claims))
 
     async def list_nodes(self, _req: ListRequest) -> list[dict]:
@@ -182,7 +174,7 @@ class RoutedService(Service):
             self._set(cidr, "node", IDENTITY_HOST)
         for cidr in current - wanted:
             self._set(cidr, "node", None)
-        self._save_shadowed()
+        await self._save_shadowed()
         self.entries_gauge.set(len(self.claims))
 
     async def _refresh_loop(self) -> None:
@@ -222,7 +214,7 @@ class RoutedService(Service):
             except MapFull:
                 raise ServiceError(EXHAUSTED, f"ipcache map is full ({self.config.maps.ipcache} entries, "
                                               "maps.ipcache in the node config)") from None
-            self._save_shadowed()
+            await self._save_shadowed()
         return now
 
     async def delete_remote(self, pod_ip: str) -> bool:
@@ -232,7 +224,7 @@ class RoutedService(Service):
             if self.claims.get(cidr, tunnel.REMOTE_SOURCE) is None:
                 return False
             self._set(cidr, tunnel.REMOTE_SOURCE, None)
-            self._save_shadowed()
+            await self._save_shadowed()
         return True
 
     def remote_pods(self) -> dict[str, Claim]:
@@ -251,7 +243,7 @@ class RoutedService(Service):
             except MapFull:
                 raise ServiceError(EXHAUSTED, f"ipcache map is full ({self.config.maps.ipcache} entries, "
                                               "maps.ipcache in the node config)") from None
-            self._save_shadowed()
+            await self._save_shadowed()
             self.entries_gauge.set(len(self.claims))
         return IpcacheEntry(cidr, now.identity, now.source)
 
@@ -265,7 +257,7 @@ class RoutedService(Service):
                                             f"not {req.source}")
             if req.source in claims:
                 self._set(cidr, req.source, None)
-                self._save_shadowed()
+                await self._save_shadowed()
             self.entries_gauge.set(len(self.claims))
         return {"removed": req.source in claims}
 
@@ -285,7 +277,7 @@ class RoutedService(Service):
             if req.check:
                 return IpcacheBatchDone(len(new), len(gone), len(self.claims), capacity)
             let_go = self._claim_many(req.source, list(zip(cidrs, req.identities)), released)
-            self._save_shadowed()
+            await self._save_shadowed()
             self.entries_gauge.set(len(self.claims))
         return IpcacheBatchDone(len(cidrs), let_go, len(self.claims), capacity)
 

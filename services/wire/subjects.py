@@ -118,6 +118,8 @@ BUCKET_IDENTITY_LABELS = "capillary_identity_labels"
 # routed in a cluster (services.wire.cluster): every node's record and every node's pods
 BUCKET_NODES = "capillary_nodes"
 BUCKET_CLUSTER_ENDPOINTS = "capillary_endpoints"
+# routed: ipcache claims a higher one shadows, which its map cannot show (services.routed.shadowed)
+BUCKET_IPCACHE_SHADOWED = "capillary_ipcache_shadowed"
 BUCKETS = {
     BUCKET_NAMESPACES: "endpointd",
     BUCKET_PODS: "endpointd",
@@ -129,6 +131,7 @@ BUCKETS = {
     BUCKET_IDENTITY_LABELS: "policyd",
     BUCKET_NODES: "routed",
     BUCKET_CLUSTER_ENDPOINTS: "routed",
+    BUCKET_IPCACHE_SHADOWED: "routed",
 }
 # Buckets every node shares in a cluster (replicated cluster.kv_replicas times); the others
 # hold one node's state.
@@ -169,7 +172,7 @@ GRANTS: dict[str, Grants] = {
     "routed": Grants(
         serves=(IPCACHE_UPSERT, IPCACHE_DELETE, IPCACHE_LIST, IPCACHE_BATCH, NODES_LIST, health("routed")),
         calls=(health("routed"),),
-        buckets=(BUCKET_NODES, BUCKET_CLUSTER_ENDPOINTS),
+        buckets=(BUCKET_NODES, BUCKET_CLUSTER_ENDPOINTS, BUCKET_IPCACHE_SHADOWED),
     ),
     "flowd": Grants(
         serves=(OBSERVER_FLOWS, OBSERVER_MONITOR, health("flowd")),

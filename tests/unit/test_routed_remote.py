@@ -1,5 +1,6 @@
 """routed's API for pods on other nodes: claims with a tunnel endpoint, kept across shadowing
-and restarts, on a dict-backed ipcache."""
+and restarts, on a dict-backed ipcache and a dict-backed store of shadowed claims (the real
+store, in KV: tests/privileged/test_ipcache_shadowed_kv.py)."""
 import asyncio
 
 import pytest
@@ -11,11 +12,29 @@ from services.runtime.bus import ServiceError
 from services.runtime.config import NodeConfig
 
 
+class MemoryShadowStore:
+    """ShadowStore's calls over a list that outlives the service (a restart)."""
+    def __init__(self) -> None:
+        self.rows: list[tuple] = []
+
+    async def load(self) -> list[tuple]:
+        return list(self.rows)
+
+    async def save(self, rows: list[tuple]) -> int:
+        self.rows = list(rows)
+        return 0
+
+
+STORES: dict[str, MemoryShadowStore] = {}
+
+
 def routed(tmp_path, ipcache: FakeIpcacheMap) -> RoutedService:
     svc = RoutedService(NodeConfig(stateDir=str(tmp_path)))
     svc.ipcache = ipcache
     svc._lock = asyncio.Lock()
-    svc._load_claims()
+    svc.shadow = STORES.setdefault(str(tmp_path), MemoryShadowStore())
+    svc.shadow_unsaved = 0
+    asyncio.run(svc._load_claims())
     return svc
 
 
@@ -36,9 +55,9 @@ def test_a_local_claim_shadows_a_remote_one_which_comes_back_with_its_node(tmp_p
     svc = routed(tmp_path, ipcache)
     asyncio.run(svc.upsert_remote("10.2.0.7", 300, "192.168.1.2"))
     svc._set("10.2.0.7/32", "endpoint", 400)
-    svc._save_shadowed()
+    asyncio.run(svc._save_shadowed())
     assert ipcache.tunnel_endpoint("10.2.0.7/32") == "" and ipcache.lookup_exact("10.2.0.7/32") == 400
-    again = routed(tmp_path, ipcache)                              # a restart: map + shadowed file
+    again = routed(tmp_path, ipcache)                              # a restart: map + stored shadowed claims
     assert again.claims.get("10.2.0.7/32", "remote") == Claim("remote", 300, "192.168.1.2")
     again._set("10.2.0.7/32", "endpoint", None)
     assert ipcache.tunnel_endpoint("10.2.0.7/32") == "192.168.1.2" and ipcache.lookup_exact("10.2.0.7/32") == 300
