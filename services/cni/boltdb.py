@@ -9,8 +9,8 @@ A file that does not parse raises BoltError; the caller treats that as "unknown"
 from __future__ import annotations
 
 import struct
+import os
 from collections.abc import Iterator
-from pathlib import Path
 
 MAGIC = 0xED0CDAED
 BRANCH, LEAF = 0x01, 0x02
@@ -63,9 +63,10 @@ class Bucket:
         return None
 
 
-def open_db(path: Path) -> Bucket:
+def open_db(path: str | os.PathLike) -> Bucket:
     """The root bucket of the bbolt file at PATH, as of its newest valid meta page."""
-    data = path.read_bytes()
+    with open(path, "rb") as file:
+        data = file.read()
     best: tuple[int, int, int] | None = None       # (txid, page size, root page)
     for page in (0, 1):
         if page == 1 and best is None:

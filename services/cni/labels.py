@@ -22,45 +22,49 @@ from __future__ import annotations
 
 import json
 import os
-import tomllib
-from pathlib import Path
 
 from services.cni.boltdb import BoltError, open_db
 from services.cni.spec import IO_FAILURE, CniError, Environment
 from services.wire.names import valid_label_key, valid_label_value
 
-STORAGE_CONF = Path("/etc/containers/storage.conf")
-CONTAINERS_CONF = Path("/usr/share/containers/containers.conf"), Path("/etc/containers/containers.conf")
+STORAGE_CONF = "/etc/containers/storage.conf"
+CONTAINERS_CONF = "/usr/share/containers/containers.conf", "/etc/containers/containers.conf"
 DEFAULT_GRAPHROOT = "/var/lib/containers/storage"
 CONTAINERD_SOCKET = "/run/containerd/containerd.sock"
 CTR_TIMEOUT = 10.0
 
 
-def _toml(path: Path) -> dict:
+def _toml(path: str) -> dict:
     try:
-        return tomllib.loads(path.read_text())
+        with open(path, encoding="utf-8") as file:
+            text = file.read()
     except FileNotFoundError:
         return {}
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+    except OSError as exc:
+        raise CniError(IO_FAILURE, f"cannot read {path}: {exc}") from None
+    import tomllib       # only where a file is there to parse
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
         raise CniError(IO_FAILURE, f"cannot read {path}: {exc}") from None
 
 
-def podman_db(environ: dict[str, str]) -> Path:
+def podman_db(environ: dict[str, str]) -> str:
     """Where podman keeps its state: [engine] static_dir, else <graphroot>/libpod."""
     static_dir = ""
-    confs = [Path(environ["CONTAINERS_CONF"])] if environ.get("CONTAINERS_CONF") else list(CONTAINERS_CONF)
+    confs = [environ["CONTAINERS_CONF"]] if environ.get("CONTAINERS_CONF") else list(CONTAINERS_CONF)
     for conf in confs:
         static_dir = _toml(conf).get("engine", {}).get("static_dir", static_dir)
     if static_dir:
-        return Path(static_dir) / "bolt_state.db"
-    storage = Path(environ.get("CONTAINERS_STORAGE_CONF") or STORAGE_CONF)
+        return os.path.join(static_dir, "bolt_state.db")
+    storage = environ.get("CONTAINERS_STORAGE_CONF") or STORAGE_CONF
     graphroot = _toml(storage).get("storage", {}).get("graphroot") or DEFAULT_GRAPHROOT
-    return Path(graphroot) / "libpod" / "bolt_state.db"
+    return os.path.join(graphroot, "libpod", "bolt_state.db")
 
 
-def podman_labels(container_id: str, db: Path) -> dict[str, str] | None:
+def podman_labels(container_id: str, db: str) -> dict[str, str] | None:
     """The labels podman stored for CONTAINER_ID, or None when it is not a podman container."""
-    if not db.exists():
+    if not os.path.exists(db):
         return None
     try:
         containers = open_db(db).bucket(b"ctr")

@@ -3,14 +3,13 @@
 endpointd owns everything a pod is made of: ADD asks it for a pod in the container's netns
 (pod.apply, which returns only once the endpoint entry, its policy entries and the programs
 are in place), DEL deletes that pod, CHECK asks it to verify the plumbing (pod.check) and
-compares the pod with the ADD's result (prevResult). The plugin itself only reads the
-container's netns for the gateway it reports. It calls as the node's `cni` NATS user, which
+compares the pod with the ADD's result (prevResult). The plugin itself reads the container's
+netns only for CHECK (the gateway of its default route). It calls as the node's `cni` NATS user, which
 may call endpointd's pod and namespace subjects and the services' health, and nothing else.
 """
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from services.cni import client
 from services.cni.client import NodeClient
@@ -18,7 +17,6 @@ from services.cni.labels import runtime_labels
 from services.cni.spec import (CHECK_FAILED, CONTAINER_UNKNOWN, INVALID_CONFIG, IO_FAILURE, NODE_REFUSED,
                                NOT_AVAILABLE, TRY_AGAIN_LATER, CniError, Environment, NetConf, attachment,
                                pod_name, pod_namespace, result, result_problems, split_attachment)
-from services.datapath.netns import default_gateway
 from services.runtime.credentials import Credentials, RemoteError, ServiceError
 from services.wire import subjects
 from services.wire.codes import NOT_FOUND, UNAVAILABLE
@@ -54,22 +52,22 @@ def execute(env: Environment, conf: NetConf) -> dict | None:
         bus.close()
 
 
-def context_file(conf: NetConf) -> Path:
+def context_file(conf: NetConf) -> str:
     """The NATS context file: the config's ``context``, else the node config's `cni` context
     (reading the node config costs YAML and the config's schema: naming the context is faster)."""
     if conf.context:
-        return Path(conf.context)
+        return conf.context
     from services.runtime.config import ConfigError, load_config
     try:
         node = load_config(conf.config or None)
     except ConfigError as exc:
         raise CniError(INVALID_CONFIG, f"config: {exc}") from None
-    return node.credentials_path(subjects.CNI_CLIENT)
+    return str(node.credentials_path(subjects.CNI_CLIENT))
 
 
 def connect(conf: NetConf) -> NodeClient:
     path = context_file(conf)
-    if not path.exists():
+    if not os.path.exists(path):
         raise CniError(TRY_AGAIN_LATER, f"the capillary node is not running (no NATS context at {path})",
                        START_HINT)
     try:
@@ -93,10 +91,10 @@ def refused(exc: RemoteError) -> CniError:
     return CniError(NODE_REFUSED, f"capillary refused: {exc.message}")
 
 
-def find(bus: NodeClient, handle: str, namespace: str = "") -> dict | None:
+def find(bus: NodeClient, handle: str) -> dict | None:
     """The pod (messages.Pod, as sent) made for attachment HANDLE (network, container id,
-    ifname), if any; NAMESPACE: look only there."""
-    for pod in call(bus, subjects.POD_LIST, client.list_request(namespace)):
+    ifname), if any."""
+    for pod in call(bus, subjects.POD_LIST, client.list_request()):
         if pod["spec"]["attachment"] == handle:
             return pod
     return None
@@ -114,7 +112,8 @@ def _document(env: Environment, conf: NetConf, labels: dict[str, str]) -> dict:
 
 def _gateway(netns: str, ifname: str) -> str | None:
     """The container's default gateway through IFNAME, read from its netns (the node's
-    router), or None when it has no such route."""
+    router), or None when it has no such route (CHECK; ADD has it from endpointd)."""
+    from services.datapath.netns import default_gateway   # ctypes: only where a command reads a netns
     try:
         return default_gateway(netns, ifname)
     except OSError as exc:
@@ -122,29 +121,25 @@ def _gateway(netns: str, ifname: str) -> str | None:
 
 
 def add(bus: NodeClient, env: Environment, conf: NetConf, labels: dict[str, str]) -> dict:
+    """One request: endpointd's reply (messages.PodApplied) holds the pod as made and the
+    router its default route goes through, which is all the result needs."""
     doc = _document(env, conf, labels)
-    namespace = doc["metadata"]["namespace"]
-    _apply_pod(bus, doc)
-    pod = find(bus, doc["spec"]["attachment"], namespace)
-    if pod is None:
-        raise CniError(NODE_REFUSED, f"pod {namespace}/{doc['metadata']['name']} vanished right after ADD")
-    try:
-        gateway = _gateway(pod["status"]["netns"], env.ifname)
-        if gateway is None:
-            raise CniError(IO_FAILURE, f"no default route through {env.ifname} in {pod['status']['netns']}")
-    except CniError:
-        _delete_pod(bus, pod)
-        raise
-    return result(conf.cni_version, pod, env.ifname, gateway, conf.mtu)
+    applied = _apply_pod(bus, doc)
+    pod = applied.get("pod") if isinstance(applied, dict) else None
+    if not isinstance(pod, dict) or not applied.get("gateway"):
+        meta = doc["metadata"]
+        _delete_pod(bus, {"spec": {"name": meta["name"], "namespace": meta["namespace"]}})
+        raise CniError(NODE_REFUSED, "endpointd's reply to pod.apply names no pod or gateway "
+                                     "(is the node older than this plugin?); the pod was deleted again")
+    return result(conf.cni_version, pod, env.ifname, applied["gateway"], conf.mtu)
 
 
-def _apply_pod(bus: NodeClient, doc: dict) -> None:
-    """Apply DOC. Its namespace is made only when endpointd says it does not exist (one
-    request fewer for every ADD but a namespace's first), and deleted again if the pod then
-    fails: nothing half-made."""
+def _apply_pod(bus: NodeClient, doc: dict) -> dict:
+    """Apply DOC and return the reply. Its namespace is made only when endpointd says it does
+    not exist (one request fewer for every ADD but a namespace's first), and deleted again if
+    the pod then fails: nothing half-made."""
     try:
-        bus.request(subjects.POD_APPLY, client.apply(doc), timeout=REQUEST_TIMEOUT)
-        return
+        return bus.request(subjects.POD_APPLY, client.apply(doc), timeout=REQUEST_TIMEOUT)
     except RemoteError as exc:
         if exc.code != NOT_FOUND or "namespace" not in exc.message:
             raise refused(exc) from None
@@ -152,7 +147,7 @@ def _apply_pod(bus: NodeClient, doc: dict) -> None:
     call(bus, subjects.NAMESPACE_APPLY,
          client.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}))
     try:
-        call(bus, subjects.POD_APPLY, client.apply(doc))
+        return call(bus, subjects.POD_APPLY, client.apply(doc))
     except CniError:
         bus.request(subjects.NAMESPACE_DELETE, client.ref(namespace), timeout=REQUEST_TIMEOUT)
         raise

@@ -1,12 +1,15 @@
 """The kernel side of a pod: netns, veth pair, addresses, routes, program, endpoint entry.
 
 Everything here is synchronous and runs on the netlink worker thread. create() either
-finishes or removes what it made; ensure() brings an existing pod back in line with its
-record without tearing anything down (restart safety); delete() removes everything and
-treats already-gone pieces as success.
+finishes or removes what it made, and leaves the host side down: nothing passes until
+activate() has written the endpoint entry and brought it up, so the control plane can do its
+part (identity, policy entries, ipcache) while create() runs. ensure() brings an existing pod
+back in line with its record without tearing anything down (restart safety); delete()
+removes everything and treats already-gone pieces as success.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
 from dataclasses import dataclass
@@ -62,7 +65,6 @@ class Wiring:
 
     pod_ip: str
     endpoint_id: int
-    identity: int
     peer: str = ""          # set: the pod side stays here under this name, for a runtime
                             # that moves it into the netns itself (Docker's libnetwork)
 
@@ -88,6 +90,8 @@ class Plumber:
         self.conntrack.close()
 
     def create(self, spec: PodSpec, wiring: Wiring) -> PodStatus:
+        """The veth pair, the pod side configured, our programs on the host side, which stays
+        down; the status's identity is 0 until the caller sets it for activate()."""
         ifname = host_ifname(self.config, spec.namespace, spec.name)
         owned = spec.netns is None
         path = netns.NETNS_RUN_DIR / netns_name(self.config, spec.namespace, spec.name) if owned else Path(spec.netns)
@@ -132,20 +136,23 @@ class Plumber:
                 eth0 = pod.configure(spec.interface, wiring.pod_ip, self.router_ip, self._mtu(spec))
         status = PodStatus(pod_ip=wiring.pod_ip, host_ifname=ifname, host_ifindex=host.index,
                            host_mac=host.mac, pod_mac=eth0.mac, netns=str(path), netns_owned=owned,
-                           endpoint_id=wiring.endpoint_id, identity=wiring.identity, created=time.time())
-        self._install(status, spec)
+                           endpoint_id=wiring.endpoint_id, identity=0, created=time.time())
+        self._attach(status)
         return status
 
-    def _install(self, status: PodStatus, spec: PodSpec) -> None:
-        """Endpoint entry and counters, program, route, link up: in that order, so the first
-        packet the pod can send already meets our program and a complete endpoint entry."""
+    def _attach(self, status: PodStatus) -> None:
+        self.nl.attach_bpf(status.host_ifindex, self.to_fd, TO_CONTAINER, TC_EGRESS)
+        self.nl.attach_bpf(status.host_ifindex, self.from_fd, FROM_CONTAINER, TC_INGRESS)
+
+    def activate(self, status: PodStatus, spec: PodSpec) -> None:
+        """Endpoint entry and counters, link up, route: the programs are attached already
+        (create, ensure), so the first packet the pod can send meets them and a complete
+        endpoint entry. The caller has the pod's policy entries written before this."""
         self.endpoints.upsert(Endpoint(ip=status.pod_ip, ifindex=status.host_ifindex,
                                        identity=status.identity, endpoint_id=status.endpoint_id,
                                        host_mac=status.host_mac, pod_mac=status.pod_mac,
                                        flags=FLAG_AUDIT if spec.audit else 0))
         self.ep_metrics.create(status.endpoint_id)
-        self.nl.attach_bpf(status.host_ifindex, self.to_fd, TO_CONTAINER, TC_EGRESS)
-        self.nl.attach_bpf(status.host_ifindex, self.from_fd, FROM_CONTAINER, TC_INGRESS)
         self.nl.set_up(status.host_ifindex, self._mtu(spec))
         self.nl.replace_route(f"{status.pod_ip}/32", status.host_ifindex, prefsrc=self.router_ip,
                               scope=RT_SCOPE_LINK)
@@ -164,14 +171,16 @@ class Plumber:
                 netns.create(path.name)
             elif not status.netns_owned and not netns.is_netns(path):
                 raise NetnsInvalid(f"adopted netns {status.netns} is gone")
-            wiring = Wiring(status.pod_ip, status.endpoint_id, status.identity)
-            fresh = self._wire(spec, wiring, status.host_ifname, path, status.netns_owned)
-            return PodStatus(**{**fresh.__dict__, "created": status.created})
+            fresh = self._wire(spec, Wiring(status.pod_ip, status.endpoint_id), status.host_ifname, path, path,
+                               status.netns_owned)
+            fresh = dataclasses.replace(fresh, identity=status.identity, created=status.created)
+            self.activate(fresh, spec)
+            return fresh
         with PodNetlink(path) as pod:
             eth0 = pod.configure(spec.interface, status.pod_ip, self.router_ip, self._mtu(spec))
-        current = PodStatus(**{**status.__dict__, "host_ifindex": host.index, "host_mac": host.mac,
-                               "pod_mac": eth0.mac})
-        self._install(current, spec)
+        current = dataclasses.replace(status, host_ifindex=host.index, host_mac=host.mac, pod_mac=eth0.mac)
+        self._attach(current)
+        self.activate(current, spec)
         return current
 
     def _mtu(self, spec: PodSpec) -> int:

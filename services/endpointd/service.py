@@ -14,6 +14,7 @@ endpoints is its own, and a pod re-adopted after a reboot or a policyd restart n
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 from pathlib import Path
 
@@ -42,7 +43,7 @@ from services.wire.manifests import DEFAULT_NAMESPACE, Document, ManifestError, 
 from services.wire.messages import (EXHAUSTED, EXISTS, INVALID, NOT_FOUND, Applied, Apply,
                                     EndpointEvent, EndpointPolicy, IdentityAllocate, IdentityRelease,
                                     IpcacheDelete, IpcacheUpsert, ListRequest, NamespaceSpec,
-                                    ObjectRef, Pod, PodCheck, PodSpec)
+                                    ObjectRef, Pod, PodApplied, PodCheck, PodSpec)
 
 MAX_ENDPOINT_ID = 0xFFFF
 
@@ -251,11 +252,11 @@ class EndpointService(Service):
 
     # ---- pods ----------------------------------------------------------------------------------
 
-    async def apply_pod(self, req: Apply) -> Applied:
+    async def apply_pod(self, req: Apply) -> PodApplied:
         return await self.add_pod(_parse(parse_pod, req.document), req.create_only)
 
     async def add_pod(self, spec: PodSpec, create_only: bool = False, ip: str | None = None,
-                      peer: str = "") -> Applied:
+                      peer: str = "") -> PodApplied:
         """Create SPEC's pod. IP: an address already claimed for it (the Docker IPAM driver's);
         PEER: leave the pod side in this netns under that name (libnetwork moves it)."""
         key = pod_key(spec.namespace, spec.name)
@@ -268,7 +269,7 @@ class EndpointService(Service):
                 if create_only:
                     raise ServiceError(EXISTS, f'pod "{key}" already exists')
                 if current.spec == spec:
-                    return Applied("Pod", spec.name, spec.namespace, "unchanged")
+                    return PodApplied("Pod", spec.name, spec.namespace, "unchanged", current, self.plumber.router_ip)
                 raise ServiceError(INVALID, f'pod "{key}" already exists with a different spec; '
                                             "pods are immutable here: delete it first")
             if spec.namespace not in self.namespaces:
@@ -278,9 +279,12 @@ class EndpointService(Service):
             self.pods_gauge.set(len(self.pods))
         await self.bus.publish(subjects.endpoint_event("created"), EndpointEvent(pod))
         self.log.info("pod created", pod=key, ip=pod.status.pod_ip, ifname=pod.status.host_ifname)
-        return Applied("Pod", spec.name, spec.namespace, "created")
+        return PodApplied("Pod", spec.name, spec.namespace, "created", pod, self.plumber.router_ip)
 
     async def _create_pod(self, spec: PodSpec, ip: str | None = None, peer: str = "") -> Pod:
+        """The kernel side is made (host link down: nothing passes) while policyd and routed do
+        their part; only once the pod's policy entries and ipcache entry are in place does
+        activate() write its endpoint entry and bring it up, so its first packet meets them."""
         revert = RevertStack()
         try:
             if ip is None:
@@ -289,34 +293,58 @@ class EndpointService(Service):
                 except PoolExhausted as exc:
                     raise ServiceError(EXHAUSTED, str(exc)) from None
                 revert.push("release ip", lambda: self.ipam.release(ip))
-            owner = f"pod:{pod_key(spec.namespace, spec.name)}"
-            ns = self.namespaces[spec.namespace]
-            ident = await self._call(subjects.IDENTITY_ALLOCATE, IdentityAllocate(
-                identity_labels(spec.labels, spec.namespace, ns.labels), owner))
-            identity = ident["id"]
-            revert.push("release identity",
-                        lambda: self._call(subjects.IDENTITY_RELEASE, IdentityRelease(identity, owner)))
-            wiring = Wiring(ip, self._endpoint_id(), identity, peer)
-            # Policy is in the map before the pod exists, so its first packet meets it.
-            await self._call(subjects.POLICY_ENDPOINT_SYNC,
-                             EndpointPolicy(wiring.endpoint_id, identity, spec.audit))
-            revert.push("forget endpoint policy",
-                        lambda: self._call(subjects.POLICY_ENDPOINT_FORGET, EndpointPolicy(wiring.endpoint_id)))
+            wiring = Wiring(ip, self._endpoint_id(), peer)
+            made = asyncio.ensure_future(self._plumb(spec, wiring))
             try:
-                status = await self.worker.run(self.plumber.create, spec, wiring)
-            except (NetnsInvalid, PodHasInterface) as exc:
-                raise ServiceError(INVALID, str(exc)) from None
+                identity = await self._announce(spec, wiring, revert)
+                status = dataclasses.replace(await asyncio.shield(made), identity=identity)
+            except BaseException:
+                await self._unplumb(made)
+                raise
             revert.push("remove datapath", lambda: self.worker.run(self.plumber.delete, status))
-            await self._call(subjects.IPCACHE_UPSERT, IpcacheUpsert(f"{ip}/32", identity, "endpoint"))
-            revert.push("remove ipcache entry",
-                        lambda: self._call(subjects.IPCACHE_DELETE, IpcacheDelete(f"{ip}/32", "endpoint")))
             pod = Pod(spec, status)
-            await self.kv_pods.put(pod_key(spec.namespace, spec.name), codec.encode(pod.to_wire()))
+            key = pod_key(spec.namespace, spec.name)
+            revert.push("forget the pod's record", lambda: self.kv_pods.delete(key))
+            await revert.together(("record the pod", self.kv_pods.put(key, codec.encode(pod.to_wire())), None),
+                                  ("activate", self.worker.run(self.plumber.activate, status, spec), None))
         except BaseException:
             await revert.unwind()
             raise
         revert.commit()
         return pod
+
+    async def _plumb(self, spec: PodSpec, wiring: Wiring) -> PodStatus:
+        try:
+            return await self.worker.run(self.plumber.create, spec, wiring)
+        except (NetnsInvalid, PodHasInterface) as exc:
+            raise ServiceError(INVALID, str(exc)) from None
+
+    async def _unplumb(self, made: asyncio.Future) -> None:
+        """Remove what MADE (a _plumb task) made, once it is done; a failed one made nothing."""
+        try:
+            status = await made
+        except BaseException:
+            return
+        await self.worker.run(self.plumber.delete, status)
+
+    async def _announce(self, spec: PodSpec, wiring: Wiring, revert: RevertStack) -> int:
+        """The pod's identity from policyd, then its policy entries (policyd) and ipcache entry
+        (routed) at once; each step done is pushed on REVERT. Returns the identity."""
+        owner = f"pod:{pod_key(spec.namespace, spec.name)}"
+        ns = self.namespaces[spec.namespace]
+        ident = await self._call(subjects.IDENTITY_ALLOCATE, IdentityAllocate(
+            identity_labels(spec.labels, spec.namespace, ns.labels), owner))
+        identity = ident["id"]
+        revert.push("release identity",
+                    lambda: self._call(subjects.IDENTITY_RELEASE, IdentityRelease(identity, owner)))
+        cidr, endpoint_id = f"{wiring.pod_ip}/32", wiring.endpoint_id
+        await revert.together(
+            ("forget endpoint policy",
+             self._call(subjects.POLICY_ENDPOINT_SYNC, EndpointPolicy(endpoint_id, identity, spec.audit)),
+             lambda: self._call(subjects.POLICY_ENDPOINT_FORGET, EndpointPolicy(endpoint_id))),
+            ("remove ipcache entry", self._call(subjects.IPCACHE_UPSERT, IpcacheUpsert(cidr, identity, "endpoint")),
+             lambda: self._call(subjects.IPCACHE_DELETE, IpcacheDelete(cidr, "endpoint"))))
+        return identity
 
     def _endpoint_id(self) -> int:
         """The lowest free id, at most maps.endpoints: the per-endpoint counters are an array

@@ -1,13 +1,13 @@
 """Who a client is on the bus: a NATS CLI context file, and the errors calls report.
 
-Light on purpose (no dataclasses, no NATS library): the CNI plugin reads its context with it
+Light on purpose (no dataclasses, pathlib or NATS library): the CNI plugin reads its context with it
 on every command, and services.runtime.bus builds on it.
 """
 from __future__ import annotations
 
 import json
+import os
 from collections import namedtuple
-from pathlib import Path
 
 from services.wire.codes import INVALID, UNAVAILABLE
 
@@ -47,9 +47,10 @@ class Credentials(namedtuple("Credentials", "url user password ca cert key serve
             raise ServiceError(INVALID, f"cannot load the TLS files of the context: {exc}") from None
 
     @classmethod
-    def load(cls, path: Path) -> "Credentials":
+    def load(cls, path: str | os.PathLike) -> "Credentials":
         try:
-            data = json.loads(Path(path).read_text())
+            with open(path, encoding="utf-8") as file:
+                data = json.loads(file.read())
         except FileNotFoundError:
             raise ServiceError(UNAVAILABLE, f"no NATS credentials at {path}: is the node up?") from None
         except (OSError, ValueError) as exc:

@@ -266,6 +266,20 @@ class Applied(Message):
 
 
 @dataclass(frozen=True)
+class PodApplied(Message):
+    """The reply to pod.apply: Applied's fields, the pod as it now is, and the router its
+    default route goes through (what a CNI ADD reports, without asking again)."""
+
+    kind: str
+    name: str
+    namespace: str
+    action: str
+    pod: Pod
+    gateway: str
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
 class ObjectRef(Message):
     """A request naming one object: pod.delete, namespace.delete."""
 

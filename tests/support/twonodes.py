@@ -18,7 +18,7 @@ import secrets
 import shutil
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from services.datapath import loader, netns
@@ -122,8 +122,10 @@ class DatapathNode:
     def add_pod(self, name: str, ip_addr: str, identity: int, endpoint_id: int, mtu: int = 0) -> Pod:
         """A pod; MTU 0: the node's default (the underlay's less VXLAN in tunnel mode)."""
         with self.entered():
-            status = self.plumber.create(PodSpec(name=name, namespace="default", mtu=mtu),
-                                         Wiring(pod_ip=ip_addr, endpoint_id=endpoint_id, identity=identity))
+            spec = PodSpec(name=name, namespace="default", mtu=mtu)
+            status = replace(self.plumber.create(spec, Wiring(pod_ip=ip_addr, endpoint_id=endpoint_id)),
+                             identity=identity)
+            self.plumber.activate(status, spec)
         pod = Pod(name, identity, endpoint_id, status, Path(status.netns).name)
         self.pods.append(pod)
         return pod

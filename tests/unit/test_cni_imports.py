@@ -14,10 +14,12 @@ from services.cni.install import command
 # Libraries the plugin's commands never use, each costing milliseconds to tens of them of
 # start-up: the netlink library, the BPF toolchain, metrics, the certificate maker, nats-py
 # and asyncio (the plugin speaks NATS over a blocking socket), the schemas' dataclasses,
-# YAML and the node config (read only when a network config names no NATS context).
+# YAML and the node config (read only when a network config names no NATS context), pathlib
+# (and urllib.parse with it), and ctypes (the netns module: CHECK reads a container's routes,
+# ADD has its gateway from endpointd's reply).
 HEAVY = ("pyroute2", "bcc", "prometheus_client", "cryptography", "services.datapath.netlink", "asyncio", "nats",
          "dataclasses", "yaml", "services.wire.messages", "services.runtime.config", "services.runtime.bus",
-         "structlog", "subprocess")
+         "structlog", "subprocess", "pathlib", "ctypes", "services.datapath.netns")
 NODE_CLIENT = ("services.cni.plugin", "services.runtime.natsclient", "socket")
 
 

@@ -29,6 +29,7 @@ SAMPLES = [
     POD,
     m.Apply(document={"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web"}}, create_only=True),
     m.Applied(kind="Pod", name="web", namespace="shop", action="created", warnings=["w1", "w2"]),
+    m.PodApplied(kind="Pod", name="web", namespace="shop", action="created", pod=POD, gateway="10.200.0.1"),
     m.ObjectRef(name="web", namespace="shop"),
     m.ObjectRef(name="allow-https", namespace="shop", object_kind="CiliumNetworkPolicy"),
     m.EndpointPolicy(endpoint_id=3, identity=256),
