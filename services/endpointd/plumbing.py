@@ -179,8 +179,10 @@ class Plumber:
         with PodNetlink(path) as pod:
             eth0 = pod.configure(spec.interface, status.pod_ip, self.router_ip, self._mtu(spec))
         current = dataclasses.replace(status, host_ifindex=host.index, host_mac=host.mac, pod_mac=eth0.mac)
-        self._attach(current)
+        # The pod is live: its endpoint entry before the programs that read it (after a bpffs
+        # loss the new maps start empty, and the old programs serve until replaced).
         self.activate(current, spec)
+        self._attach(current)
         return current
 
     def _mtu(self, spec: PodSpec) -> int:
