@@ -137,10 +137,11 @@ class Plumber:
         status = PodStatus(pod_ip=wiring.pod_ip, host_ifname=ifname, host_ifindex=host.index,
                            host_mac=host.mac, pod_mac=eth0.mac, netns=str(path), netns_owned=owned,
                            endpoint_id=wiring.endpoint_id, identity=0, created=time.time())
-        self._attach(status)
+        self.attach(status)
         return status
 
-    def _attach(self, status: PodStatus) -> None:
+    def attach(self, status: PodStatus) -> None:
+        """Our programs on the pod's host device (each replaces the one there, atomically)."""
         self.nl.attach_bpf(status.host_ifindex, self.to_fd, TO_CONTAINER, TC_EGRESS)
         self.nl.attach_bpf(status.host_ifindex, self.from_fd, FROM_CONTAINER, TC_INGRESS)
 
@@ -159,7 +160,8 @@ class Plumber:
 
     def ensure(self, spec: PodSpec, status: PodStatus) -> PodStatus:
         """Bring a recorded pod back in line with the kernel. Existing pieces are kept (traffic
-        keeps flowing); missing pieces are recreated; the program is atomically replaced."""
+        keeps flowing); missing pieces are recreated. A pod rebuilt here has our programs; a
+        live one's are replaced by the caller with attach(), atomically, after this."""
         path = Path(status.netns)
         try:
             host = self.nl.link(status.host_ifname)
@@ -179,10 +181,10 @@ class Plumber:
         with PodNetlink(path) as pod:
             eth0 = pod.configure(spec.interface, status.pod_ip, self.router_ip, self._mtu(spec))
         current = dataclasses.replace(status, host_ifindex=host.index, host_mac=host.mac, pod_mac=eth0.mac)
-        # The pod is live: its endpoint entry before the programs that read it (after a bpffs
-        # loss the new maps start empty, and the old programs serve until replaced).
+        # The pod is live and its old programs keep serving it: the caller replaces them
+        # (attach) once every restored pod's entry is in, since after a bpffs loss the new
+        # maps start empty and a new program would not find the peers restored after it.
         self.activate(current, spec)
-        self._attach(current)
         return current
 
     def _mtu(self, spec: PodSpec) -> int:

@@ -154,8 +154,11 @@ class EndpointService(Service):
             self.namespaces[name] = NamespaceSpec.from_wire(raw)
         if DEFAULT_NAMESPACE not in self.namespaces:
             await self._store_namespace(NamespaceSpec(DEFAULT_NAMESPACE, namespace_labels(DEFAULT_NAMESPACE, {})))
-        for key, raw in stored_pods.items():
-            await self._restore_pod(key, Pod.from_wire(raw))
+        restored = [key for key, raw in stored_pods.items() if await self._restore_pod(key, Pod.from_wire(raw))]
+        # Programs last: a pod's new program looks its peers up in maps that, after a bpffs
+        # loss, hold only the pods restored so far; until then the old programs serve.
+        for key in restored:
+            await self.worker.run(self.plumber.attach, self.pods[key].status)
         removed = await self.worker.run(
             self.plumber.orphans,
             {p.status.host_ifname for p in self.pods.values()},
@@ -168,7 +171,8 @@ class EndpointService(Service):
         self.pods_gauge.set(len(self.pods))
         self.log.info("reconciled", namespaces=len(self.namespaces), pods=len(self.pods))
 
-    async def _restore_pod(self, key: str, pod: Pod) -> None:
+    async def _restore_pod(self, key: str, pod: Pod) -> bool:
+        """POD back in line with the kernel, its programs aside; False when it cannot be."""
         known = self.pods.get(key)
         if known is None or known.status.pod_ip != pod.status.pod_ip:    # a reconnect re-reads
             self.ipam.claim(pod.status.pod_ip)
@@ -181,12 +185,13 @@ class EndpointService(Service):
         except (NetnsInvalid, OSError) as exc:
             self.log.error("pod cannot be restored", pod=key, error=str(exc))
             self.pods[key] = pod
-            return
+            return False
         await self._call(subjects.IPCACHE_UPSERT, IpcacheUpsert(f"{status.pod_ip}/32", status.identity, "endpoint"))
         if status != pod.status:
             pod = Pod(pod.spec, status)
             await self.kv_pods.put(key, codec.encode(pod.to_wire()))
         self.pods[key] = pod
+        return True
 
     async def _resync(self) -> None:
         """After a NATS reconnect, in the background: reconcile until it succeeds."""
