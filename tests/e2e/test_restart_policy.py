@@ -88,17 +88,24 @@ def test_a_reboot_that_loses_the_pinned_maps_keeps_every_pods_policy(node, serve
 
 
 async def _freeze_endpointd_after_sync(node, endpointd_pid: int, pod_yaml: str) -> subprocess.Popen:
-    """Create a pod and stop endpointd (SIGSTOP) the moment policyd's answer to its sync
-    reaches it: the pod has its entries but is in none of endpointd's maps yet, and no
-    request of endpointd's is left to time out while it is stopped."""
+    """Create a pod and stop endpointd (SIGSTOP) the moment both policyd's answer to its sync
+    and routed's to its ipcache write (endpointd asks them at once) have reached it: the pod
+    has its entries but is in none of endpointd's maps yet, and no request of endpointd's is
+    left to time out while it is stopped."""
     bus = await Bus.connect(Credentials.load(node.state_dir / "nats" / "admin.context.json"), name="freezer")
     frozen = asyncio.Event()
+    seen: set[str] = set()
 
     async def on_reply(msg) -> None:
-        # Only policy.endpoint.sync answers endpointd with {"written": N}. (One subscription:
-        # nats-py runs each subscription's callbacks in a task of its own, unordered.)
-        reply = codec.decode(msg.data)
-        if isinstance(reply.get("result"), dict) and set(reply["result"]) == {"written"} and not frozen.is_set():
+        # Only policy.endpoint.sync answers endpointd with {"written": N}, and only an ipcache
+        # write with an entry of source "endpoint". (One subscription: nats-py runs each
+        # subscription's callbacks in a task of its own, unordered.)
+        result = codec.decode(msg.data).get("result")
+        if isinstance(result, dict) and set(result) == {"written"}:
+            seen.add("sync")
+        elif isinstance(result, dict) and result.get("source") == "endpoint" and "cidr" in result:
+            seen.add("ipcache")
+        if seen == {"sync", "ipcache"} and not frozen.is_set():
             os.kill(endpointd_pid, signal.SIGSTOP)
             frozen.set()
     await bus.nc.subscribe(f"{subjects.inbox_prefix('endpointd')}.>", cb=on_reply)
@@ -126,8 +133,14 @@ def test_policyd_restarted_while_endpointd_creates_a_pod(node, servers):
             _kill_and_wait(node, "policyd")
         finally:
             os.kill(endpointd, signal.SIGCONT)
-        apply.stdout.read()                     # the CLI may time out; the pod is made regardless
+        out = apply.stdout.read()               # the CLI may time out; the pod is made regardless,
         apply.wait(timeout=120)
+        if apply.returncode != 0 and "pod.apply" not in out:
+            # ... unless endpointd answered with an error: one of its own requests timed out
+            # across the freeze (the reply read after the timer fired). Then nothing was made,
+            # and a user applies again.
+            wait_for(lambda: f"{ns}/b" not in node.pods(), "a failed create left pod b behind")
+            node.apply(docs(pod_doc(ns, "b", {"app": "b"})))
         wait_for(lambda: f"{ns}/b" in node.pods(), "pod b was not created")
         ingress = [e for e in entries(node, f"{ns}/b") if e["direction"] == "ingress"]
         assert any(e["port"] == 80 for e in ingress), f"b lost its policy entries: {ingress}"
