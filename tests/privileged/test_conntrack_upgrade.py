@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import ctypes as ct
 import os
-import secrets
-import shutil
 from pathlib import Path
 
 import pytest
@@ -15,6 +13,7 @@ import pytest
 from services.datapath import bpfsys, loader
 from services.datapath.maps.conntrack import PIN_NAME, CtEntry, drop_old_layout
 from services.runtime.config import DatapathConfig, NodeConfig
+from tests.support.bpffs import scratch_root
 
 OLD_MAPS = """
 struct k { u32 saddr; u32 daddr; u16 sport; u16 dport; u8 protocol; u8 pad[3]; };
@@ -27,12 +26,8 @@ BPF_TABLE_PINNED("lru_percpu_hash", struct k, struct a, old_acct, 64, "ROOT/ct_a
 
 @pytest.fixture
 def root():
-    path = Path(f"/sys/fs/bpf/capillary-ct-upgrade-{secrets.token_hex(3)}")
-    path.mkdir()
-    try:
+    with scratch_root("ct-upgrade") as path:
         yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def value_size(path: Path) -> int:

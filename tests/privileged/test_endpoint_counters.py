@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import ctypes as ct
 import os
-import secrets
-import shutil
 from pathlib import Path
 
 import pytest
@@ -17,6 +15,7 @@ from services.datapath.maps.metrics import BPF_MAP_TYPE_PERCPU_ARRAY, EP_PIN_NAM
     EndpointMetricsValue
 from services.datapath.pinned import MapError, possible_cpus
 from services.runtime.config import DatapathConfig, MapSizes, NodeConfig
+from tests.support.bpffs import scratch_root
 
 OLD_HASH = """
 struct v { u64 rx_packets; u64 rx_bytes; u64 tx_packets; u64 tx_bytes; };
@@ -26,12 +25,8 @@ BPF_TABLE_PINNED("percpu_hash", u32, struct v, old_ep, 64, "ROOT/ep_metrics");
 
 @pytest.fixture
 def root():
-    path = Path(f"/sys/fs/bpf/capillary-ep-counters-{secrets.token_hex(3)}")
-    path.mkdir()
-    try:
+    with scratch_root("ep-counters") as path:
         yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def config(root: Path) -> NodeConfig:

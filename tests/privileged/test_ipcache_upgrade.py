@@ -3,8 +3,6 @@ programs of this one cannot use it, so routed moves it aside, compiles the new m
 every entry over; anything else fails clearly, and nothing is lost or touched."""
 from __future__ import annotations
 
-import secrets
-import shutil
 from pathlib import Path
 
 import pytest
@@ -14,6 +12,7 @@ from services.datapath.maps import ipcache
 from services.datapath.maps.ipcache import IpcacheMap
 from services.datapath.pinned import MapError
 from services.runtime.config import DatapathConfig, NodeConfig
+from tests.support.bpffs import scratch_root
 
 OLD = {"0.0.0.0/0": (2, 1), "10.9.0.5/32": (300, 3), "192.168.1.7/32": (1, 2)}
 
@@ -34,12 +33,8 @@ def pin_ipcache(root: Path, value_c: str, entries: dict[str, tuple[int, int]]) -
 
 @pytest.fixture
 def root():
-    path = Path(f"/sys/fs/bpf/capillary-upgrade-{secrets.token_hex(3)}")
-    path.mkdir()
-    try:
+    with scratch_root("upgrade") as path:
         yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def test_an_old_ipcache_is_upgraded_with_every_entry(root):
