@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import nats.errors
+
 from services.cli.client import Client, context_path
 from services.cli.output import age, table
 from services.datapath import loader
@@ -155,10 +157,18 @@ async def status_report(config: NodeConfig) -> dict:
 
 
 async def _nats_state(client: Client) -> dict:
+    """The server's version and its JetStream account; JetStream that does not answer (a
+    server that has just restarted, a cluster electing its leaders) is reported, and the
+    services are still asked how they are."""
     nc = client.bus.nc
-    info = await client.bus.js.account_info()
-    return {"connected": nc.is_connected, "server_version": _version(nc),
-            "jetstream": {"streams": info.streams, "storage_bytes": info.storage}}
+    state = {"connected": nc.is_connected, "server_version": _version(nc)}
+    try:
+        info = await client.bus.js.account_info()
+    except (nats.errors.Error, asyncio.TimeoutError) as exc:
+        state["jetstream"] = {"error": str(exc) or type(exc).__name__}
+    else:
+        state["jetstream"] = {"streams": info.streams, "storage_bytes": info.storage}
+    return state
 
 
 def _print_status(r: dict) -> None:
@@ -169,8 +179,9 @@ def _print_status(r: dict) -> None:
     nats = r["nats"]
     if nats.get("connected"):
         js = nats["jetstream"]
-        print(f"NATS:        {nats['url']} (server {nats['server_version']}), "
-              f"JetStream {js['streams']} streams, {js['storage_bytes']} bytes")
+        jetstream = f"JetStream unavailable: {js['error']}" if "error" in js else \
+            f"JetStream {js['streams']} streams, {js['storage_bytes']} bytes"
+        print(f"NATS:        {nats['url']} (server {nats['server_version']}), {jetstream}")
     else:
         print(f"NATS:        {nats['url']} unreachable: {r.get('error', '')}")
     print(f"Context:     {r['context']}")

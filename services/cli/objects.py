@@ -171,7 +171,7 @@ def pod_document(pod: dict, node: str) -> dict:
            "status": {"podIP": status["pod_ip"], "podIPs": [{"ip": status["pod_ip"]}],
                       "hostInterface": status["host_ifname"], "hostIfindex": status["host_ifindex"],
                       "endpointID": status["endpoint_id"], "identity": status["identity"],
-                      "mac": status["pod_mac"], "phase": "Running"}}
+                      "mac": status["pod_mac"], "phase": pod.get("phase", "Running")}}
     return doc
 
 
@@ -192,6 +192,10 @@ async def get(client: Client, what: str, namespace: str, output: str) -> int:
                 row += [node, st["host_ifname"], str(st["endpoint_id"]), st["netns"], age(st["created"])]
             rows.append(row)
         print(table(headers, rows))
+        unknown = sorted({node for node, p in pods if p.get("phase") == placement.UNKNOWN})
+        if unknown:
+            print(f"not ready: {', '.join(unknown)}; pods there are shown as last recorded "
+                  f"(phase Unknown)", file=sys.stderr)
     elif what in ("namespaces", "namespace", "ns"):
         items = await client.call(subjects.NAMESPACE_LIST, ListRequest())
         if output in ("json", "yaml"):

@@ -3,7 +3,8 @@
 A pod goes to the node its spec.nodeName names (default: the node whose NATS the CLI reached);
 namespaces and policies are cluster-wide: every healthy node's endpointd or policyd takes
 them (each keeps them in the shared KV bucket and applies them locally). Listing pods asks
-every healthy node. An unknown node name is refused before anything is sent.
+every healthy node, and reads the others' pods from the shared pods bucket (phase Unknown).
+An unknown node name is refused before anything is sent.
 """
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from services.runtime.bus import ServiceError
 from services.wire import subjects
 from services.wire.manifests import Document
 from services.wire.messages import INVALID, ListRequest
+
+UNKNOWN = "Unknown"        # the phase of a pod whose node is not ready (its record, not its state)
 
 
 async def members(client: Client) -> list[dict]:
@@ -51,12 +54,23 @@ async def targets(client: Client, docs: list[Document]) -> list[list[str | None]
 
 
 async def pods_by_node(client: Client, namespace: str) -> list[tuple[str, dict]]:
-    """(node, pod) for every pod on every healthy node."""
+    """(node, pod) for every pod in the cluster. A healthy node's endpointd lists its own; a
+    node that is not ready cannot, so its pods are read as last recorded in the shared pods
+    bucket, with "phase": "Unknown" (as kubectl shows a NotReady node's pods): a node that
+    does not answer never makes its pods look gone."""
+    nodes = await members(client)
     out = []
-    for name in healthy(await members(client)):
+    for name in healthy(nodes):
         pods = await client.call(subjects.POD_LIST, ListRequest(namespace=namespace),
                                  node=target(name, client.config.node))
         out += [(name, p) for p in pods]
+    down = [n["name"] for n in nodes if not n["healthy"]]
+    if down:
+        stored = await client.bus.kv_items(await client.bus.kv(subjects.BUCKET_PODS))
+        for key, pod in sorted(stored.items()):
+            node = next((name for name in down if key.startswith(f"{name}.")), None)
+            if node and (not namespace or pod["spec"]["namespace"] == namespace):
+                out.append((node, {**pod, "phase": UNKNOWN}))
     return out
 
 

@@ -31,7 +31,7 @@ from services.routed import iptables
 from services.runtime import supervisor
 from services.runtime.bus import ServiceError
 from services.wire import codec, subjects
-from services.wire.messages import INVALID, NOT_FOUND, FlowEvent, ListRequest
+from services.wire.messages import INVALID, NOT_FOUND, UNAVAILABLE, FlowEvent, ListRequest
 
 REPO = Path(__file__).resolve().parents[2]
 PROBE_TIMEOUT = 2.0
@@ -53,6 +53,8 @@ async def _pod(client: Client, ref: str) -> tuple[walkpath.Pod, str]:
     namespace, name = split_ref(ref)
     for node, pod in await placement.pods_by_node(client, namespace):
         if pod["spec"]["name"] == name:
+            if pod.get("phase") == placement.UNKNOWN:
+                raise ServiceError(UNAVAILABLE, f'pod "{namespace}/{name}" is on node {node}, which is not ready')
             st = pod["status"]
             return walkpath.Pod(f"{namespace}/{name}", st["pod_ip"], st["endpoint_id"], st["identity"],
                                 st["host_ifname"], st["host_ifindex"], node), st["netns"]

@@ -240,13 +240,17 @@ def start(config: NodeConfig, log_file) -> subprocess.Popen:
 
 
 def wait_listening(host: str, port: int, timeout: float, proc: subprocess.Popen | None = None) -> None:
+    """Wait until something listens on HOST:PORT; PROC, the process meant to (nats-server by
+    default, or any other), exiting first is an error that names it."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"nats-server exited with status {proc.returncode}")
+            name = Path(str(proc.args[0] if isinstance(proc.args, list) else proc.args)).name
+            raise RuntimeError(f"{name} ({' '.join(map(str, proc.args[1:3]))}) exited with status "
+                               f"{proc.returncode} before listening on {host}:{port}")
         try:
             with socket.create_connection((host, port), timeout=0.2):
                 return
         except OSError:
             time.sleep(0.05)
-    raise TimeoutError(f"nats-server did not listen on {host}:{port} within {timeout:g}s")
+    raise TimeoutError(f"nothing listened on {host}:{port} within {timeout:g}s")

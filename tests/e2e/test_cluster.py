@@ -242,6 +242,10 @@ def test_a_node_down_and_back(cluster):
     wait_for(lambda: gone.pod_cidr not in cluster.routes(0), "node 0 drops the route to the stopped node's pods")
     wait_for(lambda: f"{before['podIP']}/32" not in cluster.ipcache(0), "node 0 drops the stopped node's pod")
     assert not cluster.nodes(0)[gone.name]["healthy"]
+    # The stopped node's pod is still listed (as kubectl lists a NotReady node's), as recorded.
+    listed = cluster.pods()["x/p2"]
+    assert listed["status"]["phase"] == "Unknown" and listed["status"]["podIP"] == before["podIP"]
+    assert listed["spec"]["nodeName"] == gone.name
     proc = cluster.node_cli(2, "up", "--detach", "--timeout", "180", timeout=240)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     if cluster.routing == "native":

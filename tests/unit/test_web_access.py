@@ -25,9 +25,14 @@ class Page:
         self.config = load_config(path)
         self.log = open(tmp_path / "nats.log", "wb")
         self.nats = natsserver.start(self.config, self.log)
-        self.web = subprocess.Popen([sys.executable, "-m", "services.web", "--config", str(path)], cwd=REPO,
-                                    stdout=subprocess.DEVNULL, stderr=open(tmp_path / "web.log", "wb"))
-        natsserver.wait_listening("127.0.0.1", self.config.web.port, 60, self.web)
+        self.web = None
+        try:
+            self.web = subprocess.Popen([sys.executable, "-m", "services.web", "--config", str(path)], cwd=REPO,
+                                        stdout=subprocess.DEVNULL, stderr=open(tmp_path / "web.log", "wb"))
+            natsserver.wait_listening("127.0.0.1", self.config.web.port, 60, self.web)
+        except BaseException:
+            self.close()        # a page that never listened leaves no process behind
+            raise
         self.token = self.config.web_token_path.read_text().strip()
         self.base = self.config.web.url
 
@@ -42,8 +47,9 @@ class Page:
 
     def close(self) -> None:
         for proc in (self.web, self.nats):
-            proc.terminate()
-            proc.wait(timeout=30)
+            if proc is not None:
+                proc.terminate()
+                proc.wait(timeout=30)
         self.log.close()
 
 
