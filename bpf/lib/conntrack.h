@@ -150,24 +150,41 @@ static __always_inline int ct_may_reply(__u8 proto, struct l4_tuple *l4)
 	return proto != IPPROTO_ICMP || l4->policy_port == ICMP_ECHOREPLY;
 }
 
+/* Whether a packet that may be either way of its connection is more likely a reply: its
+ * source port is below its destination's. A server's port is as a rule below the client's
+ * (ephemeral ports start at 32768), so a request goes from the high port to the low one and
+ * its reply the other way. Only the order of ct_find's two lookups follows it. */
+static __always_inline int ct_reply_likely(struct l4_tuple *l4)
+{
+	return bpf_ntohs(l4->sport) < bpf_ntohs(l4->dport);
+}
+
 /* The live entry of the packet's connection and whether the packet is a reply; NULL (and
- * CT_NEW) when there is none or it expired. Touches nothing. */
+ * CT_NEW) when there is none or it expired. Touches nothing.
+ * A packet of TCP, UDP or SCTP may be either way: its own key and the reverse one are both
+ * looked up, the likelier first (ct_reply_likely), so an established packet as a rule costs
+ * one lookup. Both keys live at once only when the same two ports opened a connection each
+ * way (the second by a bare SYN, or over UDP); both passed policy, and a packet then counts
+ * to whichever is found first, its reply's when its ports say reply (as Cilium, which looks
+ * the reply up first). */
 static __always_inline enum ct_state ct_find(__be32 saddr, __be32 daddr, __u8 proto,
 					     struct l4_tuple *l4, __u64 now, struct ct_entry **entry)
 {
-	enum ct_state state = CT_ESTABLISHED;
-	struct ct_key key = { .saddr = saddr, .daddr = daddr, .sport = l4->sport,
+	struct ct_key fwd = { .saddr = saddr, .daddr = daddr, .sport = l4->sport,
 			      .dport = l4->dport, .protocol = proto };
+	struct ct_key rev = { .saddr = daddr, .daddr = saddr, .sport = l4->dport,
+			      .dport = l4->sport, .protocol = proto };
+	int may_fwd = ct_may_forward(proto, l4), may_rev = ct_may_reply(proto, l4);
+	int rev_first = may_rev && (!may_fwd || ct_reply_likely(l4));
+	enum ct_state state = rev_first ? CT_REPLY : CT_ESTABLISHED;
 	struct ct_entry *e = 0;
 
 	*entry = 0;
-	if (ct_may_forward(proto, l4))
-		e = cap_ct.lookup(&key);
-	if (!e && ct_may_reply(proto, l4)) {
-		key = (struct ct_key){ .saddr = daddr, .daddr = saddr, .sport = l4->dport,
-				       .dport = l4->sport, .protocol = proto };
-		e = cap_ct.lookup(&key);
-		state = CT_REPLY;
+	if (rev_first ? may_rev : may_fwd)
+		e = cap_ct.lookup(rev_first ? &rev : &fwd);
+	if (!e && (rev_first ? may_fwd : may_rev)) {
+		e = cap_ct.lookup(rev_first ? &fwd : &rev);
+		state = rev_first ? CT_ESTABLISHED : CT_REPLY;
 	}
 	if (!e || ct_expired(e, proto, now))
 		return CT_NEW;
