@@ -4,7 +4,8 @@ the same: after any change through its owner the next packet reads the endpoints
 a moved destination gets the packet at its new place and a source address that moved to
 another device is dropped there (anti-spoofing). from_container, compiled as a node compiles
 it, runs in the kernel's test loop (BPF_PROG_TEST_RUN) on the loopback device, the sender's
-"lxc" device here."""
+"lxc" device here. Also: a packet finds its connection whichever of its two keys conntrack
+looks up first."""
 from __future__ import annotations
 
 import ipaddress
@@ -31,11 +32,11 @@ TC_ACT_SHOT, TC_ACT_REDIRECT = 2, 7
 FRAME = 64
 
 
-def packet(src: str, dst: str) -> bytes:
+def packet(src: str, dst: str, sport: int = SPORT, dport: int = DPORT) -> bytes:
     """An Ethernet + IPv4 + TCP ACK frame of a connection's later packet."""
     header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, FRAME - 14, 0, 0x4000, 64, 6, 0,
                          socket.inet_aton(src), socket.inet_aton(dst))
-    tcp = struct.pack("!HHIIBBHHH", SPORT, DPORT, 1, 1, 0x50, 0x10, 65535, 0, 0)
+    tcp = struct.pack("!HHIIBBHHH", sport, dport, 1, 1, 0x50, 0x10, 65535, 0, 0)
     frame = b"\x02" * 6 + b"\x04" * 6 + b"\x08\x00" + header + tcp
     return frame + bytes(FRAME - len(frame))
 
@@ -48,10 +49,10 @@ def client(ifindex: int = LOOPBACK) -> Endpoint:
     return Endpoint(CLIENT, ifindex, 1002, 2, "02:00:00:00:00:02", "04:00:00:00:00:02")
 
 
-def connection_key() -> CtKey:
-    key = CtKey(protocol=6, sport=socket.htons(SPORT), dport=socket.htons(DPORT))
-    key.saddr[:] = ipaddress.IPv4Address(CLIENT).packed
-    key.daddr[:] = ipaddress.IPv4Address(SERVER).packed
+def connection_key(src: str = CLIENT, dst: str = SERVER, sport: int = SPORT, dport: int = DPORT) -> CtKey:
+    key = CtKey(protocol=6, sport=socket.htons(sport), dport=socket.htons(dport))
+    key.saddr[:] = ipaddress.IPv4Address(src).packed
+    key.daddr[:] = ipaddress.IPv4Address(dst).packed
     return key
 
 
@@ -115,3 +116,35 @@ def test_a_deleted_destination_gets_nothing(node):
     assert send(fd)[0] == TC_ACT_REDIRECT
     endpoints.delete(SERVER)
     assert send(fd)[0] == TC_ACT_SHOT          # an address of the pod CIDR no endpoint holds
+
+
+@pytest.mark.parametrize("sport, dport", [(SPORT, DPORT), (DPORT, SPORT), (SPORT, SPORT)],
+                         ids=["opened-from-the-higher-port", "opened-from-the-lower-port", "same-ports"])
+def test_requests_and_replies_find_their_connection_whichever_key_is_looked_up_first(node, sport, dport):
+    """ct_find looks the reverse key up first when the source port is the lower one: each
+    way's packets still reach their own entry's way, whatever the ports."""
+    fd, _, conntrack, _ = node
+    conntrack.flush()
+    now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+    key = connection_key(sport=sport, dport=dport)
+    conntrack.put(key, CtEntry(created=now, last_seen=now, flags=CT_SEEN_REPLY), packets=1, size=FRAME)
+    for _ in range(3):
+        assert bpfsys.run_once(fd, packet(CLIENT, SERVER, sport, dport))[0] == TC_ACT_REDIRECT
+    for _ in range(2):
+        assert bpfsys.run_once(fd, packet(SERVER, CLIENT, dport, sport))[0] == TC_ACT_REDIRECT
+    assert conntrack.ways(key) == [(1 + 3, (1 + 3) * FRAME), (2, 2 * FRAME)]
+    assert len(conntrack.all()) == 1
+
+
+def test_a_packet_whose_tuple_opened_a_connection_each_way_counts_once(node):
+    """The same two ports opened a connection each way (the second by a bare SYN): a packet
+    counts to exactly one of them, the reply's when its ports say reply (as Cilium)."""
+    fd, _, conntrack, _ = node
+    conntrack.flush()
+    now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+    forward, backward = connection_key(), connection_key(SERVER, CLIENT, DPORT, SPORT)
+    for key in (forward, backward):
+        conntrack.put(key, CtEntry(created=now, last_seen=now, flags=CT_SEEN_REPLY))
+    assert bpfsys.run_once(fd, packet(SERVER, CLIENT, DPORT, SPORT))[0] == TC_ACT_REDIRECT
+    assert conntrack.ways(forward) == [(0, 0), (1, FRAME)]
+    assert conntrack.ways(backward) == [(0, 0), (0, 0)]
