@@ -13,6 +13,12 @@ entries and the connection's conntrack entry. Each syscall runs a program TTL_RU
 on one packet (its TTL starts at 255, so every run is forwarded); the mean over all runs is
 reported, for a request (the entry's own direction) and a reply (found by the reverse key),
 and for to_container, a packet of a connection from outside the node into the sender's pod.
+
+"cold" runs each program once per syscall right after writing a buffer twice the size of
+this CPU's L2 cache, and reports the median: what a run costs when its instructions and map
+lines come from the last-level cache, as between two packets of a ping-pong, where the
+network stack and the applications run in between. It prices how many distinct lines a
+program touches, which the warm loop hides.
 """
 from __future__ import annotations
 
@@ -22,6 +28,7 @@ import ctypes as ct
 import ipaddress
 import shutil
 import socket
+import statistics
 import struct
 import sys
 import threading
@@ -44,6 +51,7 @@ OUTSIDE = "192.0.2.1"          # a host outside the node (to_container's packets
 SPORT, DPORT = 40000, 5201
 TTL_RUNS = 200                 # runs per syscall: the TTL (255) must stay above 1 throughout
 LOOPBACK = 1                   # the test loop's device: the sender's "lxc" ifindex
+COPIES = 8                     # loads of each program for the cold figures
 
 
 def packet(src: str, dst: str, sport: int, dport: int, size: int = 64) -> bytes:
@@ -66,6 +74,46 @@ def mean_ns(fd: int, frame: bytes, runs: int) -> tuple[int, float]:
         rc, ns = bpfsys.test_run(fd, frame, TTL_RUNS)
         total += ns
     return rc, total / max(1, runs // TTL_RUNS)
+
+
+def l2_bytes() -> int:
+    """This CPU's L2 cache size in bytes (sysfs), or 2 MiB when it does not say."""
+    for index in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
+        if (index / "level").read_text().strip() == "2":
+            size = (index / "size").read_text().strip()
+            return int(size[:-1]) * (1024 if size.endswith("K") else 1024 * 1024)
+    return 2 << 20
+
+
+def copies(bpf, name: str, count: int) -> list[int]:
+    """COUNT more loads of program NAME of the compiled object BPF: the same instructions,
+    each JIT-compiled to a place of its own in memory."""
+    from bcc import BPF, libbcc
+    lib, module, func = libbcc.lib, bpf.module, name.encode()
+    fds = []
+    for _ in range(count):
+        fd = lib.bcc_func_load(module, BPF.SCHED_CLS, func, lib.bpf_function_start(module, func),
+                               lib.bpf_function_size(module, func), lib.bpf_module_license(module),
+                               lib.bpf_module_kern_version(module), 0, None, 0, None, -1)
+        if fd < 0:
+            raise OSError(ct.get_errno(), f"loading another copy of {name}")
+        fds.append(fd)
+    return fds
+
+
+def cold_ns(runs: dict[str, tuple[list[int], bytes]], samples: int) -> dict[str, float]:
+    """Median ns of one run of each (program copies, packet) in RUNS after the caches were
+    filled with other lines (see the module's docstring). The runs take turns, so a change
+    in the machine's load moves every figure alike, and each figure pools its program's
+    copies, so no one placement of its code in memory decides it."""
+    size = 2 * l2_bytes()
+    flush = ct.create_string_buffer(size)
+    times: dict[str, list[int]] = {name: [] for name in runs}
+    for i in range(samples):
+        for name, (fds, frame) in runs.items():
+            ct.memset(flush, i & 0xff, size)
+            times[name].append(bpfsys.test_run(fds[i % len(fds)], frame, 1)[1])
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def both_cpus(fd: int, request: bytes, reply: bytes, runs: int) -> tuple[float, float]:
@@ -108,10 +156,12 @@ def lxc(root: Path):
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=200_000, help="program runs a figure (default 200000)")
+    parser.add_argument("--cold", type=int, default=2000, help="cold runs a figure, each after a cache flush (default 2000)")
     args = parser.parse_args(argv)
     from bcc import BPF
     root = Path("/sys/fs/bpf") / f"capillary-fastpath-{os.getpid()}"
     floor = BPF(src_file=str(FLOOR_SOURCE).encode())
+    placed: dict[str, list[int]] = {}
     try:
         loaded = lxc(root)
         progs = {"from_container": loaded.program_fd("from_container"),
@@ -121,20 +171,30 @@ def main(argv: list[str] | None = None) -> int:
         dests[dests.Key(int.from_bytes(socket.inet_aton(SERVER), "little"))] = dests.Leaf(4242)
         dests[dests.Key(int.from_bytes(socket.inet_aton(CLIENT), "little"))] = dests.Leaf(4242)
         request, reply = packet(CLIENT, SERVER, SPORT, DPORT), packet(SERVER, CLIENT, DPORT, SPORT)
+        outside = packet(OUTSIDE, CLIENT, SPORT, DPORT)
+        cases = [("to_container", "from outside", progs["to_container"], outside)]
+        cases += [(name, label, fd, frame) for name, fd in progs.items() if name != "to_container"
+                  for label, frame in (("request", request), ("reply", reply))]
+        for name, obj in (("from_container", loaded.bpf), ("to_container", loaded.bpf), ("floor_redirect", floor)):
+            placed[name] = copies(obj, name, COPIES)
+        cold = cold_ns({f"{name} {label}": (placed[name], frame) for name, label, _, frame in cases}, args.cold)
         rows = []
-        rc, ns = mean_ns(progs["to_container"], packet(OUTSIDE, CLIENT, SPORT, DPORT), args.runs)
-        rows.append(["to_container", "from outside", str(rc), f"{ns:.1f}"])
+        for name, label, fd, frame in cases:
+            rc, ns = mean_ns(fd, frame, args.runs)
+            rows.append([name, label, str(rc), f"{ns:.1f}", f"{cold[f'{name} {label}']:.0f}"])
         for name, fd in progs.items():
-            if name == "to_container":
-                continue
-            for label, frame in (("request", request), ("reply", reply)):
-                rc, ns = mean_ns(fd, frame, args.runs)
-                rows.append([name, label, str(rc), f"{ns:.1f}"])
-            rows.append([name, "both, CPU 0 / 1", "", "{:.1f} / {:.1f}".format(*both_cpus(fd, request, reply, args.runs))])
-        print(table(["program", "packet", "verdict", "ns/run"], rows))
+            if name != "to_container":
+                rows.append([name, "both, CPU 0 / 1", "",
+                             "{:.1f} / {:.1f}".format(*both_cpus(fd, request, reply, args.runs)), ""])
+        print(table(["program", "packet", "verdict", "ns/run", "cold ns/run"], rows))
+        print("cold, from_container ÷ floor: " + ", ".join(
+            f"{label} {cold['from_container ' + label] / cold['floor_redirect ' + label]:.2f}×"
+            for label in ("request", "reply")))
         print("xlated instructions (helper calls): " + "; ".join(
             f"{n} {c['insns']} ({c['helper_calls']})" for n, c in xlated_counts(progs).items()))
     finally:
+        for fd in [fd for fds in placed.values() for fd in fds]:
+            os.close(fd)
         floor.cleanup()
         shutil.rmtree(root, ignore_errors=True)
     return 0
