@@ -156,6 +156,9 @@ def lxc(root: Path):
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=200_000, help="program runs a figure (default 200000)")
+    parser.add_argument("--against", type=Path, metavar="BPF_DIR",
+                        help="also compile lxc.c from BPF_DIR (another checkout's bpf/) and run its "
+                             "from_container in the same turns, to price a change")
     parser.add_argument("--cold", type=int, default=2000, help="cold runs a figure, each after a cache flush (default 2000)")
     args = parser.parse_args(argv)
     from bcc import BPF
@@ -167,6 +170,12 @@ def main(argv: list[str] | None = None) -> int:
         progs = {"from_container": loaded.program_fd("from_container"),
                  "to_container": loaded.program_fd("to_container"),
                  "floor_redirect": floor.load_func(b"floor_redirect", BPF.SCHED_CLS).fd}
+        objects = {"from_container": loaded.bpf, "to_container": loaded.bpf, "floor_redirect": floor}
+        if args.against:
+            os.environ[loader.BPF_DIR_ENV] = str(args.against.resolve())
+            other = lxc(root / "against")
+            progs["against from_container"] = other.program_fd("from_container")
+            objects["against from_container"] = other.bpf
         dests = floor[b"floor_dests"]
         dests[dests.Key(int.from_bytes(socket.inet_aton(SERVER), "little"))] = dests.Leaf(4242)
         dests[dests.Key(int.from_bytes(socket.inet_aton(CLIENT), "little"))] = dests.Leaf(4242)
@@ -175,8 +184,8 @@ def main(argv: list[str] | None = None) -> int:
         cases = [("to_container", "from outside", progs["to_container"], outside)]
         cases += [(name, label, fd, frame) for name, fd in progs.items() if name != "to_container"
                   for label, frame in (("request", request), ("reply", reply))]
-        for name, obj in (("from_container", loaded.bpf), ("to_container", loaded.bpf), ("floor_redirect", floor)):
-            placed[name] = copies(obj, name, COPIES)
+        for name, obj in objects.items():
+            placed[name] = copies(obj, name.split()[-1], COPIES)
         cold = cold_ns({f"{name} {label}": (placed[name], frame) for name, label, _, frame in cases}, args.cold)
         rows = []
         for name, label, fd, frame in cases:
@@ -190,6 +199,10 @@ def main(argv: list[str] | None = None) -> int:
         print("cold, from_container ÷ floor: " + ", ".join(
             f"{label} {cold['from_container ' + label] / cold['floor_redirect ' + label]:.2f}×"
             for label in ("request", "reply")))
+        if args.against:
+            print("cold, from_container ÷ against's: " + ", ".join(
+                f"{label} {cold['from_container ' + label] / cold['against from_container ' + label]:.3f}×"
+                for label in ("request", "reply")))
         print("xlated instructions (helper calls): " + "; ".join(
             f"{n} {c['insns']} ({c['helper_calls']})" for n, c in xlated_counts(progs).items()))
     finally:
