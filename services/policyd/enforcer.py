@@ -18,12 +18,16 @@ Locking: none here; policyd calls every method under its own lock.
 """
 from __future__ import annotations
 
+import itertools
 from typing import Protocol
 
 from services.datapath.maps.policy import Counted, Key, Value
 from services.datapath.pinned import MapFull
 from services.policyd.compiler import Diff, Endpoint, TooManyEntries, Universe, compile_endpoint, diff
 from services.policyd.model import Policy
+
+
+WRITE_CHUNK = 8192          # entries packed and written at once (not 100,000 packed in one buffer)
 
 
 class PolicyMapFull(Exception):
@@ -92,16 +96,10 @@ class Enforcer:
         both the old and new state allow is never dropped, nor let through what both deny."""
         written = removed = 0
         for phase in ("allows", "denies"):
-            batch = [item for d in diffs.values() for item in getattr(d, phase).items()]
-            try:
-                self.map.write_many(batch, _Present(self.state))
-            except OSError as exc:
-                self._mirror(batch[:getattr(exc, "done", 0)])
-                if isinstance(exc, MapFull):
-                    raise PolicyMapFull(f"{exc}: maps.policy is {self.capacity}") from None
-                raise
-            self._mirror(batch)
-            written += len(batch)
+            items = (item for d in diffs.values() for item in getattr(d, phase).items())
+            while batch := list(itertools.islice(items, WRITE_CHUNK)):
+                self._write_chunk(batch)
+                written += len(batch)
         for d in diffs.values():
             for key in d.removed:
                 removed += self.map.delete(key)
@@ -110,6 +108,16 @@ class Enforcer:
                 if not entries:
                     self.state.pop(key.endpoint_id, None)
         return written, removed
+
+    def _write_chunk(self, batch: list[tuple[Key, Value]]) -> None:
+        try:
+            self.map.write_many(batch, _Present(self.state))
+        except OSError as exc:
+            self._mirror(batch[:getattr(exc, "done", 0)])
+            if isinstance(exc, MapFull):
+                raise PolicyMapFull(f"{exc}: maps.policy is {self.capacity}") from None
+            raise
+        self._mirror(batch)
 
     def _mirror(self, written: list[tuple[Key, Value]]) -> None:
         for key, value in written:

@@ -303,20 +303,19 @@ class PolicyService(Service):
         the old and new versions of what differs: only endpoints they select are
         recompiled, and when the set of CIDR identities changes, those of the policies
         whose peers resolve differently because of it (staging.widen)."""
-        base = self.enforcer.entry_count
-        trial = self.identities.copy()
+        base, remote = self.enforcer.entry_count, self.remote_ids
         try:
-            released, created = cidrs.resolve(trial, policies)
             # The identities in force, unless this change makes or drops CIDR identities.
             # (Should they change meanwhile, _change stages this again.)
-            universe = Universe({**self.remote_ids, **{i: e.labels for i, e in trial.by_id.items()}}) \
+            trial, released, created = cidrs.resolved(self.identities, policies)
+            universe = Universe({**remote, **{i: e.labels for i, e in trial.by_id.items()}}) \
                 if released or created else self._universe()
             only = self.enforcer.selected(staging.widen(changed, policies, released, created), universe)
             diffs, total = self.enforcer.plan(list(policies.values()), universe, only=only)
             self.enforcer.check_capacity(total)
         except (PolicyMapFull, IdentitiesExhausted) as exc:
             raise ServiceError(EXHAUSTED, str(exc)) from None
-        return Staged(policies, trial, released, created, diffs, frozenset(only), total, base)
+        return Staged(policies, trial, released, created, diffs, frozenset(only), total, base, (remote, universe))
 
     async def _commit(self, staged: Staged) -> tuple[int, int]:
         """Put a staged change in force, all but announcing its new CIDR identities (the
@@ -328,8 +327,9 @@ class PolicyService(Service):
         self._legacy_cidr_keys = []
         if staged.released or staged.created:
             self.identities = staged.identities
-        # (else its copy holds what self.identities holds: keeping the allocator keeps the
-        # Universe built from it, which 100,000 CIDR identities take a second to build again)
+            if staged.universe[0] is self.remote_ids:     # built from these: a second's work kept
+                self._universe_of = (self.identities, self.identities.generation, *staged.universe)
+        # (else it is self.identities: keeping the allocator keeps the Universe built from it)
         self.policies = staged.policies
         # Another staged change can still commit after this one when it compiled none of
         # these endpoints, unless identities came or went.

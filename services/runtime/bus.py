@@ -30,6 +30,15 @@ if TYPE_CHECKING:       # services pass their metrics in; a client (the CNI plug
 log = structlog.get_logger()
 
 
+OFF_LOOP_BYTES = 65536       # request bodies larger than this are decoded on a worker thread
+
+
+def _read(data: bytes, schema: type[Message] | None) -> tuple[Any, Any]:
+    """A request's decoded body and its message (raises DecodeError or SchemaError)."""
+    body = codec.decode(data) if data else {}
+    return body, (schema.from_wire(body, decoded=True) if schema else body)
+
+
 class StateUnreadable(ServiceError):
     """A KV bucket whose contents could not be read with certainty: its state is unknown,
     never "empty". Callers must not act on it (delete, re-plan) and should try again later."""
@@ -136,8 +145,10 @@ class Bus:
         async def on_msg(msg) -> None:
             started = time.perf_counter()
             try:
-                body = codec.decode(msg.data) if msg.data else {}
-                request = schema.from_wire(body, decoded=True) if schema else body
+                if len(msg.data) > OFF_LOOP_BYTES:      # megabytes of msgpack: seconds under load
+                    body, request = await asyncio.to_thread(_read, msg.data, schema)
+                else:
+                    body, request = _read(msg.data, schema)
                 # The handler's call holds the only reference to the request: it may let a
                 # large one go before it is done (policyd parses a 100,000-peer policy and
                 # keeps it packed).
