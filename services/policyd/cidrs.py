@@ -92,10 +92,16 @@ async def persist(kv, allocator: IdentityAllocator, changed: Iterable[Entry], le
     if not changed and not legacy:
         return
     content = await asyncio.to_thread(shard_contents, allocator, changed) if changed else {}
-    writes = [kv.put(s, codec.encode(v)) if v else kv.delete(s) for s, v in sorted(content.items())]
-    writes += [kv.delete(key) for key in legacy]
-    for start in range(0, len(writes), KV_WINDOW):
-        await asyncio.gather(*writes[start:start + KV_WINDOW])
+    shards = sorted(content)
+    for start in range(0, len(shards), KV_WINDOW):     # encoded a window at a time
+        await asyncio.gather(*(_write_shard(kv, s, content.pop(s)) for s in shards[start:start + KV_WINDOW]))
+    legacy = list(legacy)
+    for start in range(0, len(legacy), KV_WINDOW):
+        await asyncio.gather(*(kv.delete(key) for key in legacy[start:start + KV_WINDOW]))
+
+
+async def _write_shard(kv, shard: str, content: dict[str, int]) -> None:
+    await (kv.put(shard, codec.encode(content)) if content else kv.delete(shard))
 
 
 def _chunks(cidrs: list[str], identities: list[int], released: list[str]) -> list[IpcacheBatch]:

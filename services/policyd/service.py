@@ -215,7 +215,7 @@ class PolicyService(Service):
         cached = getattr(self, "_universe_of", None)
         if cached is None or cached[0] is not self.identities or cached[1] != self.identities.generation \
                 or cached[2] is not self.remote_ids:
-            universe = Universe({**self.remote_ids, **{i: e.labels for i, e in self.identities.by_id.items()}})
+            universe = _universe_of(self.remote_ids, self.identities)
             self._universe_of = (self.identities, self.identities.generation, self.remote_ids, universe)
         return self._universe_of[3]
 
@@ -308,8 +308,7 @@ class PolicyService(Service):
             # The identities in force, unless this change makes or drops CIDR identities.
             # (Should they change meanwhile, _change stages this again.)
             trial, released, created = cidrs.resolved(self.identities, policies)
-            universe = Universe({**remote, **{i: e.labels for i, e in trial.by_id.items()}}) \
-                if released or created else self._universe()
+            universe = _universe_of(remote, trial) if released or created else self._universe()
             only = self.enforcer.selected(staging.widen(changed, policies, released, created), universe)
             diffs, total = self.enforcer.plan(list(policies.values()), universe, only=only)
             self.enforcer.check_capacity(total)
@@ -335,7 +334,9 @@ class PolicyService(Service):
         # these endpoints, unless identities came or went.
         touched = None if staged.released or staged.created else staged.endpoints
         self._changes.bump(touched)
-        return await asyncio.to_thread(self._write, staged.diffs, touched)
+        written = await asyncio.to_thread(self._write, staged.diffs, touched)
+        staged.diffs.clear()          # its entries are in the map and its mirror: not kept twice
+        return written
 
     async def apply_policy(self, req: Apply) -> PolicyApplied:
         started = time.perf_counter()
@@ -520,6 +521,12 @@ async def _packed(policy: Policy) -> bytes:
     if isinstance(policy.document, PackedDocument):
         return policy.document.raw
     return await asyncio.to_thread(codec.encode, policy.document)
+
+
+def _universe_of(remote: dict[int, dict[str, str]], identities: IdentityAllocator) -> Universe:
+    known = dict(remote)
+    known.update((i, e.labels) for i, e in identities.by_id.items())
+    return Universe(known)
 
 
 def _same(a: Policy, b: Policy) -> bool:

@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry
 from services.runtime.bus import Bus, Credentials
 from services.runtime.config import NodeConfig, load_config
 from services.runtime.logging import setup_logging
+from services.runtime.memory import hand_back_freed_memory
 from services.runtime.metrics import BusMetrics, serve_metrics
 from services.wire import subjects
 from services.wire.messages import Health
@@ -87,6 +88,7 @@ def main(service_cls: type[Service]) -> None:
     parser = argparse.ArgumentParser(prog=f"capillary-{service_cls.NAME}")
     parser.add_argument("--config", help="node config file (default: $CAPILLARY_CONFIG)")
     args = parser.parse_args()
+    hand_back_freed_memory()
     setup_logging(service_cls.NAME)
     config = load_config(args.config)
     asyncio.run(service_cls(config).run())
