@@ -34,6 +34,7 @@ async def preview(service: "PolicyService", req: PolicyPreviewRequest) -> Policy
     names = await _pod_names(service)
     flows, warnings = await _recent_verdicts(service)
     async with service._lock:
+        await service._inflight.settled()
         current = service.policies.get(policy.key)
         action = "created" if current is None else \
             "unchanged" if current == policy and current.document == policy.document else "configured"

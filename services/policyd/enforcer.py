@@ -14,16 +14,22 @@ restart changes nothing in the kernel when nothing changed (fail closed: the old
 in force throughout). Invariant: ``self.state`` mirrors the map's keys and values; only
 apply() writes the map, and it updates the mirror as it goes.
 
-Locking: none here; policyd calls every method under its own lock.
+Locking: policyd plans under its own lock; apply() may run on two worker threads at once for
+disjoint endpoints (services.policyd.inflight), so the entry count is updated under a lock.
 """
 from __future__ import annotations
 
+import itertools
+import threading
 from typing import Protocol
 
 from services.datapath.maps.policy import Counted, Key, Value
 from services.datapath.pinned import MapFull
 from services.policyd.compiler import Diff, Endpoint, TooManyEntries, Universe, compile_endpoint, diff
 from services.policyd.model import Policy
+
+
+WRITE_CHUNK = 8192          # entries packed and written at once (not 100,000 packed in one buffer)
 
 
 class PolicyMapFull(Exception):
@@ -48,6 +54,14 @@ class Enforcer:
         for key, counted in policy_map.all().items():
             self.state.setdefault(key.endpoint_id, {})[key] = counted.value
         self.entry_count = sum(len(e) for e in self.state.values())     # entries in the map
+        self.reserved = 0           # entries committed changes will add, not written yet
+        self._count_lock = threading.Lock()
+
+    @property
+    def committed(self) -> int:
+        """The entries the map holds once every committed change is written (more, while
+        one is being written: its additions count twice until it is done)."""
+        return self.entry_count + self.reserved
 
     def plan(self, policies: list[Policy], universe: Universe,
              changed: list[Policy] | None = None, only: set[int] | None = None
@@ -63,7 +77,7 @@ class Enforcer:
             only = self.selected(changed, universe)
         targets = set(endpoints) | set(current) if only is None else set(only)
         diffs: dict[int, Diff] = {}
-        total = self.entry_count
+        total = self.committed
         for ep_id in targets:
             try:
                 wanted = {} if ep_id not in endpoints else \
@@ -92,30 +106,40 @@ class Enforcer:
         both the old and new state allow is never dropped, nor let through what both deny."""
         written = removed = 0
         for phase in ("allows", "denies"):
-            batch = [item for d in diffs.values() for item in getattr(d, phase).items()]
-            try:
-                self.map.write_many(batch, _Present(self.state))
-            except OSError as exc:
-                self._mirror(batch[:getattr(exc, "done", 0)])
-                if isinstance(exc, MapFull):
-                    raise PolicyMapFull(f"{exc}: maps.policy is {self.capacity}") from None
-                raise
-            self._mirror(batch)
-            written += len(batch)
+            items = (item for d in diffs.values() for item in getattr(d, phase).items())
+            while batch := list(itertools.islice(items, WRITE_CHUNK)):
+                self._write_chunk(batch)
+                written += len(batch)
         for d in diffs.values():
+            gone = 0
             for key in d.removed:
                 removed += self.map.delete(key)
                 entries = self.state.get(key.endpoint_id, {})
-                self.entry_count -= entries.pop(key, None) is not None
+                gone += entries.pop(key, None) is not None
                 if not entries:
                     self.state.pop(key.endpoint_id, None)
+            with self._count_lock:
+                self.entry_count -= gone
         return written, removed
 
+    def _write_chunk(self, batch: list[tuple[Key, Value]]) -> None:
+        try:
+            self.map.write_many(batch, _Present(self.state))
+        except OSError as exc:
+            self._mirror(batch[:getattr(exc, "done", 0)])
+            if isinstance(exc, MapFull):
+                raise PolicyMapFull(f"{exc}: maps.policy is {self.capacity}") from None
+            raise
+        self._mirror(batch)
+
     def _mirror(self, written: list[tuple[Key, Value]]) -> None:
+        new = 0
         for key, value in written:
             entries = self.state.setdefault(key.endpoint_id, {})
-            self.entry_count += key not in entries
+            new += key not in entries
             entries[key] = value
+        with self._count_lock:
+            self.entry_count += new
 
     def entries(self, endpoint_id: int) -> dict[Key, Counted]:
         """ENDPOINT_ID's entries with their counts: the keys from the mirror, each read from

@@ -1,8 +1,10 @@
 """policyd: security identities, policies (KV), its record of endpoints (KV) and the
 per-endpoint policy map.
 
-Locking: self._lock serialises every change to identities, policies, endpoints and the map,
-so one compile-diff-write cycle sees one consistent state.
+Locking: self._lock serialises every change to identities, policies and endpoints, so one
+compile-diff cycle sees one consistent state. A policy change writes the map after letting
+it go (services.policyd.changes, services.policyd.inflight); everything else that plans
+under it first waits for such writes to be done.
 
 KV is the truth and the map follows it, so a crash at any point converges at the next start
 (which plans from KV alone): every change is compiled and checked for capacity first
@@ -28,6 +30,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from services.datapath import loader
 from services.datapath.maps.policy import PolicyMap
 from services.policyd import cidrs, dryrun
+from services.policyd.changes import IPCACHE_TIMEOUT, Changes
+from services.policyd.inflight import InFlight
 from services.policyd.staging import ChangeLog, Staged
 from services.policyd import staging
 from services.policyd import metrics as policyd_metrics
@@ -46,8 +50,6 @@ from services.wire.messages import (EXHAUSTED, INTERNAL, INVALID, NOT_FOUND, App
                                     IdentityAllocate, IdentityRelease, ListRequest, ObjectRef,
                                     Plain, PolicyApplied, PolicyPreviewRequest, PolicyRule)
 
-IPCACHE_TIMEOUT = 60.0      # seconds for one ipcache.batch request (IPCACHE_BATCH_MAX prefixes)
-STAGE_ATTEMPTS = 3          # stagings of a policy change outside the lock before one under it
 
 
 def _wire(entry: Entry) -> Identity:
@@ -58,7 +60,7 @@ def kv_key(policy_key: str) -> str:
     return re.sub(r"[^-_=.a-zA-Z0-9]", ".", policy_key.replace("/", "."))
 
 
-class PolicyService(Service):
+class PolicyService(Changes, Service):
     NAME = "policyd"
 
     def __init__(self, config: NodeConfig, registry: CollectorRegistry | None = None) -> None:
@@ -112,6 +114,7 @@ class PolicyService(Service):
         when they differ from ours: another node applied or deleted one. The bucket's last
         write wins, so every node converges to the same revision."""
         async with self._lock:
+            await self._inflight.settled()     # plans from a mirror no write is changing
             mine = {kv_key(p.key): p.document for p in self.policies.values()}
             if mine == stored:
                 return
@@ -124,13 +127,15 @@ class PolicyService(Service):
                        self.policies[k].document != p.document]
             changed += [p for k, p in self.policies.items() if k not in wanted or wanted[k] != p]
             staged = self._stage(wanted, changed)
-            written, removed = await self._commit(staged)
+            tail = await self._commit(staged)
+        written, removed = await tail
         await cidrs.announce(self.bus, staged.created, [], IPCACHE_TIMEOUT)
         self._gauges()
         self.log.info("policies adopted from the cluster", policies=len(wanted), written=written, removed=removed)
 
     async def set_remote_identities(self, remote: dict[int, dict[str, str]]) -> None:
         async with self._lock:
+            await self._inflight.settled()     # plans from a mirror no write is changing
             self.remote_ids = {i: labels for i, labels in remote.items() if i not in self.identities.by_id}
             diffs, _ = self.enforcer.plan(list(self.policies.values()), self._universe())
             self._write(diffs)
@@ -140,6 +145,7 @@ class PolicyService(Service):
         are removed, unless the record has never been written (a node upgraded from before
         policyd kept one): then they stay until endpointd announces its pods again."""
         async with self._lock:
+            await self._inflight.settled()     # plans from a mirror no write is changing
             await self._sync_cidr_identities()
             only = None
             if not self.enforcer.endpoints and (await self.kv_endpoints.status()).values == 0:
@@ -160,6 +166,7 @@ class PolicyService(Service):
         endpoints = await self.bus.kv_items(self.kv_endpoints)
         self._legacy_cidr_keys: list[str] = []        # CIDR identities stored one a key, moved to shards
         self._changes = ChangeLog()    # what a staged policy change depends on
+        self._inflight = InFlight()    # map writes under way outside self._lock
         self._universe_of: tuple[IdentityAllocator, int, Universe] | None = None
         for key, raw in identities.items():
             if key.startswith(cidrs.SHARD_PREFIX):
@@ -215,7 +222,7 @@ class PolicyService(Service):
         cached = getattr(self, "_universe_of", None)
         if cached is None or cached[0] is not self.identities or cached[1] != self.identities.generation \
                 or cached[2] is not self.remote_ids:
-            universe = Universe({**self.remote_ids, **{i: e.labels for i, e in self.identities.by_id.items()}})
+            universe = _universe_of(self.remote_ids, self.identities)
             self._universe_of = (self.identities, self.identities.generation, self.remote_ids, universe)
         return self._universe_of[3]
 
@@ -238,6 +245,7 @@ class PolicyService(Service):
         if not req.labels:
             raise ServiceError(INVALID, "labels: an identity needs at least one label")
         async with self._lock:
+            await self._inflight.settled()     # plans from a mirror no write is changing
             self._changes.bump()       # what a staged policy change planned against
             try:
                 number = None
@@ -263,6 +271,7 @@ class PolicyService(Service):
 
     async def release(self, req: IdentityRelease) -> dict:
         async with self._lock:
+            await self._inflight.settled()     # plans from a mirror no write is changing
             self._changes.bump()       # what a staged policy change planned against
             gone = self.identities.release(req.identity, req.owner)
             await self._persist_identity(self.identities.by_id.get(req.identity), req.identity)
@@ -303,39 +312,18 @@ class PolicyService(Service):
         the old and new versions of what differs: only endpoints they select are
         recompiled, and when the set of CIDR identities changes, those of the policies
         whose peers resolve differently because of it (staging.widen)."""
-        base = self.enforcer.entry_count
-        trial = self.identities.copy()
+        base, remote = self.enforcer.committed, self.remote_ids
         try:
-            released, created = cidrs.resolve(trial, policies)
             # The identities in force, unless this change makes or drops CIDR identities.
             # (Should they change meanwhile, _change stages this again.)
-            universe = Universe({**self.remote_ids, **{i: e.labels for i, e in trial.by_id.items()}}) \
-                if released or created else self._universe()
+            trial, released, created = cidrs.resolved(self.identities, policies)
+            universe = _universe_of(remote, trial) if released or created else self._universe()
             only = self.enforcer.selected(staging.widen(changed, policies, released, created), universe)
             diffs, total = self.enforcer.plan(list(policies.values()), universe, only=only)
             self.enforcer.check_capacity(total)
         except (PolicyMapFull, IdentitiesExhausted) as exc:
             raise ServiceError(EXHAUSTED, str(exc)) from None
-        return Staged(policies, trial, released, created, diffs, frozenset(only), total, base)
-
-    async def _commit(self, staged: Staged) -> tuple[int, int]:
-        """Put a staged change in force, all but announcing its new CIDR identities (the
-        caller's next step); the policy itself is already in KV."""
-        # Removed CIDRs leave the ipcache before their entries go; new ones join it after.
-        await cidrs.announce(self.bus, [], staged.released, IPCACHE_TIMEOUT)
-        await cidrs.persist(self.kv_ids, staged.identities, staged.released + staged.created,
-                            self._legacy_cidr_keys)
-        self._legacy_cidr_keys = []
-        if staged.released or staged.created:
-            self.identities = staged.identities
-        # (else its copy holds what self.identities holds: keeping the allocator keeps the
-        # Universe built from it, which 100,000 CIDR identities take a second to build again)
-        self.policies = staged.policies
-        # Another staged change can still commit after this one when it compiled none of
-        # these endpoints, unless identities came or went.
-        touched = None if staged.released or staged.created else staged.endpoints
-        self._changes.bump(touched)
-        return await asyncio.to_thread(self._write, staged.diffs, touched)
+        return Staged(policies, trial, released, created, diffs, frozenset(only), total, base, (remote, universe))
 
     async def apply_policy(self, req: Apply) -> PolicyApplied:
         started = time.perf_counter()
@@ -407,49 +395,6 @@ class PolicyService(Service):
         locks = self.__dict__.setdefault("_policy_locks", {})
         return locks.setdefault(key, asyncio.Lock())
 
-    async def _change(self, wanted, changed: list[Policy], store) -> tuple[int, int, int]:
-        """Put WANTED() (the policies with this change) in force: staged (compiled, checked)
-        on a worker thread without self._lock, so that other requests go on meanwhile; then,
-        under self._lock, STORE() writes KV and the change is committed, if what was
-        committed since it was staged left its plan valid (services.policyd.staging; else
-        it is staged again; after STAGE_ATTEMPTS, under the lock, still on a worker thread).
-        New CIDR identities join the ipcache after the lock is let go: the policy's own
-        lock still keeps its next change behind that."""
-        result = None
-        for _ in range(STAGE_ATTEMPTS):
-            version = self._changes.version
-            try:
-                staged = await asyncio.to_thread(self._stage, wanted(), changed)
-            except RuntimeError:          # state changed under the worker's feet: stage again
-                continue
-            await cidrs.check_room(self.bus, staged.created, IPCACHE_TIMEOUT)
-            async with self._lock:
-                if self._changes.untouched_since(version, staged.endpoints):
-                    result = await self._commit_staged(self._rebased(staged, wanted()), store)
-                    break
-        if result is None:
-            async with self._lock:
-                staged = await asyncio.to_thread(self._stage, wanted(), changed)
-                await cidrs.check_room(self.bus, staged.created, IPCACHE_TIMEOUT)
-                result = await self._commit_staged(staged, store)
-        await cidrs.announce(self.bus, staged.created, [], IPCACHE_TIMEOUT)
-        return result
-
-    def _rebased(self, staged: Staged, policies: dict[str, Policy]) -> Staged:
-        """STAGED with POLICIES (those in force now, with this change) and the map's entry
-        count now: changes committed since it was staged touched none of its endpoints."""
-        total = staged.total - staged.base + self.enforcer.entry_count
-        try:
-            self.enforcer.check_capacity(total)
-        except PolicyMapFull as exc:
-            raise ServiceError(EXHAUSTED, str(exc)) from None
-        return dataclasses.replace(staged, policies=policies, total=total, base=self.enforcer.entry_count)
-
-    async def _commit_staged(self, staged: Staged, store) -> tuple[int, int, int]:
-        revision = await store()
-        written, removed = await self._commit(staged)
-        return revision, written, removed
-
     async def list_policies(self, _req: ListRequest) -> list[dict]:
         return [plain_document(p.document) for _, p in sorted(self.policies.items())]
 
@@ -465,6 +410,7 @@ class PolicyService(Service):
         restores at its start): record it in KV, then write its entries."""
         ep = Endpoint(req.endpoint_id, req.identity, req.audit)
         async with self._lock:
+            await self._inflight.settled()     # plans from a mirror no write is changing
             self._changes.bump()       # what a staged policy change planned against
             record = self.enforcer.endpoints
             before = record.get(ep.endpoint_id)
@@ -486,6 +432,7 @@ class PolicyService(Service):
     async def endpoint_forget(self, req: EndpointPolicy) -> dict:
         """endpointd removed an endpoint: drop it from the record in KV, then its entries."""
         async with self._lock:
+            await self._inflight.settled()     # plans from a mirror no write is changing
             self._changes.bump()       # what a staged policy change planned against
             record = self.enforcer.endpoints
             if req.endpoint_id in record:
@@ -520,6 +467,12 @@ async def _packed(policy: Policy) -> bytes:
     if isinstance(policy.document, PackedDocument):
         return policy.document.raw
     return await asyncio.to_thread(codec.encode, policy.document)
+
+
+def _universe_of(remote: dict[int, dict[str, str]], identities: IdentityAllocator) -> Universe:
+    known = dict(remote)
+    known.update((i, e.labels) for i, e in identities.by_id.items())
+    return Universe(known)
 
 
 def _same(a: Policy, b: Policy) -> bool:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass
 
-from services.policyd.compiler import Diff
+from services.policyd.compiler import Diff, Universe
 from services.policyd.identity import Entry, IdentityAllocator, cidr_label
 from services.policyd.model import Policy
 from services.wire import prefix
@@ -33,6 +33,7 @@ class Staged:
     endpoints: frozenset[int] | None       # the endpoints its plan compiled; None: every one
     total: int                             # entries the policy map would hold after it
     base: int                              # entries the map held when it was planned
+    universe: tuple[dict, Universe]        # (the remote identities, the Universe) it was planned in
 
 
 class ChangeLog:

@@ -5,6 +5,7 @@ import argparse
 import asyncio
 import os
 import signal
+import sys
 import time
 
 import structlog
@@ -13,9 +14,12 @@ from prometheus_client import CollectorRegistry
 from services.runtime.bus import Bus, Credentials
 from services.runtime.config import NodeConfig, load_config
 from services.runtime.logging import setup_logging
+from services.runtime.memory import hand_back_freed_memory
 from services.runtime.metrics import BusMetrics, serve_metrics
 from services.wire import subjects
 from services.wire.messages import Health
+
+SWITCH_INTERVAL = 0.001     # seconds a thread may hold the GIL while another waits for it
 
 
 class Service:
@@ -87,6 +91,10 @@ def main(service_cls: type[Service]) -> None:
     parser = argparse.ArgumentParser(prog=f"capillary-{service_cls.NAME}")
     parser.add_argument("--config", help="node config file (default: $CAPILLARY_CONFIG)")
     args = parser.parse_args()
+    hand_back_freed_memory()
+    # A worker thread compiling a large policy holds the GIL for up to the switch interval
+    # each time the event loop asks for it: 5 ms by default, and a request takes several turns.
+    sys.setswitchinterval(SWITCH_INTERVAL)
     setup_logging(service_cls.NAME)
     config = load_config(args.config)
     asyncio.run(service_cls(config).run())

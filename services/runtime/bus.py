@@ -30,6 +30,45 @@ if TYPE_CHECKING:       # services pass their metrics in; a client (the CNI plug
 log = structlog.get_logger()
 
 
+OFF_LOOP_BYTES = 65536       # request bodies larger than this are decoded on a worker thread
+
+
+def _read(data: bytes, schema: type[Message] | None) -> tuple[Any, Any]:
+    """A request's decoded body and its message (raises DecodeError or SchemaError)."""
+    body = codec.decode(data) if data else {}
+    return body, (schema.from_wire(body, decoded=True) if schema else body)
+
+
+class _Turn:
+    """A request's place on a concurrent subject: handlers start in arrival order (policyd
+    takes a policy's lock in its handler's first step), though a large body is decoded on a
+    worker thread meanwhile; a request behind it waits that long to start."""
+
+    def __init__(self, before: asyncio.Event | None) -> None:
+        self.before = before                 # set once the request before this one started
+        self.started = asyncio.Event()
+
+
+async def _handled(data: bytes, schema: type[Message] | None, handler: Handler, turn: _Turn | None) -> Any:
+    """HANDLER's result for a request body DATA (decoded off the event loop when large)."""
+    try:
+        if len(data) > OFF_LOOP_BYTES:      # megabytes of msgpack: a third of a second under load
+            body, request = await asyncio.to_thread(_read, data, schema)
+        else:
+            body, request = _read(data, schema)
+        if turn is not None and turn.before is not None:
+            await turn.before.wait()
+        # The handler's task holds the only reference to the request: it may let a large one
+        # go before it is done (policyd parses a 100,000-peer policy and keeps it packed).
+        # Tasks take their first step in the order they are made.
+        task = asyncio.ensure_future(handler(request))
+        del body, request
+    finally:
+        if turn is not None:
+            turn.started.set()
+    return await task
+
+
 class StateUnreadable(ServiceError):
     """A KV bucket whose contents could not be read with certainty: its state is unknown,
     never "empty". Callers must not act on it (delete, re-plan) and should try again later."""
@@ -133,18 +172,10 @@ class Bus:
         One request at a time, in arrival order, unless CONCURRENT: then each request is
         handled as its own task as it arrives (the handler does its own locking)."""
 
-        async def on_msg(msg) -> None:
+        async def on_msg(msg, turn: _Turn | None = None) -> None:
             started = time.perf_counter()
             try:
-                body = codec.decode(msg.data) if msg.data else {}
-                request = schema.from_wire(body, decoded=True) if schema else body
-                # The handler's call holds the only reference to the request: it may let a
-                # large one go before it is done (policyd parses a 100,000-peer policy and
-                # keeps it packed).
-                call = handler(request)
-                del body, request
-                result = await call
-                reply = ok_reply(result)
+                reply = ok_reply(await _handled(msg.data, schema, handler, turn))
             except (SchemaError, codec.DecodeError) as exc:
                 reply = error_reply(INVALID, str(exc))
             except ServiceError as exc:
@@ -166,8 +197,12 @@ class Bus:
                                                                f"over the bus's limit of {self.nc.max_payload}"))
                 await msg.respond(data)
 
+        last: list[asyncio.Event | None] = [None]
+
         async def spawn(msg) -> None:
-            task = asyncio.create_task(on_msg(msg))
+            turn = _Turn(last[0])
+            last[0] = turn.started
+            task = asyncio.create_task(on_msg(msg, turn))
             self._handling.add(task)
             task.add_done_callback(self._handling.discard)
 
