@@ -212,11 +212,11 @@ def run_rounds(pairs: list[Pair], cpus: Placement, rounds: int, seconds: int) ->
     return done
 
 
-def profile_variants(pairs: list[Pair], cpus: Placement, seconds: int) -> dict:
-    """Where the kernel's time goes in one iperf3 run per profiled variant (after the rounds)."""
+def profile_variants(pairs: list[Pair], cpus: Placement, seconds: int, variants: tuple[str, ...] = PROFILED) -> dict:
+    """Where the kernel's time goes in one iperf3 run per variant of VARIANTS (after the rounds)."""
     out = {}
     for pair in pairs:
-        if pair.variant in PROFILED:
+        if pair.variant in variants:
             log(f"perf: iperf3 through {pair.variant}")
             out[pair.variant] = perf_top(lambda: iperf(pair, cpus, seconds, 1), seconds + 1, "iperf3")
     return out

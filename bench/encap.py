@@ -21,8 +21,10 @@ per-round ratio. Targets: native >= 0.95x and tunnel >= 0.85x in throughput, p50
 <= 1.10x and tunnel <= 1.20x.
 
     .venv/bin/python bench/encap.py [--rounds 5] [--seconds 2] [--quick] [--cpus split|same|none]
-                                    [--legacy-routing]
+                                    [--legacy-routing] [--perf]
 
+With --perf, then `perf record -a` during one iperf3 run (1 stream) through the tunnel and
+one through the underlay: the top kernel symbols of each, to compare where the time goes.
 Prints tables and writes bench/results/encap.json. Everything it makes (namespaces capu-x*,
 capn-x*, cap-ox*, bpffs mounts /sys/fs/bpf/capillary-ox*, servers) is removed at the end,
 also on failure or Ctrl-C.
@@ -40,8 +42,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import BENCH_TAG, Spread, cleaned_up, environment, log, ratios, table, write_results  # noqa: E402
 from bench.targets import ENCAP_TARGETS  # noqa: E402
-from bench.datapath import (METRICS as DATAPATH_METRICS, PLACEMENTS, Pair, Placement, Sample, run_rounds, series,  # noqa: E402
-                            start_servers)
+from bench.datapath import (METRICS as DATAPATH_METRICS, PLACEMENTS, Pair, Placement, Sample,  # noqa: E402
+                            profile_variants, run_rounds, series, start_servers)
 from services.routed import tunnel  # noqa: E402
 from tests.support.twonodes import UNDERLAY_MTU, TwoNodes  # noqa: E402
 
@@ -50,6 +52,7 @@ VARIANTS = ("native", "tunnel", "underlay")
 # ns/packet figures are 0 for the underlay (no program), and its UDP rate is not run here.
 METRICS = {m: DATAPATH_METRICS[m] for m in ("gbps_1", "gbps_4", "rr_per_s", "p50_us", "p99_us")}
 BASELINE = "underlay"
+PROFILED = ("tunnel", BASELINE)
 # ratio to the underlay: >= for throughput, <= for latency
 TARGETS = {v: {"gbps_1": gbps, "gbps_4": gbps, "p50_us": p50} for v, (gbps, p50) in ENCAP_TARGETS.items()}
 
@@ -119,6 +122,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="one short round")
     parser.add_argument("--legacy-routing", action="store_true",
                         help="native variant through the host stacks (datapath.hostLegacyRouting)")
+    parser.add_argument("--perf", action="store_true",
+                        help="then `perf record -a` during iperf3 (1 stream) through the tunnel and the underlay: "
+                             "the top kernel symbols")
     parser.add_argument("--cpus", choices=PLACEMENTS, default="split",
                         help="client/server CPUs: split 0/1 (default), same 1/1, none (unpinned)")
     args = parser.parse_args(argv)
@@ -138,12 +144,16 @@ def main(argv: list[str] | None = None) -> int:
         before = vxlan_packets(two)
         rounds = run_rounds(pairs, cpus, args.rounds, args.seconds)
         after = vxlan_packets(two)
+        perf = profile_variants(pairs, cpus, args.seconds, PROFILED) if args.perf else None
     sent = {k: after[k] - before[k] for k in after}
     summary = summarize(rounds)
     print(f"{args.rounds} rounds of {args.seconds} s runs, CPUs {args.cpus} (client {cpus.client_cpu}, "
           f"server {cpus.server_cpu})\n")
     print(report(summary))
     print(f"\nduring the rounds: {sent}")
+    for variant, found in (perf or {}).items():
+        print(f"\nperf, iperf3 through {variant}: {found['error'] or ''}")
+        print("\n".join(f"  {row}" for row in found["top"]))
     path = write_results("encap", {
         "benchmark": "encap", "environment": environment(),
         "parameters": {"rounds": args.rounds, "seconds": args.seconds, "variants": list(VARIANTS), "cpus": args.cpus,
@@ -151,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
                        "underlay_mtu": UNDERLAY_MTU, "tunnel_pod_mtu": tunnel.pod_mtu(UNDERLAY_MTU),
                        "targets_vs_underlay": TARGETS},
         "rounds": [{"order": r["order"], "samples": {v: asdict(s) for v, s in r["samples"].items()}} for r in rounds],
-        "summary": summary, "vxlan": sent, "wall_seconds": round(time.monotonic() - began, 1)})
+        "summary": summary, "vxlan": sent, "perf": perf, "wall_seconds": round(time.monotonic() - began, 1)})
     print(f"\nwrote {path}")
     return 0
 

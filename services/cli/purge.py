@@ -1,5 +1,6 @@
 """Remove every trace of a node: pods' links and namespaces, the router device, from_netdev on
-the underlay device, iptables chains, pinned maps and the state directory."""
+the underlay device, iptables chains (the overlay's no-track rule too), pinned maps and the
+state directory."""
 from __future__ import annotations
 
 import errno
@@ -9,7 +10,7 @@ from pathlib import Path
 from services.datapath import netns
 from services.datapath.netlink import Netlink
 from services.endpointd.plumbing import is_host_ifname, netns_prefix
-from services.routed import iptables, netdev
+from services.routed import iptables, netdev, tunnel
 from services.runtime.config import NodeConfig
 
 
@@ -32,6 +33,7 @@ def purge_node(config: NodeConfig) -> list[str]:
             netns.remove(path)
             removed.append(f"netns {path}")
     iptables.remove(config.podCIDR, config.datapath.routerDevice)
+    iptables.remove_notrack(tunnel.PORT)
     root = Path(config.datapath.bpfRoot)
     if root.exists():
         shutil.rmtree(root)

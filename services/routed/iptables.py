@@ -3,7 +3,13 @@
 FORWARD jumps to CAPILLARY-FORWARD (inserted first, so a host FORWARD policy of DROP, as
 dockerd sets, does not cut pods off); CAPILLARY-FORWARD accepts traffic from and to the pod
 CIDR. With masquerade on, nat POSTROUTING jumps to CAPILLARY-POSTROUTING, which masquerades
-pod traffic leaving the node.
+pod traffic leaving the node. In tunnel mode, raw PREROUTING and OUTPUT jump to
+CAPILLARY-NOTRACK, which exempts the overlay's UDP port from connection tracking (as Cilium
+does for its own traffic): where conntrack is active in the node's namespace (masquerade, a
+container engine's rules), every encapsulated packet would otherwise be looked up in (and
+kept in) the conntrack table on both nodes. The overlay carries its own conntrack
+(bpf/lib/conntrack.h), and nothing in the host stack needs to know these packets' state.
+The rule does not turn conntrack on in a namespace where nothing else did.
 """
 from __future__ import annotations
 
@@ -11,6 +17,8 @@ import subprocess
 
 FORWARD_CHAIN = "CAPILLARY-FORWARD"
 NAT_CHAIN = "CAPILLARY-POSTROUTING"
+NOTRACK_CHAIN = "CAPILLARY-NOTRACK"
+NOTRACK_PARENTS = ("PREROUTING", "OUTPUT")     # packets received, and packets the node sends
 
 
 class IptablesError(RuntimeError):
@@ -67,7 +75,25 @@ def ensure(pod_cidr: str, router_device: str, masquerade: bool) -> None:
         _ensure_rule("nat", NAT_CHAIN, _nat_rule(pod_cidr, router_device))
         _ensure_rule("nat", "POSTROUTING", ["-j", NAT_CHAIN])
     else:
-        _remove_own("nat", NAT_CHAIN, "POSTROUTING", [_nat_rule(pod_cidr, router_device)])
+        _remove_own("nat", NAT_CHAIN, ("POSTROUTING",), [_nat_rule(pod_cidr, router_device)])
+
+
+def _notrack_rule(port: int) -> list[str]:
+    return ["-p", "udp", "--dport", str(port), "-j", "CT", "--notrack",
+            "-m", "comment", "--comment", "capillary: overlay traffic is not tracked"]
+
+
+def ensure_notrack(port: int) -> None:
+    """Traffic to UDP PORT (the overlay's) untracked by conntrack, both ways. Idempotent."""
+    _ensure_chain("raw", NOTRACK_CHAIN)
+    _ensure_rule("raw", NOTRACK_CHAIN, _notrack_rule(port))
+    for parent in NOTRACK_PARENTS:
+        _ensure_rule("raw", parent, ["-j", NOTRACK_CHAIN], insert=True)
+
+
+def remove_notrack(port: int) -> None:
+    """Undo ensure_notrack; the chain and its jumps go once no node has rules left in it."""
+    _remove_own("raw", NOTRACK_CHAIN, NOTRACK_PARENTS, [_notrack_rule(port)])
 
 
 def _chain_is_empty(table: str, chain: str) -> bool:
@@ -75,21 +101,22 @@ def _chain_is_empty(table: str, chain: str) -> bool:
     return proc.returncode == 0 and all(not line.startswith("-A") for line in proc.stdout.splitlines())
 
 
-def _remove_own(table: str, chain: str, parent: str, rules: list[list[str]]) -> None:
-    """Remove RULES from CHAIN; the chain and its jump go once no node has rules left in it
-    (several nodes, e.g. test nodes, may share one host)."""
+def _remove_own(table: str, chain: str, parents: tuple[str, ...], rules: list[list[str]]) -> None:
+    """Remove RULES from CHAIN; the chain and its jumps from PARENTS go once no node has rules
+    left in it (several nodes, e.g. test nodes, may share one host)."""
     if not _ipt("-t", table, "-n", "-L", chain, check=False):
         return
     for rule in rules:
         _remove_rule(table, chain, rule)
     if _chain_is_empty(table, chain):
-        _remove_rule(table, parent, ["-j", chain])
+        for parent in parents:
+            _remove_rule(table, parent, ["-j", chain])
         _remove_chain(table, chain)
 
 
 def remove(pod_cidr: str, router_device: str) -> None:
-    _remove_own("filter", FORWARD_CHAIN, "FORWARD", _forward_rules(pod_cidr))
-    _remove_own("nat", NAT_CHAIN, "POSTROUTING", [_nat_rule(pod_cidr, router_device)])
+    _remove_own("filter", FORWARD_CHAIN, ("FORWARD",), _forward_rules(pod_cidr))
+    _remove_own("nat", NAT_CHAIN, ("POSTROUTING",), [_nat_rule(pod_cidr, router_device)])
 
 
 def forward_packets(pod_cidr: str) -> int:

@@ -89,10 +89,20 @@ class RoutedService(Service):
     async def stop(self) -> None:
         if getattr(self, "cluster", None):
             await self.cluster.stop()
+            if self.cluster.tunnel:
+                await self._untracked_no_more()
         if hasattr(self, "_refresher"):
             self._refresher.cancel()
         if hasattr(self, "worker"):
             self.worker.close()
+
+    async def _untracked_no_more(self) -> None:
+        """The node goes down: its no-track rule goes (services.routed.iptables). The VXLAN
+        device stays, so pods' connections across nodes live on meanwhile (tracked)."""
+        try:
+            await self.worker.run(iptables.remove_notrack, tunnel.PORT)
+        except iptables.IptablesError as exc:
+            self.log.warning("could not remove the overlay's no-track rule", error=str(exc))
 
     async def counters(self) -> dict[str, int]:
         return {"ipcache_entries": len(self.claims), "ipcache_capacity": self.config.maps.ipcache,

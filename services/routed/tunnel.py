@@ -4,7 +4,9 @@ One collect-metadata VXLAN device per node (cap_vxlan, UDP 8472 as Cilium's vxla
 from_container encapsulates a packet for a pod whose ipcache entry names a tunnel endpoint
 (bpf/lib/overlay.h) and redirects it here; from_overlay, at this device's tc ingress,
 enforces the receiving pod's policy and delivers it (bpf/lxc.c). The device's ifindex is
-handed to the datapath through cap_tunnel (services/datapath/maps/tunnel.py).
+handed to the datapath through cap_tunnel (services/datapath/maps/tunnel.py). The overlay's
+UDP port is exempt from the host's connection tracking while the device is ours
+(services.routed.iptables.ensure_notrack).
 
 Everything here is synchronous netlink or map work, for the netlink worker thread of
 whichever namespace is the node's (services/datapath/netlink.py). Setting up is undone on
@@ -20,6 +22,7 @@ from services.datapath import bpfsys, loader
 from services.datapath.maps.tunnel import FROM_OVERLAY, TunnelMap
 from services.datapath.mtu import OVERHEAD, pod_mtu, pod_mtu_on  # noqa: F401 - this module's API too
 from services.datapath.netlink import TC_INGRESS, Netlink
+from services.routed import iptables
 from services.runtime.bus import ServiceError
 from services.runtime.config import NodeConfig
 from services.wire.messages import INVALID
@@ -55,14 +58,17 @@ def ensure(nl: Netlink, config: NodeConfig, name: str = DEVICE) -> int:
 
 
 def ensure_device(nl: Netlink, config: NodeConfig, program_fd: int, name: str = DEVICE) -> int:
-    """The VXLAN device NAME up, from_overlay (PROGRAM_FD) at its ingress, and the datapath
-    told its ifindex; returns the ifindex. On failure the device is removed again."""
+    """The VXLAN device NAME up, from_overlay (PROGRAM_FD) at its ingress, its traffic
+    untracked, and the datapath told its ifindex; returns the ifindex. On failure the device
+    and the no-track rule are removed again."""
     link = nl.ensure_vxlan(name, PORT)
     tunnels = TunnelMap(Path(config.datapath.bpfRoot))
     try:
         nl.attach_bpf(link.index, program_fd, FROM_OVERLAY, TC_INGRESS)
+        iptables.ensure_notrack(PORT)
         tunnels.set_device(link.index)
     except BaseException:
+        iptables.remove_notrack(PORT)
         nl.delete_link(name)
         raise
     finally:
@@ -72,13 +78,14 @@ def ensure_device(nl: Netlink, config: NodeConfig, program_fd: int, name: str = 
 
 def remove_device(nl: Netlink, config: NodeConfig, name: str = DEVICE) -> None:
     """The datapath told there is no overlay (what it would encapsulate is dropped, with
-    DROP_NO_TUNNEL_ENDPOINT), then the device deleted."""
+    DROP_NO_TUNNEL_ENDPOINT), then the device deleted and the no-track rule removed."""
     tunnels = TunnelMap(Path(config.datapath.bpfRoot))
     try:
         tunnels.set_device(0)
     finally:
         tunnels.close()
     nl.delete_link(name)
+    iptables.remove_notrack(PORT)
 
 
 def remote_cidr(pod_ip: str) -> str:

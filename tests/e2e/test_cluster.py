@@ -12,6 +12,7 @@ import time
 import pytest
 import yaml
 
+from services.routed import tunnel
 from tests.support import disruption
 from tests.support.labcluster import LabCluster
 from tests.support.traffic import Servers
@@ -46,6 +47,13 @@ def cluster(request, tmp_path_factory):
         c.down()
         left = c.leftovers()
         assert not left, f"the cluster left things behind: {left}"
+
+
+def untracked_overlay(cluster, i: int) -> bool:
+    """Whether node I's namespace exempts the overlay's UDP port from conntrack (routed's
+    rule, tunnel mode only)."""
+    rules = cluster.in_host(i, "iptables", "-w", "-t", "raw", "-S").stdout
+    return f"--dport {tunnel.PORT}" in rules and "CT --notrack" in rules
 
 
 def ip_of(cluster, ref: str) -> str:
@@ -93,6 +101,8 @@ def test_routes_and_ipcache_for_remote_pods(cluster):
     else:   # the datapath encapsulates to the node: no route, the tunnel endpoint in the entry
         assert entry["tunnel_endpoint"] == cluster.node(1).underlay_ip
         assert route not in cluster.routes(0)
+    for i in range(3):
+        assert untracked_overlay(cluster, i) == (cluster.routing == "tunnel"), f"node {i}"
 
 
 def test_label_policy_allows_and_denies_across_nodes(cluster):
@@ -239,6 +249,7 @@ def test_a_node_down_and_back(cluster):
     before = cluster.pods()["x/p2"]["status"]
     proc = cluster.node_cli(2, "down")
     assert proc.returncode == 0, proc.stderr
+    assert not untracked_overlay(cluster, 2), "the stopped node left its no-track rule"
     wait_for(lambda: gone.pod_cidr not in cluster.routes(0), "node 0 drops the route to the stopped node's pods")
     wait_for(lambda: f"{before['podIP']}/32" not in cluster.ipcache(0), "node 0 drops the stopped node's pod")
     assert not cluster.nodes(0)[gone.name]["healthy"]
@@ -255,6 +266,7 @@ def test_a_node_down_and_back(cluster):
     after = cluster.pods()["x/p2"]["status"]
     assert (after["podIP"], after["identity"]) == (before["podIP"], before["identity"])
     wait_for(lambda: cluster.ping(0, "x/p0", after["podIP"]), "p0 reaches p2 again")
+    assert untracked_overlay(cluster, 2) == (cluster.routing == "tunnel")
 
 
 def test_a_purged_node_leaves_the_cluster(cluster):
