@@ -1,6 +1,9 @@
+from pathlib import Path
+
 import pytest
 import yaml
 
+from services.datapath.maps.conntrack import ConntrackMap
 from tests.e2e.policy_model import Model
 from tests.support.node import Node
 
@@ -43,7 +46,9 @@ def tiny_ring_node(tmp_path_factory):
 
 @pytest.fixture
 def policies(node):
-    """Apply policies for one test; delete them afterwards (and check the matrix is open)."""
+    """Apply policies for one test; delete them afterwards, with the connections the test
+    opened. Those stay established under the next test's policies, as they should, and a probe
+    of the next test whose UDP source port happens to be one of them would ride on it."""
     applied = []
 
     def apply(*docs: dict) -> None:
@@ -57,6 +62,11 @@ def policies(node):
                 "CiliumClusterwideNetworkPolicy": "ccnp"}[doc["kind"]]
         ns = doc["metadata"].get("namespace", "default")
         node.cli("delete", kind, doc["metadata"]["name"], "-n", ns)
+    table = ConntrackMap(Path(node.bpf_root))
+    try:
+        table.flush()
+    finally:
+        table.close()
 
 
 @pytest.fixture(scope="module")
