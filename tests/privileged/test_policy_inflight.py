@@ -3,6 +3,7 @@ endpoints commits meanwhile, one to the same endpoints waits for it, and both en
 Real KV buckets (a real nats-server); the policy map is the dict-backed fake, whose writes
 to one endpoint are held until the test lets them go."""
 import asyncio
+import contextlib
 import threading
 
 import pytest
@@ -62,23 +63,31 @@ def allowed(fake: FakePolicyMap, endpoint_id: int, port: int) -> bool:
     return any(k.endpoint_id == endpoint_id and k.port == port and not k.egress for k in fake.entries)
 
 
+@contextlib.asynccontextmanager
+async def web_write_held(url: str):
+    """policyd with two endpoints, its write of a policy for web (port 80) held partway:
+    (the service, its map, the task of that apply). Every write is let go at the end."""
+    fake = HeldMap(held=1)
+    svc = await two_endpoints(url, fake)
+    fake.armed = True
+    try:
+        web = asyncio.ensure_future(svc.apply_policy(Apply(policy("web", "web", 80))))
+        assert await asyncio.to_thread(fake.entered.wait, WAIT), "the web write never began"
+        yield svc, fake, web
+    finally:
+        fake.release.set()
+        await svc.bus.drain()
+
+
 def test_a_change_to_other_endpoints_commits_while_a_write_is_under_way(nats_url):
     async def body():
-        fake = HeldMap(held=1)
-        svc = await two_endpoints(nats_url, fake)
-        fake.armed = True
-        try:
-            web = asyncio.ensure_future(svc.apply_policy(Apply(policy("web", "web", 80))))
-            assert await asyncio.to_thread(fake.entered.wait, WAIT), "the web write never began"
+        async with web_write_held(nats_url) as (svc, fake, web):
             api = asyncio.ensure_future(svc.apply_policy(Apply(policy("api", "api", 8080))))
             done, _ = await asyncio.wait({web, api}, timeout=WAIT, return_when=asyncio.FIRST_COMPLETED)
             during = (api in done, web in done, allowed(fake, 2, 8080), allowed(fake, 1, 80))
             fake.release.set()
             await asyncio.gather(web, api)
             return during, fake
-        finally:
-            fake.release.set()
-            await svc.bus.drain()
     during, fake = asyncio.run(body())
     assert during == (True, False, True, False), "(api done, web done, api's entry, web's entry) while web's write was held"
     assert allowed(fake, 1, 80) and allowed(fake, 2, 8080)
@@ -86,12 +95,7 @@ def test_a_change_to_other_endpoints_commits_while_a_write_is_under_way(nats_url
 
 def test_a_change_to_the_same_endpoints_waits_for_the_write_and_both_end_in_force(nats_url):
     async def body():
-        fake = HeldMap(held=1)
-        svc = await two_endpoints(nats_url, fake)
-        fake.armed = True
-        try:
-            first = asyncio.ensure_future(svc.apply_policy(Apply(policy("web", "web", 80))))
-            assert await asyncio.to_thread(fake.entered.wait, WAIT), "the web write never began"
+        async with web_write_held(nats_url) as (svc, fake, first):
             second = asyncio.ensure_future(svc.apply_policy(Apply(policy("web-tls", "web", 443))))
             sync = asyncio.ensure_future(svc.endpoint_sync(EndpointPolicy(1, WEB)))
             await asyncio.sleep(0.5)            # time for either to go wrong; nothing is timed
@@ -101,9 +105,6 @@ def test_a_change_to_the_same_endpoints_waits_for_the_write_and_both_end_in_forc
             diffs, _ = svc.enforcer.plan(list(svc.policies.values()), svc._universe())
             mirror = {k for entries in svc.enforcer.state.values() for k in entries}
             return during, fake, diffs, mirror
-        finally:
-            fake.release.set()
-            await svc.bus.drain()
     during, fake, diffs, mirror = asyncio.run(body())
     assert not during, "a change to the held endpoint finished before its write was done"
     assert allowed(fake, 1, 80) and allowed(fake, 1, 443)
