@@ -8,8 +8,8 @@ next; what two CPUs sharing a connection add is bench/datapath.py's to show.
 
 lxc.c is compiled as a node compiles it (services/datapath/loader.py), with its maps pinned
 under a throwaway bpffs directory (removed at the end), and given two endpoints (the
-sender's on this netns's loopback, which the test loop runs the program on), their counter
-entries and the connection's conntrack entry. Each syscall runs a program TTL_RUNS times
+sender's on this netns's loopback, which the test loop runs the program on; their counter
+slots exist with the map) and the connection's conntrack entry. Each syscall runs a program TTL_RUNS times
 on one packet (its TTL starts at 255, so every run is forwarded); the mean over all runs is
 reported, for a request (the entry's own direction) and a reply (found by the reverse key),
 and for to_container, a packet of a connection from outside the node into the sender's pod.
@@ -42,7 +42,6 @@ from bench.floor import SOURCE as FLOOR_SOURCE, xlated_counts  # noqa: E402
 from services.datapath import bpfsys, loader  # noqa: E402
 from services.datapath.maps.conntrack import ConntrackMap, CtEntry, CtKey  # noqa: E402
 from services.datapath.maps.endpoints import Endpoint, EndpointMap  # noqa: E402
-from services.datapath.maps.metrics import EndpointMetricsMap  # noqa: E402
 from services.runtime.config import DatapathConfig, NodeConfig  # noqa: E402
 
 POD_CIDR = "10.236.0.0/16"
@@ -138,17 +137,16 @@ def lxc(root: Path):
     connection in place."""
     config = NodeConfig(podCIDR=POD_CIDR, datapath=DatapathConfig(bpfRoot=str(root)))
     loaded = loader.compile_source("lxc.c", config)
-    endpoints, counters, conntrack = EndpointMap(root), EndpointMetricsMap(root), ConntrackMap(root)
+    endpoints, conntrack = EndpointMap(root), ConntrackMap(root)
     for n, (ip, ifindex) in enumerate(((CLIENT, LOOPBACK), (SERVER, LOOPBACK)), start=1):
         endpoints.upsert(Endpoint(ip, ifindex, 1000 + n, n, "02:00:00:00:00:0%d" % n, "04:00:00:00:00:0%d" % n))
-        counters.create(n)
     now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
     for src in (CLIENT, OUTSIDE):
         key = CtKey(protocol=6, sport=socket.htons(SPORT), dport=socket.htons(DPORT))
         key.saddr[:] = ipaddress.IPv4Address(src).packed
         key.daddr[:] = ipaddress.IPv4Address(SERVER if src == CLIENT else CLIENT).packed
         conntrack.put(key, CtEntry(created=now, last_seen=now, flags=2), packets=1, size=64)
-    for m in (endpoints, counters, conntrack):
+    for m in (endpoints, conntrack):
         m.close()
     return loaded
 

@@ -1,8 +1,8 @@
 /* Per-CPU packet and byte counters by (direction, reason), and per endpoint. Owner:
  * endpointd, read by flowd and `capillary status`. cap_metrics index = direction << 8 | reason.
- * cap_ep_metrics index = endpoint id: endpointd gives each endpoint the lowest free id, at
- * most ENDPOINTS_MAP_SIZE (services/endpointd/service.py), and zeroes an endpoint's counters
- * when it goes, so a reused id starts from zero. */
+ * cap_ep_metrics holds the endpoints' counters EP_METRICS_BLOCK to an element: endpoint id N
+ * is slot N % EP_METRICS_BLOCK of element N / EP_METRICS_BLOCK. endpointd gives each endpoint
+ * the lowest free id, at most ENDPOINTS_MAP_SIZE (services/endpointd/service.py). */
 #ifndef CAPILLARY_METRICS_H
 #define CAPILLARY_METRICS_H
 
@@ -30,17 +30,35 @@ struct ep_metrics {
 #define ENDPOINTS_MAP_SIZE 4096
 #endif
 
-/* An array, not a hash: the verifier inlines a lookup as an index, where a hash map would
- * hash the id and walk a bucket, for the sender and again for the receiver of each packet. */
-BPF_TABLE_PINNED("percpu_array", __u32, struct ep_metrics, cap_ep_metrics,
-		 ENDPOINTS_MAP_SIZE + 1, PIN_ROOT "/ep_metrics");
+/* Blocks, not an element per endpoint: a per-CPU array keeps a table of pointers to each
+ * element's per-CPU values, and at one element an endpoint that table outgrows kmalloc
+ * (over 4,000 entries) and lands in vmalloc's 4 KB pages, where a packet's lookup costs a
+ * page walk whenever the TLB has lost it (a sixth of a cold run: docs/benchmarks.md 1d). */
+#define EP_METRICS_BLOCK 256
+
+struct ep_metrics_block {
+	struct ep_metrics ep[EP_METRICS_BLOCK];
+};
+
+BPF_TABLE_PINNED("percpu_array", __u32, struct ep_metrics_block, cap_ep_metrics,
+		 ENDPOINTS_MAP_SIZE / EP_METRICS_BLOCK + 1, PIN_ROOT "/ep_metrics");
+
+/* What each id's counters, summed over the CPUs, read when its last endpoint went: an
+ * endpoint's counts are its counters less this. Userspace zeroes an id this way because it
+ * cannot write one slot of a block without rewriting its neighbours', whose packets the
+ * datapath may be counting at that moment. Not read by programs. */
+BPF_TABLE_PINNED("array", __u32, struct ep_metrics, cap_ep_metrics_base,
+		 ENDPOINTS_MAP_SIZE + 1, PIN_ROOT "/ep_metrics_base");
 
 static __always_inline void count_endpoint(struct __sk_buff *skb, __u32 endpoint_id, int rx)
 {
-	struct ep_metrics *v = cap_ep_metrics.lookup(&endpoint_id);
+	__u32 block = endpoint_id / EP_METRICS_BLOCK;
+	struct ep_metrics_block *b = cap_ep_metrics.lookup(&block);
+	struct ep_metrics *v;
 
-	if (!v)
+	if (!b)
 		return;
+	v = &b->ep[endpoint_id & (EP_METRICS_BLOCK - 1)];
 	if (rx) {
 		v->rx_packets += 1;
 		v->rx_bytes += skb->len;

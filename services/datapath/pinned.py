@@ -208,6 +208,17 @@ class PinnedMap(Generic[K, V]):
         return [self.value_type.from_buffer_copy(blob[i * self._stride:i * self._stride + ct.sizeof(self.value_type)])
                 for i in range(self._ncpu)]
 
+    def get_percpu_words(self, key: K) -> memoryview | None:
+        """KEY's per-CPU values as one run of u64 words, CPU after CPU, each CPU's value
+        padded to a whole word (words_per_cpu() apart); None when KEY is not there."""
+        raw = self._raw()
+        if not self._lookup(key, raw):
+            return None
+        return memoryview(raw).cast("B").cast("Q")
+
+    def words_per_cpu(self) -> int:
+        return self._stride // 8
+
     def _lookup(self, key, value) -> bool:
         try:
             return bpfsys.lookup(self.fd, key, value)

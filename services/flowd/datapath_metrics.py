@@ -78,13 +78,14 @@ class DatapathCollector:
                                       "(egress) each pod, counted by the datapath", labels=labels)
         octets = CounterMetricFamily("capillary_endpoint_bytes", "Bytes into (ingress) and out of (egress) "
                                      "each pod, counted by the datapath", labels=labels)
+        try:
+            counted = {c.endpoint_id: c for c in self._ep_map.all()}
+        except MapError:
+            return [packets, octets]        # unreadable: no figures rather than zeros
         for endpoint_id, (namespace, name) in sorted(self.pods().items()):
-            try:
-                c = self._ep_map.read(endpoint_id)
-            except MapError:
-                continue        # an id the counters have no slot for: nothing counted
-            if not (c.rx_packets or c.tx_packets):
-                continue        # nothing yet, or the pod went (its counters were zeroed)
+            c = counted.get(endpoint_id)
+            if c is None:
+                continue        # nothing yet, or the pod went (its counts were zeroed)
             for direction, p, b in (("ingress", c.rx_packets, c.rx_bytes), ("egress", c.tx_packets, c.tx_bytes)):
                 packets.add_metric([str(c.endpoint_id), namespace, name, direction], p)
                 octets.add_metric([str(c.endpoint_id), namespace, name, direction], b)

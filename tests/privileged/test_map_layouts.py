@@ -13,7 +13,7 @@ from services.datapath.maps.endpoints import EndpointInfo, EndpointKey
 from services.datapath.maps.ipcache import IpcacheInfo, IpcacheKey
 from services.datapath.maps.conntrack import CtEntry, CtKey, CtWay
 from services.datapath.maps.events import EventStats, FlowEvent
-from services.datapath.maps.metrics import EndpointMetricsValue, MetricsValue
+from services.datapath.maps.metrics import EndpointMetricsBlock, EndpointMetricsValue, MetricsValue
 from services.datapath.maps.policy import PolicyEntry, PolicyKey
 from services.datapath.maps.tunnel import TunnelInfo
 from services.runtime.config import DatapathConfig, NodeConfig
@@ -48,7 +48,8 @@ def compiled(tmp_path_factory):
     ("routed_maps.c", "cap_tunnel", None, TunnelInfo),
     ("lxc.c", "cap_tunnel", None, TunnelInfo),
     ("lxc.c", "cap_metrics", None, MetricsValue),
-    ("lxc.c", "cap_ep_metrics", None, EndpointMetricsValue),
+    ("lxc.c", "cap_ep_metrics", None, EndpointMetricsBlock),
+    ("lxc.c", "cap_ep_metrics_base", None, EndpointMetricsValue),
     ("policyd_maps.c", "cap_policy", PolicyKey, PolicyEntry),
     ("lxc.c", "cap_policy", PolicyKey, PolicyEntry),
     ("lxc.c", "cap_ct", CtKey, CtEntry),

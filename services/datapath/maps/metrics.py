@@ -1,8 +1,10 @@
 """cap_metrics: per-CPU packet/byte counters by (direction, reason); cap_ep_metrics: per-CPU
-packet/byte counters per endpoint. Owner: endpointd.
+packet/byte counters per endpoint, EP_BLOCK endpoints to an element, with cap_ep_metrics_base
+(what each id read when its last endpoint went). Owner: endpointd.
 
-Must match struct metrics_value and struct ep_metrics in bpf/lib/metrics.h; the cap_metrics
-index is direction << 8 | reason, the cap_ep_metrics index the endpoint id.
+Must match struct metrics_value, struct ep_metrics and struct ep_metrics_block in
+bpf/lib/metrics.h; the cap_metrics index is direction << 8 | reason, endpoint id N is slot
+N % EP_BLOCK of cap_ep_metrics element N // EP_BLOCK and element N of cap_ep_metrics_base.
 """
 from __future__ import annotations
 
@@ -18,6 +20,8 @@ from services.datapath.pinned import MapError, PinnedMap
 
 PIN_NAME = "metrics"
 EP_PIN_NAME = "ep_metrics"
+EP_BASE_PIN_NAME = "ep_metrics_base"
+EP_BLOCK = 256              # EP_METRICS_BLOCK
 
 
 class MetricsValue(ct.Structure):
@@ -58,6 +62,13 @@ class EndpointMetricsValue(ct.Structure):
                 ("tx_packets", ct.c_uint64), ("tx_bytes", ct.c_uint64)]
 
 
+class EndpointMetricsBlock(ct.Structure):
+    _fields_ = [("ep", EndpointMetricsValue * EP_BLOCK)]
+
+
+FIELDS = len(EndpointMetricsValue._fields_)
+
+
 @dataclass(frozen=True)
 class EndpointCounter:
     """What an endpoint sent (tx: out of the pod) and was delivered (rx: into the pod)."""
@@ -72,38 +83,64 @@ BPF_MAP_TYPE_PERCPU_ARRAY = 6
 
 
 def drop_old_layout(bpf_root: Path) -> bool:
-    """Before lxc.c compiles: unpin per-endpoint counters that are not a per-CPU array (older
-    versions kept them in a per-CPU hash). Whether they went. Their counts start again from
-    zero, as after a node's first start."""
-    path = bpf_root / EP_PIN_NAME
-    if not path.exists():
-        return False
-    fd = bpfsys.obj_get(str(path))
-    try:
-        kind = bpfsys.map_info(fd).type
-    finally:
-        os.close(fd)
-    if kind == BPF_MAP_TYPE_PERCPU_ARRAY:
-        return False
-    path.unlink()
-    return True
+    """Before lxc.c compiles: unpin per-endpoint counters in another layout than today's
+    blocks (older versions kept them in a per-CPU hash, then at an element an endpoint), and
+    their base with them. Whether anything went. Their counts start again from zero, as
+    after a node's first start."""
+    path, base = bpf_root / EP_PIN_NAME, bpf_root / EP_BASE_PIN_NAME
+    if path.exists():
+        fd = bpfsys.obj_get(str(path))
+        try:
+            info = bpfsys.map_info(fd)
+        finally:
+            os.close(fd)
+        if (info.type, info.value_size) == (BPF_MAP_TYPE_PERCPU_ARRAY, ct.sizeof(EndpointMetricsBlock)):
+            return False
+    went = False
+    for p in (path, base):
+        if p.exists():
+            p.unlink()
+            went = True
+    return went
 
 
 class EndpointMetricsMap:
-    """Per-CPU counters at each endpoint id (an array: every id up to the endpoint map's size
-    has an entry). Invariant: an id's counters are zero while no endpoint holds it (the
-    datapath counts only endpoints' packets, and delete() zeroes an endpoint's when it goes),
+    """Per-CPU counters at each endpoint id (every id up to the endpoint map's size has a
+    slot). The datapath only adds to them; an id's counts are its counters less its base.
+    Invariant: an id's counts are zero while no endpoint holds it (the datapath counts only
+    endpoints' packets, and delete() moves the base up to the counters when an endpoint goes),
     so a reused id starts from zero. An endpoint that has neither sent nor received yet reads
     as zero, as an id no endpoint holds."""
 
     def __init__(self, bpf_root: Path) -> None:
-        self.map = PinnedMap(bpf_root / EP_PIN_NAME, ct.c_uint32, EndpointMetricsValue, percpu=True)
-        self.size = bpfsys.map_info(self.map.fd).max_entries
+        self.map = PinnedMap(bpf_root / EP_PIN_NAME, ct.c_uint32, EndpointMetricsBlock, percpu=True)
+        try:
+            self.base = PinnedMap(bpf_root / EP_BASE_PIN_NAME, ct.c_uint32, EndpointMetricsValue)
+        except MapError:
+            self.map.close()
+            raise
+        self.size = bpfsys.map_info(self.base.fd).max_entries
 
     def _key(self, endpoint_id: int) -> ct.c_uint32:
         if not 0 < endpoint_id < self.size:
             raise MapError(errno.ERANGE, f"endpoint id {endpoint_id} is outside 1..{self.size - 1} ({EP_PIN_NAME})")
         return ct.c_uint32(endpoint_id)
+
+    def _block(self, block: int) -> list[tuple[int, ...]]:
+        """The counters of each slot of BLOCK, summed over the CPUs."""
+        words = self.map.get_percpu_words(ct.c_uint32(block))
+        if words is None:
+            raise MapError(errno.ENOENT, f"no element {block} in {EP_PIN_NAME}")
+        per_cpu = self.map.words_per_cpu()
+        sums = [sum(words[i::per_cpu]) for i in range(EP_BLOCK * FIELDS)]
+        return [tuple(sums[slot * FIELDS:(slot + 1) * FIELDS]) for slot in range(EP_BLOCK)]
+
+    def _counts(self, endpoint_id: int, counted: tuple[int, ...]) -> EndpointCounter:
+        base = self.base.get(ct.c_uint32(endpoint_id))
+        if base is None:
+            raise MapError(errno.ENOENT, f"no base for endpoint id {endpoint_id} in {EP_BASE_PIN_NAME}")
+        return EndpointCounter(endpoint_id, *(c - getattr(base, f) for c, (f, _) in
+                                              zip(counted, EndpointMetricsValue._fields_)))
 
     def create(self, endpoint_id: int) -> None:
         """Check ENDPOINT_ID has counters. They exist already (zero, or the endpoint's own
@@ -111,24 +148,30 @@ class EndpointMetricsMap:
         self._key(endpoint_id)
 
     def delete(self, endpoint_id: int) -> bool:
-        """Zero ENDPOINT_ID's counters; whether there were any."""
-        had = self.read(endpoint_id) != EndpointCounter(endpoint_id, 0, 0, 0, 0)
-        self.map.put_zero(self._key(endpoint_id))
+        """Zero ENDPOINT_ID's counts; whether there were any."""
+        key = self._key(endpoint_id)
+        counted = self._block(endpoint_id // EP_BLOCK)[endpoint_id % EP_BLOCK]
+        had = self._counts(endpoint_id, counted) != EndpointCounter(endpoint_id, 0, 0, 0, 0)
+        self.base.update(key, EndpointMetricsValue(*counted))
         return had
 
     def read(self, endpoint_id: int) -> EndpointCounter:
-        per_cpu = self.map.get_percpu(self._key(endpoint_id))
-        return EndpointCounter(endpoint_id, *(sum(getattr(v, f) for v in per_cpu)
-                                              for f, _ in EndpointMetricsValue._fields_))
+        self._key(endpoint_id)
+        return self._counts(endpoint_id, self._block(endpoint_id // EP_BLOCK)[endpoint_id % EP_BLOCK])
 
     def all(self) -> list[EndpointCounter]:
-        """The counters of every id that has any (see the class's invariant)."""
+        """The counts of every id that has any (see the class's invariant), each block read
+        once."""
         out = []
-        for endpoint_id in range(1, self.size):
-            c = self.read(endpoint_id)
-            if c.rx_packets or c.tx_packets:
-                out.append(c)
+        for block in range((self.size - 1) // EP_BLOCK + 1):
+            for slot, counted in enumerate(self._block(block)):
+                endpoint_id = block * EP_BLOCK + slot
+                if 0 < endpoint_id < self.size and any(counted):
+                    c = self._counts(endpoint_id, counted)
+                    if c.rx_packets or c.tx_packets:
+                        out.append(c)
         return out
 
     def close(self) -> None:
         self.map.close()
+        self.base.close()
