@@ -75,6 +75,7 @@ class Changes:
 
     async def _commit_staged(self, staged: Staged, store):
         revision = await store()
+        self.policies_written = max(self.policies_written, revision)
         return revision, await self._commit(staged)
 
     async def _commit(self, staged: Staged):

@@ -9,7 +9,9 @@ The policies bucket is read on the same beat: what another node applied or delet
 revision that won over ours) is put in force here too. A write to either bucket, from any
 node, starts the next round at once (Bus.on_kv_write), so a policy published on one node
 is in force on the others within one read of the buckets; the one-second beat remains for
-whatever a trigger could miss (a reconnect).
+whatever a trigger could miss (a reconnect). A read begun before one of this node's own
+changes reached the bucket is dropped (PolicyService.adopt_policies): that change's write
+triggers the next one.
 """
 from __future__ import annotations
 
@@ -62,7 +64,7 @@ async def sync_once(service) -> None:
         remote = await read_remote(service.bus, service.cluster_ids, set(service.identities.by_id))
         if remote != service.remote_ids:
             await service.set_remote_identities(remote)
-        await service.adopt_policies(await service.bus.kv_items(service.kv_policies))
+        await service.adopt_policies(*await service.bus.kv_read(service.kv_policies))
     except StateUnreadable as exc:
         service.log.warning("cluster identities unreadable, kept as they were", error=exc.message)
     except Exception:

@@ -109,12 +109,19 @@ class PolicyService(Changes, Service):
         if self.cluster_ids is not None:
             self._cluster_sync = asyncio.create_task(clustersync.sync_loop(self))
 
-    async def adopt_policies(self, stored: dict[str, dict]) -> None:
-        """Put in force the policies the shared bucket holds (STORED: KV key -> document),
-        when they differ from ours: another node applied or deleted one. The bucket's last
-        write wins, so every node converges to the same revision."""
+    async def adopt_policies(self, stored: dict[str, dict], as_of: int) -> None:
+        """Put in force the policies the shared bucket holds (STORED: KV key -> document, as
+        read from revision AS_OF on), when they differ from ours: another node applied or
+        deleted one. The bucket's last write wins, so every node converges to the same
+        revision. A read begun before one of this node's own changes reached the bucket is
+        not put in force: it would undo that change here until the next read. That change's
+        write starts the next read (clustersync)."""
         async with self._lock:
             await self._inflight.settled()     # plans from a mirror no write is changing
+            if as_of < self.policies_written:
+                self.log.debug("a policy read older than this node's last change, not adopted",
+                               read_at=as_of, written=self.policies_written)
+                return
             mine = {kv_key(p.key): p.document for p in self.policies.values()}
             if mine == stored:
                 return
@@ -165,6 +172,7 @@ class PolicyService(Changes, Service):
         stored = await self.bus.kv_items(self.kv_policies)
         endpoints = await self.bus.kv_items(self.kv_endpoints)
         self._legacy_cidr_keys: list[str] = []        # CIDR identities stored one a key, moved to shards
+        self.policies_written = 0      # the policies bucket's revision after this node's last change
         self._changes = ChangeLog()    # what a staged policy change depends on
         self._inflight = InFlight()    # map writes under way outside self._lock
         self._universe_of: tuple[IdentityAllocator, int, Universe] | None = None
@@ -376,9 +384,11 @@ class PolicyService(Changes, Service):
             policy = self._find(req)
 
             async def store() -> int:
-                revision = await self.kv_policies.delete(self.broken.get(policy.key, (kv_key(policy.key), ""))[0])
+                await self.kv_policies.delete(self.broken.get(policy.key, (kv_key(policy.key), ""))[0])
                 self.broken.pop(policy.key, None)
-                return revision or 0
+                # The client does not return the delete marker's revision: the bucket's
+                # revision just after it (the marker's, unless another write came between).
+                return (await self.kv_policies.status()).stream_info.state.last_seq
 
             revision, written, removed = await self._change(
                 lambda: {k: p for k, p in self.policies.items() if k != policy.key}, [policy], store)

@@ -279,6 +279,10 @@ class Bus:
         """Every live key in KV's bucket (see kv_items below: raises StateUnreadable)."""
         return await kv_items(self.js, kv)
 
+    async def kv_read(self, kv: KeyValue) -> tuple[dict[str, dict], int]:
+        """kv_items, and the revision the read began at (see kv_read below)."""
+        return await kv_read(self.js, kv)
+
     async def drain(self) -> None:
         """Stop taking requests, finish the ones in flight, then close."""
         if self.nc.is_closed:
@@ -341,7 +345,14 @@ DELETED = ("DEL", "PURGE")            # KV-Operation header of delete and purge 
 
 
 async def kv_items(js, kv: KeyValue, attempts: int = KV_READ_ATTEMPTS) -> dict[str, dict]:
-    """Every live key in KV's bucket, decoded; raises StateUnreadable rather than guess.
+    """Every live key in KV's bucket, decoded (see kv_read)."""
+    return (await kv_read(js, kv, attempts))[0]
+
+
+async def kv_read(js, kv: KeyValue, attempts: int = KV_READ_ATTEMPTS) -> tuple[dict[str, dict], int]:
+    """Every live key in KV's bucket, decoded, and the revision (the bucket stream's last
+    sequence) the read began at: every write up to it is in what was read, later ones may
+    be or not. Raises StateUnreadable rather than guess.
 
     The keys come from the bucket's stream itself (JetStream stream info with per-subject
     message counts), never from KeyValue.keys(): its watcher may report "no keys" when its
@@ -371,13 +382,13 @@ async def _bucket_status(kv: KeyValue):
         raise StateUnreadable(getattr(kv, "_name", "?"), f"{type(exc).__name__}: {exc}") from None
 
 
-async def _read_bucket(js, kv: KeyValue, bucket: str) -> dict[str, dict]:
+async def _read_bucket(js, kv: KeyValue, bucket: str) -> tuple[dict[str, dict], int]:
     # Every subject is listed, also for a NodeKV: the counts must add up over the whole stream.
     info = await js.stream_info(f"KV_{bucket}", subjects_filter=f"$KV.{bucket}.>")
     prefix = f"$KV.{bucket}.{kv.scope if isinstance(kv, NodeKV) else ''}"
     state = info.state
     if not state.messages:
-        return {}
+        return {}, state.last_seq
     counts = state.subjects or {}
     if sum(counts.values()) != state.messages:
         raise _Inconsistent(f"the stream holds {state.messages} messages but its subjects "
@@ -395,4 +406,4 @@ async def _read_bucket(js, kv: KeyValue, bucket: str) -> dict[str, dict]:
             raise _Inconsistent(f"key {key} is in the stream but could not be read") from None
         if entry.value:
             out[key] = codec.decode(entry.value)
-    return out
+    return out, state.last_seq
