@@ -20,6 +20,7 @@ from services.policyd.inflight import Write
 from services.policyd.model import Policy
 from services.policyd.staging import Staged
 from services.runtime.bus import ServiceError
+from services.runtime.gil import off_loop
 from services.wire.messages import EXHAUSTED
 
 IPCACHE_TIMEOUT = 60.0      # seconds for one ipcache.batch request (IPCACHE_BATCH_MAX prefixes)
@@ -39,7 +40,7 @@ class Changes:
         for _ in range(STAGE_ATTEMPTS):
             version, seen = self._changes.version, self._inflight.snapshot()
             try:
-                staged = await asyncio.to_thread(self._stage, wanted(), changed)
+                staged = await off_loop(self._stage, wanted(), changed)
             except RuntimeError:          # state changed under the worker's feet: stage again
                 continue
             busy = self._inflight.overlapping(seen, staged.endpoints)
@@ -54,7 +55,7 @@ class Changes:
         if committed is None:
             async with self._lock:
                 await self._inflight.settled()
-                staged = await asyncio.to_thread(self._stage, wanted(), changed)
+                staged = await off_loop(self._stage, wanted(), changed)
                 await cidrs.check_room(self.bus, staged.created, IPCACHE_TIMEOUT)
                 committed = await self._commit_staged(staged, store)
         revision, tail = committed
@@ -110,7 +111,7 @@ class Changes:
                     await cidrs.persist(self.kv_ids, staged.identities, staged.released + staged.created, legacy)
                 finally:
                     self._inflight.persisting.release()
-            return await asyncio.to_thread(self._write_diffs, staged.diffs)
+            return await off_loop(self._write_diffs, staged.diffs)
         finally:
             staged.diffs.clear()          # its entries are in the map and its mirror: not kept twice
             self._inflight.finish(write)

@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from services.policyd.identity import CidrLabels, Entry, IdentityAllocator, cidr_label
 from services.policyd.model import Policy
 from services.runtime.bus import ServiceError
+from services.runtime.gil import off_loop
 from services.wire import codec, subjects
 from services.wire.messages import EXHAUSTED, IPCACHE_BATCH_MAX, IpcacheBatch, IpcacheBatchDone
 
@@ -91,7 +92,7 @@ async def persist(kv, allocator: IdentityAllocator, changed: Iterable[Entry], le
     changed = list(changed)
     if not changed and not legacy:
         return
-    content = await asyncio.to_thread(shard_contents, allocator, changed) if changed else {}
+    content = await off_loop(shard_contents, allocator, changed) if changed else {}
     shards = sorted(content)
     for start in range(0, len(shards), KV_WINDOW):     # encoded a window at a time
         await asyncio.gather(*(_write_shard(kv, s, content.pop(s)) for s in shards[start:start + KV_WINDOW]))
@@ -120,7 +121,7 @@ async def _batches(created: list[Entry], released: list[Entry]) -> list[IpcacheB
     loop for a tenth of a second)."""
     def build() -> list[IpcacheBatch]:
         return _chunks([cidr_of(e) for e in created], [e.id for e in created], [cidr_of(e) for e in released])
-    return await asyncio.to_thread(build) if len(created) + len(released) > 1000 else build()
+    return await off_loop(build) if len(created) + len(released) > 1000 else build()
 
 
 async def announce(bus, created: list[Entry], released: list[Entry], timeout: float) -> None:

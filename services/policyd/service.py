@@ -44,6 +44,7 @@ from services.policyd.parse import PolicyError, parse_policy, policy_key_of
 from services.runtime.app import Service
 from services.policyd.stored import load as load_stored
 from services.runtime.bus import ServiceError
+from services.runtime.gil import off_loop
 from services.runtime.config import NodeConfig
 from services.wire import codec, subjects
 from services.wire.messages import (EXHAUSTED, INTERNAL, INVALID, NOT_FOUND, Apply, EndpointPolicy, Identity,
@@ -342,7 +343,7 @@ class PolicyService(Changes, Service):
         del req                            # the body goes once parsed (the policy keeps it packed)
         async with self._policy_lock(arrival or ""):
             try:
-                parsed = await asyncio.to_thread(parse_policy, document.pop(), True)
+                parsed = await off_loop(parse_policy, document.pop(), True)
             except PolicyError as exc:
                 raise ServiceError(INVALID, str(exc)) from None
             policy = parsed.policy
@@ -351,7 +352,7 @@ class PolicyService(Changes, Service):
             current = self.policies.get(policy.key)
             if current is not None and create_only:
                 raise ServiceError("exists", f"{policy.kind} {policy.key} already exists")
-            if current is not None and await asyncio.to_thread(_same, current, policy):
+            if current is not None and await off_loop(_same, current, policy):
                 entry = await self.kv_policies.get(kv_key(policy.key))
                 return PolicyApplied(policy.kind, policy.name, policy.namespace, "unchanged",
                                      entry.revision, parsed.warnings)
@@ -476,7 +477,7 @@ async def _packed(policy: Policy) -> bytes:
     """POLICY's document as KV stores it (encoded on a worker thread: 4 MB at 100,000 peers)."""
     if isinstance(policy.document, PackedDocument):
         return policy.document.raw
-    return await asyncio.to_thread(codec.encode, policy.document)
+    return await off_loop(codec.encode, policy.document)
 
 
 def _universe_of(remote: dict[int, dict[str, str]], identities: IdentityAllocator) -> Universe:

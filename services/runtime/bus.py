@@ -20,6 +20,7 @@ from nats.js.errors import BucketNotFoundError, Error as JetStreamError, KeyNotF
 from nats.js.kv import KeyValue
 
 from services.runtime.credentials import Credentials, RemoteError, ServiceError
+from services.runtime.gil import paused_collection
 from services.wire import codec, subjects
 from services.wire.messages import (EXHAUSTED, INTERNAL, INVALID, UNAVAILABLE, Message, SchemaError,
                                     error_reply, ok_reply)
@@ -39,6 +40,13 @@ def _read(data: bytes, schema: type[Message] | None) -> tuple[Any, Any]:
     return body, (schema.from_wire(body, decoded=True) if schema else body)
 
 
+def _read_large(data: bytes, schema: type[Message] | None) -> tuple[Any, Any]:
+    """_read for a worker thread, letting the event loop's thread run meanwhile."""
+    with paused_collection():
+        body = codec.decode(data, share_gil=True)
+        return body, (schema.from_wire(body, decoded=True) if schema else body)
+
+
 class _Turn:
     """A request's place on a concurrent subject: handlers start in arrival order (policyd
     takes a policy's lock in its handler's first step), though a large body is decoded on a
@@ -53,7 +61,7 @@ async def _handled(data: bytes, schema: type[Message] | None, handler: Handler, 
     """HANDLER's result for a request body DATA (decoded off the event loop when large)."""
     try:
         if len(data) > OFF_LOOP_BYTES:      # megabytes of msgpack: a third of a second under load
-            body, request = await asyncio.to_thread(_read, data, schema)
+            body, request = await asyncio.to_thread(_read_large, data, schema)
         else:
             body, request = _read(data, schema)
         if turn is not None and turn.before is not None:

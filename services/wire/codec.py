@@ -24,10 +24,18 @@ def _no_ext(code: int, _data: bytes) -> Any:
     raise DecodeError(f"payload is not valid msgpack: extension type {code} is not used on this bus")
 
 
-def decode(data: bytes) -> dict:
+def _same(obj: dict) -> dict:
+    return obj
+
+
+def decode(data: bytes, share_gil: bool = False) -> dict:
+    """DATA's msgpack map, checked (raises DecodeError). SHARE_GIL: call back into Python
+    at each map, where the interpreter may let another thread run (services.runtime.gil);
+    for large bodies decoded on a worker thread."""
+    hook = {"object_hook": _same} if share_gil else {}
     try:
         obj = msgpack.unpackb(data, raw=False, strict_map_key=False, ext_hook=_no_ext,
-                              timestamp=1)   # a msgpack timestamp reads as a float
+                              timestamp=1, **hook)   # a msgpack timestamp reads as a float
     except DecodeError:
         raise
     except msgpack.StackError:

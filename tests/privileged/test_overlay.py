@@ -56,6 +56,9 @@ def cluster(tmp_path_factory):
         pb = two.b.add_pod("pb", "10.77.2.10", ID_B, endpoint_id=12)
         two.a.learn_remote(pb, two.b.underlay_ip)
         two.b.learn_remote(pa, two.a.underlay_ip)
+        # Node a has no policy: its pod may send anywhere (an endpoint no policy state was
+        # written for yet has its packets dropped). Each test then sets node b's policies.
+        two.a.apply_policies([], IDENTITIES)
         yield two, pa, pb
 
 
