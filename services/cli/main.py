@@ -133,9 +133,8 @@ def dispatch(args) -> int:
         return node.up_detached(config, args.config, args.timeout) if args.detach \
             else node.up_foreground(config, args.config)
     if cmd == "down":
-        was_running = node.read_pid(config) is not None
         rc = node.down(config, leaving=args.purge)
-        if rc == 0 and args.purge and config.cluster.enabled and not was_running and config.state_path.exists():
+        if rc == 0 and args.purge and config.cluster.enabled and config.state_path.exists():
             run(node.leave_cluster(config))
         return node.purge(config) if rc == 0 and args.purge else rc
     if cmd == "status":

@@ -203,8 +203,10 @@ def _print_status(r: dict) -> None:
 
 
 async def leave_cluster(config: NodeConfig) -> None:
-    """A cluster node purged while it was already stopped: its routed cannot take it out of
-    the cluster, so this does, through a peer's NATS. Nothing reachable: said, not hidden."""
+    """A cluster node purged: its routed takes it out of the cluster as it stops, unless it
+    was stopped already or that took longer than it may (routed.cluster.LEAVE_TIMEOUT, with
+    the machine busy). So this makes sure, through a peer's NATS: nothing to do when routed
+    did it. Nothing reachable: said, not hidden."""
     from services.routed.cluster import LEAVE_TIMEOUT, forget
     try:
         async with Client(config) as client:
