@@ -44,7 +44,7 @@ from bench.profile import Profile, lines  # noqa: E402
 from tests.support.node import docs, namespace_doc, pod_doc  # noqa: E402
 
 CIDR = "10.237.0.0/16"
-MAPS = {"policy": 131072}  # 500 pods x 10 rules x 10 entries, with room to spare
+MAPS = {"policy": 131072}  # up to 1,000 pods x 10 rules x ~10 entries (102,000), with room to spare
 NAMESPACE = "apply"
 TIER = 10                  # pods per tier label; a base rule allows one tier
 RULES_PER_POD = 10

@@ -41,7 +41,8 @@ KILL_GRACE = 120           # seconds between SIGTERM and SIGKILL: a cleanup purg
 STEPS = {
     "datapath": ("datapath.py", ["--perf"], ["--quick"], (600, 200)),   # five variants, four runs each a round
     "policy": ("policy.py", [], ["--quick"], (420, 150)),
-    "cplane": ("cplane.py", ["--profile"], ["--quick"], (420, 150)),
+    # 500 and 1,000 pods: issue 12's "pods at scale" (p99 <= 20 ms and <= 30 ms)
+    "cplane": ("cplane.py", ["--profile", "--pods", "10,100,500,1000"], ["--quick"], (600, 150)),
     # 1,000 pods in one apply: issue 12's "pods at scale"
     "pods": ("pods.py", ["--pods", "100,500,1000", "--repeats", "3,2,1"], ["--pods", "10,30", "--repeats", "1"],
              (900, 150)),

@@ -72,6 +72,17 @@ def _cplane(d: dict | None) -> dict:
                     f"{s['spread']['n']} samples)", t["ok"])
 
 
+def _cplane_at(d: dict | None, pods: int, limit_ms: float) -> dict:
+    """Issue 12's "pods at scale": p99 publish -> enforced at POD pods."""
+    name = f"policy publish → enforced, p99 at {pods:,} pods"
+    size = (d or {}).get("summary", {}).get("by_size", {}).get(str(pods))
+    if not size:
+        return _verdict(f"cplane_p99_{pods}", name, f"≤ {limit_ms:.0f} ms", f"not run at {pods:,} pods", None)
+    s = size["enforced_ms"]
+    return _verdict(f"cplane_p99_{pods}", name, f"≤ {limit_ms:.0f} ms", f"p99 {s['p99']:.1f} ms "
+                    f"(p50 {s['p50']:.1f} ms, {s['spread']['n']} samples)", s["p99"] <= limit_ms)
+
+
 def _pods(d: dict | None) -> dict:
     name = "creating 100 pods"
     size = (d or {}).get("sizes", {}).get("100")
@@ -193,7 +204,7 @@ def _cluster_policy(d: dict | None) -> dict:
 
 def evaluate(results: dict) -> list[dict]:
     return [*_datapath(results["datapath"]), _policy(results["policy"]), _cplane(results["cplane"]),
-            _pods(results["pods"]), _pods_1000(results["pods"]), _flows(results["flows"]),
+            _cplane_at(results["cplane"], 500, 20.0), _cplane_at(results["cplane"], 1000, 30.0), _pods(results["pods"]), _pods_1000(results["pods"]), _flows(results["flows"]),
             _footprint(results["footprint"]), *_cni(results["cni"]), *_encap(results.get("encap")),
             *_cidr_scale(results.get("cidr_scale")), _cluster_policy(results.get("cluster_policy"))]
 

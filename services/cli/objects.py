@@ -126,16 +126,24 @@ async def apply(client: Client, source: str, create_only: bool) -> int:
 
 async def delete_file(client: Client, source: str) -> int:
     docs = read_documents(source)
+    located: dict[str, dict[str, str | None]] = {}      # namespace -> pod name -> node
     # Pods before policies before their namespaces.
     for doc in sorted(docs, key=lambda d: -KINDS[(d.api_version, d.kind)].rank):
-        await delete_one(client, doc.kind, _ns(doc), _name(doc))
+        namespace = _ns(doc)
+        if doc.kind == "Pod" and client.config.cluster.enabled and namespace not in located:
+            located[namespace] = await placement.pod_nodes(client, namespace)
+        await delete_one(client, doc.kind, namespace, _name(doc), located.get(namespace))
     return 0
 
 
-async def delete_one(client: Client, kind: str, namespace: str, name: str) -> None:
+async def delete_one(client: Client, kind: str, namespace: str, name: str,
+                     pod_nodes: dict[str, str | None] | None = None) -> None:
+    """Delete one object. POD_NODES: where the pods of NAMESPACE are (placement.pod_nodes),
+    when the caller has listed them already."""
     ref = ObjectRef(name=name, namespace=namespace, object_kind=kind if kind in POLICY_KIND_NAMES else "")
     if kind == "Pod":
-        nodes = [await placement.node_of_pod(client, namespace, name)]
+        nodes = [pod_nodes.get(name) if pod_nodes is not None else
+                 await placement.node_of_pod(client, namespace, name)]
     else:
         nodes = [n if n != client.config.node else None for n in placement.healthy(await placement.members(client))]
     result = await _waited(f"{kind} {name}", client.call(KIND_BY_NAME[kind].delete, ref, timeout=OBJECT_TIMEOUT,

@@ -74,8 +74,15 @@ async def pods_by_node(client: Client, namespace: str) -> list[tuple[str, dict]]
     return out
 
 
+async def pod_nodes(client: Client, namespace: str) -> dict[str, str | None]:
+    """Where each pod of NAMESPACE is, by name (None: this node), from one listing: deleting
+    a file of N pods lists them once, not N times (N listings of N pods each)."""
+    return {pod["spec"]["name"]: target(node, client.config.node)
+            for node, pod in await pods_by_node(client, namespace)}
+
+
 async def node_of_pod(client: Client, namespace: str, name: str) -> str | None:
-    for node, pod in await pods_by_node(client, namespace):
-        if pod["spec"]["name"] == name:
-            return target(node, client.config.node)
-    return None
+    """The node of one pod (None: this node; a pod nowhere is looked for here, which says so)."""
+    if not client.config.cluster.enabled:
+        return None                           # a lone node: every pod is its own
+    return (await pod_nodes(client, namespace)).get(name)

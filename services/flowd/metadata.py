@@ -59,8 +59,29 @@ class Metadata:
             st = pod.status
             table[st.pod_ip] = PodInfo(pod.spec.namespace, pod.spec.name, st.pod_ip, st.endpoint_id,
                                        st.identity, st.host_ifindex, st.host_ifname)
-        if table == self.pods_by_ip:
-            return
+        if table != self.pods_by_ip:
+            self._replace_pods(table)
+
+    def put_pod(self, pod: Pod) -> None:
+        """One pod created (an endpoint event): its row in, the tables replaced whole."""
+        st = pod.status
+        info = PodInfo(pod.spec.namespace, pod.spec.name, st.pod_ip, st.endpoint_id, st.identity,
+                       st.host_ifindex, st.host_ifname)
+        if self.pods_by_ip.get(st.pod_ip) != info:
+            self._replace_pods({**self.pods_by_ip, st.pod_ip: info})
+
+    def drop_pod(self, pod: Pod) -> None:
+        """One pod deleted (an endpoint event): its row out. Its identity goes too unless
+        another pod here has it: should the number be given to other labels next, a flow
+        naming it finds it unknown and waits for a fetch, instead of taking the old labels."""
+        st = pod.status
+        if st.pod_ip in self.pods_by_ip:
+            self._replace_pods({ip: p for ip, p in self.pods_by_ip.items() if ip != st.pod_ip})
+        if st.identity in self.identities and all(p.identity != st.identity for p in self.pods_by_ip.values()):
+            self.identities = {i: labels for i, labels in self.identities.items() if i != st.identity}
+            self.version += 1
+
+    def _replace_pods(self, table: dict[str, PodInfo]) -> None:
         self.pods_by_ip = table
         self.pods_by_ifindex = {p.ifindex: p for p in table.values()}
         self.endpoint_ids = frozenset(p.endpoint_id for p in table.values())

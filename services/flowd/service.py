@@ -57,7 +57,8 @@ class FlowService(Service):
         self.reader.start()
         await self.bus.serve(subjects.OBSERVER_FLOWS, FlowQuery, self.query)
         await self.bus.serve(subjects.OBSERVER_MONITOR, MonitorAttach, self.attach_monitor)
-        await self.bus.listen(f"{subjects.ENDPOINT_EVENTS}.>", EndpointEvent, self.enricher.on_endpoint_event)
+        await self.bus.listen(subjects.endpoint_event("created"), EndpointEvent, self.enricher.on_created)
+        await self.bus.listen(subjects.endpoint_event("deleted"), EndpointEvent, self.enricher.on_deleted)
 
     def _ring_since(self, baseline: Stats) -> Stats:
         delta = self.stats.read() - baseline

@@ -55,10 +55,15 @@ def test_targets_met_missed_and_not_measured():
                                         "met": True}}})}
     assert verdicts == {"datapath_gbps": True, "datapath_p50": False, "floor_ns_rr": True, "floor_ns_bulk": False,
                         "floor_udp_pps": True, "floor_p50_us": True, "floor_gbps_1": False, "policy_10k": None,
-                        "cplane_p99": None, "pods_100": True, "pods_1000": False, "flows": None, "footprint": None, "cni_add": True,
+                        "cplane_p99": None, "cplane_p99_500": None, "cplane_p99_1000": None, "pods_100": True, "pods_1000": False, "flows": None, "footprint": None, "cni_add": True,
                         "cni_ratio": False, "encap_native": True, "encap_tunnel": False,
                         "cidr_apply_10000": True, "cidr_apply_100000": None, "cidr_rss": None, "cidr_probe": False,
                         "cidr_left": True, "cluster_policy_p99": True}
+    cplane = {"summary": {"by_size": {str(n): {"enforced_ms": {"p50": 12.0, "p99": p99, "spread": {"n": 40}}}
+                                      for n, p99 in ((500, 19.0), (1000, 31.0))}}}
+    at_scale = {v["key"]: v["ok"] for v in evaluate({**dict.fromkeys(("datapath", "policy", "pods", "flows",
+                                                                       "footprint", "cni")), "cplane": cplane})}
+    assert (at_scale["cplane_p99_500"], at_scale["cplane_p99_1000"]) == (True, False)
     nothing = dict.fromkeys(("datapath", "policy", "cplane", "pods", "flows", "footprint", "cni"))
     assert {v["key"]: v["ok"] for v in evaluate(nothing)}["cni_add"] is None
     assert Spread.of([3, 1, 2]).median == 2
