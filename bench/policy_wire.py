@@ -61,8 +61,10 @@ class PolicyBus:
     async def close(self) -> None:
         await self.nc.close()
 
-    async def request(self, subject: str, body: dict) -> dict:
-        msg = await self.nc.request(subject, codec.encode(body), timeout=self.timeout)
+    async def request(self, subject: str, body: dict | bytes) -> dict:
+        """BODY: a message, or one already encoded."""
+        data = body if isinstance(body, bytes) else codec.encode(body)
+        msg = await self.nc.request(subject, data, timeout=self.timeout)
         reply = codec.decode(msg.data)
         if not reply.get("ok"):
             raise RuntimeError(f"{subject}: {reply.get('error')}")

@@ -20,7 +20,7 @@ from services.policyd.inflight import Write
 from services.policyd.model import Policy
 from services.policyd.staging import Staged
 from services.runtime.bus import ServiceError
-from services.runtime.gil import off_loop
+from services.runtime.gil import INLINE_MAX, off_loop_if_large
 from services.wire.messages import EXHAUSTED
 
 IPCACHE_TIMEOUT = 60.0      # seconds for one ipcache.batch request (IPCACHE_BATCH_MAX prefixes)
@@ -40,7 +40,7 @@ class Changes:
         for _ in range(STAGE_ATTEMPTS):
             version, seen = self._changes.version, self._inflight.snapshot()
             try:
-                staged = await off_loop(self._stage, wanted(), changed)
+                staged = await off_loop_if_large(_stage_size(changed), self._stage, wanted(), changed)
             except RuntimeError:          # state changed under the worker's feet: stage again
                 continue
             busy = self._inflight.overlapping(seen, staged.endpoints)
@@ -55,7 +55,7 @@ class Changes:
         if committed is None:
             async with self._lock:
                 await self._inflight.settled()
-                staged = await off_loop(self._stage, wanted(), changed)
+                staged = await off_loop_if_large(_stage_size(changed), self._stage, wanted(), changed)
                 await cidrs.check_room(self.bus, staged.created, IPCACHE_TIMEOUT)
                 committed = await self._commit_staged(staged, store)
         revision, tail = committed
@@ -111,7 +111,7 @@ class Changes:
                     await cidrs.persist(self.kv_ids, staged.identities, staged.released + staged.created, legacy)
                 finally:
                     self._inflight.persisting.release()
-            return await off_loop(self._write_diffs, staged.diffs)
+            return await off_loop_if_large(_diff_size(staged.diffs), self._write_diffs, staged.diffs)
         finally:
             staged.diffs.clear()          # its entries are in the map and its mirror: not kept twice
             self._inflight.finish(write)
@@ -122,3 +122,17 @@ class Changes:
         self.writes.labels("write").inc(written)
         self.writes.labels("delete").inc(removed)
         return written, removed
+
+
+def _stage_size(changed: list[Policy]) -> int:
+    """The size of staging CHANGED (a policy's new and old versions): their weight, unless
+    their CIDR prefixes differ. Identities made or released can recompile other policies'
+    endpoints, however many peers those hold (staging.widen): taken as large."""
+    weight = sum(p.weight for p in changed)
+    if weight >= INLINE_MAX or len({p.cidrs for p in changed}) > 1 or (len(changed) == 1 and changed[0].cidrs):
+        return INLINE_MAX           # (a large policy's prefixes are not worked out here, on the loop)
+    return weight
+
+
+def _diff_size(diffs) -> int:
+    return sum(len(d.allows) + len(d.denies) + len(d.removed) for d in diffs.values())

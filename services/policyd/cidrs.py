@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from services.policyd.identity import CidrLabels, Entry, IdentityAllocator, cidr_label
 from services.policyd.model import Policy
 from services.runtime.bus import ServiceError
-from services.runtime.gil import off_loop
+from services.runtime.gil import off_loop, sorted_in_steps
 from services.wire import codec, subjects
 from services.wire.messages import EXHAUSTED, IPCACHE_BATCH_MAX, IpcacheBatch, IpcacheBatchDone
 
@@ -57,8 +57,8 @@ def resolved(allocator: IdentityAllocator, policies: dict[str, Policy]
 
 def _resolve_to(allocator: IdentityAllocator, wanted: set[str]) -> tuple[list[Entry], list[Entry]]:
     have = allocator.cidrs
-    released = [allocator.by_id[have[c]] for c in sorted(have.keys() - wanted)]
-    missing = sorted(wanted - have.keys())
+    released = [allocator.by_id[have[c]] for c in sorted_in_steps(have.keys() - wanted)]
+    missing = sorted_in_steps(wanted - have.keys())
     for entry in released:
         allocator.release(entry.id, OWNER)
     return released, allocator.allocate_cidrs(missing, OWNER)

@@ -25,6 +25,7 @@ from services.datapath.numbers import (IDENTITY_HOST, IDENTITY_WORLD, POLICY_AUD
                                        POLICY_MATCH_PROTO_ONLY)
 from services.policyd.identity import CIDR_LABEL, CidrLabels
 from services.policyd.model import DIRECTIONS, EGRESS, Peer, Policy, PortRule, Rule, namespace_of
+from services.runtime.gil import sorted_in_steps
 from services.wire import prefix
 
 PROTO_NUMBERS = {"TCP": 6, "UDP": 17, "SCTP": 132, "ICMP": 1}
@@ -93,7 +94,7 @@ class Universe:
         """CIDR identities by first address: the ones inside a prefix are one slice of it, so
         resolving 100k ipBlock peers costs 100k bisections, not 100k scans of every CIDR."""
         if self._by_start is None:
-            by_start = sorted((*prefix.bounds(c)[::2], i) for i, c in self.cidrs.items())
+            by_start = sorted_in_steps((*prefix.bounds(c)[::2], i) for i, c in self.cidrs.items())
             self._starts = [start for start, _, _ in by_start]
             self._by_start = by_start
         return self._by_start

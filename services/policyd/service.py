@@ -44,7 +44,7 @@ from services.policyd.parse import PolicyError, parse_policy, policy_key_of
 from services.runtime.app import Service
 from services.policyd.stored import load as load_stored
 from services.runtime.bus import ServiceError
-from services.runtime.gil import off_loop
+from services.runtime.gil import off_loop_if_large, size_of
 from services.runtime.config import NodeConfig
 from services.wire import codec, subjects
 from services.wire.messages import (EXHAUSTED, INTERNAL, INVALID, NOT_FOUND, Apply, EndpointPolicy, Identity,
@@ -99,7 +99,7 @@ class PolicyService(Changes, Service):
         await b.serve(subjects.IDENTITY_RELEASE, IdentityRelease, self.release)
         await b.serve(subjects.IDENTITY_LIST, ListRequest, self.list_identities)
         # Concurrent: a large apply must not hold up small ones to other policies (_change).
-        await b.serve(subjects.POLICY_APPLY, Apply, self.apply_policy, concurrent=True)
+        await b.serve(subjects.POLICY_APPLY, Apply, self.apply_policy, concurrent=True, order_key=_applied_key)
         await b.serve(subjects.POLICY_DELETE, ObjectRef, self.delete_policy, concurrent=True)
         await b.serve(subjects.POLICY_LIST, ListRequest, self.list_policies)
         await b.serve(subjects.POLICY_ENTRIES, EndpointPolicy, self.endpoint_entries)
@@ -343,7 +343,7 @@ class PolicyService(Changes, Service):
         del req                            # the body goes once parsed (the policy keeps it packed)
         async with self._policy_lock(arrival or ""):
             try:
-                parsed = await off_loop(parse_policy, document.pop(), True)
+                parsed = await off_loop_if_large(size_of(document[0]), parse_policy, document.pop(), True)
             except PolicyError as exc:
                 raise ServiceError(INVALID, str(exc)) from None
             policy = parsed.policy
@@ -352,7 +352,7 @@ class PolicyService(Changes, Service):
             current = self.policies.get(policy.key)
             if current is not None and create_only:
                 raise ServiceError("exists", f"{policy.kind} {policy.key} already exists")
-            if current is not None and await off_loop(_same, current, policy):
+            if current is not None and await off_loop_if_large(current.weight + policy.weight, _same, current, policy):
                 entry = await self.kv_policies.get(kv_key(policy.key))
                 return PolicyApplied(policy.kind, policy.name, policy.namespace, "unchanged",
                                      entry.revision, parsed.warnings)
@@ -473,11 +473,17 @@ class PolicyService(Changes, Service):
 
 
 
+def _applied_key(data: bytes) -> str | None:
+    """The key of the policy an Apply body changes, read without decoding the body: applies
+    to one policy start in the order they arrive, the others do not wait for its decode."""
+    return policy_key_of(codec.peek(data, ("document",), ("kind", "metadata")))
+
+
 async def _packed(policy: Policy) -> bytes:
     """POLICY's document as KV stores it (encoded on a worker thread: 4 MB at 100,000 peers)."""
     if isinstance(policy.document, PackedDocument):
         return policy.document.raw
-    return await off_loop(codec.encode, policy.document)
+    return await off_loop_if_large(policy.weight, codec.encode, policy.document)
 
 
 def _universe_of(remote: dict[int, dict[str, str]], identities: IdentityAllocator) -> Universe:

@@ -48,13 +48,30 @@ def _read_large(data: bytes, schema: type[Message] | None) -> tuple[Any, Any]:
 
 
 class _Turn:
-    """A request's place on a concurrent subject: handlers start in arrival order (policyd
-    takes a policy's lock in its handler's first step), though a large body is decoded on a
-    worker thread meanwhile; a request behind it waits that long to start."""
+    """A request's place on a concurrent subject: handlers of requests with one order key
+    start in arrival order (policyd takes a policy's lock in its handler's first step),
+    though a large body is decoded on a worker thread meanwhile; a request behind it with
+    the same key waits that long to start, one with another key does not."""
 
     def __init__(self, before: asyncio.Event | None) -> None:
         self.before = before                 # set once the request before this one started
         self.started = asyncio.Event()
+
+
+class _Turns:
+    """The latest turn of each order key on one concurrent subject: only keys in flight."""
+
+    def __init__(self) -> None:
+        self.last: dict[Any, asyncio.Event] = {}
+
+    def take(self, key: Any) -> _Turn:
+        turn = _Turn(self.last.get(key))
+        self.last[key] = turn.started
+        return turn
+
+    def done(self, key: Any, turn: _Turn) -> None:
+        if self.last.get(key) is turn.started:
+            del self.last[key]
 
 
 async def _handled(data: bytes, schema: type[Message] | None, handler: Handler, turn: _Turn | None) -> Any:
@@ -175,10 +192,12 @@ class Bus:
         self._on_reconnect.append(callback)
 
     async def serve(self, subject: str, schema: type[Message] | None, handler: Handler,
-                    concurrent: bool = False) -> None:
+                    concurrent: bool = False, order_key: Callable[[bytes], Any] | None = None) -> None:
         """Answer requests on SUBJECT; SCHEMA validates the body (None: body ignored).
         One request at a time, in arrival order, unless CONCURRENT: then each request is
-        handled as its own task as it arrives (the handler does its own locking)."""
+        handled as its own task as it arrives (the handler does its own locking), and the
+        handlers of requests whose raw bodies have one ORDER_KEY (default: all) start in
+        the order the requests arrived."""
 
         async def on_msg(msg, turn: _Turn | None = None) -> None:
             started = time.perf_counter()
@@ -205,12 +224,13 @@ class Bus:
                                                                f"over the bus's limit of {self.nc.max_payload}"))
                 await msg.respond(data)
 
-        last: list[asyncio.Event | None] = [None]
+        turns = _Turns()
 
         async def spawn(msg) -> None:
-            turn = _Turn(last[0])
-            last[0] = turn.started
+            key = order_key(msg.data) if order_key else None
+            turn = turns.take(key)
             task = asyncio.create_task(on_msg(msg, turn))
+            task.add_done_callback(lambda _t: turns.done(key, turn))
             self._handling.add(task)
             task.add_done_callback(self._handling.discard)
 

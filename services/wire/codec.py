@@ -72,3 +72,31 @@ def decode_flow(data: bytes) -> dict:
         raise DecodeError(f"flow event of schema version {version!r} (this side reads 1-{SCHEMA_VERSION}) "
                           "or without a flow map")
     return flow
+
+
+def peek(data: bytes, path: tuple[str, ...], fields: tuple[str, ...]) -> dict:
+    """FIELDS of the map found at PATH (keys from DATA's top map down), read without decoding
+    the rest, which msgpack skips in C: a few milliseconds for a body that takes a tenth of
+    a second to decode. {} when DATA holds no such map. Nothing read here is checked as
+    decode() checks it: for ordering requests by what they change, never to act on."""
+    unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, ext_hook=_no_ext, max_buffer_size=len(data) + 1)
+    unpacker.feed(data)
+    out: dict = {}
+    try:
+        for step in (*path, None):
+            for _ in range(unpacker.read_map_header()):
+                key = unpacker.unpack()
+                if step is not None and key == step:
+                    break
+                if step is None and key in fields:
+                    out[key] = unpacker.unpack()
+                    if len(out) == len(fields):
+                        return out
+                else:
+                    unpacker.skip()
+            else:
+                if step is not None:        # PATH leads nowhere
+                    return {}
+    except (msgpack.UnpackException, ValueError, TypeError, DecodeError):
+        return {}
+    return out

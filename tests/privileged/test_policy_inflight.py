@@ -9,6 +9,7 @@ import threading
 import pytest
 
 from services.datapath.maps.policy import FakePolicyMap
+from services.runtime import gil
 from services.policyd.identity import Entry
 from services.wire import codec
 from services.wire.labels import identity_labels, namespace_labels
@@ -41,6 +42,13 @@ class HeldMap(FakePolicyMap):
             if not self.release.wait(WAIT):
                 raise OSError("the test never let the write go")
         super().write_many(entries, present)
+
+
+@pytest.fixture(autouse=True)
+def every_write_off_the_loop(monkeypatch):
+    """Every change's work on a worker thread, as a large change's is: a small one's is done
+    on the event loop, where a write held by the test would hold up the test itself."""
+    monkeypatch.setattr(gil, "INLINE_MAX", 0)
 
 
 @pytest.fixture
