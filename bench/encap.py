@@ -15,13 +15,20 @@ rounds (the order rotates each round):
             from_container encapsulates (VNI = the source identity), node b's from_overlay
             checks policy and delivers (pod MTU 1450: the underlay's less 50 bytes of VXLAN)
   underlay  node a's host namespace to node b's over the same bridge: the limit
+With --kernel-vxlan, two more, node a's host namespace to node b's through VXLAN devices of
+the kernel's own with no capillary program on the way (overlay MTU 1450, as the pods'):
+  kvxlan    a fixed VXLAN device (one VNI, the other node as its remote): the kernel's
+            VXLAN with a cached route and no per-packet metadata
+  kvxlan-md a collect-metadata VXLAN device, as capillary's, the tunnel key set by an
+            encap route (`ip route ... encap ip id ... dst ...`) instead of from_container:
+            what the kernel's collect-metadata VXLAN costs by itself
 Metrics as bench/datapath.py: iperf3 TCP with 1 and with 4 streams, sockperf TCP ping-pong
 (p50, p99). Each variant is compared with `underlay` through the median over rounds of the
 per-round ratio. Targets: native >= 0.95x and tunnel >= 0.85x in throughput, p50 native
 <= 1.10x and tunnel <= 1.20x.
 
     .venv/bin/python bench/encap.py [--rounds 5] [--seconds 2] [--quick] [--cpus split|same|none]
-                                    [--legacy-routing] [--perf]
+                                    [--legacy-routing] [--kernel-vxlan] [--perf]
 
 With --perf, then `perf record -a` during one iperf3 run (1 stream) through the tunnel and
 one through the underlay: the top kernel symbols of each, to compare where the time goes.
@@ -40,14 +47,20 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import BENCH_TAG, Spread, cleaned_up, environment, log, ratios, table, write_results  # noqa: E402
+from bench.common import (BENCH_TAG, Spread, cleaned_up, environment, log, ping, ratios, run, start,  # noqa: E402
+                          table, write_results)
+from bench.traffic import SOCKPERF_PORT  # noqa: E402
 from bench.targets import ENCAP_TARGETS  # noqa: E402
 from bench.datapath import (METRICS as DATAPATH_METRICS, PLACEMENTS, Pair, Placement, Sample,  # noqa: E402
                             profile_variants, run_rounds, series, start_servers)
 from services.routed import tunnel  # noqa: E402
-from tests.support.twonodes import UNDERLAY_MTU, TwoNodes  # noqa: E402
+from tests.support.twonodes import UNDERLAY_MTU, TwoNodes, ip  # noqa: E402
 
 VARIANTS = ("native", "tunnel", "underlay")
+KERNEL_VARIANTS = ("kvxlan", "kvxlan-md")
+KERNEL_VNI = "42"
+KERNEL_PORTS = {"kvxlan": "4789", "kvxlan-md": "4790"}      # apart from capillary's 8472
+KERNEL_NETS = {"kvxlan": "10.79.0", "kvxlan-md": "10.79.1"}  # node a .1, node b .2
 # What is compared with the underlay: throughput and latency. The datapath bench's BPF
 # ns/packet figures are 0 for the underlay (no program), and its UDP rate is not run here.
 METRICS = {m: DATAPATH_METRICS[m] for m in ("gbps_1", "gbps_4", "rr_per_s", "p50_us", "p99_us")}
@@ -80,15 +93,49 @@ def set_up(cleanup, workdir: Path, cpus: Placement, legacy: bool) -> list[Pair]:
     return pairs, two
 
 
+def kernel_vxlan(two: TwoNodes) -> list[Pair]:
+    """The --kernel-vxlan variants' devices in both node namespaces (removed with them) and
+    their pairs, served by the underlay variant's servers in node b's namespace."""
+    overlay_mtu = str(tunnel.pod_mtu(UNDERLAY_MTU))
+    for here, there, me in ((two.a, two.b, 1), (two.b, two.a, 2)):
+        n, net_fixed, net_md = here.netns.name, KERNEL_NETS["kvxlan"], KERNEL_NETS["kvxlan-md"]
+        ip("-n", n, "link", "add", "kvx", "type", "vxlan", "id", KERNEL_VNI, "remote", there.underlay_ip,
+           "dstport", KERNEL_PORTS["kvxlan"], "dev", "eth0")
+        ip("-n", n, "addr", "add", f"{net_fixed}.{me}/24", "dev", "kvx")
+        ip("-n", n, "link", "add", "kvxmd", "mtu", overlay_mtu, "type", "vxlan", "external",
+           "dstport", KERNEL_PORTS["kvxlan-md"])
+        ip("-n", n, "addr", "add", f"{net_md}.{me}/32", "dev", "kvxmd")
+        for dev in ("kvx", "kvxmd"):
+            ip("-n", n, "link", "set", dev, "up")
+        ip("-n", n, "route", "add", f"{net_md}.{3 - me}/32", "encap", "ip", "id", KERNEL_VNI, "dst",
+           there.underlay_ip, "dev", "kvxmd", "src", f"{net_md}.{me}")
+    return [Pair(v, str(two.a.netns), str(two.b.netns), f"{KERNEL_NETS[v]}.2") for v in KERNEL_VARIANTS]
+
+
+def start_sockperf(cleanup, pair: Pair, cpus: Placement, timeout: float = 10) -> Pair:
+    """PAIR's own sockperf server (on its address; iperf3's, on every address, is the
+    underlay's), once it listens and PAIR's server answers a ping."""
+    start(cleanup, cpus.server(["sockperf", "sr", "--tcp", "-i", pair.server_ip, "-p", str(SOCKPERF_PORT)]),
+          pair.server)
+    deadline = time.monotonic() + timeout
+    while not run(["ss", "-Hltn", f"src {pair.server_ip}:{SOCKPERF_PORT}"], pair.server).stdout.strip():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{pair.variant}: nothing listens on {pair.server_ip}:{SOCKPERF_PORT}")
+        time.sleep(0.05)
+    if not ping(pair.client, pair.server_ip):
+        raise RuntimeError(f"{pair.variant}: no ping reply from {pair.server_ip}")
+    return pair
+
+
 def vxlan_packets(two: TwoNodes) -> dict[str, int]:
     """Packets node a's VXLAN device sent: proof the tunnel variant went through it."""
     out = two.a.run("cat", f"/sys/class/net/{tunnel.DEVICE}/statistics/tx_packets", check=True).stdout
     return {"node a vxlan tx_packets": int(out)}
 
 
-def summarize(rounds: list[dict]) -> dict:
+def summarize(rounds: list[dict], variants: tuple[str, ...]) -> dict:
     summary = {}
-    for variant in VARIANTS:
+    for variant in variants:
         metrics = {m: Spread.of(series(rounds, variant, m)) for m in Sample.__dataclass_fields__}
         versus = {m: Spread.of(ratios(series(rounds, variant, m), series(rounds, BASELINE, m))) for m in METRICS}
         summary[variant] = {"metrics": metrics, "ratio_to_underlay": versus}
@@ -102,10 +149,10 @@ def verdict(ratio: float, metric: str, target: float) -> str:
 
 def report(summary: dict) -> str:
     absolute = table(["variant", *METRICS.values()],
-                     [[v, *(summary[v]["metrics"][m].text() for m in METRICS)] for v in VARIANTS])
+                     [[v, *(summary[v]["metrics"][m].text() for m in METRICS)] for v in summary])
     relative = table(["variant", *METRICS.values()],
                      [[v, *(summary[v]["ratio_to_underlay"][m].text("{:.3f}") for m in METRICS)]
-                      for v in VARIANTS if v != BASELINE])
+                      for v in summary if v != BASELINE])
     targets = table(["variant", "1 stream", "4 streams", "p50"],
                     [[f"{v} (>= {t['gbps_1']}x, <= {t['p50_us']}x)",
                       *(verdict(summary[v]["ratio_to_underlay"][m].median, m, t[m]) for m in t)]
@@ -122,6 +169,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="one short round")
     parser.add_argument("--legacy-routing", action="store_true",
                         help="native variant through the host stacks (datapath.hostLegacyRouting)")
+    parser.add_argument("--kernel-vxlan", action="store_true",
+                        help="also node to node through the kernel's own VXLAN devices, fixed and collect-metadata, "
+                             "with no capillary program: what the kernel's VXLAN costs by itself")
     parser.add_argument("--perf", action="store_true",
                         help="then `perf record -a` during iperf3 (1 stream) through the tunnel and the underlay: "
                              "the top kernel symbols")
@@ -141,12 +191,15 @@ def main(argv: list[str] | None = None) -> int:
     began = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="capillary-bench-encap-") as tmp, cleaned_up() as cleanup:
         pairs, two = set_up(cleanup, Path(tmp), cpus, args.legacy_routing)
+        if args.kernel_vxlan:
+            pairs += [start_sockperf(cleanup, pair, cpus) for pair in kernel_vxlan(two)]
         before = vxlan_packets(two)
         rounds = run_rounds(pairs, cpus, args.rounds, args.seconds)
         after = vxlan_packets(two)
         perf = profile_variants(pairs, cpus, args.seconds, PROFILED) if args.perf else None
     sent = {k: after[k] - before[k] for k in after}
-    summary = summarize(rounds)
+    variants = VARIANTS + (KERNEL_VARIANTS if args.kernel_vxlan else ())
+    summary = summarize(rounds, variants)
     print(f"{args.rounds} rounds of {args.seconds} s runs, CPUs {args.cpus} (client {cpus.client_cpu}, "
           f"server {cpus.server_cpu})\n")
     print(report(summary))
@@ -156,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(f"  {row}" for row in found["top"]))
     path = write_results("encap", {
         "benchmark": "encap", "environment": environment(),
-        "parameters": {"rounds": args.rounds, "seconds": args.seconds, "variants": list(VARIANTS), "cpus": args.cpus,
+        "parameters": {"rounds": args.rounds, "seconds": args.seconds, "variants": list(variants), "cpus": args.cpus,
                        "legacy_routing": args.legacy_routing,
                        "underlay_mtu": UNDERLAY_MTU, "tunnel_pod_mtu": tunnel.pod_mtu(UNDERLAY_MTU),
                        "targets_vs_underlay": TARGETS},

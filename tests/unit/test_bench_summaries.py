@@ -75,3 +75,19 @@ def test_a_ratio_settles_when_its_median_interval_stays_within_five_percent():
     assert settled([1.0, 1.1, 0.9, 1.0, 1.02, 0.98, 1.0, 1.01, 0.99, 1.0]) == 8    # wide at first, then narrow
     assert settled([1.0, 2.0, 0.5, 1.5]) is None
     assert settled([1.0, 1.0]) is None                  # fewer than three rounds: never
+
+
+def test_encap_summary_compares_every_variant_run_with_the_underlay():
+    from bench.datapath import Sample
+    from bench.encap import KERNEL_VARIANTS, VARIANTS, report, summarize as encap_summary
+
+    def sample(gbps: float) -> Sample:
+        return Sample(gbps, gbps, 1000.0, 30.0, 60.0, 31.0, 0, 0, 0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+
+    rates = {"native": 9.0, "tunnel": 8.0, "underlay": 10.0, "kvxlan": 9.5, "kvxlan-md": 7.5}
+    rounds = [{"order": list(rates), "samples": {v: sample(g * k) for v, g in rates.items()}} for k in (1, 2)]
+    summary = encap_summary(rounds, VARIANTS + KERNEL_VARIANTS)
+    assert summary["kvxlan-md"]["ratio_to_underlay"]["gbps_1"].median == 0.75
+    assert summary["kvxlan"]["ratio_to_underlay"]["gbps_1"].median == 0.95
+    assert "kvxlan-md" in report(summary)
+    assert "kvxlan" not in report(encap_summary(rounds, VARIANTS))        # not run: no row
