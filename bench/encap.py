@@ -12,8 +12,11 @@ rounds (the order rotates each round):
             (datapath.hostLegacyRouting) both host stacks forward it and node b's
             to_container checks the policy
   tunnel    another pair of pods, learnt with the other node's underlay address:
-            from_container encapsulates (VNI = the source identity), node b's from_overlay
-            checks policy and delivers (pod MTU 1450: the underlay's less 50 bytes of VXLAN)
+            from_container writes the VXLAN headers (VNI = the source identity) and sends
+            the packet out of the underlay device, node b's from_netdev takes them off,
+            checks policy and delivers (pod MTU 1450: the underlay's less 50 bytes of
+            VXLAN); the VXLAN devices carry only what BPF leaves to them (their packet
+            counts are reported)
   underlay  node a's host namespace to node b's over the same bridge: the limit
 With --kernel-vxlan, two more, node a's host namespace to node b's through VXLAN devices of
 the kernel's own with no capillary program on the way (overlay MTU 1450, as the pods'):
@@ -128,9 +131,11 @@ def start_sockperf(cleanup, pair: Pair, cpus: Placement, timeout: float = 10) ->
 
 
 def vxlan_packets(two: TwoNodes) -> dict[str, int]:
-    """Packets node a's VXLAN device sent: proof the tunnel variant went through it."""
-    out = two.a.run("cat", f"/sys/class/net/{tunnel.DEVICE}/statistics/tx_packets", check=True).stdout
-    return {"node a vxlan tx_packets": int(out)}
+    """Packets node a's VXLAN device sent and node b's received: what BPF left to the kernel's
+    VXLAN (a packet before its next hop's neighbour is resolved, little else)."""
+    def count(node, way: str) -> int:
+        return int(node.run("cat", f"/sys/class/net/{tunnel.DEVICE}/statistics/{way}_packets", check=True).stdout)
+    return {"node a vxlan tx_packets": count(two.a, "tx"), "node b vxlan rx_packets": count(two.b, "rx")}
 
 
 def summarize(rounds: list[dict], variants: tuple[str, ...]) -> dict:

@@ -7,13 +7,15 @@
  * to_container: tc egress of the lxc device, i.e. packets the host stack sends into the
  *   pod (from the host, the world, or another pod in host-stack mode). Checks the pod's
  *   ingress policy unless from_container already did.
- * from_overlay: tc ingress of the node's VXLAN device (tunnel mode), i.e. every packet
- *   another node's pods sent here through the overlay. Takes the source identity from the
- *   VNI, checks the destination pod's ingress policy as to_container does, and delivers
- *   the packet straight into the pod. (The sending side is lib/overlay.h.)
- * from_netdev: tc ingress of the node's underlay device (native routing): the same for
- *   packets another node's pods sent here natively routed, the source identity from the
- *   ipcache. (The sending side is lib/host_routing.h.)
+ * from_netdev: tc ingress of the node's underlay device, in either routing mode: packets
+ *   another node's pods sent here, for a local pod. In tunnel mode it takes the VXLAN
+ *   headers off itself (lib/overlay.h) and the source identity from the VNI; natively routed
+ *   ones take it from the ipcache. Checks the destination pod's ingress policy as
+ *   to_container does and delivers the packet straight into the pod. (The sending sides are
+ *   lib/overlay.h and lib/host_routing.h.)
+ * from_overlay: tc ingress of the node's VXLAN device (tunnel mode): the same for what
+ *   from_netdev leaves to the kernel's VXLAN receive (with datapath.hostLegacyRouting, or a
+ *   packet it does not take: another node's that is not IPv4 for a local pod).
  * An established connection's packets take a short way: its conntrack entry keeps, for each
  * direction, a copy of what they need from the endpoint map, true while the map's generation
  * is the one it was copied at (lib/conntrack.h, struct ct_way). A packet whose copy holds and
@@ -560,8 +562,16 @@ int from_netdev(struct __sk_buff *skb)
 	void *data_end = (void *)(long)skb->data_end;
 	struct ethhdr *eth = data;
 	struct iphdr *ip4 = data + ETH_HLEN;
+	__u32 identity;
 
 	if ((void *)(ip4 + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IP) || skb->pkt_type != PACKET_HOST)
+		return TC_ACT_OK;
+	if (overlay_receive(skb, &identity) == OVERLAY_DECAPPED)
+		return from_node_ipv4(skb, identity, TRACE_FROM_OVERLAY);
+	data = (void *)(long)skb->data;    /* a failed decapsulation may have moved it */
+	data_end = (void *)(long)skb->data_end;
+	ip4 = data + ETH_HLEN;
+	if ((void *)(ip4 + 1) > data_end)
 		return TC_ACT_OK;
 	if (ip4->ttl <= 1 || IN_POD_CIDR(ip4->saddr) || !lookup_endpoint(ip4->daddr))
 		return TC_ACT_OK;

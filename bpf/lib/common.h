@@ -6,6 +6,8 @@
  *   POD_CIDR_NET    u32 in network byte order, the node's pod CIDR (its network address)
  *   POD_CIDR_MASK   u32 in network byte order, the pod CIDR's netmask
  *   HOST_STACK      defined: pod->pod traffic goes through the host stack (no redirect)
+ *   HOST_LEGACY_ROUTING defined: the host stack forwards to and from other nodes
+ *   OVERLAY_PORT    the overlay's UDP port (VXLAN)
  *   *_MAP_SIZE      map sizes from the node config
  */
 #ifndef CAPILLARY_COMMON_H
@@ -23,6 +25,9 @@
 #endif
 #if !defined(POD_CIDR_NET) || !defined(POD_CIDR_MASK)
 #error "POD_CIDR_NET and POD_CIDR_MASK must be defined"
+#endif
+#ifndef OVERLAY_PORT
+#error "OVERLAY_PORT must be defined"
 #endif
 
 /* Forwarding and drop reasons. Shared with services/datapath/numbers.py (REASONS);

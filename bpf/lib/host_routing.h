@@ -20,7 +20,6 @@
 #include "events.h"
 
 #define HOST_ROUTE_PASS (-1)   /* not sent: the caller hands it to the host stack */
-#define FIB_AF_INET     2      /* AF_INET, for bpf_fib_lookup */
 
 /* bpf_redirect_neigh as the kernel defines it (since 5.11: ifindex, params, their length,
  * flags); bcc 0.26 declares it with an older, three-argument signature. */

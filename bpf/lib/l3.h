@@ -4,6 +4,8 @@
 
 #include "common.h"
 
+#define FIB_AF_INET 2          /* AF_INET, for bpf_fib_lookup */
+
 /* Forward the IPv4 packet in SKB into a pod, as a router: TTL down by one (the caller checked
  * it is above 1), the header checksum fixed incrementally (RFC 1624: TTL is the high byte of
  * its 16-bit word, so the sum grows by 0x0100), and the Ethernet header from its gateway

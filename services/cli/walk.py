@@ -28,6 +28,7 @@ from services.cli.client import Client
 from services.cli.objects import split_ref
 from services.datapath.netlink import KernelError, Netlink, PodNetlink
 from services.routed import iptables
+from services.routed.tunnel import DEVICE
 from services.runtime import supervisor
 from services.runtime.bus import ServiceError
 from services.wire import codec, subjects
@@ -96,6 +97,20 @@ def _route(where: Where, dst: str, src: str | None = None, iif: int | None = Non
             nl.close()
     except (KernelError, OSError) as exc:
         return f"none: {exc}"
+
+
+def _vxlan_index(where: Where) -> int:
+    """The ifindex of WHERE's VXLAN device; 0 when unknown (not on this machine, none)."""
+    if not where.here:
+        return 0
+    try:
+        nl = PodNetlink(where.netns) if where.netns else Netlink()
+        try:
+            return nl.link(DEVICE).index if nl.has_link(DEVICE) else 0
+        finally:
+            nl.close()
+    except (KernelError, OSError):
+        return 0
 
 
 def _counters(where: Where) -> dict[str, int] | None:
@@ -167,12 +182,14 @@ async def run(client: Client, source: str, destination: str, port: int, protocol
     members = {row["name"]: row for row in await placement.members(client)}
     routing = members.get(src.node, {}).get("routing") or client.config.cluster.routing
     under = {node: members.get(node, {}).get("underlay_ip", "?") for node in hosts}
+    vxlan = {node: 0 for node in hosts}
     if routing == "tunnel":
         routes = {src.node: await asyncio.to_thread(_route, hosts[src.node], under[dst.node]), dst.node: ""}
+        vxlan[dst.node] = await asyncio.to_thread(_vxlan_index, hosts[dst.node])
     else:
         routes = {src.node: await asyncio.to_thread(_route, hosts[src.node], dst.ip, src.ip, src.ifindex),
                   dst.node: await asyncio.to_thread(_route, hosts[dst.node], dst.ip)}
-    side = {node: walknodes.Host(node, under[node], routes[node], tuple(moved[node])) for node in hosts}
+    side = {node: walknodes.Host(node, under[node], routes[node], tuple(moved[node]), vxlan[node]) for node in hosts}
     return walknodes.build(flows, src, dst, probe, f"{mode}, {routing} routing between nodes", routing, pod_route,
                            side[src.node], side[dst.node])
 

@@ -5,14 +5,16 @@ What the datapath reports for a request from pod A on node 1 to pod B on node 2 
 bpf/lib/overlay.h); every flow carries the node_name of the node that reported it:
   node 1, lxcA from_container: trace FROM_ENDPOINT; policy verdict EGRESS (A's policy; B's
       ingress is decided on node 2); then a drop event, or
-      tunnel: trace TO_OVERLAY (the tunnel key set, the source identity as the VNI,
-          redirected to the VXLAN device)
+      tunnel: trace TO_OVERLAY (encapsulated, the source identity as the VNI: from_container
+          writes the VXLAN headers and sends it out of the underlay device, or, without a
+          resolved neighbour, sets the tunnel key and hands it to the VXLAN device)
       native: trace TO_NETWORK (BPF host routing: the kernel's route lookup from the program,
           sent out of the underlay device), or with datapath.hostLegacyRouting trace
           TO_STACK (the kernel routes it to node 2's underlay address)
-  node 2, tunnel: cap_vxlan from_overlay: trace FROM_OVERLAY (the identity from the VNI);
-          policy verdict INGRESS (B's policy); a drop, or trace TO_ENDPOINT
-          (bpf_redirect_peer into B)
+  node 2, tunnel: the underlay device's from_netdev takes the headers off (or cap_vxlan's
+          from_overlay, after the kernel did): trace FROM_OVERLAY at that device (the
+          identity from the VNI); policy verdict INGRESS (B's policy); a drop, or trace
+          TO_ENDPOINT (bpf_redirect_peer into B)
   node 2, native: the underlay device's from_netdev: trace FROM_NETWORK, then as from_overlay
           with the source identity from node 2's ipcache; with legacy host routing, lxcB's
           to_container: policy verdict INGRESS; a drop, or trace TO_ENDPOINT
@@ -37,6 +39,7 @@ class Host:
     underlay_ip: str
     route: str                  # the host's route for the probe (`ip route get`), or why unknown
     iptables: tuple[str, ...]   # its iptables rules whose packet counters moved during the probe
+    vxlan_ifindex: int = 0      # its VXLAN device's (tunnel mode, the destination); 0: unknown
 
 
 def _on(node: str, hops: list[Hop]) -> list[Hop]:
@@ -71,11 +74,12 @@ def build(flows: list[dict], src: Pod, dst: Pod, probe: Probe, mode: str, routin
     hops += _on(src.node, _leaving(here, src, dst, source, destination))
     hops += _on(dst.node, _entering(there, dst, routing, source, destination))
     network = walkpath.trace_of(there, TRACE_FROM_NETWORK)
-    dropped = walkpath.drop_hop(there, DEVICE if routing == "tunnel" else _device(network) if network else dst.ifname)
+    entry = _overlay_entry(there, destination)[0] if routing == "tunnel" else _device(network) if network else None
+    dropped = walkpath.drop_hop(there, entry or dst.ifname)
     if dropped is not None:
         hops += _on(dst.node, [dropped[0]])
         return Walk(src, dst, probe, mode, hops, "DROPPED", f"{dropped[1]} on node {dst.node}", replies)
-    hops += _on(dst.node, [_delivering(there, dst, routing)])
+    hops += _on(dst.node, [_delivering(there, dst, routing, destination)])
     return walkpath.arrival(there, src, dst, probe, mode, hops, replies, node=dst.node)
 
 
@@ -84,11 +88,12 @@ def _leaving(here: list[dict], src: Pod, dst: Pod, source: Host, destination: Ho
     overlay = walkpath.trace_of(here, TRACE_TO_OVERLAY)
     if overlay is not None:
         vni = overlay.get("source", {}).get("identity", src.identity)
-        return [Hop(f"host {src.ifname}", f"to-overlay: encapsulated in VXLAN for node {dst.node} and redirected "
-                    f"to {DEVICE}", details=[f"VNI {vni}: the source's security identity",
-                                             f"outer packet: {source.underlay_ip} -> {destination.underlay_ip} "
-                                             f"UDP {PORT}"], flows=_uuids(overlay)),
-                Hop(f"host {DEVICE}", f"the kernel sends the outer packet to node {dst.node} over the underlay",
+        return [Hop(f"host {src.ifname}", f"to-overlay: encapsulated in VXLAN for node {dst.node}",
+                    details=[f"VNI {vni}: the source's security identity",
+                             f"outer packet: {source.underlay_ip} -> {destination.underlay_ip} UDP {PORT}",
+                             f"from_container writes the headers and sends it out of the underlay device; "
+                             f"without a resolved neighbour, {DEVICE} does"], flows=_uuids(overlay)),
+                Hop("underlay", f"the outer packet goes to node {dst.node} over the underlay",
                     details=[f"route: {source.route}"])]
     network = walkpath.trace_of(here, TRACE_TO_NETWORK)
     if network is not None:
@@ -109,12 +114,13 @@ def _leaving(here: list[dict], src: Pod, dst: Pod, source: Host, destination: Ho
 def _entering(there: list[dict], dst: Pod, routing: str, source: Host, destination: Host) -> list[Hop]:
     """How the destination node took it in, and its ingress policy's verdict."""
     if routing == "tunnel":
+        device, how_taken = _overlay_entry(there, destination)
         overlay = walkpath.trace_of(there, TRACE_FROM_OVERLAY)
         vni = overlay.get("source", {}).get("identity") if overlay else None
-        hops = [Hop(f"host {DEVICE}", f"from_overlay (tc ingress of {DEVICE}): decapsulated, from "
-                    f"{source.underlay_ip}" + (f", source identity {vni} from the VNI" if overlay else ""),
+        hops = [Hop(f"host {device}", f"{how_taken}, from {source.underlay_ip}" +
+                    (f", source identity {vni} from the VNI" if overlay else ""),
                     details=[] if overlay else ["no from-overlay trace reported"], flows=_uuids(overlay))]
-        where, how = f"host {DEVICE}", "with the source identity the VNI carried"
+        where, how = f"host {device}", "with the source identity the VNI carried"
     elif (network := walkpath.trace_of(there, TRACE_FROM_NETWORK)) is not None:
         hops = [Hop(f"host {_device(network)}", f"from_netdev (tc ingress of {_device(network)}): from "
                     f"{source.underlay_ip}, natively routed", flows=_uuids(network))]
@@ -131,12 +137,27 @@ def _entering(there: list[dict], dst: Pod, routing: str, source: Host, destinati
     return hops + [policy]
 
 
-def _delivering(there: list[dict], dst: Pod, routing: str) -> Hop:
+def _overlay_entry(there: list[dict], destination: Host) -> tuple[str, str]:
+    """Where the destination node took the VXLAN headers off, and how: the device its
+    from-overlay trace names, which is the VXLAN device's when the kernel did it."""
+    overlay = walkpath.trace_of(there, TRACE_FROM_OVERLAY)
+    if overlay is None:
+        return DEVICE, "from the overlay"
+    index = overlay.get("interface", {}).get("index")
+    if destination.vxlan_ifindex and index == destination.vxlan_ifindex:
+        return DEVICE, f"from_overlay (tc ingress of {DEVICE}): decapsulated by the kernel's VXLAN device"
+    device = _device(overlay)
+    if destination.vxlan_ifindex:
+        return device, f"from_netdev (tc ingress of {device}): VXLAN headers taken off in BPF"
+    return device, f"from-overlay at {device}: decapsulated"
+
+
+def _delivering(there: list[dict], dst: Pod, routing: str, destination: Host) -> Hop:
     arrived = walkpath.trace_of(there, TRACE_TO_LXC)
     details = [] if arrived else ["no to-endpoint trace reported"]
     network = walkpath.trace_of(there, TRACE_FROM_NETWORK)
     if routing == "tunnel" or network is not None:
-        where = DEVICE if routing == "tunnel" else _device(network)
+        where = _overlay_entry(there, destination)[0] if routing == "tunnel" else _device(network)
         return Hop(f"host {where}", f"bpf_redirect_peer into {dst.ref} eth0 (the peer of {dst.ifname})",
                    details=details, flows=_uuids(arrived))
     return Hop(f"host {dst.ifname}", f"to_container (tc egress) into {dst.ref}", details=details,

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from services.datapath import bpfsys
 from services.datapath.maps import conntrack, ipcache, metrics
+from services.datapath.maps.tunnel import PORT as OVERLAY_PORT
 from services.datapath.numbers import AGGREGATION_LEVELS
 from services.runtime.config import NodeConfig
 
@@ -55,6 +56,7 @@ def cflags(config: NodeConfig) -> list[str]:
         f"-DCT_MAP_SIZE={config.maps.conntrack}",
         f"-DEVENTS_RING_BYTES={config.events.ringBytes}",
         f"-DEVENTS_AGGREGATION={AGGREGATION_LEVELS[config.events.aggregation]}",
+        f"-DOVERLAY_PORT={OVERLAY_PORT}",
         "-Wno-macro-redefined",
     ]
     if config.datapath.mode == "host-stack":

@@ -62,8 +62,7 @@ class ClusterAgent:
         self.kv_endpoints = await self.bus.kv(subjects.BUCKET_CLUSTER_ENDPOINTS, create=True, replicas=replicas)
         if self.tunnel:
             await self.routed.ensure_tunnel()
-        else:
-            await self.routed.ensure_netdev()
+        await self.routed.ensure_netdev()           # tunnel mode: it decapsulates too
         self.routes = await self.routed.worker.run(self.routed.nl.cluster_routes)
         self.remote = {cidr: (claim.identity, claim.tunnel_endpoint) for cidr in self.routed.claims.of_source("remote")
                        for claim in [self.routed.claims.get(cidr, "remote")]}

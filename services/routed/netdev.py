@@ -1,12 +1,15 @@
-"""Native routing with BPF host routing: from_netdev at the node's underlay device.
+"""from_netdev at the node's underlay device: what comes from other nodes' pods.
 
 In native cluster routing, from_container sends a packet for a pod on another node straight
 out of the underlay device (bpf/lib/host_routing.h), and the receiving node's from_netdev, at
 its underlay device's tc ingress, judges the pod's ingress policy and delivers the packet
-into the pod (bpf/lxc.c): neither node's host stack forwards it. The underlay device is the
-link holding cluster.underlayIP. With datapath.hostLegacyRouting (Cilium's
+into the pod (bpf/lxc.c): neither node's host stack forwards it. In tunnel mode from_netdev
+also takes the VXLAN headers off what other nodes' from_container encapsulated
+(bpf/lib/overlay.h), so the kernel's VXLAN receive is only the fallback. The underlay device
+is the link holding cluster.underlayIP. With datapath.hostLegacyRouting (Cilium's
 --enable-host-legacy-routing) the host stack forwards instead: from_container passes such
-packets to it, and from_netdev is taken off the device, so that to_container judges them.
+packets to it (or to the VXLAN device), and from_netdev is taken off the device, so that
+to_container (or from_overlay) judges them.
 
 Synchronous netlink work, for the netlink worker thread of the node's namespace.
 """

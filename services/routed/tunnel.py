@@ -1,10 +1,17 @@
 """Tunnel mode: the node's VXLAN device, its program, and pods on other nodes behind it.
 
-One collect-metadata VXLAN device per node (cap_vxlan, UDP 8472 as Cilium's vxlan tunnel):
+One collect-metadata VXLAN device per node (cap_vxlan, UDP 8472 as Cilium's vxlan tunnel).
 from_container encapsulates a packet for a pod whose ipcache entry names a tunnel endpoint
-(bpf/lib/overlay.h) and redirects it here; from_overlay, at this device's tc ingress,
-enforces the receiving pod's policy and delivers it (bpf/lxc.c). The device's ifindex is
-handed to the datapath through cap_tunnel (services/datapath/maps/tunnel.py). The overlay's
+(bpf/lib/overlay.h), with the source identity as the VNI: it writes the VXLAN headers
+itself and sends the packet out of the underlay device when the kernel's FIB has a resolved
+neighbour for that node, and hands it to this device otherwise. The receiving node's
+from_netdev, at its underlay device (services/routed/netdev.py), takes the headers off and
+delivers the packet into the pod after its ingress policy; what it leaves (and everything
+with datapath.hostLegacyRouting) reaches from_overlay at this device's tc ingress, which does
+the same. Either way the kernel's own VXLAN path, which gives every received packet a
+metadata dst freed through RCU, is the fallback, not the way (docs/benchmarks.md section 8).
+The device's ifindex is handed to the datapath through cap_tunnel
+(services/datapath/maps/tunnel.py): without it, tunnelled packets are dropped. The overlay's
 UDP port is exempt from the host's connection tracking while the device is ours
 (services.routed.iptables.ensure_notrack).
 
@@ -19,7 +26,7 @@ import os
 from pathlib import Path
 
 from services.datapath import bpfsys, loader
-from services.datapath.maps.tunnel import FROM_OVERLAY, TunnelMap
+from services.datapath.maps.tunnel import FROM_OVERLAY, PORT, TunnelMap  # noqa: F401 - PORT: this module's API too
 from services.datapath.mtu import OVERHEAD, pod_mtu, pod_mtu_on  # noqa: F401 - this module's API too
 from services.datapath.netlink import TC_INGRESS, Netlink
 from services.routed import iptables
@@ -28,7 +35,6 @@ from services.runtime.config import NodeConfig
 from services.wire.messages import INVALID
 
 DEVICE = "cap_vxlan"
-PORT = 8472                  # Linux's and Cilium's VXLAN port (IANA's is 4789)
 REMOTE_SOURCE = "remote"     # the ipcache claim source of a pod on another node
 MAX_VNI = (1 << 24) - 1      # the VNI carries the source identity
 

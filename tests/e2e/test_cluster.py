@@ -116,8 +116,8 @@ def test_label_policy_allows_and_denies_across_nodes(cluster):
         assert not cluster.ping(2, "x/p2", target)
     flows = cluster.cli(1, "observe", "--node", cluster.node(1).name, "--last", "50", "-o", "json").stdout
     assert "Policy denied" in flows or "POLICY_DENIED" in flows
-    # p0's packets reached node 1 by its underlay device's from_netdev (BPF host routing) or
-    # through the VXLAN device's from_overlay
+    # p0's packets reached node 1 by its underlay device's from_netdev, natively routed or
+    # decapsulated there
     assert ("FROM_NETWORK" if cluster.routing == "native" else "FROM_OVERLAY") in flows
     cluster.cli(0, "delete", "networkpolicy", "p1-from-p0", "-n", "x")
     wait_for(lambda: cluster.ping(2, "x/p2", target), "p2 reaches p1 again once the policy is gone")
@@ -147,7 +147,8 @@ def test_walk_follows_a_probe_across_two_nodes(cluster):
         mine, theirs = [h for h in hops if h[0] == n0.name], [h for h in hops if h[0] == n1.name]
         if cluster.routing == "tunnel":
             assert any(what.startswith(f"to-overlay: encapsulated in VXLAN for node {n1.name}") for _, _, what in mine)
-            assert any(what.startswith("from_overlay") for _, _, what in theirs), theirs
+            assert any(what.startswith("from_netdev") and "VXLAN headers taken off in BPF" in what
+                       for _, _, what in theirs), theirs
             assert result["hops"][4]["details"] == [f"route: {n1.underlay_ip} dev underlay"]
         else:                                   # BPF host routing: neither host stack is crossed
             sent = next(h for h in result["hops"] if h["node"] == n0.name and h["what"].startswith("to-network"))

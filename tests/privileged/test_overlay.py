@@ -1,18 +1,24 @@
 """Tunnel mode against the real kernel: two node namespaces on an underlay bridge, capillary's
 datapath in each (tests/support/twonodes.py), a pod on each, remote pods learnt into each
 ipcache with their node's underlay address. Pod a reaches pod b through VXLAN, with the
-source identity carried in the VNI, and pod b's label policy decides on it. The overlay's
+source identity carried in the VNI, and pod b's label policy decides on it. The VXLAN headers
+are written and taken off in BPF (from_container, from_netdev); the kernel's VXLAN devices
+carry what BPF leaves to them, and each side reads what the other wrote. The overlay's
 packets are exempt from the hosts' connection tracking while the device is there."""
 from __future__ import annotations
 
 import contextlib
+import os
+import subprocess
+import time
 
 import pytest
 
 from services.datapath.netlink import Netlink
 from services.datapath.numbers import (DROP_NO_TUNNEL_ENDPOINT, DROP_POLICY_DENY, EVENT_DROP, EVENT_TRACE, METRIC_INGRESS,
                                        TRACE_FROM_OVERLAY, TRACE_TO_OVERLAY)
-from services.routed import iptables, tunnel
+from services.datapath.maps.tunnel import FROM_NETDEV
+from services.routed import iptables, netdev, tunnel
 from tests.support.twonodes import UNDERLAY_MTU, Events, TwoNodes, ping, pod_labels, until
 
 ID_A, ID_B = 1001, 1002
@@ -49,6 +55,40 @@ def tracked(node, proto: str) -> list[str]:
     return [line for line in entries if f" {proto} " in line]
 
 
+def device_packets(node, way: str) -> int:
+    """Packets NODE's VXLAN device has received ("rx") or sent ("tx")."""
+    return int(node.run("cat", f"/sys/class/net/{tunnel.DEVICE}/statistics/{way}_packets", check=True).stdout)
+
+
+@contextlib.contextmanager
+def kernel_send(node, pod):
+    """POD's packets to other nodes go to NODE's VXLAN device: with forwarding off on the
+    pod's host device, the FIB lookup of from_container's own encapsulation is refused."""
+    knob = f"net.ipv4.conf.{pod.status.host_ifname}.forwarding"
+    node.run("sysctl", "-qw", f"{knob}=0", check=True)
+    try:
+        yield
+    finally:
+        node.run("sysctl", "-qw", f"{knob}=1", check=True)
+
+
+@contextlib.contextmanager
+def kernel_receive(node):
+    """NODE's VXLAN device receives the overlay: from_netdev off the underlay device."""
+    with node.entered(), contextlib.closing(Netlink()) as nl:
+        index = nl.link_of_address(node.underlay_ip).index
+        assert netdev.detach(nl, index), "from_netdev was not on the underlay device"
+    try:
+        yield
+    finally:
+        with node.entered(), contextlib.closing(Netlink()) as nl:
+            fd = tunnel.pinned_program(node.config, FROM_NETDEV)
+            try:
+                netdev.attach(nl, index, fd)
+            finally:
+                os.close(fd)
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     with TwoNodes(tmp_path_factory.mktemp("overlay"), tunnel_mode=True) as two:
@@ -76,14 +116,60 @@ def test_pod_reaches_a_pod_on_another_node_through_vxlan(cluster):
     finally:
         sent.close()
         got.close()
-    # It went through the VXLAN devices: no route between the pod CIDRs exists in tunnel mode.
     for node in two.nodes:
         details = node.run("ip", "-d", "link", "show", tunnel.DEVICE, check=True).stdout
         assert "vxlan external" in details and f"dstport {tunnel.PORT}" in details
-        for way in ("rx", "tx"):
-            stat = node.run("cat", f"/sys/class/net/{tunnel.DEVICE}/statistics/{way}_packets", check=True)
-            assert int(stat.stdout) > 0, (node.name, way)
+    # No route between the pod CIDRs exists in tunnel mode: it went through the overlay.
     assert "10.77.1." not in two.b.run("ip", "route", check=True).stdout
+
+
+def test_bpf_writes_and_takes_off_the_vxlan_headers(cluster):
+    """With both nodes' neighbours resolved, neither VXLAN device carries a packet: the
+    headers on the wire (VNI: the source identity) are from_container's, and from_netdev
+    takes them off."""
+    two, pa, pb = cluster
+    two.b.apply_policies([ALLOW_A], IDENTITIES)
+    assert until(lambda: ping(pa, pb.ip))
+    before = [device_packets(node, way) for node in two.nodes for way in ("rx", "tx")]
+    wire = subprocess.Popen(["ip", "netns", "exec", two.underlay.name, "timeout", "20", "tcpdump", "-i", "br0",
+                             "-nn", "-l", "-c", "2", "-T", "vxlan", f"udp dst port {tunnel.PORT}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        time.sleep(1)                       # tcpdump is listening
+        for _ in range(3):
+            assert ping(pa, pb.ip)
+        seen = wire.communicate(timeout=30)[0]
+    finally:
+        wire.kill()
+    assert f"vni {ID_A}" in seen and f"{pa.ip} > {pb.ip}: ICMP echo request" in seen, seen
+    assert f"vni {ID_B}" in seen and f"{pb.ip} > {pa.ip}: ICMP echo reply" in seen, seen
+    assert [device_packets(node, way) for node in two.nodes for way in ("rx", "tx")] == before
+
+
+@pytest.mark.parametrize("send, receive", [("kernel", "kernel"), ("kernel", "bpf"), ("bpf", "kernel")])
+def test_the_kernel_vxlan_device_carries_what_bpf_leaves(cluster, send, receive):
+    """Either side may be the kernel's VXLAN device: each reads the other's headers, and the
+    receiving pod's policy judges the identity from the VNI either way."""
+    two, pa, pb = cluster
+    two.b.apply_policies([ALLOW_A], IDENTITIES)
+    assert until(lambda: ping(pa, pb.ip))
+    with contextlib.ExitStack() as stack:
+        if send == "kernel":
+            stack.enter_context(kernel_send(two.a, pa))
+        if receive == "kernel":
+            stack.enter_context(kernel_receive(two.b))
+        tx, rx = device_packets(two.a, "tx"), device_packets(two.b, "rx")
+        got = stack.enter_context(contextlib.closing(Events(two.b)))
+        assert until(lambda: ping(pa, pb.ip)), f"no way across with {send} sending, {receive} receiving"
+        into = got.wait_for(lambda e: e.type == EVENT_TRACE and e.subtype == TRACE_FROM_OVERLAY)
+        assert (into.src_identity, into.dst_identity) == (ID_A, ID_B)
+        assert (device_packets(two.a, "tx") > tx) == (send == "kernel")
+        assert (device_packets(two.b, "rx") > rx) == (receive == "kernel")
+        two.b.apply_policies([DENY_A], IDENTITIES)
+        try:
+            assert not ping(pa, pb.ip)
+        finally:
+            two.b.apply_policies([ALLOW_A], IDENTITIES)
 
 
 def test_pod_mtu_leaves_room_for_the_encapsulation(cluster):
@@ -124,11 +210,14 @@ def test_the_hosts_do_not_track_the_overlay(cluster):
     try:
         for node in two.nodes:
             assert capillary_raw_rules(node) == sorted(NOTRACK_RULES), node.name
-        assert until(lambda: ping(pa, pb.ip)), "pod a cannot reach pod b across nodes"
+        # The kernel's VXLAN devices both ways: BPF's own way passes no netfilter hook.
+        with kernel_send(two.a, pa), kernel_send(two.b, pb), kernel_receive(two.a), kernel_receive(two.b):
+            sent = [device_packets(node, "tx") for node in two.nodes]
+            assert until(lambda: ping(pa, pb.ip)), "pod a cannot reach pod b across nodes"
+            assert all(device_packets(node, "tx") > n for node, n in zip(two.nodes, sent))
         assert two.a.run("ping", "-c", "1", "-W", "3", two.b.underlay_ip).returncode == 0
         assert tracked(two.a, "icmp"), "conntrack is not on in node a's namespace"
         for node in two.nodes:
-            assert int(node.run("cat", f"/sys/class/net/{tunnel.DEVICE}/statistics/tx_packets").stdout) > 0
             assert tracked(node, "udp") == [], f"node {node.name} tracked the overlay"
     finally:
         for node in two.nodes:

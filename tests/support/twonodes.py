@@ -165,8 +165,9 @@ class TwoNodes:
     device (pods whose ipcache entry names a tunnel endpoint go through it) and pods get
     the tunnel MTU by default; ROUTES: each pod CIDR is routed via its node's underlay
     address (native routing, for pods learnt without a tunnel endpoint). Both may be on.
-    LEGACY: native routing through the host stacks (datapath.hostLegacyRouting), else BPF
-    host routing (from_netdev at each underlay device). TAG_PREFIX starts the tag every
+    LEGACY: native routing through the host stacks and the tunnel through the kernel's VXLAN
+    devices both ways (datapath.hostLegacyRouting), else BPF host routing (from_netdev at
+    each underlay device, which also decapsulates in tunnel mode). TAG_PREFIX starts the tag every
     name made here carries (bench runs use their own)."""
 
     def __init__(self, workdir: Path, tunnel_mode: bool, routes: bool = False, tag_prefix: str = "",
@@ -205,7 +206,7 @@ class TwoNodes:
         for i, letter in enumerate("ab", start=1):
             self._add_node(letter, i)
         for node in self.nodes:
-            node.start(self.tunnel_mode, host_routing=self.routes and not self.legacy)
+            node.start(self.tunnel_mode, host_routing=(self.routes or self.tunnel_mode) and not self.legacy)
         if self.routes:
             for here, there in ((self.a, self.b), (self.b, self.a)):
                 ip("-n", here.netns.name, "route", "replace", there.config.podCIDR, "via", there.underlay_ip)

@@ -3,6 +3,8 @@ datapath writes them (bpf/lxc.c, bpf/lib/overlay.h); tests/e2e/test_cluster.py w
 real cluster in both routing modes."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 from services.cli import walknodes, walkpath
 from services.cli.walkpath import Pod, Probe
 from services.datapath.numbers import (DROP_POLICY, EVENT_DROP, EVENT_POLICY_VERDICT, METRIC_INGRESS,
@@ -47,30 +49,50 @@ def received(first: list[bytes], verdict: int = VERDICT_FORWARDED, ifindex: int 
     return on("n2", *raws)
 
 
-def walk(fs: list[dict], routing: str, outcome: str = "answered") -> walkpath.Walk:
+def walk(fs: list[dict], routing: str, outcome: str = "answered", destination: walknodes.Host = N2) -> walkpath.Walk:
     return walknodes.build(fs, SRC, DST, Probe("tcp", 80, 40000, outcome, 0.002), f"redirect, {routing}", routing,
-                           "10.200.0.3 via 10.200.0.1 dev eth0", N1, N2)
+                           "10.200.0.3 via 10.200.0.1 dev eth0", N1, destination)
+
+
+def tunnelled(ifindex: int, destination: walknodes.Host) -> walkpath.Walk:
+    """A request through the overlay, decapsulated at IFINDEX of node n2, and its reply."""
+    overlay = request(subtype=TRACE_FROM_OVERLAY, endpoint_id=2, direction=METRIC_INGRESS, ifindex=ifindex)
+    reply = on("n2", event(packet(B, A, 6, tcp(80, 40000, SYNACK)), ifindex=12, reason=TRACE_REASON_CT_REPLY))
+    return walk(sent(TRACE_TO_OVERLAY) + received([overlay], ifindex=ifindex) + reply, "tunnel",
+                destination=destination)
 
 
 def test_tunnel_mode_lists_each_nodes_hops_with_the_encapsulation():
-    overlay = request(subtype=TRACE_FROM_OVERLAY, endpoint_id=2, direction=METRIC_INGRESS, ifindex=VXLAN_IFINDEX)
-    reply = on("n2", event(packet(B, A, 6, tcp(80, 40000, SYNACK)), ifindex=12, reason=TRACE_REASON_CT_REPLY))
-    w = walk(sent(TRACE_TO_OVERLAY) + received([overlay], ifindex=VXLAN_IFINDEX) + reply, "tunnel")
+    w = tunnelled(UNDERLAY_IFINDEX, replace(N2, vxlan_ifindex=VXLAN_IFINDEX))
     assert w.result == "DELIVERED"
     assert [(h.node, h.where) for h in w.hops] == [
-        ("n1", "x/a eth0"), ("n1", "host lxca"), ("n1", "host lxca"), ("n1", "host lxca"), ("n1", "host cap_vxlan"),
-        ("n2", "host cap_vxlan"), ("n2", "host cap_vxlan"), ("n2", "host cap_vxlan"), ("n2", "x/b eth0")]
-    assert w.hops[3].what.startswith("to-overlay: encapsulated in VXLAN for node n2")
-    assert w.hops[3].details == ["VNI 256: the source's security identity",
-                                 "outer packet: 172.31.0.1 -> 172.31.0.2 UDP 8472"]
-    assert w.hops[5].what == "from_overlay (tc ingress of cap_vxlan): decapsulated, from 172.31.0.1, " \
-                             "source identity 256 from the VNI"
+        ("n1", "x/a eth0"), ("n1", "host lxca"), ("n1", "host lxca"), ("n1", "host lxca"), ("n1", "underlay"),
+        ("n2", "host ifindex 3"), ("n2", "host ifindex 3"), ("n2", "host ifindex 3"), ("n2", "x/b eth0")]
+    assert w.hops[3].what == "to-overlay: encapsulated in VXLAN for node n2"
+    assert w.hops[3].details[:2] == ["VNI 256: the source's security identity",
+                                     "outer packet: 172.31.0.1 -> 172.31.0.2 UDP 8472"]
+    assert w.hops[5].what == "from_netdev (tc ingress of ifindex 3): VXLAN headers taken off in BPF, " \
+                             "from 172.31.0.1, source identity 256 from the VNI"
     assert w.hops[6].what == "ingress policy of x/b: ALLOWED by CiliumNetworkPolicy x/only-a rule 0"
     assert w.hops[7].flows == ["n2-2"] and w.hops[7].what.startswith("bpf_redirect_peer into x/b eth0")
     assert all(hop.flows for hop in w.hops[1:4] + w.hops[5:8]), "every datapath hop rests on a flow"
     assert w.reply == ["node n2: from-endpoint at lxcb: TCP Flags: SYN, ACK"]
     text = walkpath.render(w)
-    assert text.index("on node n1:") < text.index("to-overlay") < text.index("on node n2:") < text.index("from_overlay")
+    assert text.index("on node n1:") < text.index("to-overlay") < text.index("on node n2:") < text.index("from_netdev")
+
+
+def test_a_packet_the_kernels_vxlan_device_decapsulated_is_walked_from_there():
+    w = tunnelled(VXLAN_IFINDEX, replace(N2, vxlan_ifindex=VXLAN_IFINDEX))
+    assert w.result == "DELIVERED"
+    assert [h.where for h in w.hops[5:8]] == ["host cap_vxlan"] * 3
+    assert w.hops[5].what == "from_overlay (tc ingress of cap_vxlan): decapsulated by the kernel's VXLAN device, " \
+                             "from 172.31.0.1, source identity 256 from the VNI"
+
+
+def test_without_the_destinations_vxlan_device_the_walk_does_not_guess_who_decapsulated():
+    w = tunnelled(UNDERLAY_IFINDEX, N2)
+    assert w.hops[5].what == "from-overlay at ifindex 3: decapsulated, from 172.31.0.1, source identity 256 " \
+                             "from the VNI"
 
 
 def test_legacy_native_mode_goes_through_both_stacks_and_the_destination_decides_ingress():

@@ -13,7 +13,8 @@ from services.datapath.pinned import PinnedMap, filled
 PIN_NAME = "tunnel"
 TUNNEL_KEY = 0            # shared with bpf/lib/tunnel.h
 FROM_OVERLAY = "from_overlay"     # bpf/lxc.c's program for the device's tc ingress
-FROM_NETDEV = "from_netdev"       # ... and for the underlay device's (native routing; services/routed/netdev.py)
+FROM_NETDEV = "from_netdev"       # ... and for the underlay device's (services/routed/netdev.py)
+PORT = 8472               # the overlay's UDP port, Linux's and Cilium's (IANA's is 4789); lxc.c's OVERLAY_PORT
 
 
 class TunnelInfo(ct.Structure):
