@@ -48,7 +48,9 @@ static __always_inline int host_route(struct __sk_buff *skb, struct event_meta *
 	fib.family = FIB_AF_INET;
 	fib.tos = ip4->tos;
 	fib.l4_protocol = ip4->protocol;
-	fib.tot_len = bpf_ntohs(ip4->tot_len);
+	/* A GSO packet's length is the whole burst's: with none given, the kernel checks the
+	 * packet against the device's MTU itself, segments counted as segments. */
+	fib.tot_len = skb->gso_size ? 0 : bpf_ntohs(ip4->tot_len);
 	fib.ipv4_src = ip4->saddr;
 	fib.ipv4_dst = daddr;
 	fib.ifindex = skb->ifindex;

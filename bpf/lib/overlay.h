@@ -1,8 +1,10 @@
-/* Tunnel mode, sending side: a packet from a pod to a pod whose ipcache entry names a tunnel
- * endpoint (another node's underlay address) leaves encapsulated. The tunnel key carries the
- * source's security identity as the VXLAN VNI, as Cilium does, so the receiving node
- * (from_overlay in lxc.c) enforces its pod's ingress policy without asking anyone who sent
- * it. Pod identities are below 2^24 (services/policyd/identity.py): a VNI holds them. */
+/* Tunnel mode, both sides. A packet from a pod to a pod whose ipcache entry names a tunnel
+ * endpoint (another node's underlay address) leaves in VXLAN, the source's security identity
+ * as the VNI, as Cilium does, so the receiving node (from_netdev, or from_overlay, in lxc.c)
+ * enforces its pod's ingress policy without asking anyone who sent it. Pod identities are
+ * below 2^24 (services/policyd/identity.py): a VNI holds them. The headers are standard
+ * VXLAN, written and taken off here; the kernel's collect-metadata device (cap_vxlan) does
+ * it for what these paths leave to it. */
 #ifndef CAPILLARY_OVERLAY_H
 #define CAPILLARY_OVERLAY_H
 
@@ -18,6 +20,7 @@
 #define OVERLAY_TTL 64
 #define OVERLAY_PASS (-1)      /* not for the overlay: the caller goes on */
 #define VXLAN_FLAG_VNI 0x08000000  /* the I flag: the VNI is valid (RFC 7348) */
+#define ECN_CE 3               /* the ECN bits of the IPv4 TOS byte: congestion experienced */
 /* BPF_FIB_LOOKUP_SRC (kernel 6.8): the lookup also gives the source address the kernel would
  * pick. An older kernel refuses the flag, and packets take the VXLAN device. */
 #define FIB_LOOKUP_SRC (1U << 4)
@@ -158,8 +161,9 @@ static __always_inline int overlay_send(struct __sk_buff *skb, struct event_meta
  * device) takes a VXLAN packet to this node's port off the wire itself when its inner packet
  * is IPv4 for a local pod, and from_node_ipv4 delivers it. The kernel's collect-metadata
  * VXLAN receive gives every packet a metadata dst freed through RCU; this path has none.
- * Anything else (another port, IP options or fragments on the outer header, an inner packet
- * for no local pod) is left to the VXLAN device and from_overlay, unchanged. */
+ * Anything else (another port, IP options or fragments on the outer header, an outer UDP
+ * checksum or congestion mark, an inner packet for no local pod) is left to the VXLAN device
+ * and from_overlay, unchanged. */
 #define OVERLAY_DECAPPED 1
 
 /* OVERLAY_DECAPPED with *IDENTITY (the VNI) when the packet was one for a local pod and its
@@ -174,9 +178,12 @@ static __always_inline int overlay_receive(struct __sk_buff *skb, __u32 *identit
 
 	if ((void *)(inner + 1) > data_end)
 		return OVERLAY_PASS;
+	/* Left to the kernel: a UDP checksum to verify, and a congestion mark on the outer
+	 * header (ECN CE), which RFC 6040 decapsulation carries over to the inner one. */
 	if (o->ip.ihl != 5 || o->ip.protocol != IPPROTO_UDP || (o->ip.frag_off & bpf_htons(0x3fff)) ||
-	    o->udp.dest != bpf_htons(OVERLAY_PORT) || o->vx_flags != bpf_htonl(VXLAN_FLAG_VNI) ||
-	    o->inner.h_proto != bpf_htons(ETH_P_IP) || !lookup_endpoint(inner->daddr))
+	    (o->ip.tos & ECN_CE) == ECN_CE || o->udp.dest != bpf_htons(OVERLAY_PORT) || o->udp.check ||
+	    o->vx_flags != bpf_htonl(VXLAN_FLAG_VNI) || o->inner.h_proto != bpf_htons(ETH_P_IP) ||
+	    !lookup_endpoint(inner->daddr))
 		return OVERLAY_PASS;
 	*identity = bpf_ntohl(o->vx_vni) >> 8;
 	/* The outer IP, UDP and VXLAN headers and the inner Ethernet header go; the inner

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 
 import pytest
 
@@ -73,6 +74,28 @@ def test_pods_on_two_nodes_reach_each_other_by_the_chosen_path(cluster):
         assert FROM_NETDEV not in two.b.run("tc", "filter", "show", "dev", "eth0", "ingress").stdout
     else:
         assert after == before, f"a host stack forwarded pod traffic: {before} -> {after}"
+
+
+def test_bulk_tcp_takes_the_same_path(cluster):
+    """A bulk transfer's packets are GSO bursts longer than the MTU: BPF host routing sends
+    them too (the kernel checks them against the MTU segment by segment)."""
+    two, pa, pb, legacy = cluster
+    two.b.apply_policies([ALLOW_A], IDENTITIES)
+    assert until(lambda: ping(pa, pb.ip))
+    server = pb.popen("iperf3", "-s", "-1", "-p", "5299")
+    try:
+        time.sleep(0.5)
+        before = [forwarded(n) for n in two.nodes]
+        client = pa.run("iperf3", "-c", pb.ip, "-p", "5299", "-n", "50M", timeout=60)
+        after = [forwarded(n) for n in two.nodes]
+    finally:
+        server.kill()
+        server.wait()
+    assert client.returncode == 0, client.stdout + client.stderr
+    if legacy:
+        assert after[0] - before[0] > 1000, (before, after)
+    else:
+        assert after == before, f"a host stack forwarded the transfer: {before} -> {after}"
 
 
 def test_a_label_policy_on_the_receiving_node_denies_the_remote_source(cluster):

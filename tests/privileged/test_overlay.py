@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
+import socket
+import struct
 import subprocess
 import time
 
@@ -31,6 +34,7 @@ def cnp(name: str, spec: dict) -> dict:
             "spec": {"endpointSelector": {"matchLabels": {"app": "b"}}, **spec}}
 
 
+SO_NO_CHECK = 11          # asm-generic/socket.h: send UDP without a checksum
 ALLOW_A = cnp("allow-a", {"ingress": [{"fromEndpoints": [{"matchLabels": {"app": "a"}}]}]})
 DENY_A = cnp("deny-a", {"ingressDeny": [{"fromEndpoints": [{"matchLabels": {"app": "a"}}]}]})
 
@@ -170,6 +174,57 @@ def test_the_kernel_vxlan_device_carries_what_bpf_leaves(cluster, send, receive)
             assert not ping(pa, pb.ip)
         finally:
             two.b.apply_policies([ALLOW_A], IDENTITIES)
+
+
+def checksum(data: bytes) -> int:
+    """The Internet checksum (RFC 1071) of DATA."""
+    data += b"\0" * (len(data) % 2)
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def vxlan_echo(src: str, dst: str, vni: int, ident: int, tos: int = 0) -> bytes:
+    """A VXLAN payload (RFC 7348) carrying an ICMP echo request from SRC to DST."""
+    icmp = struct.pack("!BBHHH", 8, 0, 0, ident, 1) + b"capillary"
+    icmp = icmp[:2] + struct.pack("!H", checksum(icmp)) + icmp[4:]
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, tos, 20 + len(icmp), ident, 0, 64, 1, 0,
+                     socket.inet_aton(src), socket.inet_aton(dst))
+    ip = ip[:10] + struct.pack("!H", checksum(ip)) + ip[12:]
+    inner_eth = bytes.fromhex("02000000000102000000000208 00".replace(" ", ""))
+    return struct.pack("!II", 0x08000000, vni << 8) + inner_eth + ip + icmp
+
+
+@pytest.mark.parametrize("outer, taken_by", [("plain", "bpf"), ("udp checksum", "kernel"), ("ecn ce", "kernel")])
+def test_from_netdev_leaves_to_the_kernel_what_it_must_check(cluster, outer, taken_by):
+    """VXLAN sent from node a's host by hand: from_netdev takes the headers off a plain one
+    (zero UDP checksum, as VXLAN senders send it), and leaves one with a UDP checksum to
+    verify or a congestion mark to carry over to the kernel's device; either way pod b's
+    policy judges the identity from the VNI."""
+    two, pa, pb = cluster
+    two.b.apply_policies([ALLOW_A], IDENTITIES)
+    with two.b.entered(), contextlib.closing(Netlink()) as nl:
+        where = nl.link(tunnel.DEVICE).index if taken_by == "kernel" else nl.link_of_address(two.b.underlay_ip).index
+    received = device_packets(two.b, "rx")
+    ident = secrets.randbelow(0xFFFF) + 1
+    got = Events(two.b)
+    try:
+        with two.a.entered():
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        with contextlib.closing(sock):
+            if outer != "udp checksum":
+                sock.setsockopt(socket.SOL_SOCKET, SO_NO_CHECK, 1)
+            if outer == "ecn ce":
+                sock.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, 3)
+            # a congestion mark is carried over only to an ECN-capable packet (ECT(0))
+            payload = vxlan_echo(pa.ip, pb.ip, ID_A, ident, tos=2 if outer == "ecn ce" else 0)
+            sock.sendto(payload, (two.b.underlay_ip, tunnel.PORT))
+        into = got.wait_for(lambda e: e.type == EVENT_TRACE and e.subtype == TRACE_FROM_OVERLAY)
+    finally:
+        got.close()
+    assert (into.src_identity, into.dst_identity, into.ifindex) == (ID_A, ID_B, where)
+    assert (device_packets(two.b, "rx") > received) == (taken_by == "kernel")
 
 
 def test_pod_mtu_leaves_room_for_the_encapsulation(cluster):
