@@ -99,18 +99,29 @@ def _route(where: Where, dst: str, src: str | None = None, iif: int | None = Non
         return f"none: {exc}"
 
 
-def _vxlan_index(where: Where) -> int:
-    """The ifindex of WHERE's VXLAN device; 0 when unknown (not on this machine, none)."""
+def _links(where: Where) -> dict[int, str]:
+    """WHERE's host links' names by ifindex; none when unknown (not on this machine)."""
     if not where.here:
-        return 0
+        return {}
     try:
         nl = PodNetlink(where.netns) if where.netns else Netlink()
         try:
-            return nl.link(DEVICE).index if nl.has_link(DEVICE) else 0
+            return nl.names()
         finally:
             nl.close()
     except (KernelError, OSError):
-        return 0
+        return {}
+
+
+def _name_interfaces(flows: list[dict], links: dict[str, dict[int, str]]) -> None:
+    """Name the devices flows know only by ifindex (flowd names pods' devices; the underlay's
+    and the VXLAN device's are the host's), from LINKS: each node's, by ifindex."""
+    for flow in flows:
+        interface = flow.get("interface")
+        if interface and not interface.get("name"):
+            name = links.get(flow.get("node_name", ""), {}).get(interface.get("index"))
+            if name:
+                interface["name"] = name
 
 
 def _counters(where: Where) -> dict[str, int] | None:
@@ -182,10 +193,11 @@ async def run(client: Client, source: str, destination: str, port: int, protocol
     members = {row["name"]: row for row in await placement.members(client)}
     routing = members.get(src.node, {}).get("routing") or client.config.cluster.routing
     under = {node: members.get(node, {}).get("underlay_ip", "?") for node in hosts}
-    vxlan = {node: 0 for node in hosts}
+    links = {node: await asyncio.to_thread(_links, where) for node, where in hosts.items()}
+    _name_interfaces(flows, links)
+    vxlan = {node: next((i for i, name in links[node].items() if name == DEVICE), 0) for node in hosts}
     if routing == "tunnel":
         routes = {src.node: await asyncio.to_thread(_route, hosts[src.node], under[dst.node]), dst.node: ""}
-        vxlan[dst.node] = await asyncio.to_thread(_vxlan_index, hosts[dst.node])
     else:
         routes = {src.node: await asyncio.to_thread(_route, hosts[src.node], dst.ip, src.ip, src.ifindex),
                   dst.node: await asyncio.to_thread(_route, hosts[dst.node], dst.ip)}

@@ -123,6 +123,10 @@ class _Links:
     def has_link(self, name: str) -> bool:
         return bool(self.ipr.link_lookup(ifname=name))
 
+    def names(self) -> dict[int, str]:
+        """Every link's name, by ifindex."""
+        return {msg["index"]: msg.get_attr("IFLA_IFNAME") for msg in self.ipr.get_links()}
+
     def addresses(self, index: int) -> set[str]:
         """The IPv4 addresses on the link at INDEX, as ADDRESS/PREFIXLEN."""
         msgs = _dump(lambda: tuple(self.ipr.get_addr(family=2, index=index)))

@@ -135,3 +135,15 @@ def test_the_source_nodes_flows_never_stand_for_the_destination():
     assert w.result == "UNKNOWN"
     assert [h.flows for h in w.hops if h.node == "n2"] == [[], [], [], []]
     assert "no verdict reported" in w.hops[6].what
+
+
+def test_host_devices_are_named_from_the_node_that_reported_them():
+    """A flow at the underlay device carries only its ifindex: walk names it from the links
+    of the node that reported it, not another node's, and keeps names flowd gave."""
+    from services.cli.walk import _name_interfaces
+    flows = [{"node_name": "n2", "interface": {"index": 2}},
+             {"node_name": "n1", "interface": {"index": 2}},
+             {"node_name": "n2", "interface": {"index": 6, "name": "lxcb"}},
+             {"node_name": "n3", "interface": {"index": 2}}]
+    _name_interfaces(flows, {"n1": {2: "eth0"}, "n2": {2: "underlay", 6: "other"}})
+    assert [f["interface"].get("name") for f in flows] == ["underlay", "eth0", "lxcb", None]
