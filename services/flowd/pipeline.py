@@ -119,7 +119,11 @@ class Pipeline:
                 if settled:
                     waiting.handled(raw)
                 elif waiting.holds(raw):
-                    waiting.park(raw, frozenset())
+                    # Behind an earlier event of its pair, with what it lacks itself: parked
+                    # with nothing, it would be released after a fetch of only the tables
+                    # the earlier one lacked (a trace naming a remote identity, then the
+                    # verdict of a rule applied since: the rule went out Unknown).
+                    waiting.park(raw, self._lacking(raw))
                     continue
                 key, template = lookup(raw)
                 if template is None:
@@ -175,10 +179,14 @@ class Pipeline:
             except PUBLISH_ERRORS:
                 return
 
+    def _lacking(self, raw: bytes) -> frozenset[str]:
+        """The metadata tables that do not know something RAW names."""
+        hdr, _ = parse_event(raw)
+        return self.enricher.meta.unknown((hdr.src_identity, hdr.dst_identity), hdr.endpoint_id, hdr.rule_id)
+
     def _template(self, key: bytes, raw: bytes, settled: bool) -> Template | None:
         """A new shape's template, or None when RAW has gone to wait for metadata."""
-        hdr, _ = parse_event(raw)
-        lacking = self.enricher.meta.unknown((hdr.src_identity, hdr.dst_identity), hdr.endpoint_id, hdr.rule_id)
+        lacking = self._lacking(raw)
         if lacking and not settled:
             self.waiting.park(raw, lacking)
             return None

@@ -8,8 +8,9 @@ counted (capillary_flows_unattributed_total).
 Invariants: every event parked is released exactly once, after one fetch that began after
 it was parked (or that fetch's failure), so it waits at most ROUND_GAP plus one request
 timeout per lacking table (services/flowd/enrich.py). Events between the same two addresses keep their order: while one waits, the
-later ones wait behind it (`holds`), released with it in the order they came. Every other
-event goes on meanwhile.
+later ones wait behind it (`holds`), released with it in the order they came, and what each
+of them lacks is fetched too (not only what the first lacked). Every other event goes on
+meanwhile.
 """
 from __future__ import annotations
 

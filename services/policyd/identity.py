@@ -11,8 +11,10 @@ are frozen, are shared by every entry with the same holders.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+
+from services.wire.messages import Identity
 
 RESERVED = {
     1: "reserved:host",
@@ -213,3 +215,13 @@ class IdentityAllocator:
         local = identity >= FIRST_LOCAL
         self._free_from[local] = min(self._free_from[local], identity)
         return entry
+
+
+def listing(local: Iterable[Entry], remote: Mapping[int, Mapping[str, str]]) -> list[Identity]:
+    """identity.list: the reserved identities, this node's (with their owners) and, in a
+    cluster, the other nodes' (owned there), by number. Identities are cluster-wide: flowd
+    labels a flow from another node's pod with this list, so it holds the other nodes' too."""
+    reserved = [Identity(i, {name: ""}) for i, name in RESERVED.items()]
+    mine = {e.id: Identity(e.id, dict(e.labels), sorted(e.owners)) for e in local}
+    others = {i: Identity(i, dict(labels)) for i, labels in remote.items() if i not in mine}
+    return reserved + [ident for _, ident in sorted({**others, **mine}.items())]

@@ -38,7 +38,7 @@ from services.policyd import metrics as policyd_metrics
 from services.policyd.compiler import CIDR_LABEL, Endpoint, Universe, names_as_peer, rule_id, rule_table
 from services.policyd.enforcer import Enforcer, PolicyMapFull
 from services.policyd import clustersync
-from services.policyd.identity import RESERVED, Entry, IdentitiesExhausted, IdentityAllocator, labels_key
+from services.policyd.identity import RESERVED, Entry, IdentitiesExhausted, IdentityAllocator, labels_key, listing
 from services.policyd.model import PackedDocument, Policy, plain_document
 from services.policyd.parse import PolicyError, parse_policy, policy_key_of
 from services.runtime.app import Service
@@ -303,10 +303,9 @@ class PolicyService(Changes, Service):
     async def list_identities(self, _req: ListRequest) -> Plain:
         """Every identity (Identity messages), put in wire form on a worker thread: with
         100,000 CIDR identities that is seconds of work, and flowd asks every 30 s."""
-        entries = list(self.identities.by_id.items())          # a snapshot; sorted off the loop
-        reserved = [Identity(i, {name: ""}) for i, name in RESERVED.items()]
-        return await asyncio.to_thread(
-            lambda: Plain(m.to_wire() for m in reserved + [_wire(e) for _, e in sorted(entries)]))
+        entries = list(self.identities.by_id.values())         # snapshots; sorted off the loop
+        remote = dict(self.remote_ids)
+        return await asyncio.to_thread(lambda: Plain(m.to_wire() for m in listing(entries, remote)))
 
     async def _sync_cidr_identities(self) -> None:
         released, created = cidrs.resolve(self.identities, self.policies)

@@ -168,6 +168,16 @@ def test_walk_follows_a_probe_across_two_nodes(cluster):
 
         cluster.cli(0, "apply", "-f", "-", input=ingress_policy("walk-p1", "p1", "p0"))
         wait_for(lambda: not cluster.ping(2, "x/p2", target), "p2 (node 2) is denied")
+        # node 1 names the rule it allowed p0 by, and p0's identity (held on node 0) by its
+        # labels: identities are cluster-wide, and a rule applied since flowd's last refresh
+        # is fetched even when its event waits behind one naming p0's identity
+        rc, result, _ = walk(cluster, "x/p0", "x/p1", ECHO_PORT)
+        policy = [h for h in result["hops"] if h["node"] == n1.name and h["what"].startswith("ingress policy")]
+        assert rc == 0 and policy and policy[0]["what"].endswith("ALLOWED by NetworkPolicy x/walk-p1 rule 0"), policy
+        flows = [json.loads(line)["flow"] for line in cluster.cli(
+            1, "observe", "--node", n1.name, "--last", "200", "-o", "json").stdout.splitlines() if line.strip()]
+        verdict = [f for f in flows if f["uuid"] in policy[0]["flows"]]
+        assert verdict and "k8s:app=p0" in verdict[0]["source"]["labels"], verdict
         rc, result, hops = walk(cluster, "x/p2", "x/p1", ECHO_PORT)
         assert rc == 1 and result["result"] == "DROPPED", result
         assert hops[-1][0] == n1.name and hops[-1][2].startswith("DROPPED: POLICY_DENIED"), hops

@@ -161,3 +161,19 @@ async def test_events_between_the_same_pods_keep_their_order_behind_a_waiting_on
     node.hold.set()
     assert [(await next_flow(flows))["l4"]["UDP"]["source_port"] for _ in range(2)] == [40005, 40006]
     assert pipe.queued == 0 and len(pipe.waiting) == 0
+
+
+async def test_an_event_behind_a_waiting_one_still_fetches_the_rule_it_names(flowd):
+    """A trace naming an identity flowd has not listed (another node's pod) waits for
+    identity.list; the verdict of a rule applied since, between the same addresses, waits
+    behind it and must get policy.rules fetched too, not only what the trace lacked."""
+    pipe, node, flows, metrics = flowd
+    assert await pipe.enricher.refresh()
+    node.rules.append(RULE)
+    remote = event(packet(A, B, 17, udp(40008, 80)), src_identity=300)    # listed by no one
+    pipe.offer([remote, verdict(40009, 77)])
+    got = [await next_flow(flows) for _ in range(2)]
+    assert [f["l4"]["UDP"]["source_port"] for f in got] == [40008, 40009]
+    assert got[1]["ingress_allowed_by"][0]["name"] == "only-a"
+    assert metrics.unattributed._value.get() == 0
+    assert pipe.queued == 0 and len(pipe.waiting) == 0

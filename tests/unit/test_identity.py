@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from services.policyd.identity import (FIRST_ALLOCATED, MAX_IDENTITY, RESERVED, Entry,
-                                       IdentitiesExhausted, IdentityAllocator, labels_key)
+                                       IdentitiesExhausted, IdentityAllocator, labels_key, listing)
 
 WEB = {"k8s:app": "web", "k8s:io.kubernetes.pod.namespace": "shop"}
 DB = {"k8s:app": "db", "k8s:io.kubernetes.pod.namespace": "shop"}
@@ -120,3 +120,14 @@ def test_a_copy_allocates_and_releases_without_touching_the_original():
     trial.release(web.id, "b")
     assert web.id in ids.by_id and ids.allocate(WEB, "z")[0].id == web.id
     assert ids.by_id[web.id].owners == {"a", "z"}
+
+
+def test_the_listing_holds_the_other_nodes_identities_too():
+    """identity.list in a cluster: flowd labels a flow from a pod on another node with it."""
+    ids = IdentityAllocator()
+    web, _ = ids.allocate(WEB, "pod:shop/web-1")                  # 256, here
+    remote = {257: DB, web.id: {"k8s:app": "stale"}}               # 257 on another node
+    listed = listing(ids.by_id.values(), remote)
+    assert [i.id for i in listed] == [*RESERVED, 256, 257]
+    assert listed[-2].labels == WEB and listed[-2].owners == ["pod:shop/web-1"]     # ours win
+    assert listed[-1].labels == DB and listed[-1].owners == []
