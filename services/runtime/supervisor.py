@@ -152,6 +152,12 @@ class Supervisor:
         """Keep CHILD running until the node stops; restart with exponential backoff."""
         while not self._stopping.is_set():
             await self._spawn(child)
+            if self._stopping.is_set():
+                # The node began stopping while this one started (a restart after a crash):
+                # _stop_children may have passed it by, and it must not outlive the node
+                # (a routed left running re-adds the iptables rules a purge removed).
+                await self._stop_one(child)
+                return
             rc = await child.proc.wait()
             child.last_exit = rc
             if self._stopping.is_set():
@@ -219,6 +225,10 @@ class Supervisor:
         log.info("stopping node")
         await self.bus.drain()
         await self._stop_children()
+        # Each watch returns once its child is gone, stopping one it started meanwhile; only
+        # then is the node down (a purge waits for the pid file to go).
+        if tasks:
+            await asyncio.wait(tasks, timeout=STOP_GRACE + 5)
         for t in tasks:
             t.cancel()
         pid_path(self.config).unlink(missing_ok=True)
