@@ -31,8 +31,11 @@ per-round ratio. Targets: native >= 0.95x and tunnel >= 0.85x in throughput, p50
 <= 1.10x and tunnel <= 1.20x.
 
     .venv/bin/python bench/encap.py [--rounds 5] [--seconds 2] [--quick] [--cpus split|same|none]
-                                    [--legacy-routing] [--kernel-vxlan] [--perf]
+                                    [--legacy-routing] [--big-tcp] [--kernel-vxlan] [--perf]
 
+With --big-tcp, datapath.bigTCP: the native pods' veths and every underlay device build and
+take 192 KiB TCP packets (IPv4 BIG TCP, as a NIC with that TSO size); the underlay variant
+gets them too, the tunnel's pods keep 64 KiB (a tunnel-mode node refuses BIG TCP).
 With --perf, then `perf record -a` during one iperf3 run (1 stream) through the tunnel and
 one through the underlay: the top kernel symbols of each, to compare where the time goes.
 Prints tables and writes bench/results/encap.json. Everything it makes (namespaces capu-x*,
@@ -56,6 +59,7 @@ from bench.traffic import SOCKPERF_PORT  # noqa: E402
 from bench.targets import ENCAP_TARGETS  # noqa: E402
 from bench.datapath import (METRICS as DATAPATH_METRICS, PLACEMENTS, Pair, Placement, Sample,  # noqa: E402
                             profile_variants, run_rounds, series, start_servers)
+from services.datapath.mtu import GSO_DEFAULT_SIZE  # noqa: E402
 from services.routed import tunnel  # noqa: E402
 from tests.support.twonodes import UNDERLAY_MTU, TwoNodes, ip  # noqa: E402
 
@@ -73,14 +77,16 @@ PROFILED = ("tunnel", BASELINE)
 TARGETS = {v: {"gbps_1": gbps, "gbps_4": gbps, "p50_us": p50} for v, (gbps, p50) in ENCAP_TARGETS.items()}
 
 
-def set_up(cleanup, workdir: Path, cpus: Placement, legacy: bool) -> list[Pair]:
-    two = TwoNodes(workdir, tunnel_mode=True, routes=True, tag_prefix=BENCH_TAG, legacy=legacy)
+def set_up(cleanup, workdir: Path, cpus: Placement, legacy: bool, big_tcp: bool = False) -> list[Pair]:
+    two = TwoNodes(workdir, tunnel_mode=True, routes=True, tag_prefix=BENCH_TAG, legacy=legacy, big_tcp=big_tcp)
     cleanup.push("two nodes", two.close)
     log(f"building nodes {two.tag}a and {two.tag}b (4 bcc compiles)")
     two.__enter__()
     native = (two.a.add_pod("na", "10.77.1.10", 1001, 11, mtu=UNDERLAY_MTU),
               two.b.add_pod("nb", "10.77.2.10", 1002, 12, mtu=UNDERLAY_MTU))
-    tunnelled = (two.a.add_pod("ta", "10.77.1.20", 1003, 13), two.b.add_pod("tb", "10.77.2.20", 1004, 14))
+    # a tunnel-mode node has no BIG TCP (datapath.bigTCP is refused with it)
+    tunnelled = (two.a.add_pod("ta", "10.77.1.20", 1003, 13, gso_max=GSO_DEFAULT_SIZE),
+                 two.b.add_pod("tb", "10.77.2.20", 1004, 14, gso_max=GSO_DEFAULT_SIZE))
     for client, server in (native, tunnelled):
         node_ip = two.b.underlay_ip if client is tunnelled[0] else ""
         two.a.learn_remote(server, node_ip)
@@ -180,6 +186,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--perf", action="store_true",
                         help="then `perf record -a` during iperf3 (1 stream) through the tunnel and the underlay: "
                              "the top kernel symbols")
+    parser.add_argument("--big-tcp", action="store_true",
+                        help="datapath.bigTCP: the native pods' veths and the underlay carry 192 KiB TCP packets "
+                             "(the tunnel's pods keep 64 KiB)")
     parser.add_argument("--cpus", choices=PLACEMENTS, default="split",
                         help="client/server CPUs: split 0/1 (default), same 1/1, none (unpinned)")
     args = parser.parse_args(argv)
@@ -195,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     cpus = Placement(*PLACEMENTS[args.cpus])
     began = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="capillary-bench-encap-") as tmp, cleaned_up() as cleanup:
-        pairs, two = set_up(cleanup, Path(tmp), cpus, args.legacy_routing)
+        pairs, two = set_up(cleanup, Path(tmp), cpus, args.legacy_routing, args.big_tcp)
         if args.kernel_vxlan:
             pairs += [start_sockperf(cleanup, pair, cpus) for pair in kernel_vxlan(two)]
         before = vxlan_packets(two)
@@ -206,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     variants = VARIANTS + (KERNEL_VARIANTS if args.kernel_vxlan else ())
     summary = summarize(rounds, variants)
     print(f"{args.rounds} rounds of {args.seconds} s runs, CPUs {args.cpus} (client {cpus.client_cpu}, "
-          f"server {cpus.server_cpu})\n")
+          f"server {cpus.server_cpu}){', BIG TCP' if args.big_tcp else ''}\n")
     print(report(summary))
     print(f"\nduring the rounds: {sent}")
     for variant, found in (perf or {}).items():
@@ -215,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     path = write_results("encap", {
         "benchmark": "encap", "environment": environment(),
         "parameters": {"rounds": args.rounds, "seconds": args.seconds, "variants": list(variants), "cpus": args.cpus,
-                       "legacy_routing": args.legacy_routing,
+                       "legacy_routing": args.legacy_routing, "big_tcp": args.big_tcp,
                        "underlay_mtu": UNDERLAY_MTU, "tunnel_pod_mtu": tunnel.pod_mtu(UNDERLAY_MTU),
                        "targets_vs_underlay": TARGETS},
         "rounds": [{"order": r["order"], "samples": {v: asdict(s) for v, s in r["samples"].items()}} for r in rounds],

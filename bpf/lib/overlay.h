@@ -62,7 +62,8 @@ static __always_inline int overlay_route(struct __sk_buff *skb, __be32 endpoint,
 /* Encapsulate the packet for the tunnel endpoint FIB was looked up for, with IDENTITY as the
  * VNI, and send it out of the underlay device. The headers are written in place: the room
  * the kernel makes after the Ethernet header is linear. OVERLAY_PASS, the packet unchanged,
- * when the kernel refused the room. */
+ * when the kernel refused the room or the outer IPv4 length could not hold the packet (a BIG
+ * TCP packet: the VXLAN device's GSO copes with those). */
 static __always_inline int overlay_encap(struct __sk_buff *skb, struct bpf_fib_lookup *fib, __u32 identity)
 {
 	void *data, *data_end;
@@ -71,6 +72,8 @@ static __always_inline int overlay_encap(struct __sk_buff *skb, struct bpf_fib_l
 	__u32 hash, len;
 	__s64 sum;
 
+	if (skb->len - ETH_HLEN + sizeof(*o) > 0xffff)
+		return OVERLAY_PASS;
 	hash = bpf_get_hash_recalc(skb);      /* the source port: the underlay's ECMP entropy */
 	if (bpf_skb_adjust_room(skb, sizeof(*o), BPF_ADJ_ROOM_MAC,
 				BPF_F_ADJ_ROOM_FIXED_GSO | BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 |

@@ -20,7 +20,7 @@ from services.datapath.maps.conntrack import ConntrackMap
 from services.datapath.maps.endpoints import FLAG_AUDIT, Endpoint, EndpointMap
 from services.datapath.maps.metrics import EndpointMetricsMap
 from services.datapath.netlink import (RT_SCOPE_LINK, TC_EGRESS, TC_INGRESS, InterfaceNotFound,
-                                       Netlink, PodNetlink)
+                                       Netlink, PodNetlink, set_ipv4_gso_max)
 from services.runtime.config import NodeConfig
 from services.wire.messages import PodSpec, PodStatus
 
@@ -76,6 +76,10 @@ class Plumber:
         # A pod without spec.mtu gets this (0: the kernel's); in tunnel mode the underlay's
         # less the encapsulation (services.datapath.mtu.pod_mtu).
         self.default_mtu = default_mtu
+        # IPv4 GSO/GRO size of both ends of a pod's veth (services.datapath.mtu.pod_gso_max):
+        # BIG_TCP_SIZE with datapath.bigTCP (0: the kernel's 64 KiB), and what a pod found at
+        # start-up gets back when the option is off (0 on a kernel without BIG TCP).
+        self.gso_max = self.gso_restore = 0
         self.router_ip = str(config.router_ip)
         self.endpoints = endpoints
         self.ep_metrics = EndpointMetricsMap(Path(config.datapath.bpfRoot))
@@ -130,10 +134,14 @@ class Plumber:
         """PINNED is where the work happens; PATH is what the pod records as its netns."""
         if wiring.peer:
             host, eth0 = self.nl.create_veth(ifname, wiring.peer)
+            if self.gso_max:            # kept when the runtime moves it into the pod
+                set_ipv4_gso_max(eth0.index, self.gso_max)
         else:
             host = self.nl.create_veth_into(ifname, spec.interface, pinned)
             with PodNetlink(pinned) as pod:
-                eth0 = pod.configure(spec.interface, wiring.pod_ip, self.router_ip, self._mtu(spec))
+                eth0 = pod.configure(spec.interface, wiring.pod_ip, self.router_ip, self._mtu(spec), self.gso_max)
+        if self.gso_max:
+            set_ipv4_gso_max(host.index, self.gso_max)
         status = PodStatus(pod_ip=wiring.pod_ip, host_ifname=ifname, host_ifindex=host.index,
                            host_mac=host.mac, pod_mac=eth0.mac, netns=str(path), netns_owned=owned,
                            endpoint_id=wiring.endpoint_id, identity=0, created=time.time())
@@ -178,8 +186,11 @@ class Plumber:
             fresh = dataclasses.replace(fresh, identity=status.identity, created=status.created)
             self.activate(fresh, spec)
             return fresh
+        gso = self.gso_max or self.gso_restore
         with PodNetlink(path) as pod:
-            eth0 = pod.configure(spec.interface, status.pod_ip, self.router_ip, self._mtu(spec))
+            eth0 = pod.configure(spec.interface, status.pod_ip, self.router_ip, self._mtu(spec), gso)
+        if gso:
+            set_ipv4_gso_max(host.index, gso)
         current = dataclasses.replace(status, host_ifindex=host.index, host_mac=host.mac, pod_mac=eth0.mac)
         # The pod is live and its old programs keep serving it: the caller replaces them
         # (attach) once every restored pod's entry is in, since after a bpffs loss the new

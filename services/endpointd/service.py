@@ -76,6 +76,10 @@ class EndpointService(Service):
         os.close(programs[FROM_NETDEV])
         self.endpoints = EndpointMap(Path(self.config.datapath.bpfRoot))
         self.plumber = Plumber(self.config, self.endpoints, programs[FROM_CONTAINER], programs[TO_CONTAINER])
+        self.plumber.gso_max, self.plumber.gso_restore, why = await self.worker.run(mtu.pod_gso_max,
+                                                                                    self.config.datapath.bigTCP)
+        if why:
+            self.log.warning("datapath.bigTCP ignored", reason=why)
         if self.config.cluster.enabled and self.config.cluster.routing == "tunnel":
             self.plumber.default_mtu = await self.worker.run(mtu.pod_mtu_on, self.plumber.nl,
                                                              self.config.cluster.underlayIP)

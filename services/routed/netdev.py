@@ -9,7 +9,9 @@ also takes the VXLAN headers off what other nodes' from_container encapsulated
 is the link holding cluster.underlayIP. With datapath.hostLegacyRouting (Cilium's
 --enable-host-legacy-routing) the host stack forwards instead: from_container passes such
 packets to it (or to the VXLAN device), and from_netdev is taken off the device, so that
-to_container (or from_overlay) judges them.
+to_container (or from_overlay) judges them. With datapath.bigTCP (native routing only) the
+underlay device is let carry the pods' 192 KiB packets too: were it not, the kernel would
+cut each one up in software on its way out.
 
 Synchronous netlink work, for the netlink worker thread of the node's namespace.
 """
@@ -18,7 +20,8 @@ from __future__ import annotations
 import os
 
 from services.datapath.maps.tunnel import FROM_NETDEV
-from services.datapath.netlink import TC_INGRESS, InterfaceNotFound, Netlink
+from services.datapath.netlink import (BIG_TCP_SIZE, TC_INGRESS, InterfaceNotFound, KernelError, Netlink,
+                                       ipv4_gso_sizes, set_ipv4_gso_max)
 from services.routed.tunnel import pinned_program
 from services.runtime.config import NodeConfig
 
@@ -36,6 +39,25 @@ def ensure(nl: Netlink, config: NodeConfig) -> int:
     finally:
         os.close(fd)
     return link.index
+
+
+def big_tcp(nl: Netlink, config: NodeConfig) -> str:
+    """With datapath.bigTCP, the underlay device's IPv4 GSO/GRO size raised to BIG_TCP_SIZE
+    (left as it is otherwise: the device is the host's). What stands in the way, or ""."""
+    if not config.datapath.bigTCP:
+        return ""
+    link = nl.link_of_address(config.cluster.underlayIP)
+    size, tso = ipv4_gso_sizes(link.index)
+    if size >= BIG_TCP_SIZE:
+        return ""
+    if tso < BIG_TCP_SIZE:
+        return (f"{link.name} sends at most {tso}-byte GSO packets (tso_max_size): pods' BIG TCP packets "
+                "to other nodes are cut up in software there")
+    try:
+        set_ipv4_gso_max(link.index, BIG_TCP_SIZE)
+    except KernelError as exc:
+        return f"{link.name}: {exc.strerror}"
+    return ""
 
 
 def attach(nl: Netlink, index: int, program_fd: int) -> None:

@@ -214,8 +214,13 @@ class RoutedService(Service):
 
     async def ensure_netdev(self) -> int:
         """Native routing: from_netdev at the underlay device's ingress, or none with
-        datapath.hostLegacyRouting (services.routed.netdev.ensure). Returns the ifindex."""
-        return await self.worker.run(netdev.ensure, self.nl, self.config)
+        datapath.hostLegacyRouting (services.routed.netdev.ensure); with datapath.bigTCP the
+        device takes the pods' BIG TCP packets (netdev.big_tcp). Returns the ifindex."""
+        index = await self.worker.run(netdev.ensure, self.nl, self.config)
+        why = await self.worker.run(netdev.big_tcp, self.nl, self.config)
+        if why:
+            self.log.warning("underlay device without BIG TCP", reason=why)
+        return index
 
     async def remove_tunnel(self) -> None:
         """Out of tunnel mode: what would be encapsulated is dropped, the device removed."""

@@ -39,6 +39,12 @@ def small_ct_node(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def big_tcp_node(tmp_path_factory):
+    """A node whose pods' veths carry 192 KiB IPv4 TCP packets (datapath.bigTCP)."""
+    yield from _node(tmp_path_factory, datapath={"bigTCP": True})
+
+
+@pytest.fixture(scope="module")
 def tiny_ring_node(tmp_path_factory):
     """A node whose event ring holds a couple of dozen events and that traces every packet."""
     yield from _node(tmp_path_factory, events={"ringBytes": 4096, "aggregation": "none"})

@@ -16,6 +16,7 @@ import contextlib
 import ctypes as ct
 import secrets
 import shutil
+import socket
 import subprocess
 import time
 from dataclasses import dataclass, field, replace
@@ -26,7 +27,8 @@ from services.datapath.maps.endpoints import EndpointMap
 from services.datapath.maps.events import FlowEvent
 from services.datapath.maps.ipcache import IpcacheMap
 from services.datapath.maps.policy import PolicyMap
-from services.datapath.netlink import Netlink
+from services.datapath.mtu import pod_gso_max
+from services.datapath.netlink import BIG_TCP_SIZE, Netlink, set_ipv4_gso_max
 from services.datapath.ringbuf import RingBuffer
 from services.datapath.numbers import IDENTITY_WORLD
 from services.endpointd.plumbing import FROM_CONTAINER, TO_CONTAINER, Plumber, Wiring
@@ -112,6 +114,7 @@ class DatapathNode:
                 mtu = tunnel.pod_mtu_on(nl, self.underlay_ip) if tunnel_mode else 0
                 self.plumber = Plumber(self.config, EndpointMap(self.root), fds[FROM_CONTAINER],
                                        fds[TO_CONTAINER], default_mtu=mtu)
+                self.plumber.gso_max, self.plumber.gso_restore, _ = pod_gso_max(self.config.datapath.bigTCP)
                 if tunnel_mode:
                     tunnel.ensure_device(nl, self.config, fds[tunnel.FROM_OVERLAY])
                 if host_routing:
@@ -119,13 +122,21 @@ class DatapathNode:
             finally:
                 nl.close()
 
-    def add_pod(self, name: str, ip_addr: str, identity: int, endpoint_id: int, mtu: int = 0) -> Pod:
-        """A pod; MTU 0: the node's default (the underlay's less VXLAN in tunnel mode)."""
-        with self.entered():
-            spec = PodSpec(name=name, namespace="default", mtu=mtu)
-            status = replace(self.plumber.create(spec, Wiring(pod_ip=ip_addr, endpoint_id=endpoint_id)),
-                             identity=identity)
-            self.plumber.activate(status, spec)
+    def add_pod(self, name: str, ip_addr: str, identity: int, endpoint_id: int, mtu: int = 0,
+                gso_max: int | None = None) -> Pod:
+        """A pod; MTU 0: the node's default (the underlay's less VXLAN in tunnel mode);
+        GSO_MAX its veth's IPv4 GSO size, None: the node's (datapath.bigTCP)."""
+        node_gso = self.plumber.gso_max
+        if gso_max is not None:
+            self.plumber.gso_max = gso_max
+        try:
+            with self.entered():
+                spec = PodSpec(name=name, namespace="default", mtu=mtu)
+                status = replace(self.plumber.create(spec, Wiring(pod_ip=ip_addr, endpoint_id=endpoint_id)),
+                                 identity=identity)
+                self.plumber.activate(status, spec)
+        finally:
+            self.plumber.gso_max = node_gso
         pod = Pod(name, identity, endpoint_id, status, Path(status.netns).name)
         self.pods.append(pod)
         return pod
@@ -168,15 +179,18 @@ class TwoNodes:
     LEGACY: native routing through the host stacks and the tunnel through the kernel's VXLAN
     devices both ways (datapath.hostLegacyRouting), else BPF host routing (from_netdev at
     each underlay device, which also decapsulates in tunnel mode). TAG_PREFIX starts the tag every
-    name made here carries (bench runs use their own)."""
+    name made here carries (bench runs use their own). BIG_TCP: datapath.bigTCP on both nodes,
+    and the underlay (the bridge's ports, each node's device) carries 192 KiB GSO packets, as
+    a NIC with that TSO size would."""
 
     def __init__(self, workdir: Path, tunnel_mode: bool, routes: bool = False, tag_prefix: str = "",
-                 legacy: bool = False) -> None:
+                 legacy: bool = False, big_tcp: bool = False) -> None:
         self.tag = (tag_prefix + secrets.token_hex(3))[:6]
         self.workdir = workdir
         self.tunnel_mode = tunnel_mode
         self.routes = routes
         self.legacy = legacy
+        self.big_tcp = big_tcp
         self.underlay = netns.NETNS_RUN_DIR / f"capu-{self.tag}"
         self.nodes: list[DatapathNode] = []
 
@@ -217,7 +231,7 @@ class TwoNodes:
         mount = Path(f"/sys/fs/bpf/capillary-{name}")
         node = DatapathNode(name, path, f"192.168.77.{i}", NodeConfig(
             node=name, stateDir=str(self.workdir / name), podCIDR=f"10.77.{i}.0/24",
-            datapath=DatapathConfig(bpfRoot=str(mount), hostLegacyRouting=self.legacy)), mount)
+            datapath=DatapathConfig(bpfRoot=str(mount), hostLegacyRouting=self.legacy, bigTCP=self.big_tcp)), mount)
         self.nodes.append(node)            # removed by close() from here on, whatever fails next
         mount.mkdir()
         subprocess.run(["mount", "-t", "bpf", "bpf", str(mount)], check=True, capture_output=True)
@@ -227,6 +241,10 @@ class TwoNodes:
         ip("-n", path.name, "addr", "add", f"{node.underlay_ip}/24", "dev", "eth0")
         ip("-n", path.name, "link", "set", "eth0", "up", "mtu", str(UNDERLAY_MTU))
         ip("-n", path.name, "link", "set", "lo", "up")
+        if self.big_tcp:
+            for where, dev in ((self.underlay, f"u{letter}"), (path, "eth0")):
+                with netns.entered(where):
+                    set_ipv4_gso_max(socket.if_nametoindex(dev), BIG_TCP_SIZE)
 
     def close(self) -> None:
         for node in self.nodes:

@@ -74,3 +74,13 @@ def test_errors_name_the_field(changes, field):
 def test_a_cluster_node_must_listen_beyond_loopback():
     with pytest.raises(ConfigError, match=r"^nats.host: 127.0.0.1 is loopback"):
         parse_config(_with().replace("nats: {host: 0.0.0.0}", "nats: {port: 4222}"))
+
+
+def test_big_tcp_goes_with_native_routing_only():
+    native = parse_config(_with(routing="native") + "datapath: {bigTCP: true}\n")
+    assert native.datapath.bigTCP
+    with pytest.raises(ConfigError, match=r"^datapath.bigTCP: not with cluster.routing: tunnel"):
+        parse_config(_with(routing="tunnel") + "datapath: {bigTCP: true}\n")
+    with pytest.raises(ConfigError, match=r"^datapath.bigTCP: expected bool"):
+        parse_config(_with() + "datapath: {bigTCP: 'yes'}\n")
+    assert not parse_config(_with(routing="tunnel")).datapath.bigTCP
