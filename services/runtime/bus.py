@@ -7,6 +7,7 @@ turns that (or any other exception, as ``internal``) into an error reply and a c
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -32,6 +33,25 @@ log = structlog.get_logger()
 
 
 OFF_LOOP_BYTES = 65536       # request bodies larger than this are decoded on a worker thread
+
+
+class _TlsHalfCloseNotice(logging.Filter):
+    """Drops asyncio's "returning true from eof_received() has no effect when using ssl".
+
+    A NATS connection starts in clear (the server's INFO) and nats-py upgrades it to TLS, so
+    the stream protocol it opened with never learns it is over TLS and, when the server ends
+    the connection, asks to keep the half-closed transport open, which TLS cannot do. Nothing
+    is wrong, yet asyncio warns each time: after every CLI command against a TLS server (every
+    cluster node's), and in the services' logs on every reconnect."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "eof_received()" not in record.getMessage()
+
+
+def _quiet_tls_half_close() -> None:
+    asyncio_log = logging.getLogger("asyncio")
+    if not any(isinstance(f, _TlsHalfCloseNotice) for f in asyncio_log.filters):
+        asyncio_log.addFilter(_TlsHalfCloseNotice())
 
 
 def _read(data: bytes, schema: type[Message] | None) -> tuple[Any, Any]:
@@ -150,6 +170,8 @@ class Bus:
         callbacks = dict(reconnected_cb=reconnected, disconnected_cb=disconnected, error_cb=error) \
             if retry else dict(error_cb=quiet, disconnected_cb=gone)
         tls_context = creds.tls_context()
+        if tls_context:
+            _quiet_tls_half_close()
         try:
             nc = await nats.connect(
                 list(creds.servers) or creds.url, user=creds.user, dont_randomize=True, password=creds.password, name=name,

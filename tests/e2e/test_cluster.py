@@ -77,8 +77,9 @@ def test_pods_land_on_their_nodes_with_cluster_wide_identities(cluster):
         assert p["status"]["podIP"].rsplit(".", 1)[0] == node.pod_cidr.rsplit(".", 1)[0]
     identities = [pods[f"x/p{i}"]["status"]["identity"] for i in range(3)]
     assert len(set(identities)) == 3
-    wide = cluster.cli(1, "get", "pods", "-A", "-o", "wide").stdout
-    assert "NODE" in wide and cluster.node(2).name in wide
+    wide = cluster.cli(1, "get", "pods", "-A", "-o", "wide")
+    assert "NODE" in wide.stdout and cluster.node(2).name in wide.stdout
+    assert wide.stderr == ""        # over TLS too, no asyncio notice when the connection ends
 
 
 def test_an_unknown_node_is_an_error_that_makes_nothing(cluster):
