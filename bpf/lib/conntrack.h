@@ -106,14 +106,27 @@ enum ct_state {
 	CT_REPLY = 2,
 };
 
-/* Conntrack's clock: CLOCK_MONOTONIC at tick resolution (bpf_ktime_get_ns()'s clock, which
- * readers compare with, read coarsely: no clock source read per packet). created and
- * last_seen may be a tick behind a precise reading, and an entry written from outside with a
- * precise one may be a tick ahead of it: idle times are signed. */
+/* Conntrack's clock: CLOCK_MONOTONIC, within a tick either way, the clock readers compare
+ * with. Read from jiffies, which the verifier inlines as one load, turned into nanoseconds
+ * with the calibration pair the loader passes (services/datapath/clock.py: jiffies and
+ * CLOCK_MONOTONIC read together when this was compiled). The timekeeper the coarse clock
+ * reads is written on every tick by another CPU: a helper call and far cache lines on every
+ * packet, a fifth of an established packet's time. Without a calibration (or a HZ that does
+ * not divide a second) the coarse clock, at tick resolution too. Either way an entry written
+ * from outside with a precise reading may be a tick ahead: idle times are signed. */
+#if defined(CT_CLOCK_JIFFIES) && defined(CT_CLOCK_MONO_NS) && defined(CONFIG_HZ) && \
+	(1000000000 % CONFIG_HZ) == 0
+#define CT_TICK_NS (1000000000ULL / CONFIG_HZ)
+static __always_inline __u64 ct_clock(void)
+{
+	return CT_CLOCK_MONO_NS + (bpf_jiffies64() - CT_CLOCK_JIFFIES) * CT_TICK_NS;
+}
+#else
 static __always_inline __u64 ct_clock(void)
 {
 	return bpf_ktime_get_coarse_ns();
 }
+#endif
 
 static __always_inline __s64 ct_idle(struct ct_entry *e, __u64 now)
 {

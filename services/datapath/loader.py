@@ -14,7 +14,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.datapath import bpfsys
+from services.datapath import bpfsys, clock
 from services.datapath.maps import conntrack, ipcache, metrics
 from services.datapath.maps.tunnel import PORT as OVERLAY_PORT
 from services.datapath.numbers import AGGREGATION_LEVELS
@@ -58,6 +58,7 @@ def cflags(config: NodeConfig) -> list[str]:
         f"-DEVENTS_AGGREGATION={AGGREGATION_LEVELS[config.events.aggregation]}",
         f"-DOVERLAY_PORT={OVERLAY_PORT}",
         "-Wno-macro-redefined",
+        *clock.clock_flags(),
     ]
     if config.datapath.mode == "host-stack":
         flags.append("-DHOST_STACK")

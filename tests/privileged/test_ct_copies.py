@@ -148,3 +148,30 @@ def test_a_packet_whose_tuple_opened_a_connection_each_way_counts_once(node):
     assert bpfsys.run_once(fd, packet(SERVER, CLIENT, DPORT, SPORT))[0] == TC_ACT_REDIRECT
     assert conntrack.ways(forward) == [(0, 0), (1, FRAME)]
     assert conntrack.ways(backward) == [(0, 0), (0, 0)]
+
+
+def test_conntrack_stamps_are_the_monotonic_clock_within_a_tick(node):
+    """The programs read conntrack's clock from jiffies, calibrated when they were compiled
+    (services/datapath/clock.py). The stamps they write agree with CLOCK_MONOTONIC, which
+    the sweep and the tests compare them with, to within a tick (4 ms at HZ=250; 10 ms
+    allows HZ=100), and an entry's lifetime ends when CLOCK_MONOTONIC says it does."""
+    assert any(flag.startswith("-DCT_CLOCK_JIFFIES=") for flag in loader.cflags(NodeConfig()))
+    fd, _, conntrack, _ = node
+    tick, lifetime = 10_000_000, 21600 * 10**9          # CT_LIFETIME_TCP
+    for _ in range(3):
+        # last_seen is moved on by a packet once it is a second old (CT_TOUCH_NS).
+        conntrack.flush()
+        old = time.clock_gettime_ns(time.CLOCK_MONOTONIC) - 2 * 10**9
+        conntrack.put(connection_key(), CtEntry(created=old, last_seen=old, flags=CT_SEEN_REPLY))
+        before = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        assert bpfsys.run_once(fd, packet(CLIENT, SERVER))[0] == TC_ACT_REDIRECT
+        after = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        assert before - tick <= conntrack.map.get(connection_key()).last_seen <= after + tick
+        time.sleep(0.05)
+
+    for idle, verdict in ((lifetime - 50_000_000, TC_ACT_REDIRECT),    # still live
+                          (lifetime + 50_000_000, TC_ACT_SHOT)):       # expired: a new connection,
+        conntrack.flush()                                              # which no policy here allows
+        stale = time.clock_gettime_ns(time.CLOCK_MONOTONIC) - idle
+        conntrack.put(connection_key(), CtEntry(created=stale, last_seen=stale, flags=CT_SEEN_REPLY))
+        assert bpfsys.run_once(fd, packet(CLIENT, SERVER))[0] == verdict
