@@ -219,7 +219,7 @@ async def get(client: Client, what: str, namespace: str, output: str) -> int:
             return 0
         print(table(["ID", "LABELS", "USED BY"],
                     [[str(i["id"]), labels_text(i["labels"]).replace("=,", ",").rstrip("="),
-                      str(len(i["owners"]))] for i in items]))
+                      "other nodes" if i.get("remote") else str(len(i["owners"]))] for i in items]))
     elif what in ("policies", "policy", "networkpolicies", "netpol", "cnp", "ccnp"):
         items = await client.call(subjects.POLICY_LIST, ListRequest())
         if namespace:

@@ -223,5 +223,5 @@ def listing(local: Iterable[Entry], remote: Mapping[int, Mapping[str, str]]) -> 
     labels a flow from another node's pod with this list, so it holds the other nodes' too."""
     reserved = [Identity(i, {name: ""}) for i, name in RESERVED.items()]
     mine = {e.id: Identity(e.id, dict(e.labels), sorted(e.owners)) for e in local}
-    others = {i: Identity(i, dict(labels)) for i, labels in remote.items() if i not in mine}
+    others = {i: Identity(i, dict(labels), remote=True) for i, labels in remote.items() if i not in mine}
     return reserved + [ident for _, ident in sorted({**others, **mine}.items())]

@@ -322,7 +322,8 @@ class IdentityRelease(Message):
 class Identity(Message):
     id: IDENTITY
     labels: dict[str, str]
-    owners: list[str] = field(default_factory=list)
+    owners: list[str] = field(default_factory=list)   # this node's holders
+    remote: bool = False              # another node's (a cluster): its holders are not known here
 
 
 # ---- policies (policyd) -------------------------------------------------------------------

@@ -81,6 +81,13 @@ def test_pods_land_on_their_nodes_with_cluster_wide_identities(cluster):
     assert "NODE" in wide.stdout and cluster.node(2).name in wide.stdout
     assert wide.stderr == ""        # over TLS too, no asyncio notice when the connection ends
 
+    def used_by(node: int) -> dict[str, str]:      # ID -> USED BY, from the table
+        lines = cluster.cli(node, "get", "identities").stdout.splitlines()[1:]
+        return {line.split()[0]: line.rsplit("  ", 1)[-1].strip() for line in lines if line.strip()}
+    wait_for(lambda: used_by(0).get(str(identities[1])) == "other nodes",
+             "node 0 lists node 1's pod identity as another node's")
+    assert used_by(0)[str(identities[0])] == "1"
+
 
 def test_an_unknown_node_is_an_error_that_makes_nothing(cluster):
     proc = cluster.cli(0, "apply", "-f", "-", check=False,

@@ -130,4 +130,5 @@ def test_the_listing_holds_the_other_nodes_identities_too():
     listed = listing(ids.by_id.values(), remote)
     assert [i.id for i in listed] == [*RESERVED, 256, 257]
     assert listed[-2].labels == WEB and listed[-2].owners == ["pod:shop/web-1"]     # ours win
-    assert listed[-1].labels == DB and listed[-1].owners == []
+    assert not listed[-2].remote and not any(i.remote for i in listed[:-2])
+    assert listed[-1].labels == DB and listed[-1].owners == [] and listed[-1].remote
