@@ -116,10 +116,9 @@ enum ct_state {
  * from outside with a precise reading may be a tick ahead: idle times are signed. */
 #if defined(CT_CLOCK_JIFFIES) && defined(CT_CLOCK_MONO_NS) && defined(CONFIG_HZ) && \
 	(1000000000 % CONFIG_HZ) == 0
-#define CT_TICK_NS (1000000000ULL / CONFIG_HZ)
 static __always_inline __u64 ct_clock(void)
 {
-	return CT_CLOCK_MONO_NS + (bpf_jiffies64() - CT_CLOCK_JIFFIES) * CT_TICK_NS;
+	return CT_CLOCK_MONO_NS + (bpf_jiffies64() - CT_CLOCK_JIFFIES) * (1000000000ULL / CONFIG_HZ);
 }
 #else
 static __always_inline __u64 ct_clock(void)
