@@ -112,8 +112,12 @@ def test_established_connections_survive_a_full_table(node, pods):
                                    "spec": {"podSelector": {"matchLabels": {"app": "b"}},
                                             "policyTypes": ["Ingress", "Egress"], "ingress": [], "egress": []}}))
         assert not probe(a["netns"], "tcp", b["ip"], ECHO_PORT)      # new connections: denied
+        # The LRU hash takes free slots per CPU and puts a CPU's new entries on its LRU list
+        # only when that CPU next takes slots, so entries made on a CPU that makes no more stay
+        # put. All batches are sent from one CPU: each flushes the one before.
+        cpu = str(min(os.sched_getaffinity(0)))
         for batch in range(16):
-            run(pods["c"]["netns"], "churn", pods["d"]["ip"], str(SINK_PORT), str(20000 + batch * 256), "256")
+            run(pods["c"]["netns"], "churn", pods["d"]["ip"], str(SINK_PORT), str(20000 + batch * 256), "256", cpu)
             assert client.echo(f"batch-{batch}"), f"the established connection broke after batch {batch}"
         table = ConntrackMap(Path(node.bpf_root)).all()
         # Full: the first batches' idle entries were evicted to make room (an LRU hash keeps

@@ -3,8 +3,9 @@
     python packets.py sink PORT                  # print "ready", then "SRC PAYLOAD" per datagram
     python packets.py send DST PORT PAYLOAD [--src IP] [--sport PORT] [--mark MARK]
                                                  # one UDP datagram (from IP:PORT, with skb->mark)
-    python packets.py churn DST PORT FIRST_SPORT COUNT
+    python packets.py churn DST PORT FIRST_SPORT COUNT [CPU]
                                                  # COUNT datagrams, each from its own source port
+                                                 # (sent from CPU, when given)
     python packets.py client DST PORT            # one TCP connection; per stdin line, send it
                                                  # and print "ok" when it echoes back, else "fail"
 """
@@ -38,7 +39,9 @@ def send(dst: str, port: int, payload: str, src: str | None, mark: int | None, s
         s.sendto(payload.encode(), (dst, port))
 
 
-def churn(dst: str, port: int, first: int, count: int) -> None:
+def churn(dst: str, port: int, first: int, count: int, cpu: int | None = None) -> None:
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
     for sport in range(first, first + count):
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -73,7 +76,7 @@ def main(argv: list[str]) -> None:
         send(rest[0], int(rest[1]), rest[2], opts.get("--src"),
              int(opts["--mark"], 0) if "--mark" in opts else None, int(opts.get("--sport", 0)))
     elif cmd == "churn":
-        churn(rest[0], int(rest[1]), int(rest[2]), int(rest[3]))
+        churn(rest[0], int(rest[1]), int(rest[2]), int(rest[3]), int(rest[4]) if len(rest) > 4 else None)
     elif cmd == "client":
         client(rest[0], int(rest[1]))
     else:
