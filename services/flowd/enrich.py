@@ -4,7 +4,8 @@ flowd, so flowd must not wait for it), every REFRESH_SECONDS, and on demand for 
 event finds lacking (services/flowd/waiting.py). An endpoint event puts its pod in (or takes
 it out) at once, then asks for the pods and identities to be listed again, at most once every
 EVENT_GAP: creating 1,000 pods in one apply listed every pod and identity after each pod,
-1,000 times, on the CPUs the pods were being made with.
+1,000 times, on the CPUs the pods were being made with. Endpoint events never put off the
+full load: one is due REFRESH_SECONDS after the last began, however many pods came since.
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ class Enricher:
         self.log = log
         self.loaded = False                 # every table answered at least once
         self.last = 0.0                     # monotonic time the last refresh started
+        self.last_full = 0.0                # ... and the last refresh of every table
         self._poke = asyncio.Event()
         self._lock = asyncio.Lock()
         self._setters = {PODS: meta.set_pods, IDENTITIES: meta.set_identities, RULES: meta.set_rules}
@@ -40,6 +42,8 @@ class Enricher:
         data: unknown is not empty)."""
         async with self._lock:
             self.last = time.monotonic()
+            if set(tables) >= set(TABLES):
+                self.last_full = self.last
             ok = True
             for table in TABLES:
                 if table not in tables:
@@ -72,13 +76,14 @@ class Enricher:
                 await self.refresh(tables)
             except Exception:
                 self.log.exception("metadata refresh crashed")
-            wait = REFRESH_SECONDS if self.loaded else RETRY_SECONDS
+            wait = self.last_full + REFRESH_SECONDS - time.monotonic() if self.loaded else RETRY_SECONDS
             try:
-                await asyncio.wait_for(self._poke.wait(), timeout=wait)
+                await asyncio.wait_for(self._poke.wait(), timeout=max(0.0, wait))
                 poked = self.loaded
             except asyncio.TimeoutError:
                 poked = False
             if poked:       # the events of a burst, one refresh
                 await asyncio.sleep(max(0.0, self.last + EVENT_GAP - time.monotonic()))
             self._poke.clear()
-            tables = (PODS, IDENTITIES) if poked else TABLES
+            due = time.monotonic() - self.last_full >= REFRESH_SECONDS
+            tables = (PODS, IDENTITIES) if poked and not due else TABLES

@@ -73,3 +73,27 @@ def test_a_deleted_pods_identity_leaves_unless_another_pod_has_it():
     # A flow naming 300 now waits for a fetch (the number may come back with other labels).
     assert meta.unknown((300,), 0, 0) == frozenset({IDENTITIES})
     assert meta.unknown((0,), 1, 0) == frozenset({PODS})
+
+
+def test_pods_coming_all_the_time_do_not_put_off_the_full_refresh(monkeypatch):
+    """Endpoint events that never stop (pod churn) each ask for the pods and identities; the
+    rule table is still listed every REFRESH_SECONDS."""
+    monkeypatch.setattr(enrich, "EVENT_GAP", 0.01)
+    monkeypatch.setattr(enrich, "REFRESH_SECONDS", 0.2)
+
+    async def scenario() -> FakeBus:
+        bus, meta = FakeBus(), Metadata()
+        enricher = Enricher(bus, meta, structlog.get_logger())
+        task = asyncio.create_task(enricher.run())
+        try:
+            await until(lambda: enricher.loaded)
+            for raw in pods(200):                        # one pod every 5 ms for a second
+                await enricher.on_created(EndpointEvent(Pod.from_wire(raw)))
+                await asyncio.sleep(0.005)
+        finally:
+            task.cancel()
+        return bus
+
+    bus = asyncio.run(scenario())
+    assert bus.listed[subjects.POD_LIST] > 10             # the events' own listings
+    assert bus.listed[subjects.POLICY_RULES] >= 3         # the first load, then one per 0.2 s
