@@ -547,6 +547,9 @@ int from_overlay(struct __sk_buff *skb)
 		return drop_early(skb, METRIC_INGRESS, DROP_UNKNOWN_L3);
 	if (bpf_skb_get_tunnel_key(skb, &key, sizeof(key), 0) < 0)
 		return drop_early(skb, METRIC_INGRESS, DROP_INVALID);
+	/* The VNI is the source identity only when one of the cluster's nodes sent it. */
+	if (!tunnel_peer_known(bpf_htonl(key.remote_ipv4)))
+		return drop_early(skb, METRIC_INGRESS, DROP_UNKNOWN_SENDER);
 	return from_node_ipv4(skb, key.tunnel_id, TRACE_FROM_OVERLAY);
 }
 

@@ -43,6 +43,7 @@
 #define DROP_WRITE_ERROR        141 /* the packet could not be rewritten (e.g. its tunnel key set) */
 #define DROP_UNKNOWN_TARGET     150 /* to an address of the pod CIDR that is no known endpoint */
 #define DROP_NO_TUNNEL_ENDPOINT 160 /* for another node through the overlay, but no overlay device */
+#define DROP_UNKNOWN_SENDER     172 /* VXLAN from an address that is no node of the cluster */
 #define DROP_POLICY_DENY        181 /* a deny rule matched */
 
 /* Whether IP (network byte order) is in this node's pod CIDR: one mask compare. */

@@ -165,8 +165,9 @@ static __always_inline int overlay_send(struct __sk_buff *skb, struct event_meta
  * is IPv4 for a local pod, and from_node_ipv4 delivers it. The kernel's collect-metadata
  * VXLAN receive gives every packet a metadata dst freed through RCU; this path has none.
  * Anything else (another port, IP options or fragments on the outer header, an outer UDP
- * checksum or congestion mark, an inner packet for no local pod) is left to the VXLAN device
- * and from_overlay, unchanged. */
+ * checksum or congestion mark, an inner packet for no local pod, a sender that is no node
+ * of the cluster) is left to the VXLAN device and from_overlay, unchanged: from_overlay
+ * drops what an unknown sender sent. */
 #define OVERLAY_DECAPPED 1
 
 /* OVERLAY_DECAPPED with *IDENTITY (the VNI) when the packet was one for a local pod and its
@@ -186,7 +187,7 @@ static __always_inline int overlay_receive(struct __sk_buff *skb, __u32 *identit
 	if (o->ip.ihl != 5 || o->ip.protocol != IPPROTO_UDP || (o->ip.frag_off & bpf_htons(0x3fff)) ||
 	    (o->ip.tos & ECN_CE) == ECN_CE || o->udp.dest != bpf_htons(OVERLAY_PORT) || o->udp.check ||
 	    o->vx_flags != bpf_htonl(VXLAN_FLAG_VNI) || o->inner.h_proto != bpf_htons(ETH_P_IP) ||
-	    !lookup_endpoint(inner->daddr))
+	    !lookup_endpoint(inner->daddr) || !tunnel_peer_known(o->ip.saddr))
 		return OVERLAY_PASS;
 	*identity = bpf_ntohl(o->vx_vni) >> 8;
 	/* The outer IP, UDP and VXLAN headers and the inner Ethernet header go; the inner

@@ -5,7 +5,9 @@ capillary_endpoints hold exactly its own pods, reads both buckets whole, and bri
 in line with services.routed.membership: a route to each alive peer's pod CIDR via the peer's
 underlay address (native routing), an ipcache entry (source "remote") for each of its pods,
 which in tunnel mode names the peer's underlay address as its tunnel endpoint, so that
-from_container encapsulates to it through the VXLAN device (services.routed.tunnel).
+from_container encapsulates to it through the VXLAN device (services.routed.tunnel), and, in
+tunnel mode, the alive peers' underlay addresses in cap_tunnel_peers: the only senders whose
+VXLAN packets this node takes in (their VNI is believed as the source identity).
 A read that fails changes nothing: the last known state stays until a read succeeds (an
 unreadable bucket is unknown, never empty). Routes this node made carry protocol
 RTPROT_CAPILLARY, so a restart finds and reconciles them.
@@ -14,10 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 from nats.errors import Error as NatsError
 from nats.js.errors import Error as JetStreamError
 
+from services.datapath.maps.tunnel import TunnelPeersMap
 from services.routed.membership import Membership, RemotePod, pods_for, routes_for
 from services.runtime.bus import Bus, StateUnreadable
 from services.runtime.config import NodeConfig
@@ -54,6 +58,7 @@ class ClusterAgent:
         # ip/32 -> (identity, tunnel endpoint) in the ipcache: the endpoint is the underlay
         # address of the pod's node in tunnel mode, "" in native mode
         self.remote: dict[str, tuple[int, str]] = {}
+        self.peers: TunnelPeersMap | None = None    # opened by start()
         self._task: asyncio.Task | None = None
 
     async def start(self) -> None:
@@ -63,6 +68,7 @@ class ClusterAgent:
         if self.tunnel:
             await self.routed.ensure_tunnel()
         await self.routed.ensure_netdev()           # tunnel mode: it decapsulates too
+        self.peers = TunnelPeersMap(Path(self.config.datapath.bpfRoot))
         self.routes = await self.routed.worker.run(self.routed.nl.cluster_routes)
         self.remote = {cidr: (claim.identity, claim.tunnel_endpoint) for cidr in self.routed.claims.of_source("remote")
                        for claim in [self.routed.claims.get(cidr, "remote")]}
@@ -75,6 +81,9 @@ class ClusterAgent:
     async def stop(self) -> None:
         if self._task:
             self._task.cancel()
+        if self.peers:
+            self.peers.close()
+            self.peers = None
 
     async def leave(self) -> None:
         """This node leaves the cluster for good (it is being purged): its heartbeat stops and
@@ -126,7 +135,18 @@ class ClusterAgent:
         remote = [RemoteEndpoint.from_wire(v) for k, v in endpoints.items()
                   if not k.startswith(f"{self.config.node}.")]
         tunnel_routes = routes_for(alive, self.config.podCIDR)
+        self._apply_peers({record.underlay_ip for record in alive.values()} if self.tunnel else set())
         await self._apply(routes, pods_for(alive, remote, tunnel_routes))
+
+    def _apply_peers(self, wanted: set[str]) -> None:
+        """cap_tunnel_peers holds exactly WANTED (the alive peers' underlay addresses)."""
+        held = self.peers.peers()
+        for ip in sorted(wanted - held):
+            self.peers.add(ip)
+            self.routed.log.info("tunnel peer: its VXLAN packets are taken in", underlay_ip=ip)
+        for ip in sorted(held - wanted):
+            self.peers.remove(ip)
+            self.routed.log.info("tunnel peer removed: its VXLAN packets are dropped", underlay_ip=ip)
 
     async def _publish_own(self, endpoints: dict[str, dict]) -> None:
         """capillary_endpoints holds exactly this node's endpoint claims."""

@@ -111,6 +111,9 @@ def test_routes_and_ipcache_for_remote_pods(cluster):
         assert route not in cluster.routes(0)
     for i in range(3):
         assert untracked_overlay(cluster, i) == (cluster.routing == "tunnel"), f"node {i}"
+    # VXLAN is taken in from the other nodes only, and only in tunnel mode
+    others = {cluster.node(1).underlay_ip, cluster.node(2).underlay_ip} if cluster.routing == "tunnel" else set()
+    wait_for(lambda: cluster.tunnel_peers(0) == others, "node 0's tunnel peers are the other nodes")
 
 
 def test_label_policy_allows_and_denies_across_nodes(cluster):
@@ -271,6 +274,7 @@ def test_a_node_down_and_back(cluster):
     assert not untracked_overlay(cluster, 2), "the stopped node left its no-track rule"
     wait_for(lambda: gone.pod_cidr not in cluster.routes(0), "node 0 drops the route to the stopped node's pods")
     wait_for(lambda: f"{before['podIP']}/32" not in cluster.ipcache(0), "node 0 drops the stopped node's pod")
+    wait_for(lambda: gone.underlay_ip not in cluster.tunnel_peers(0), "node 0 no longer takes the node's VXLAN in")
     assert not cluster.nodes(0)[gone.name]["healthy"]
     # The stopped node's pod is still listed (as kubectl lists a NotReady node's), as recorded.
     listed = cluster.pods()["x/p2"]
@@ -285,6 +289,7 @@ def test_a_node_down_and_back(cluster):
     after = cluster.pods()["x/p2"]["status"]
     assert (after["podIP"], after["identity"]) == (before["podIP"], before["identity"])
     wait_for(lambda: cluster.ping(0, "x/p0", after["podIP"]), "p0 reaches p2 again")
+    assert (gone.underlay_ip in cluster.tunnel_peers(0)) == (cluster.routing == "tunnel")
     assert untracked_overlay(cluster, 2) == (cluster.routing == "tunnel")
 
 

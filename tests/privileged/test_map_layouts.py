@@ -67,6 +67,13 @@ def test_python_layout_matches_c(compiled, source, table, key, value):
     assert layout(leaf) == layout(value)
 
 
+@pytest.mark.parametrize("source", ["routed_maps.c", "lxc.c"])
+def test_tunnel_peers_are_ipv4_addresses(compiled, source):
+    """cap_tunnel_peers: an IPv4 address -> a u32 (services.datapath.maps.tunnel.TunnelPeersMap)."""
+    t = compiled[source][b"cap_tunnel_peers"]
+    assert ct.sizeof(t.Key) == ct.sizeof(t.Leaf) == ct.sizeof(ct.c_uint32)
+
+
 def test_conntrack_ways_match_c(compiled):
     """struct ct_way, nested in struct ct_entry's way[2]: bcc names it, so compare it too."""
     leaf = compiled["lxc.c"][b"cap_ct"].Leaf

@@ -18,7 +18,7 @@ import time
 import pytest
 
 from services.datapath.netlink import Netlink
-from services.datapath.numbers import (DROP_NO_TUNNEL_ENDPOINT, DROP_POLICY_DENY, EVENT_DROP, EVENT_TRACE, METRIC_INGRESS,
+from services.datapath.numbers import (DROP_NO_TUNNEL_ENDPOINT, DROP_POLICY_DENY, DROP_UNKNOWN_SENDER, EVENT_DROP, EVENT_TRACE, METRIC_INGRESS,
                                        TRACE_FROM_OVERLAY, TRACE_TO_OVERLAY)
 from services.datapath.maps.tunnel import FROM_NETDEV
 from services.routed import iptables, netdev, tunnel
@@ -225,6 +225,33 @@ def test_from_netdev_leaves_to_the_kernel_what_it_must_check(cluster, outer, tak
         got.close()
     assert (into.src_identity, into.dst_identity, into.ifindex) == (ID_A, ID_B, where)
     assert (device_packets(two.b, "rx") > received) == (taken_by == "kernel")
+
+
+def test_vxlan_from_an_address_that_is_no_node_is_dropped(cluster):
+    """A host on the underlay that is not a node of the cluster sends pod b a VXLAN packet
+    that names pod a's identity (allowed in) as its VNI: from_netdev leaves it to the
+    kernel's device, and from_overlay drops it (Unknown sender) instead of believing the VNI."""
+    two, pa, pb = cluster
+    two.b.apply_policies([ALLOW_A], IDENTITIES)
+    stranger = "192.168.77.99"
+    two.a.run("ip", "addr", "add", f"{stranger}/24", "dev", "eth0", check=True)
+    received = device_packets(two.b, "rx")
+    ident = secrets.randbelow(0xFFFF) + 1
+    got = Events(two.b)
+    try:
+        with two.a.entered():
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        with contextlib.closing(sock):
+            sock.setsockopt(socket.SOL_SOCKET, SO_NO_CHECK, 1)
+            sock.bind((stranger, 0))
+            sock.sendto(vxlan_echo(pa.ip, pb.ip, ID_A, ident), (two.b.underlay_ip, tunnel.PORT))
+        drop = got.wait_for(lambda e: e.type == EVENT_DROP and e.subtype == DROP_UNKNOWN_SENDER)
+    finally:
+        got.close()
+        two.a.run("ip", "addr", "del", f"{stranger}/24", "dev", "eth0")
+    assert drop.src_identity != ID_A and drop.direction == METRIC_INGRESS
+    assert device_packets(two.b, "rx") > received          # from_netdev left it to the device
+    assert until(lambda: ping(pa, pb.ip))                  # node a itself is still believed
 
 
 def test_pod_mtu_leaves_room_for_the_encapsulation(cluster):

@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 
 from services.cli import lab as labmod
+from services.datapath.maps.tunnel import TunnelPeersMap
+from services.runtime.config import parse_config
 from tests.support.node import REPO
 
 
@@ -67,6 +69,15 @@ class LabCluster:
     def ipcache(self, i: int) -> dict[str, dict]:
         items = json.loads(self.cli(i, "get", "ipcache", "-o", "json").stdout)
         return {e["cidr"]: e for e in items}
+
+    def tunnel_peers(self, i: int) -> set[str]:
+        """The underlay addresses whose VXLAN packets node I takes in (its cap_tunnel_peers)."""
+        config = parse_config(self.node(i).config_path.read_text())
+        peers = TunnelPeersMap(Path(config.datapath.bpfRoot))
+        try:
+            return peers.peers()
+        finally:
+            peers.close()
 
     def ping(self, i: int, ref: str, ip: str) -> bool:
         proc = self.cli(i, "exec", ref, "--", "ping", "-c", "1", "-W", "1", ip, check=False)

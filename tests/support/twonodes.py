@@ -35,7 +35,7 @@ from services.endpointd.plumbing import FROM_CONTAINER, TO_CONTAINER, Plumber, W
 from services.policyd.compiler import Endpoint, Universe, compile_endpoint
 from services.policyd.model import POD_NAMESPACE, SOURCE
 from services.policyd.parse import parse_policy
-from services.datapath.maps.tunnel import FROM_NETDEV
+from services.datapath.maps.tunnel import FROM_NETDEV, TunnelPeersMap
 from services.routed import netdev, tunnel
 from services.routed.router import ensure_router
 from services.runtime.config import DatapathConfig, NodeConfig
@@ -143,10 +143,14 @@ class DatapathNode:
 
     def learn_remote(self, pod: Pod, node_ip: str) -> None:
         """POD (on another node) into this node's ipcache, behind NODE_IP ("": native routing),
-        checked as routed checks it (services.routed.tunnel.remote_entry)."""
+        checked as routed checks it (services.routed.tunnel.remote_entry); NODE_IP, if any,
+        becomes a tunnel peer, as routed makes every alive member in tunnel mode."""
         cidr, identity, endpoint = tunnel.remote_entry(pod.ip, pod.identity, node_ip)
         with contextlib.closing(IpcacheMap(self.root)) as ipcache:
             ipcache.upsert(cidr, identity, REMOTE_FLAG, endpoint)
+        if endpoint:
+            with contextlib.closing(TunnelPeersMap(self.root)) as peers:
+                peers.add(endpoint)
 
     def apply_policies(self, docs: list[dict], identities: dict[int, dict[str, str]]) -> None:
         """Compile DOCS (policy documents) for every pod here, as policyd does, and write the
