@@ -53,7 +53,7 @@ class Pipeline:
         self.queue_size = queue_size
         self.queued = 0                         # records offered and not yet handled (waiting included)
         self._batches: deque[tuple[list[bytes], bool]] = deque()    # (records, settled)
-        self.waiting = Waiting(enricher, self._settle, enricher.log)
+        self.waiting = Waiting(enricher, self._settle, enricher.log, self._lacking)
         self._ready = asyncio.Event()
         self.monitor_until = 0.0                # monotonic time the last monitor lease runs out
         self._leases: dict[str, float] = {}     # monitor -> when its lease runs out

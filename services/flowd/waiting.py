@@ -5,9 +5,16 @@ that packet, so a fetch begun after the event arrived attributes it; a rule that
 unknown then (its policy deleted since, policyd unreachable) goes out as kind Unknown,
 counted (capillary_flows_unattributed_total).
 
-Invariants: every event parked is released exactly once, after one fetch that began after
-it was parked (or that fetch's failure), so it waits at most ROUND_GAP plus one request
-timeout per lacking table (services/flowd/enrich.py). Events between the same two addresses keep their order: while one waits, the
+An identity is the exception: a pod just made on another node can send before this node's
+policyd has read its identity from the cluster (it does within a second, services/policyd/
+clustersync.py). An event still naming an unknown identity after its fetch waits for
+another, RETRY_GAP later, until IDENTITY_PATIENCE has passed since it was parked; then it
+goes out with what is known.
+
+Invariants: every event parked is released exactly once, after a fetch that began after it
+was parked (or that fetch's failure), so it waits at most ROUND_GAP plus one request
+timeout per lacking table (services/flowd/enrich.py), or IDENTITY_PATIENCE plus one round
+for an identity. Events between the same two addresses keep their order: while one waits, the
 later ones wait behind it (`holds`), released with it in the order they came, and what each
 of them lacks is fetched too (not only what the first lacked). Every other event goes on
 meanwhile.
@@ -15,21 +22,27 @@ meanwhile.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 
 from services.datapath.maps.events import HEADER_SIZE
 from services.flowd import packet
 from services.flowd.enrich import Enricher
+from services.flowd.metadata import IDENTITIES
 
 ROUND_GAP = 0.05        # seconds between fetches: a flood of unknown names costs a few a second
+RETRY_GAP = 0.2         # ... while an event waits for an identity fetched once already
+IDENTITY_PATIENCE = 2.0     # seconds an event waits, at most, for an identity to be known
 
 
 class Waiting:
-    def __init__(self, enricher: Enricher, release: Callable[[list[bytes]], None], log) -> None:
+    def __init__(self, enricher: Enricher, release: Callable[[list[bytes]], None], log,
+                 lacking: Callable[[bytes], frozenset[str]]) -> None:
         self.enricher = enricher
         self.release = release
         self.log = log
-        self._parked: list[bytes] = []
+        self.lacking = lacking              # what the metadata does not know of an event
+        self._parked: list[tuple[bytes, float]] = []    # (event, monotonic time first parked)
         self._tables: set[str] = set()
         self._wake = asyncio.Event()
         self._held: dict[bytes, int] = {}   # address pair -> its events parked and not yet handled
@@ -47,7 +60,7 @@ class Waiting:
     def park(self, raw: bytes, tables: frozenset[str]) -> None:
         pair = _pair(raw)
         self._held[pair] = self._held.get(pair, 0) + 1
-        self._parked.append(raw)
+        self._parked.append((raw, time.monotonic()))
         self._tables |= tables
         self.parked += 1
         self._wake.set()
@@ -65,23 +78,43 @@ class Waiting:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            await self.round()
-            await asyncio.sleep(ROUND_GAP)
+            kept = await self.round()
+            await asyncio.sleep(RETRY_GAP if kept else ROUND_GAP)
 
-    async def round(self) -> None:
-        """Fetch what the events parked so far lack, then release them."""
+    async def round(self) -> int:
+        """Fetch what the events parked so far lack, then release them, except those whose
+        identity is still unknown and may yet come (with the later events of their address
+        pairs): they wait for the next round. Returns how many wait on."""
         parked, tables = self._parked, self._tables
         self._parked, self._tables = [], set()
         if not parked:
-            return
+            return 0
+        kept: list[tuple[bytes, float]] = []
         try:
             if tables:
                 self.fetches += 1
                 await self.enricher.refresh(tables)
+            kept = self._still_waiting(parked)
         except Exception:
             self.log.exception("metadata fetch for waiting flows crashed")
         finally:
-            self.release(parked)
+            if kept:
+                self._parked = kept + self._parked        # before what was parked since
+                self._tables.add(IDENTITIES)
+                self._wake.set()
+                waiting = {_pair(raw) for raw, _ in kept}
+                parked = [(raw, since) for raw, since in parked if _pair(raw) not in waiting]
+            if parked:
+                self.release([raw for raw, _ in parked])
+        return len(kept)
+
+    def _still_waiting(self, parked: list[tuple[bytes, float]]) -> list[tuple[bytes, float]]:
+        """PARKED's events whose identity is still unknown, IDENTITY_PATIENCE not yet up,
+        and every event of their address pairs, in order."""
+        now = time.monotonic()
+        pairs = {_pair(raw) for raw, since in parked
+                 if now - since < IDENTITY_PATIENCE and IDENTITIES in self.lacking(raw)}
+        return [(raw, since) for raw, since in parked if _pair(raw) in pairs] if pairs else []
 
 
 def _pair(raw: bytes) -> bytes:

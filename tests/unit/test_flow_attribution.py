@@ -39,6 +39,7 @@ class Node:
 
     def __init__(self) -> None:
         self.rules: list[dict] = []
+        self.identities: list[dict] = list(IDENTITIES)
         self.hold = asyncio.Event()
         self.hold.set()
 
@@ -47,7 +48,7 @@ class Node:
             return [pod("x", "a", A, 1, ID_A, 11), pod("x", "b", B, 2, ID_B, 12)]
 
         async def identities(_req):
-            return IDENTITIES
+            return list(self.identities)
 
         async def rules(_req):
             await self.hold.wait()
@@ -176,4 +177,20 @@ async def test_an_event_behind_a_waiting_one_still_fetches_the_rule_it_names(flo
     assert [f["l4"]["UDP"]["source_port"] for f in got] == [40008, 40009]
     assert got[1]["ingress_allowed_by"][0]["name"] == "only-a"
     assert metrics.unattributed._value.get() == 0
+    assert pipe.queued == 0 and len(pipe.waiting) == 0
+
+
+async def test_another_nodes_new_identity_learnt_a_moment_late_still_labels_the_flow(flowd):
+    """A pod made on another node a moment ago sends before policyd here has read its
+    identity from the cluster: its flow waits past the first fetch, and goes out with the
+    labels once policyd lists them; the pair's next event follows it in order."""
+    pipe, node, flows, metrics = flowd
+    assert await pipe.enricher.refresh()
+    pipe.offer([event(packet(A, B, 17, udp(40020, 80)), src_identity=301), trace(40021)])
+    await asyncio.sleep(0.5)                # fetched at least once, still unknown
+    assert pipe.waiting.fetches >= 2 and len(pipe.waiting) == 2
+    node.identities.append({"id": 301, "labels": {"k8s:app": "new", "k8s:io.kubernetes.pod.namespace": "x"}})
+    got = [await next_flow(flows) for _ in range(2)]
+    assert [f["l4"]["UDP"]["source_port"] for f in got] == [40020, 40021]
+    assert got[0]["source"]["identity"] == 301 and "k8s:app=new" in got[0]["source"]["labels"]
     assert pipe.queued == 0 and len(pipe.waiting) == 0
