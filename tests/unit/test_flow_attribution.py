@@ -187,7 +187,10 @@ async def test_another_nodes_new_identity_learnt_a_moment_late_still_labels_the_
     pipe, node, flows, metrics = flowd
     assert await pipe.enricher.refresh()
     pipe.offer([event(packet(A, B, 17, udp(40020, 80)), src_identity=301), trace(40021)])
-    await asyncio.sleep(0.5)                # fetched at least once, still unknown
+    for _ in range(200):                    # a second fetch began: the first found it unknown
+        if pipe.waiting.fetches >= 2:
+            break
+        await asyncio.sleep(0.05)
     assert pipe.waiting.fetches >= 2 and len(pipe.waiting) == 2
     node.identities.append({"id": 301, "labels": {"k8s:app": "new", "k8s:io.kubernetes.pod.namespace": "x"}})
     got = [await next_flow(flows) for _ in range(2)]
