@@ -194,8 +194,9 @@ def counters_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, i
     return {key: after[key] - before.get(key, 0) for key in after if after[key] != before.get(key, 0)}
 
 
-def run_rounds(pairs: list[Pair], cpus: Placement, rounds: int, seconds: int) -> list[dict]:
-    """Every variant once per round, the order rotated by one each round."""
+def run_rounds(pairs: list[Pair], cpus: Placement, rounds: int, seconds: int,
+               take: Callable[[Pair, Placement, int], Sample] = measure) -> list[dict]:
+    """Every variant once per round (its Sample from TAKE), the order rotated by one each round."""
     for pair in pairs:
         iperf(pair, cpus, 1, 1)                         # warm-up, not recorded
     done = []
@@ -204,7 +205,7 @@ def run_rounds(pairs: list[Pair], cpus: Placement, rounds: int, seconds: int) ->
         log(f"round {r + 1}/{rounds}: {' '.join(p.variant for p in order)}")
         samples = {}
         for pair in order:
-            samples[pair.variant] = measure(pair, cpus, seconds)
+            samples[pair.variant] = take(pair, cpus, seconds)
             s = samples[pair.variant]
             log(f"  {pair.variant:10} {s.gbps_1:6.2f} / {s.gbps_4:6.2f} Gbit/s  {s.rr_per_s:7.0f} rr/s  "
                 f"p50 {s.p50_us:6.2f} us  p99 {s.p99_us:6.2f} us")

@@ -163,9 +163,10 @@ def _encap(d: dict | None) -> list[dict]:
         if not r:
             out.append(_verdict(f"encap_{variant}", name, target, "not run", None))
             continue
-        ok = r["gbps_1"]["median"] >= gbps and r["gbps_4"]["median"] >= gbps and r["p50_us"]["median"] <= p50
+        four = r["gbps_4_one_cpu"]      # bench/encap.py: 4 streams on two CPUs are bimodal
+        ok = r["gbps_1"]["median"] >= gbps and four["median"] >= gbps and r["p50_us"]["median"] <= p50
         out.append(_verdict(f"encap_{variant}", name, target, f"1 stream {_ratio(r['gbps_1'])}, 4 streams "
-                            f"{_ratio(r['gbps_4'])}, p50 {_ratio(r['p50_us'])}", ok))
+                            f"(one CPU) {_ratio(four)}, p50 {_ratio(r['p50_us'])}", ok))
     return out
 
 

@@ -44,8 +44,10 @@ def test_targets_met_missed_and_not_measured():
                                            "first_packet_s": _spread(20.5)}}}}
     cni = {"summary": {"add_total_ms": _spread(120.0), "add_startup_ms": _spread(90.0), "add_work_ms": _spread(30.0),
                        "ratio_to_bridge": _spread(1.7)}}
-    encap = {"summary": {"native": {"ratio_to_underlay": {**ratio, "gbps_1": _spread(0.97), "p50_us": _spread(1.08)}},
-                         "tunnel": {"ratio_to_underlay": {**ratio, "gbps_4": _spread(0.80)}}}}
+    encap_ratio = {**ratio, "gbps_4_one_cpu": _spread(1.0)}
+    encap = {"summary": {"native": {"ratio_to_underlay": {**encap_ratio, "gbps_1": _spread(0.97),
+                                                          "p50_us": _spread(1.08), "gbps_4": _spread(0.80)}},
+                         "tunnel": {"ratio_to_underlay": {**encap_ratio, "gbps_4_one_cpu": _spread(0.80)}}}}
     cidr = {"results": [{"peers": 10000, "apply_s": 1.5, "peak_rss_mb": {"policyd": 90.0}, "health_ms": [3.0] * 99,
                          "small_apply_ms": [250.0, 250.0], "left_after_delete": 0}]}
     verdicts = {v["key"]: v["ok"] for v in evaluate(
@@ -78,16 +80,17 @@ def test_a_ratio_settles_when_its_median_interval_stays_within_five_percent():
 
 
 def test_encap_summary_compares_every_variant_run_with_the_underlay():
-    from bench.datapath import Sample
-    from bench.encap import KERNEL_VARIANTS, VARIANTS, report, summarize as encap_summary
+    from bench.encap import KERNEL_VARIANTS, VARIANTS, EncapSample, report, summarize as encap_summary
 
-    def sample(gbps: float) -> Sample:
-        return Sample(gbps, gbps, 1000.0, 30.0, 60.0, 31.0, 0, 0, 0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+    def sample(gbps: float) -> EncapSample:
+        return EncapSample(gbps, gbps, 1000.0, 30.0, 60.0, 31.0, 0, 0, 0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, gbps / 2)
 
     rates = {"native": 9.0, "tunnel": 8.0, "underlay": 10.0, "kvxlan": 9.5, "kvxlan-md": 7.5}
     rounds = [{"order": list(rates), "samples": {v: sample(g * k) for v, g in rates.items()}} for k in (1, 2)]
     summary = encap_summary(rounds, VARIANTS + KERNEL_VARIANTS)
     assert summary["kvxlan-md"]["ratio_to_underlay"]["gbps_1"].median == 0.75
     assert summary["kvxlan"]["ratio_to_underlay"]["gbps_1"].median == 0.95
+    assert summary["tunnel"]["ratio_to_underlay"]["gbps_4_one_cpu"].median == 0.8
+    assert summary["tunnel"]["metrics"]["gbps_4_one_cpu"].median == 6.0       # 4.0 and 8.0
     assert "kvxlan-md" in report(summary)
     assert "kvxlan" not in report(encap_summary(rounds, VARIANTS))        # not run: no row
