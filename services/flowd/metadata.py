@@ -102,11 +102,15 @@ class Metadata:
             self.rules = table
             self.version += 1
 
+    def unknown_identities(self, identities: tuple[int, ...]) -> list[int]:
+        """Those of IDENTITIES the table does not know (0 stands for none)."""
+        return [i for i in identities if i and i not in self.identities]
+
     def unknown(self, identities: tuple[int, ...], endpoint_id: int, rule_id: int) -> frozenset[str]:
         """The tables (TABLES) that do not know something an event names, and a fetch might:
         an identity, a local endpoint or a policy rule (0 stands for none of them)."""
         out = set()
-        if any(i and i not in self.identities for i in identities):
+        if self.unknown_identities(identities):
             out.add(IDENTITIES)
         if endpoint_id != 0 and endpoint_id not in self.endpoint_ids:
             out.add(PODS)

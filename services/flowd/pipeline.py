@@ -53,7 +53,7 @@ class Pipeline:
         self.queue_size = queue_size
         self.queued = 0                         # records offered and not yet handled (waiting included)
         self._batches: deque[tuple[list[bytes], bool]] = deque()    # (records, settled)
-        self.waiting = Waiting(enricher, self._settle, enricher.log, self._lacking)
+        self.waiting = Waiting(enricher, self._settle, enricher.log, self._unknown_identities)
         self._ready = asyncio.Event()
         self.monitor_until = 0.0                # monotonic time the last monitor lease runs out
         self._leases: dict[str, float] = {}     # monitor -> when its lease runs out
@@ -183,6 +183,11 @@ class Pipeline:
         """The metadata tables that do not know something RAW names."""
         hdr, _ = parse_event(raw)
         return self.enricher.meta.unknown((hdr.src_identity, hdr.dst_identity), hdr.endpoint_id, hdr.rule_id)
+
+    def _unknown_identities(self, raw: bytes) -> list[int]:
+        """The identities RAW names that the metadata does not know."""
+        hdr, _ = parse_event(raw)
+        return self.enricher.meta.unknown_identities((hdr.src_identity, hdr.dst_identity))
 
     def _template(self, key: bytes, raw: bytes, settled: bool) -> Template | None:
         """A new shape's template, or None when RAW has gone to wait for metadata."""

@@ -9,7 +9,9 @@ An identity is the exception: a pod just made on another node can send before th
 policyd has read its identity from the cluster (it does within a second, services/policyd/
 clustersync.py). An event still naming an unknown identity after its fetch waits for
 another, RETRY_GAP later, until IDENTITY_PATIENCE has passed since it was parked; then it
-goes out with what is known.
+goes out with what is known, and that identity is not waited for again for GIVE_UP_SECONDS
+(an identity that never comes, policyd cut off from the cluster, must not hold every flow
+naming it, and fill the queue behind them).
 
 Invariants: every event parked is released exactly once, after a fetch that began after it
 was parked (or that fetch's failure), so it waits at most ROUND_GAP plus one request
@@ -33,15 +35,18 @@ from services.flowd.metadata import IDENTITIES
 ROUND_GAP = 0.05        # seconds between fetches: a flood of unknown names costs a few a second
 RETRY_GAP = 0.2         # ... while an event waits for an identity fetched once already
 IDENTITY_PATIENCE = 2.0     # seconds an event waits, at most, for an identity to be known
+GIVE_UP_SECONDS = 30.0      # ... and then no event waits for that identity for this long
+GIVEN_UP_MAX = 4096         # identities given up on, at most (expired ones go first)
 
 
 class Waiting:
     def __init__(self, enricher: Enricher, release: Callable[[list[bytes]], None], log,
-                 lacking: Callable[[bytes], frozenset[str]]) -> None:
+                 unknown_identities: Callable[[bytes], list[int]]) -> None:
         self.enricher = enricher
         self.release = release
         self.log = log
-        self.lacking = lacking              # what the metadata does not know of an event
+        self.unknown_identities = unknown_identities    # the identities an event names unknown
+        self._given_up: dict[int, float] = {}           # identity -> monotonic time to hope again
         self._parked: list[tuple[bytes, float]] = []    # (event, monotonic time first parked)
         self._tables: set[str] = set()
         self._wake = asyncio.Event()
@@ -109,12 +114,26 @@ class Waiting:
         return len(kept)
 
     def _still_waiting(self, parked: list[tuple[bytes, float]]) -> list[tuple[bytes, float]]:
-        """PARKED's events whose identity is still unknown, IDENTITY_PATIENCE not yet up,
-        and every event of their address pairs, in order."""
+        """PARKED's events that name an identity still unknown (and not given up on), with
+        IDENTITY_PATIENCE not yet up, and every event of their address pairs, in order. The
+        identities of the events whose patience is up are given up on."""
         now = time.monotonic()
-        pairs = {_pair(raw) for raw, since in parked
-                 if now - since < IDENTITY_PATIENCE and IDENTITIES in self.lacking(raw)}
+        lacking = [(raw, since, [i for i in self.unknown_identities(raw) if self._given_up.get(i, 0.0) <= now])
+                   for raw, since in parked]
+        for _, since, ids in lacking:
+            if ids and now - since >= IDENTITY_PATIENCE:
+                self._give_up(ids, now)
+        pairs = {_pair(raw) for raw, since, ids in lacking
+                 if now - since < IDENTITY_PATIENCE and any(self._given_up.get(i, 0.0) <= now for i in ids)}
         return [(raw, since) for raw, since in parked if _pair(raw) in pairs] if pairs else []
+
+    def _give_up(self, identities: list[int], now: float) -> None:
+        if len(self._given_up) >= GIVEN_UP_MAX:
+            self._given_up = {i: t for i, t in self._given_up.items() if t > now}
+        if len(self._given_up) < GIVEN_UP_MAX:
+            self._given_up.update((i, now + GIVE_UP_SECONDS) for i in identities)
+        self.log.info("flows go out without the labels of identities unknown after a wait",
+                      identities=identities[:8], seconds=IDENTITY_PATIENCE)
 
 
 def _pair(raw: bytes) -> bytes:

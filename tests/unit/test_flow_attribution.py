@@ -19,6 +19,7 @@ from services.flowd.enrich import Enricher
 from services.flowd.history import History
 from services.flowd.metadata import Metadata
 from services.flowd.metrics import FlowMetrics
+from services.flowd import waiting
 from services.flowd.pipeline import Pipeline
 from services.runtime.bus import Bus, Credentials
 from services.wire import codec, subjects
@@ -196,4 +197,23 @@ async def test_another_nodes_new_identity_learnt_a_moment_late_still_labels_the_
     got = [await next_flow(flows) for _ in range(2)]
     assert [f["l4"]["UDP"]["source_port"] for f in got] == [40020, 40021]
     assert got[0]["source"]["identity"] == 301 and "k8s:app=new" in got[0]["source"]["labels"]
+    assert pipe.queued == 0 and len(pipe.waiting) == 0
+
+
+async def test_an_identity_that_never_comes_is_waited_for_once(flowd, monkeypatch):
+    """An identity policyd never lists (it is cut off from the cluster, say): the first flow
+    naming it waits out the patience and goes out without labels; later flows naming it
+    wait for one fetch only, so a stream of them cannot fill the queue."""
+    monkeypatch.setattr(waiting, "IDENTITY_PATIENCE", 0.5)
+    pipe, node, flows, metrics = flowd
+    assert await pipe.enricher.refresh()
+    pipe.offer([event(packet(A, B, 17, udp(40030, 80)), src_identity=302)])
+    first = await next_flow(flows)
+    assert first["source"]["identity"] == 302 and not first["source"].get("labels")
+    assert pipe.waiting.fetches >= 2                     # it was fetched again, in vain
+    fetches = pipe.waiting.fetches
+    pipe.offer([event(packet(A, B, 17, udp(40031, 80)), src_identity=302)])
+    second = await next_flow(flows)
+    assert second["l4"]["UDP"]["source_port"] == 40031
+    assert pipe.waiting.fetches == fetches + 1
     assert pipe.queued == 0 and len(pipe.waiting) == 0
