@@ -272,11 +272,13 @@ static __always_inline int handle_ipv4(struct __sk_buff *skb)
 	}
 
 	if (!dst) {
-		int sent = overlay_send(skb, &m, daddr, traced);
+		/* One ipcache lookup for both ways out to another node. */
+		struct ipcache_info *info = lookup_ipcache(daddr);
+		int sent = overlay_send(skb, &m, info, traced);
 
 		if (sent != OVERLAY_PASS)
 			return sent;
-		sent = host_route(skb, &m, daddr, traced);
+		sent = host_route(skb, &m, info, daddr, traced);
 		if (sent != HOST_ROUTE_PASS)
 			return sent;
 	}

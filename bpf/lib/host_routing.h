@@ -27,9 +27,11 @@ static long (*redirect_neigh)(__u32 ifindex, struct bpf_redir_neigh *params, int
 	(void *)BPF_FUNC_redirect_neigh;
 
 /* Send the IPv4 packet to DADDR out of the underlay device when DADDR is a natively routed
- * pod on another node; HOST_ROUTE_PASS when not. M describes it (the source endpoint,
- * egress); TRACED: whether it is reported (a to-network trace). */
-static __always_inline int host_route(struct __sk_buff *skb, struct event_meta *m, __be32 daddr, int traced)
+ * pod on another node (its ipcache entry INFO, NULL: none, says so); HOST_ROUTE_PASS when
+ * not. M describes it (the source endpoint, egress); TRACED: whether it is reported (a
+ * to-network trace). */
+static __always_inline int host_route(struct __sk_buff *skb, struct event_meta *m, struct ipcache_info *info,
+				      __be32 daddr, int traced)
 {
 #if defined(HOST_STACK) || defined(HOST_LEGACY_ROUTING)
 	return HOST_ROUTE_PASS;
@@ -37,7 +39,6 @@ static __always_inline int host_route(struct __sk_buff *skb, struct event_meta *
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
 	struct iphdr *ip4 = data + ETH_HLEN;
-	struct ipcache_info *info = lookup_ipcache(daddr);
 	struct bpf_fib_lookup fib = {};
 	int rc;
 

@@ -114,14 +114,14 @@ static __always_inline int overlay_encap(struct __sk_buff *skb, struct bpf_fib_l
 	return bpf_redirect(fib->ifindex, 0);
 }
 
-/* Encapsulate and send DADDR's packet when DADDR is behind a tunnel endpoint; OVERLAY_PASS
- * when it is not. M describes the packet (the source endpoint, egress); TRACED: whether this
- * packet is reported (a to-overlay trace). Without the fast way (overlay_route), the packet
- * gets its tunnel key and goes to the collect-metadata VXLAN device. */
-static __always_inline int overlay_send(struct __sk_buff *skb, struct event_meta *m, __be32 daddr,
-					int traced)
+/* Encapsulate and send the packet when its destination's ipcache entry INFO (NULL: none)
+ * names a tunnel endpoint; OVERLAY_PASS when it does not. M describes the packet (the source
+ * endpoint, egress); TRACED: whether this packet is reported (a to-overlay trace). Without
+ * the fast way (overlay_route), the packet gets its tunnel key and goes to the
+ * collect-metadata VXLAN device. */
+static __always_inline int overlay_send(struct __sk_buff *skb, struct event_meta *m,
+					struct ipcache_info *info, int traced)
 {
-	struct ipcache_info *info = lookup_ipcache(daddr);
 	union {                  /* one or the other: the stack is short */
 		struct bpf_fib_lookup fib;
 		struct bpf_tunnel_key key;
