@@ -196,6 +196,24 @@ def vxlan_echo(src: str, dst: str, vni: int, ident: int, tos: int = 0) -> bytes:
     return struct.pack("!II", 0x08000000, vni << 8) + inner_eth + ip + icmp
 
 
+def send_vxlan(two, pa, pb, checksum: bool = False, ecn_ce: bool = False, source: str = "") -> None:
+    """From node a's host (from SOURCE, one of its addresses, if given), a VXLAN packet to
+    node b carrying an ICMP echo from pod a to pod b with pod a's identity as the VNI; its
+    outer UDP checksum computed when CHECKSUM, a congestion mark on the outer header when
+    ECN_CE (carried over only to an ECN-capable inner packet: that one is ECT(0))."""
+    with two.a.entered():
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with contextlib.closing(sock):
+        if not checksum:
+            sock.setsockopt(socket.SOL_SOCKET, SO_NO_CHECK, 1)
+        if ecn_ce:
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, 3)
+        if source:
+            sock.bind((source, 0))
+        payload = vxlan_echo(pa.ip, pb.ip, ID_A, secrets.randbelow(0xFFFF) + 1, tos=2 if ecn_ce else 0)
+        sock.sendto(payload, (two.b.underlay_ip, tunnel.PORT))
+
+
 @pytest.mark.parametrize("outer, taken_by", [("plain", "bpf"), ("udp checksum", "kernel"), ("ecn ce", "kernel")])
 def test_from_netdev_leaves_to_the_kernel_what_it_must_check(cluster, outer, taken_by):
     """VXLAN sent from node a's host by hand: from_netdev takes the headers off a plain one
@@ -207,19 +225,9 @@ def test_from_netdev_leaves_to_the_kernel_what_it_must_check(cluster, outer, tak
     with two.b.entered(), contextlib.closing(Netlink()) as nl:
         where = nl.link(tunnel.DEVICE).index if taken_by == "kernel" else nl.link_of_address(two.b.underlay_ip).index
     received = device_packets(two.b, "rx")
-    ident = secrets.randbelow(0xFFFF) + 1
     got = Events(two.b)
     try:
-        with two.a.entered():
-            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        with contextlib.closing(sock):
-            if outer != "udp checksum":
-                sock.setsockopt(socket.SOL_SOCKET, SO_NO_CHECK, 1)
-            if outer == "ecn ce":
-                sock.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, 3)
-            # a congestion mark is carried over only to an ECN-capable packet (ECT(0))
-            payload = vxlan_echo(pa.ip, pb.ip, ID_A, ident, tos=2 if outer == "ecn ce" else 0)
-            sock.sendto(payload, (two.b.underlay_ip, tunnel.PORT))
+        send_vxlan(two, pa, pb, checksum=outer == "udp checksum", ecn_ce=outer == "ecn ce")
         into = got.wait_for(lambda e: e.type == EVENT_TRACE and e.subtype == TRACE_FROM_OVERLAY)
     finally:
         got.close()
@@ -236,15 +244,9 @@ def test_vxlan_from_an_address_that_is_no_node_is_dropped(cluster):
     stranger = "192.168.77.99"
     two.a.run("ip", "addr", "add", f"{stranger}/24", "dev", "eth0", check=True)
     received = device_packets(two.b, "rx")
-    ident = secrets.randbelow(0xFFFF) + 1
     got = Events(two.b)
     try:
-        with two.a.entered():
-            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        with contextlib.closing(sock):
-            sock.setsockopt(socket.SOL_SOCKET, SO_NO_CHECK, 1)
-            sock.bind((stranger, 0))
-            sock.sendto(vxlan_echo(pa.ip, pb.ip, ID_A, ident), (two.b.underlay_ip, tunnel.PORT))
+        send_vxlan(two, pa, pb, source=stranger)
         drop = got.wait_for(lambda e: e.type == EVENT_DROP and e.subtype == DROP_UNKNOWN_SENDER)
     finally:
         got.close()
