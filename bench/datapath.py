@@ -25,6 +25,7 @@ swamps any difference between datapaths. "split" (default) pins the client to CP
 the server to CPU 1, "same" both to CPU 1, "none" leaves placement to the scheduler.
 
     .venv/bin/python bench/datapath.py [--rounds 5] [--seconds 2] [--quick] [--cpus split|same|none]
+                                       [--cc cubic|bbr|default]
 
 Prints tables and writes bench/results/datapath.json. Everything it makes (two nodes on
 10.230.0.0/16 and 10.231.0.0/16, netns capb-<tag>-*, links vethb<tag>*, servers) is removed
@@ -41,7 +42,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -51,8 +52,8 @@ from bench.common import (Cleanup, Node, Spread, add_netns, bench_node, cleaned_
                           ratios, run, table, write_results)
 from bench.floor import Side, attach_floor, ns_per_run, run_time_stats, snapshot, stats_overhead, xlated_counts  # noqa: E402
 from bench.profile import perf_top  # noqa: E402
-from bench.traffic import (IPERF_PORT, SOCKPERF_PORT, Pair, Placement, iperf, sockperf, start_servers,  # noqa: E402,F401
-                           udp)
+from bench.traffic import (IPERF_PORT, SOCKPERF_PORT, Pair, Placement, add_cc_argument, check_cc,  # noqa: E402,F401
+                           congestion, iperf, sockperf, start_servers, udp)
 from services.datapath import bpfsys  # noqa: E402
 from services.datapath.loader import PROGRAMS_DIR  # noqa: E402
 from services.datapath.maps.metrics import MetricsMap  # noqa: E402
@@ -309,7 +310,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--variants", type=lambda t: t.split(","),
                         help=f"comma-separated subset of {','.join(VARIANTS)} (default all; quick: all but "
                              "host-stack, whose node start-up the smoke test cannot afford)")
+    add_cc_argument(parser)
     args = parser.parse_args(argv)
+    check_cc(parser, args)
     args.variants = args.variants or [v for v in VARIANTS if not (args.quick and v == "host-stack")]
     if set(args.variants) - set(VARIANTS) or not set(BASELINES) <= set(args.variants):
         parser.error(f"--variants: from {','.join(VARIANTS)}, with both baselines ({','.join(BASELINES)})")
@@ -337,7 +340,8 @@ def main(argv: list[str] | None = None) -> int:
     cpus = Placement(*PLACEMENTS[args.cpus])
     began = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="capillary-bench-datapath-") as tmp, cleaned_up() as cleanup:
-        pairs = set_up(cleanup, Path(tmp), cpus, args.variants)
+        cc, cc_text = congestion(args.cc)
+        pairs = [replace(pair, congestion=cc) for pair in set_up(cleanup, Path(tmp), cpus, args.variants)]
         nodes = {p.variant: p.node for p in pairs if p.node}
         before = {variant: datapath_counters(node) for variant, node in nodes.items()}
         insns = {p.variant: xlated_counts(p.programs) for p in pairs if p.programs}
@@ -350,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     variants = [p.variant for p in pairs]
     summary = summarize(rounds, variants)
     print(f"{args.rounds} rounds of {args.seconds} s runs, CPUs {args.cpus} (client {cpus.client_cpu}, "
-          f"server {cpus.server_cpu})\n")
+          f"server {cpus.server_cpu}), TCP congestion control {cc_text}\n")
     print(report(summary, variants))
     print(f"\nrun-time statistics add {overhead['per_run']:.0f} ns to a program run, {overhead['in_figure']:.0f} ns "
           "of it inside the ns/packet figures (an empty program's figure)")
@@ -362,7 +366,8 @@ def main(argv: list[str] | None = None) -> int:
     path = write_results("datapath", {
         "benchmark": "datapath", "environment": environment(),
         "parameters": {"rounds": args.rounds, "seconds": args.seconds, "variants": variants, "cpus": args.cpus,
-                       "host_stack": "a second node running at the same time", "targets_vs_veth": TARGETS},
+                       "host_stack": "a second node running at the same time", "congestion": cc_text,
+                       "targets_vs_veth": TARGETS},
         "rounds": [{"order": r["order"], "samples": {v: asdict(s) for v, s in r["samples"].items()}} for r in rounds],
         "summary": summary, "bpf_counters": counters, "stats_overhead_ns": overhead, "xlated": insns, "perf": perf, "wall_seconds": round(time.monotonic() - began, 1)})
     print(f"\nwrote {path}")

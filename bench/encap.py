@@ -36,7 +36,11 @@ Targets: native >= 0.95x and tunnel >= 0.85x in throughput (1 stream; 4 streams 
 CPU), p50 native <= 1.10x and tunnel <= 1.20x.
 
     .venv/bin/python bench/encap.py [--rounds 5] [--seconds 2] [--quick] [--cpus split|same|none]
-                                    [--legacy-routing] [--big-tcp] [--kernel-vxlan] [--perf]
+                                    [--cc cubic|bbr|default] [--legacy-routing] [--big-tcp]
+                                    [--kernel-vxlan] [--perf]
+
+iperf3's senders use cubic unless --cc says otherwise (bench/traffic.py, DEFAULT_CC: with
+BBR's pacing, one stream measures BBR's rate estimate on these paths, not what they cost).
 
 With --big-tcp, datapath.bigTCP: the native pods' veths and every underlay device build and
 take 192 KiB TCP packets (IPv4 BIG TCP, as a NIC with that TSO size); the underlay variant
@@ -53,7 +57,7 @@ import argparse
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -64,7 +68,7 @@ from bench.traffic import SOCKPERF_PORT  # noqa: E402
 from bench.targets import ENCAP_TARGETS  # noqa: E402
 from bench.datapath import (METRICS as DATAPATH_METRICS, PLACEMENTS, Pair, Placement, Sample,  # noqa: E402
                             measure, profile_variants, run_rounds, series, start_servers)
-from bench.traffic import iperf  # noqa: E402
+from bench.traffic import add_cc_argument, check_cc, congestion, iperf  # noqa: E402
 from services.datapath.mtu import GSO_DEFAULT_SIZE  # noqa: E402
 from services.routed import tunnel  # noqa: E402
 from tests.support.twonodes import UNDERLAY_MTU, TwoNodes, ip  # noqa: E402
@@ -212,7 +216,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "(the tunnel's pods keep 64 KiB)")
     parser.add_argument("--cpus", choices=PLACEMENTS, default="split",
                         help="client/server CPUs: split 0/1 (default), same 1/1, none (unpinned)")
+    add_cc_argument(parser)
     args = parser.parse_args(argv)
+    check_cc(parser, args)
     args.rounds = args.rounds or (1 if args.quick else 5)
     args.seconds = args.seconds or (1 if args.quick else 2)
     if args.rounds < 1 or args.seconds < 1:
@@ -228,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
         pairs, two = set_up(cleanup, Path(tmp), cpus, args.legacy_routing, args.big_tcp)
         if args.kernel_vxlan:
             pairs += [start_sockperf(cleanup, pair, cpus) for pair in kernel_vxlan(two)]
+        cc, cc_text = congestion(args.cc)
+        pairs = [replace(pair, congestion=cc) for pair in pairs]
         before = vxlan_packets(two)
         rounds = run_rounds(pairs, cpus, args.rounds, args.seconds, measure_encap)
         after = vxlan_packets(two)
@@ -236,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     variants = VARIANTS + (KERNEL_VARIANTS if args.kernel_vxlan else ())
     summary = summarize(rounds, variants)
     print(f"{args.rounds} rounds of {args.seconds} s runs, CPUs {args.cpus} (client {cpus.client_cpu}, "
-          f"server {cpus.server_cpu}){', BIG TCP' if args.big_tcp else ''}\n")
+          f"server {cpus.server_cpu}), TCP congestion control {cc_text}{', BIG TCP' if args.big_tcp else ''}\n")
     print(report(summary))
     print(f"\nduring the rounds: {sent}")
     for variant, found in (perf or {}).items():
@@ -245,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     path = write_results("encap", {
         "benchmark": "encap", "environment": environment(),
         "parameters": {"rounds": args.rounds, "seconds": args.seconds, "variants": list(variants), "cpus": args.cpus,
-                       "legacy_routing": args.legacy_routing, "big_tcp": args.big_tcp,
+                       "legacy_routing": args.legacy_routing, "big_tcp": args.big_tcp, "congestion": cc_text,
                        "underlay_mtu": UNDERLAY_MTU, "tunnel_pod_mtu": tunnel.pod_mtu(UNDERLAY_MTU),
                        "targets_vs_underlay": TARGETS},
         "rounds": [{"order": r["order"], "samples": {v: asdict(s) for v, s in r["samples"].items()}} for r in rounds],

@@ -2,8 +2,9 @@
 
 Policy maps holding 0, 1k, 10k and 50k entries (--entries), against iptables holding the
 same number of rules in FORWARD, in the same alternating rounds (bench/policy_traffic.py
-has the variants). Each measurement: iperf3 TCP, 1 stream, and sockperf TCP ping-pong
-(request/response rate, p50/p99 latency). Every count is compared with its own kind at 0
+has the variants). Each measurement: iperf3 TCP, 1 stream (its sender with cubic:
+bench/traffic.py, DEFAULT_CC), and sockperf TCP ping-pong (request/response rate, p50/p99
+latency). Every count is compared with its own kind at 0
 (median of per-round ratios), and capillary with iptables at the same count.
 
     .venv/bin/python bench/policy.py [--entries 1000,10000,50000] [--rounds 4] [--seconds 2]
@@ -28,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import Spread, cleaned_up, environment, ratios, table, write_results  # noqa: E402
 from bench.datapath import PLACEMENTS, Placement  # noqa: E402
 from bench.policy_traffic import KINDS, MAPS, TrafficSetup, run_rounds, variant  # noqa: E402
+from bench.traffic import DEFAULT_CC  # noqa: E402
 
 METRICS = {"gbps": "TCP 1 stream (Gbit/s)", "rr_per_s": "request/response (1/s)",
            "p50_us": "latency p50 (us)", "p99_us": "latency p99 (us)"}
@@ -114,8 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     print(report(traffic, args))
     wall = round(time.monotonic() - began, 1)
     path = write_results("policy", {"benchmark": "policy", "environment": environment(),
-                                    "parameters": {**vars(args), "maps": MAPS}, "traffic": traffic,
-                                    "wall_seconds": wall})
+                                    "parameters": {**vars(args), "maps": MAPS, "congestion": DEFAULT_CC},
+                                    "traffic": traffic, "wall_seconds": wall})
     print(f"\nwall time {wall} s; wrote {path}")
     return 0
 

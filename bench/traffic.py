@@ -3,14 +3,23 @@ client and server run on (Placement), the servers, and one measurement each of i
 sockperf TCP ping-pong and iperf3 UDP small packets."""
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from bench.common import Cleanup, Node, ping, run, start, wait_listening
 
 IPERF_PORT, SOCKPERF_PORT = 5201, 11111
+# The sender's congestion control decides what one stream measures. With BBR, TCP paces itself
+# at its estimate of the path's rate, and on paths inside one machine the estimate, not the
+# CPU, sets the rate: between two node namespaces one stream ran at about half of what cubic
+# reached, the client's CPU partly idle, and every path came out near the same ceiling. Cubic
+# (the kernel's default) sends as fast as the CPUs carry it, so a ratio is what a path costs.
+DEFAULT_CC = "cubic"
+SYSCTL_CC = Path("/proc/sys/net/ipv4")
 UDP_PAYLOAD, UDP_FLOWS = 64, 4
 BUSY_TRIES, BUSY_WAIT = 20, 0.25   # an iperf3 server still closing the last (UDP) test says it is busy
 
@@ -26,6 +35,7 @@ class Pair:
     node: Node | None = None
     programs: dict[str, int] | None = None    # name -> fd, timed by run-time statistics; the first is
                                               # the one on the sender's host veth
+    congestion: str | None = DEFAULT_CC       # iperf3's TCP congestion control (-C); None: the netns's
 
 
 @dataclass(frozen=True)
@@ -44,6 +54,29 @@ def pinned(cpu: str | None, argv: list[str]) -> list[str]:
     return ["taskset", "-c", cpu, *argv] if cpu else argv
 
 
+def available_cc() -> list[str]:
+    return (SYSCTL_CC / "tcp_available_congestion_control").read_text().split()
+
+
+def congestion(choice: str) -> tuple[str | None, str]:
+    """iperf3's -C for CHOICE (None: the netns's own), and what it is, for the report."""
+    if choice == "default":
+        machine = (SYSCTL_CC / "tcp_congestion_control").read_text().strip()
+        return None, f"{machine} (the machine's default)"
+    return choice, choice
+
+
+def add_cc_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cc", default=DEFAULT_CC, metavar="NAME",
+                        help=f"iperf3's TCP congestion control (default {DEFAULT_CC}); 'default': the machine's "
+                             "(net.ipv4.tcp_congestion_control)")
+
+
+def check_cc(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.cc != "default" and args.cc not in available_cc():
+        parser.error(f"--cc {args.cc}: not one of this kernel's ({' '.join(available_cc())})")
+
+
 def start_servers(cleanup: Cleanup, pair: Pair, cpus: Placement) -> None:
     iperf = start(cleanup, cpus.server(["iperf3", "-s", "-p", str(IPERF_PORT)]), pair.server)
     sockperf = start(cleanup, cpus.server(["sockperf", "sr", "--tcp", "-i", pair.server_ip, "-p", str(SOCKPERF_PORT)]),
@@ -56,7 +89,8 @@ def start_servers(cleanup: Cleanup, pair: Pair, cpus: Placement) -> None:
 
 def iperf(pair: Pair, cpus: Placement, seconds: int, streams: int) -> tuple[float, int]:
     """(Gbit/s received, retransmits) of one iperf3 TCP run."""
-    argv = ["iperf3", "-c", pair.server_ip, "-p", str(IPERF_PORT), "-t", str(seconds), "-P", str(streams), "-J"]
+    argv = ["iperf3", "-c", pair.server_ip, "-p", str(IPERF_PORT), "-t", str(seconds), "-P", str(streams), "-J",
+            *(["-C", pair.congestion] if pair.congestion else [])]
     result = iperf_json(pair, cpus, argv, seconds)
     end = result.get("end", {})
     if "error" in result or "sum_received" not in end:      # e.g. interrupted
